@@ -1,0 +1,377 @@
+//! Typed configuration: `config/lookalike.toml`, then `LOOKALIKE__SECTION__KEY` environment
+//! overrides, read once at start-up and checked before anything else runs.
+//!
+//! The Discord token is deliberately not part of [`Config`]: it is read from `DISCORD_TOKEN` by
+//! [`discord_token`] only, so it can never be committed in a config file or printed with it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The committed default, compiled in so the binary works from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/lookalike.toml");
+
+/// Prefix of environment overrides: `LOOKALIKE__INDEX__METRIC=euclidean`.
+pub const ENV_PREFIX: &str = "LOOKALIKE__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    BadOverride { var: String, message: String },
+    #[error("config key `{key}` = {value}: {message}")]
+    OutOfRange { key: &'static str, value: String, message: &'static str },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub models: ModelsConfig,
+    pub catalogue: CatalogueConfig,
+    pub index: IndexConfig,
+    pub search: SearchConfig,
+    pub text: TextConfig,
+    pub limits: LimitsConfig,
+    pub discord: DiscordConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Which set of weights to run: the offline kit or the chapter's ImageNet backbones.
+    pub profile: Profile,
+    /// Folder holding `manifest.toml` and what set-up and `models fetch` install.
+    pub dir: PathBuf,
+    /// Where the model worker runs the networks.
+    pub device: DeviceChoice,
+    /// Trained heads (`lookalike train --out`) are read from here.
+    pub heads_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// EfficientNet-Lite0, SqueezeNet 1.1, InceptionV3 to mixed5, MiniLM: all from package registries.
+    Kit,
+    /// VGG16, ResNet50, InceptionV3 (torchvision ImageNet weights) and an MNLI model.
+    Chapter,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Kit => "kit",
+            Profile::Chapter => "chapter",
+        }
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a GPU, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueConfig {
+    /// One sub-folder per category, images inside.
+    pub dir: PathBuf,
+    /// Optional CSV or JSON-lines file with title, price and link per image; empty for none.
+    pub metadata: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Folder of index generations.
+    pub dir: PathBuf,
+    /// Ranking of hits; both scores are reported on every hit either way.
+    pub metric: Metric,
+    /// Hits below this cosine similarity are dropped.
+    pub min_similarity: f32,
+    /// Hits at or above this cosine similarity to a better hit are collapsed into it.
+    pub near_duplicate_cosine: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    Cosine,
+    Euclidean,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Hits per page when the caller does not say.
+    pub default_k: usize,
+    /// Upper bound on k a caller may ask for.
+    pub max_k: usize,
+    /// Queries in flight at once; more get a "busy" answer.
+    pub max_concurrent_queries: usize,
+    /// A query that takes longer is abandoned with a clear error.
+    pub query_timeout_ms: u64,
+    /// When the image vote and the text disagree, or the vote is unsure, search this many categories.
+    pub max_categories: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextConfig {
+    /// Methods tried in order; the first that names a category with enough confidence decides.
+    pub methods: Vec<TextMethod>,
+    /// Minimum calibrated score for a method to name a category.
+    pub min_score: f32,
+    /// NLI hypothesis; `{}` is replaced by the category name.
+    pub nli_template: String,
+    /// Local folder of an MNLI model; empty uses rust-bert's remote BART-large-MNLI.
+    pub nli_model_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextMethod {
+    Lexical,
+    Embedding,
+    Nli,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest image file accepted, from Discord or disk.
+    pub max_image_mb: u64,
+    /// Largest decoded image, in megapixels; protects against decompression bombs.
+    pub max_image_megapixels: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordConfig {
+    /// Register slash commands in this guild only (instant); 0 registers them globally.
+    pub guild_id: u64,
+    /// Members with this role may `/reindex` besides those with Manage Server; 0 for none.
+    pub moderator_role_id: u64,
+    /// `http://host:port` origin every REST call goes through; empty for discord.com.
+    pub api_proxy: String,
+    /// Seconds a user waits between searches.
+    pub user_cooldown_s: u64,
+    /// Attachment downloads that take longer are abandoned.
+    pub download_timeout_ms: u64,
+}
+
+impl Config {
+    /// Reads the config the CLI would: `explicit` (from `--config`), else `config/lookalike.toml`
+    /// in the working directory when present, else the compiled-in default; then the process
+    /// environment's overrides.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let local = Path::new("config/lookalike.toml");
+        let (origin, text) = match explicit {
+            Some(path) => (path.display().to_string(), read(path)?),
+            None if local.is_file() => (local.display().to_string(), read(local)?),
+            None => ("built-in default config".to_string(), DEFAULT_TOML.to_string()),
+        };
+        Config::parse(&origin, &text, std::env::vars())
+    }
+
+    /// Parses `text`, applies `LOOKALIKE__SECTION__KEY` overrides found in `env`, and validates.
+    pub fn parse(
+        origin: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|err| ConfigError::Invalid { origin: origin.to_string(), message: explain(err.message()) })?;
+        let mut overrides: Vec<(String, String)> =
+            env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
+        overrides.sort();
+        for (var, value) in &overrides {
+            apply_override(&mut table, var, value)?;
+        }
+        let config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|err| {
+            let origin = if overrides.is_empty() {
+                origin.to_string()
+            } else {
+                format!("{origin} (with overrides from {})", names(&overrides))
+            };
+            ConfigError::Invalid { origin, message: explain(err.message()) }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn check(ok: bool, key: &'static str, value: impl std::fmt::Display, message: &'static str) -> Result<(), ConfigError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange { key, value: value.to_string(), message })
+            }
+        }
+        let index = &self.index;
+        check((-1.0..=1.0).contains(&index.min_similarity), "index.min_similarity", index.min_similarity, "must be a cosine similarity between -1.0 and 1.0")?;
+        check((0.0..=1.0).contains(&index.near_duplicate_cosine), "index.near_duplicate_cosine", index.near_duplicate_cosine, "must be between 0.0 and 1.0 (the chapter uses 0.999)")?;
+        let search = &self.search;
+        check(search.default_k >= 1, "search.default_k", search.default_k, "must be at least 1")?;
+        check(search.max_k >= search.default_k, "search.max_k", search.max_k, "must be at least search.default_k")?;
+        check(search.max_concurrent_queries >= 1, "search.max_concurrent_queries", search.max_concurrent_queries, "must be at least 1")?;
+        check(search.query_timeout_ms >= 100, "search.query_timeout_ms", search.query_timeout_ms, "must be at least 100")?;
+        check((1..=3).contains(&search.max_categories), "search.max_categories", search.max_categories, "must be 1, 2 or 3")?;
+        let text = &self.text;
+        check(!text.methods.is_empty(), "text.methods", format!("{:?}", text.methods), "must name at least one of \"lexical\", \"embedding\", \"nli\"")?;
+        check((0.0..=1.0).contains(&text.min_score), "text.min_score", text.min_score, "must be between 0.0 and 1.0")?;
+        check(text.nli_template.contains("{}"), "text.nli_template", &text.nli_template, "must contain `{}` where the category name goes")?;
+        check(self.limits.max_image_mb >= 1, "limits.max_image_mb", self.limits.max_image_mb, "must be at least 1")?;
+        check(self.limits.max_image_megapixels >= 1, "limits.max_image_megapixels", self.limits.max_image_megapixels, "must be at least 1")?;
+        let proxy = &self.discord.api_proxy;
+        check(proxy.is_empty() || proxy.starts_with("http://") || proxy.starts_with("https://"), "discord.api_proxy", proxy, "must be empty or an origin such as http://127.0.0.1:8080")?;
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
+}
+
+fn names(overrides: &[(String, String)]) -> String {
+    overrides.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Adds hints to serde's messages where the fix is not obvious from them.
+fn explain(message: &str) -> String {
+    let message = message.trim().to_string();
+    if message.contains("unknown field `token`") || message.contains("unknown field `discord_token`") {
+        return format!("{message}\nthe Discord token is read only from the DISCORD_TOKEN environment variable, never from a file");
+    }
+    message
+}
+
+/// `LOOKALIKE__INDEX__METRIC=euclidean` sets `index.metric`. Values are read as TOML when they
+/// parse as such (numbers, booleans, arrays), else taken as a plain string.
+fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
+    let bad = |message: String| ConfigError::BadOverride { var: var.to_string(), message };
+    if path.len() != 2 || path.iter().any(String::is_empty) {
+        return Err(bad("expected the form LOOKALIKE__SECTION__KEY, for example LOOKALIKE__INDEX__METRIC".into()));
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut parsed| parsed.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let section = table
+        .get_mut(&path[0])
+        .and_then(toml::Value::as_table_mut)
+        .ok_or_else(|| bad(format!("there is no config section `{}`; sections are models, catalogue, index, search, text, limits, discord", path[0])))?;
+    section.insert(path[1].clone(), value);
+    Ok(())
+}
+
+/// The bot token, from `DISCORD_TOKEN` only. The error says what to do, and never echoes a value.
+pub fn discord_token() -> anyhow::Result<String> {
+    match std::env::var("DISCORD_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_string()),
+        _ => anyhow::bail!(
+            "DISCORD_TOKEN is not set: export the bot token from the Discord developer portal \
+             (Applications > your app > Bot > Reset Token); it is never read from a file"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::parse("test", text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn committed_default_parses_and_uses_the_offline_kit() {
+        let config = parse(DEFAULT_TOML, &[]).expect("config/lookalike.toml must parse");
+        assert_eq!(config.models.profile, Profile::Kit);
+        assert_eq!(config.index.metric, Metric::Cosine);
+        assert!((config.index.near_duplicate_cosine - 0.999).abs() < 1e-6);
+        assert!(config.discord.api_proxy.is_empty());
+    }
+
+    #[test]
+    fn committed_default_comments_every_key() {
+        let lines: Vec<&str> = DEFAULT_TOML.lines().collect();
+        for (number, line) in lines.iter().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+                continue;
+            }
+            let previous = lines[..number].iter().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim());
+            assert!(
+                previous.is_some_and(|p| p.starts_with('#')),
+                "key on line {} has no comment above it: {line}",
+                number + 1
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_accepted_ones() {
+        let text = DEFAULT_TOML.replace("metric =", "metrc =");
+        let message = parse(&text, &[]).unwrap_err().to_string();
+        assert!(message.contains("unknown field `metrc`"), "{message}");
+        assert!(message.contains("`metric`"), "accepted keys should be listed: {message}");
+    }
+
+    #[test]
+    fn wrong_value_lists_the_accepted_values() {
+        let text = DEFAULT_TOML.replace("metric = \"cosine\"", "metric = \"manhattan\"");
+        let message = parse(&text, &[]).unwrap_err().to_string();
+        assert!(message.contains("manhattan") && message.contains("cosine") && message.contains("euclidean"), "{message}");
+    }
+
+    #[test]
+    fn environment_overrides_win_and_are_type_checked() {
+        let config = parse(DEFAULT_TOML, &[("LOOKALIKE__INDEX__METRIC", "euclidean"), ("LOOKALIKE__SEARCH__DEFAULT_K", "7")]).unwrap();
+        assert_eq!(config.index.metric, Metric::Euclidean);
+        assert_eq!(config.search.default_k, 7);
+
+        let message = parse(DEFAULT_TOML, &[("LOOKALIKE__SEARCH__DEFAULT_K", "many")]).unwrap_err().to_string();
+        assert!(message.contains("LOOKALIKE__SEARCH__DEFAULT_K") && message.contains("invalid type"), "{message}");
+
+        let message = parse(DEFAULT_TOML, &[("LOOKALIKE__NOPE__KEY", "1")]).unwrap_err().to_string();
+        assert!(message.contains("no config section `nope`"), "{message}");
+    }
+
+    #[test]
+    fn a_token_in_the_file_is_refused_with_the_fix() {
+        let text = DEFAULT_TOML.replace("[discord]", "[discord]\ntoken = \"abc.def\"");
+        let message = parse(&text, &[]).unwrap_err().to_string();
+        assert!(message.contains("DISCORD_TOKEN"), "{message}");
+        assert!(!message.contains("abc.def"), "the token must never be echoed: {message}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        let cases = [
+            ("min_similarity = 0.0", "min_similarity = 1.5", "index.min_similarity"),
+            ("default_k = 5", "default_k = 0", "search.default_k"),
+            ("nli_template = \"This example is about {}.\"", "nli_template = \"about\"", "text.nli_template"),
+            ("api_proxy = \"\"", "api_proxy = \"ftp://x\"", "discord.api_proxy"),
+        ];
+        for (from, to, key) in cases {
+            assert!(DEFAULT_TOML.contains(from), "default config changed: {from}");
+            let message = parse(&DEFAULT_TOML.replace(from, to), &[]).unwrap_err().to_string();
+            assert!(message.contains(key), "{to}: {message}");
+        }
+    }
+}

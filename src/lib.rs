@@ -1,0 +1,27 @@
+//! lookalike: visual product search for Discord.
+//!
+//! A shopper posts a photo, perhaps with a sentence ("a bed like this, but wooden"). lookalike
+//! predicts the category meant (a majority vote of three fine-tuned CNN backbones on the image,
+//! plus a zero-shot text classifier on the sentence), searches that part of the catalogue by
+//! feature-vector similarity, and replies with the closest catalogue images.
+//!
+//! # Code map
+//!
+//! | module   | owns | knows nothing of |
+//! |----------|------|------------------|
+//! | [`config`] | typed config from `config/lookalike.toml` + `LOOKALIKE__SECTION__KEY` overrides, validated at start-up; the token only from `DISCORD_TOKEN` | everything else |
+//! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` | torch, Discord |
+//! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it | Discord |
+//!
+//! # Invariants
+//!
+//! - Tensors never leave the vision and text modules; torch and rust-bert calls never run on a
+//!   tokio worker thread (a model thread owns them).
+//! - serenity appears only in the Discord module; the core returns plain data.
+//! - No model or index file is ever half-written: files are written beside their destination,
+//!   flushed, then renamed into place.
+//! - The Discord token never appears in a config file, a log line or an error message.
+
+pub mod cli;
+pub mod config;
+pub mod models;

@@ -1,0 +1,242 @@
+//! The `lookalike` binary end to end: help, config errors, `models list` on the installed kit,
+//! and `models fetch chapter` against loopback servers (never the internet).
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn lookalike(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lookalike"));
+    command.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env_remove("LOOKALIKE_FETCH_MIRROR");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the lookalike binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn repo_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// A models folder holding only a manifest, so fetch tests never write into the repository.
+fn scratch_models(manifest: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("manifest.toml"), manifest).unwrap();
+    std::fs::copy(repo_models().join("setup.py"), dir.path().join("setup.py")).unwrap();
+    dir
+}
+
+/// Answers every request with `body`, for as long as the test runs; returns the origin.
+fn serve_bytes(body: Vec<u8>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buffer[..n]),
+                }
+            }
+            let header = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(header.as_bytes()).and_then(|_| stream.write_all(&body));
+        }
+    });
+    origin
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            found.extend(files_under(&entry.path()));
+        } else {
+            found.push(entry.path());
+        }
+    }
+    found
+}
+
+#[test]
+fn help_teaches_every_subcommand_and_the_overrides() {
+    let output = lookalike(&["--help"], &[]);
+    assert!(output.status.success());
+    let help = text(&output.stdout);
+    for command in ["models", "train", "index", "search", "eval", "intent", "serve", "demo", "bench"] {
+        assert!(help.contains(&format!("\n  {command} ")), "--help lacks `{command}`:\n{help}");
+    }
+    assert!(help.contains("LOOKALIKE__SECTION__KEY") && help.contains("Examples:"), "{help}");
+}
+
+#[test]
+fn subcommands_parse_their_arguments() {
+    let missing = lookalike(&["search"], &[]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("--image <FILE>"), "{}", text(&missing.stderr));
+
+    let bad_number = lookalike(&["train", "--data", "x", "--epochs", "many"], &[]);
+    assert_eq!(bad_number.status.code(), Some(2));
+    assert!(text(&bad_number.stderr).contains("--epochs"), "{}", text(&bad_number.stderr));
+
+    let bad_profile = lookalike(&["models", "fetch", "imagenet"], &[]);
+    assert!(text(&bad_profile.stderr).contains("possible values: kit, chapter"), "{}", text(&bad_profile.stderr));
+}
+
+#[test]
+fn unbuilt_subcommands_say_so() {
+    for args in [&["train", "--data", "photos"][..], &["intent", "a red dress"], &["serve"], &["bench"]] {
+        let output = lookalike(args, &[]);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert!(text(&output.stderr).contains("is not built yet"), "{args:?}: {}", text(&output.stderr));
+    }
+}
+
+#[test]
+fn a_wrong_config_key_stops_start_up_with_the_key_and_the_accepted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    let default = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lookalike.toml")).unwrap();
+    std::fs::write(&config, default.replace("default_k =", "defualt_k =")).unwrap();
+    let output = lookalike(&["--config", config.to_str().unwrap(), "models", "list"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("unknown field `defualt_k`") && stderr.contains("`default_k`"), "{stderr}");
+    assert!(stderr.contains("bad.toml"), "the error should name the file: {stderr}");
+
+    let output = lookalike(&["models", "list"], &[("LOOKALIKE__MODELS__PROFILE", "imagenet")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("LOOKALIKE__MODELS__PROFILE") && stderr.contains("`kit` or `chapter`"), "{stderr}");
+}
+
+#[test]
+fn models_list_verifies_every_installed_kit_file() {
+    let output = lookalike(&["models", "list", "--profile", "kit", "--json"], &[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 5, "kit: three backbones, MiniLM, Fashion-MNIST");
+    for row in rows {
+        for file in row["files"].as_array().unwrap() {
+            assert_eq!(file[1]["state"], "verified", "{} not installed intact (run `make setup`): {file}", row["id"]);
+        }
+    }
+}
+
+#[test]
+fn models_list_reports_damaged_and_missing_files_with_the_fix() {
+    let dir = scratch_models(&std::fs::read_to_string(repo_models().join("manifest.toml")).unwrap());
+    std::fs::create_dir_all(dir.path().join("kit/all-MiniLM-L6-v2/1_Pooling")).unwrap();
+    for entry in ["efficientnet_lite0.safetensors", "squeezenet1_1.safetensors", "all-MiniLM-L6-v2/vocab.txt"] {
+        std::os::unix::fs::symlink(repo_models().join("kit").join(entry), dir.path().join("kit").join(entry)).unwrap();
+    }
+    std::fs::write(dir.path().join("kit/all-MiniLM-L6-v2/config.json"), b"{}").unwrap();
+    let output = lookalike(&["models", "list"], &[("LOOKALIKE__MODELS__DIR", dir.path().to_str().unwrap())]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let table = text(&output.stdout);
+    let line = |id: &str| table.lines().find(|l| l.contains(id)).unwrap_or_default().to_string();
+    assert!(line("efficientnet_lite0").contains("installed"), "{table}");
+    assert!(line("all_minilm_l6_v2").contains("DAMAGED"), "{table}");
+    assert!(line("inception_v3_mixed5").contains("missing"), "{table}");
+    assert!(line("vgg16").contains("missing"), "{table}");
+    assert!(table.contains("config.json has sha256 44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"), "{table}");
+    assert!(table.contains("make setup") && table.contains("lookalike models fetch chapter"), "{table}");
+}
+
+#[test]
+fn fetch_chapter_without_internet_fails_fast_and_says_what_to_do() {
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = scratch_models(&std::fs::read_to_string(repo_models().join("manifest.toml")).unwrap());
+    let started = std::time::Instant::now();
+    let output = lookalike(
+        &["models", "fetch", "chapter"],
+        &[("LOOKALIKE__MODELS__DIR", dir.path().to_str().unwrap()), ("LOOKALIKE_FETCH_MIRROR", &origin)],
+    );
+    assert!(started.elapsed().as_secs() < 20, "should fail fast, took {:?}", started.elapsed());
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("cannot download") && stderr.contains("no internet"), "{stderr}");
+    assert!(stderr.contains("offline kit") && stderr.contains("make setup"), "{stderr}");
+    let cache = dir.path().join("cache/vgg16/vgg16-397923af.pth");
+    assert!(stderr.contains(&cache.display().to_string()), "the hand-copy path should be named: {stderr}");
+    let left: Vec<_> = files_under(dir.path()).into_iter().filter(|p| !p.ends_with("manifest.toml") && !p.ends_with("setup.py")).collect();
+    assert!(left.is_empty(), "nothing may be left behind: {left:?}");
+}
+
+#[test]
+fn fetch_chapter_deletes_a_download_with_the_wrong_hash() {
+    let origin = serve_bytes(b"this is not vgg16".to_vec());
+    let dir = scratch_models(&std::fs::read_to_string(repo_models().join("manifest.toml")).unwrap());
+    let output = lookalike(
+        &["models", "fetch", "chapter"],
+        &[("LOOKALIKE__MODELS__DIR", dir.path().to_str().unwrap()), ("LOOKALIKE_FETCH_MIRROR", &origin)],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("expected 397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0") && stderr.contains("deleted"), "{stderr}");
+    assert!(!dir.path().join("chapter").exists(), "no model file may be written");
+    let left: Vec<_> = files_under(&dir.path().join("cache"));
+    assert!(left.is_empty(), "the bad download must be gone: {left:?}");
+}
+
+#[test]
+fn fetch_chapter_downloads_checks_and_converts_to_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("tiny.pth");
+    let made = Command::new("python3")
+        .args(["-c", "import sys, torch; torch.save({'fc.weight': torch.arange(6.).reshape(2, 3).t(), 'fc.bias': torch.ones(3)}, sys.argv[1])"])
+        .arg(&checkpoint)
+        .status()
+        .unwrap();
+    assert!(made.success(), "python3 with torch is needed (make setup installs it)");
+    let bytes = std::fs::read(&checkpoint).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let origin = serve_bytes(bytes);
+    let manifest = format!(
+        r#"[[model]]
+id = "tiny"
+profile = "chapter"
+role = "backbone"
+architecture = "one linear layer"
+licence = "none"
+input = "3"
+preprocessing = "none"
+source = {{ kind = "url", package = "test", version = "0", artefact = "tiny-{prefix}.pth", sha256 = "{sha}", member = "" }}
+files = [ {{ path = "chapter/tiny.safetensors", sha256 = "", url = "https://example.invalid/models/tiny-{prefix}.pth", url_sha256_prefix = "{prefix}", convert = "torch-pickle" }} ]
+"#,
+        prefix = &sha[..8]
+    );
+    let models = scratch_models(&manifest);
+    let env = [("LOOKALIKE__MODELS__DIR", models.path().to_str().unwrap()), ("LOOKALIKE_FETCH_MIRROR", origin.as_str())];
+    let output = lookalike(&["models", "fetch", "chapter"], &env);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+
+    let installed = models.path().join("chapter/tiny.safetensors");
+    let data = std::fs::read(&installed).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&data).unwrap();
+    let weight = tensors.tensor("fc.weight").unwrap();
+    assert_eq!(weight.shape(), &[3, 2]);
+    let values: Vec<f32> = weight.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(values, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0], "a transposed view must be stored in its logical layout");
+    assert!(models.path().join("chapter/tiny.safetensors.sha256").exists(), "the installed hash is recorded");
+
+    let listed = lookalike(&["models", "list", "--json"], &env);
+    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(rows[0]["files"][0][1]["state"], "verified", "{rows}");
+
+    let again = lookalike(&["models", "fetch", "chapter"], &env);
+    assert!(text(&again.stdout).contains("every chapter model is installed"), "{}", text(&again.stdout));
+}
