@@ -8,10 +8,11 @@ TORCHVISION := 0.19.0
 .PHONY: setup demo test
 
 # libtorch comes from PyPI's torch wheel (rust-bert 0.23 -> tch 0.17 -> libtorch 2.4.0 exactly);
-# torchvision is the reference the vision parity tests compare against. Then the offline kit.
+# torchvision and transformers (<5: 5.x needs torch 2.6) are the references parity tests compare
+# against. Then the offline kit.
 setup:
-	@$(PYTHON) -c "import sys, torch, torchvision; sys.exit(torch.__version__.split('+')[0] != '$(TORCH)')" 2>/dev/null \
-		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check torch==$(TORCH) torchvision==$(TORCHVISION)
+	@$(PYTHON) -c "import sys, torch, torchvision, transformers; sys.exit(torch.__version__.split('+')[0] != '$(TORCH)' or transformers.__version__ >= '5')" 2>/dev/null \
+		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check torch==$(TORCH) torchvision==$(TORCHVISION) "transformers<5"
 	@$(PYTHON) models/setup.py install
 
 demo: setup

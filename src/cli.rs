@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, Profile};
-use crate::models;
+use crate::config::{Config, Profile, TextMethod};
+use crate::text::{self, IntentReader, TextModelPaths, Vocabulary};
+use crate::worker::ModelWorker;
+use crate::{bench, models};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -133,22 +135,42 @@ pub struct EvalArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["sentence", "eval"])))]
 pub struct IntentArgs {
-    /// The shopper's sentence.
-    pub sentence: String,
-    /// Print the scores as JSON.
+    /// The shopper's sentence, e.g. "not a dress, a coat like this".
+    pub sentence: Option<String>,
+    /// Instead of one sentence, measure accuracy per method on a labelled file
+    /// (`sentence<TAB>category-or-none<TAB>kind` lines), e.g. tests/data/intent_sentences.tsv.
+    #[arg(long, value_name = "FILE", conflicts_with = "sentence")]
+    pub eval: Option<PathBuf>,
+    /// Methods to use, in order [default: text.methods from the config].
+    #[arg(long = "method", value_enum, value_name = "METHOD")]
+    pub methods: Vec<TextMethod>,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// Run only this part of the suite.
+    #[arg(long, value_enum)]
+    pub only: Option<BenchPart>,
+    /// Timed repetitions of each measurement.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Profiles to measure.
     #[arg(long, value_enum, default_values_t = [Profile::Kit])]
     pub profile: Vec<Profile>,
     /// Skip the python baselines.
     #[arg(long)]
     pub no_python: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPart {
+    /// Reading the category from a sentence (p50/p99 per sentence, against the bare MiniLM pass).
+    Intent,
 }
 
 /// Runs one parsed command against the loaded configuration.
@@ -173,7 +195,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         }
         Command::Train(_) => not_built("train", "the vision issue (#3)"),
         Command::Eval(_) => not_built("eval", "the vision issue (#3)"),
-        Command::Intent(_) => not_built("intent", "the text intent issue (#4)"),
+        Command::Intent(args) => intent(&args, config),
         Command::Index(_) => not_built("index", "the index/search issue (#5)"),
         Command::Search(_) => not_built("search", "the index/search issue (#5)"),
         Command::Demo => {
@@ -188,10 +210,80 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => not_built("serve", "the Discord bot issue (#6)"),
-        Command::Bench(_) => not_built("bench", "the speed issue (#7)"),
+        Command::Bench(args) => match args.only {
+            Some(BenchPart::Intent) => bench::intent(config, args.rounds),
+            None => not_built("bench (the full suite)", "the speed issue (#7); `lookalike bench --only intent` works today"),
+        },
     }
 }
 
 fn not_built(command: &str, issue: &str) -> anyhow::Result<()> {
     anyhow::bail!("`lookalike {command}` is not built yet: it arrives with {issue}. `lookalike models list` works today.")
+}
+
+/// Starts the model thread with the text methods `methods` (the config's when empty).
+pub fn intent_worker(config: &Config, methods: &[TextMethod]) -> anyhow::Result<ModelWorker<IntentReader>> {
+    let vocabulary = Vocabulary::load(&config.text.vocabulary)?;
+    let text_config = config.text.clone();
+    let paths = TextModelPaths::new(&config.models.dir, &config.text);
+    let methods = if methods.is_empty() { config.text.methods.clone() } else { methods.to_vec() };
+    ModelWorker::spawn(move || IntentReader::load(vocabulary, &text_config, &methods, &paths))
+}
+
+fn intent(args: &IntentArgs, config: &Config) -> anyhow::Result<()> {
+    if let Some(path) = &args.eval {
+        return intent_eval(path, &args.methods, args.json, config);
+    }
+    let worker = intent_worker(config, &args.methods)?;
+    let sentence = args.sentence.clone().unwrap_or_default();
+    let intent = worker.run_blocking(move |reader| reader.read(&sentence))??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&intent)?);
+    } else {
+        print!("{}", text::render(&intent));
+    }
+    Ok(())
+}
+
+/// Accuracy of each method alone and of the configured combination, on a labelled file.
+fn intent_eval(path: &std::path::Path, methods: &[TextMethod], json: bool, config: &Config) -> anyhow::Result<()> {
+    let labelled = text::labelled_sentences(path)?;
+    let combination = if methods.is_empty() { config.text.methods.clone() } else { methods.to_vec() };
+    let mut setups: Vec<Vec<TextMethod>> = combination.iter().map(|m| vec![*m]).collect();
+    if combination.len() > 1 {
+        setups.push(combination.clone());
+    }
+    let mut report = Vec::new();
+    for setup in setups {
+        let worker = intent_worker(config, &setup)?;
+        let sentences = labelled.clone();
+        let outcome = worker.run_blocking(move |reader| text::evaluate(reader, &sentences))??;
+        report.push((setup, outcome));
+    }
+    if json {
+        let rows: Vec<serde_json::Value> = report
+            .iter()
+            .map(|(setup, outcome)| serde_json::json!({ "methods": setup, "evaluation": outcome }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{} labelled sentences from {}", labelled.len(), path.display());
+    println!("{:<22} {:>9} {:>15} {:>11}", "methods", "accuracy", "names category", "says none");
+    for (setup, outcome) in &report {
+        let name = setup.iter().map(|m| format!("{m:?}").to_lowercase()).collect::<Vec<_>>().join(" + ");
+        println!(
+            "{:<22} {:>8.1}% {:>14.1}% {:>10.1}%",
+            name,
+            100.0 * outcome.accuracy,
+            100.0 * outcome.named_accuracy,
+            100.0 * outcome.none_accuracy
+        );
+    }
+    if let Some((_, outcome)) = report.last() {
+        for miss in &outcome.misses {
+            println!("  miss: {:?} expected {}, got {}", miss.sentence, miss.expected.as_deref().unwrap_or("none"), miss.got.as_deref().unwrap_or("none"));
+        }
+    }
+    Ok(())
 }

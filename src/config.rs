@@ -131,17 +131,23 @@ pub struct SearchConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextConfig {
+    /// Categories with their synonyms and descriptions (`[[category]]` tables).
+    pub vocabulary: PathBuf,
     /// Methods tried in order; the first that names a category with enough confidence decides.
     pub methods: Vec<TextMethod>,
     /// Minimum calibrated score for a method to name a category.
     pub min_score: f32,
+    /// Softmax temperature that turns MiniLM cosines into scores.
+    pub embedding_temperature: f32,
+    /// Cosine the best category must beat for the embedding method to name it at all.
+    pub embedding_none_cosine: f32,
     /// NLI hypothesis; `{}` is replaced by the category name.
     pub nli_template: String,
     /// Local folder of an MNLI model; empty uses rust-bert's remote BART-large-MNLI.
     pub nli_model_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TextMethod {
     Lexical,
@@ -233,6 +239,8 @@ impl Config {
         let text = &self.text;
         check(!text.methods.is_empty(), "text.methods", format!("{:?}", text.methods), "must name at least one of \"lexical\", \"embedding\", \"nli\"")?;
         check((0.0..=1.0).contains(&text.min_score), "text.min_score", text.min_score, "must be between 0.0 and 1.0")?;
+        check(text.embedding_temperature > 0.0 && text.embedding_temperature <= 1.0, "text.embedding_temperature", text.embedding_temperature, "must be above 0.0 and at most 1.0")?;
+        check((-1.0..=1.0).contains(&text.embedding_none_cosine), "text.embedding_none_cosine", text.embedding_none_cosine, "must be a cosine between -1.0 and 1.0")?;
         check(text.nli_template.contains("{}"), "text.nli_template", &text.nli_template, "must contain `{}` where the category name goes")?;
         check(self.limits.max_image_mb >= 1, "limits.max_image_mb", self.limits.max_image_mb, "must be at least 1")?;
         check(self.limits.max_image_megapixels >= 1, "limits.max_image_megapixels", self.limits.max_image_megapixels, "must be at least 1")?;

@@ -11,6 +11,10 @@
 //! |----------|------|------------------|
 //! | [`config`] | typed config from `config/lookalike.toml` + `LOOKALIKE__SECTION__KEY` overrides, validated at start-up; the token only from `DISCORD_TOKEN` | everything else |
 //! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` | torch, Discord |
+//! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; negation; "none" | index, Discord |
+//! | [`decide`] | image vote + text intent -> ordered categories to search, with reasons (pure) | torch, Discord |
+//! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out | Discord |
+//! | [`bench`]  | `lookalike bench`: timings as ratios against a baseline measured in the same run | Discord |
 //! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it | Discord |
 //!
 //! # Invariants
@@ -22,6 +26,10 @@
 //!   flushed, then renamed into place.
 //! - The Discord token never appears in a config file, a log line or an error message.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod decide;
 pub mod models;
+pub mod text;
+pub mod worker;

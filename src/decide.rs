@@ -1,0 +1,241 @@
+//! Fusing the image vote and the sentence's intent into the categories to search, in order,
+//! with reasons a person can read. Pure code: no torch, no Discord.
+//!
+//! The rules, in the order they apply:
+//! 1. The image vote is the majority of the backbones' top-1 labels; a tie goes to the label
+//!    with the highest mean probability across backbones.
+//! 2. Categories the sentence rules out ("not a dress") are never searched.
+//! 3. A category the sentence names is searched first ("text wins", the chapter's fallback for
+//!    a wrong image vote); the image's choice follows when it differs, as production systems
+//!    search the top two when evidence is split.
+//! 4. Without a named category, a clear vote (a majority, mean probability at least
+//!    [`CONFIDENT`]) searches its winner alone; a split or unsure vote adds the runner-up.
+
+use serde::Serialize;
+
+use crate::text::Intent;
+
+/// Mean probability from which a majority vote counts as sure of itself.
+pub const CONFIDENT: f32 = 0.5;
+
+/// One backbone's opinion: a probability per category, in [`ImageVote::categories`] order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackboneVote {
+    pub backbone: String,
+    pub probabilities: Vec<f32>,
+}
+
+impl BackboneVote {
+    /// The backbone's top-1 category index and its probability.
+    pub fn top(&self) -> (usize, f32) {
+        self.probabilities
+            .iter()
+            .cloned()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, 0.0))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageVote {
+    pub categories: Vec<String>,
+    pub backbones: Vec<BackboneVote>,
+}
+
+/// The vote's result: every category ranked by (votes, mean probability).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tally {
+    /// (category index, top-1 votes, mean probability), best first.
+    pub ranking: Vec<(usize, usize, f32)>,
+    pub voters: usize,
+}
+
+impl Tally {
+    pub fn winner(&self) -> (usize, usize, f32) {
+        self.ranking[0]
+    }
+
+    pub fn has_majority(&self) -> bool {
+        self.ranking[0].1 * 2 > self.voters
+    }
+}
+
+impl ImageVote {
+    pub fn tally(&self) -> Tally {
+        let count = self.categories.len();
+        let mut votes = vec![0usize; count];
+        let mut mean = vec![0f32; count];
+        for backbone in &self.backbones {
+            votes[backbone.top().0] += 1;
+            for (index, probability) in backbone.probabilities.iter().enumerate().take(count) {
+                mean[index] += probability / self.backbones.len().max(1) as f32;
+            }
+        }
+        let mut ranking: Vec<(usize, usize, f32)> = (0..count).map(|i| (i, votes[i], mean[i])).collect();
+        ranking.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.total_cmp(&a.2)));
+        Tally { ranking, voters: self.backbones.len() }
+    }
+}
+
+/// The categories to search, best first, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub categories: Vec<String>,
+    pub reasons: Vec<String>,
+}
+
+/// Applies the rules in the module documentation. `max_categories` is 1 to 3.
+pub fn decide(vote: &ImageVote, intent: Option<&Intent>, max_categories: usize) -> Decision {
+    let tally = vote.tally();
+    let name = |index: usize| vote.categories[index].clone();
+    let negated: Vec<String> = intent.map(|i| i.negated.clone()).unwrap_or_default();
+    let allowed: Vec<(usize, usize, f32)> = tally.ranking.iter().cloned().filter(|(i, _, _)| !negated.contains(&name(*i))).collect();
+    let mut reasons = vec![describe_vote(vote, &tally)];
+    if !negated.is_empty() {
+        reasons.push(format!("text rules out {}", quoted(&negated)));
+    }
+    let mut categories: Vec<String> = Vec::new();
+    let named = intent.and_then(|i| i.category.clone().map(|c| (c, i.score)));
+    let image_choice = allowed.first().map(|(i, _, _)| name(*i));
+    if tally.winner().0 != allowed.first().map_or(usize::MAX, |a| a.0) {
+        if let Some(choice) = &image_choice {
+            reasons.push(format!("next most probable image category: '{choice}'"));
+        }
+    }
+    match named {
+        Some((category, score)) => {
+            match &image_choice {
+                Some(choice) if *choice == category => {
+                    reasons.push(format!("text names '{category}' ({score:.2}) and the image agrees"));
+                }
+                Some(choice) => {
+                    reasons.push(format!("text names '{category}' ({score:.2}); image says '{choice}'; text wins, image's choice searched second"));
+                }
+                None => reasons.push(format!("text names '{category}' ({score:.2})")),
+            }
+            categories.push(category);
+            categories.extend(image_choice);
+        }
+        None => {
+            let sure = tally.has_majority() && allowed.first().is_some_and(|a| a.2 >= CONFIDENT) && allowed.first().map(|a| a.0) == Some(tally.winner().0);
+            categories.extend(image_choice);
+            if sure {
+                reasons.push("no category named in text; the image vote decides".to_string());
+            } else if let Some((runner_up, _, _)) = allowed.get(1) {
+                reasons.push(format!("the image vote is split or unsure; also searching '{}'", name(*runner_up)));
+                categories.push(name(*runner_up));
+            }
+        }
+    }
+    categories.dedup();
+    let mut seen = Vec::new();
+    categories.retain(|c| !seen.contains(c) && {
+        seen.push(c.clone());
+        true
+    });
+    categories.truncate(max_categories.max(1));
+    Decision { categories, reasons }
+}
+
+fn describe_vote(vote: &ImageVote, tally: &Tally) -> String {
+    let (winner, votes, mean) = tally.winner();
+    let each: Vec<String> = vote
+        .backbones
+        .iter()
+        .map(|b| {
+            let (top, probability) = b.top();
+            format!("{} {} {:.2}", b.backbone, vote.categories[top], probability)
+        })
+        .collect();
+    format!(
+        "image vote '{}' {} of {} (mean {:.2}): {}",
+        vote.categories[winner],
+        votes,
+        tally.voters,
+        mean,
+        each.join(", ")
+    )
+}
+
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TextMethod;
+
+    const CATEGORIES: [&str; 4] = ["sandal", "sneaker", "dress", "coat"];
+
+    /// Each backbone as (top category, its probability); the rest is spread evenly.
+    fn vote(tops: &[(&str, f32)]) -> ImageVote {
+        let backbones = tops
+            .iter()
+            .enumerate()
+            .map(|(n, (top, p))| {
+                let rest = (1.0 - p) / (CATEGORIES.len() - 1) as f32;
+                let probabilities = CATEGORIES.iter().map(|c| if c == top { *p } else { rest }).collect();
+                BackboneVote { backbone: format!("net{n}"), probabilities }
+            })
+            .collect();
+        ImageVote { categories: CATEGORIES.iter().map(|c| c.to_string()).collect(), backbones }
+    }
+
+    fn intent(category: Option<&str>, negated: &[&str]) -> Intent {
+        Intent {
+            category: category.map(str::to_string),
+            score: 0.91,
+            decided_by: category.map(|_| TextMethod::Lexical),
+            negated: negated.iter().map(|s| s.to_string()).collect(),
+            methods: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn decision_table() {
+        struct Case {
+            tops: &'static [(&'static str, f32)],
+            named: Option<&'static str>,
+            negated: &'static [&'static str],
+            expected: &'static [&'static str],
+            reason: &'static str,
+        }
+        let cases = [
+            Case { tops: &[("sandal", 0.9), ("sandal", 0.8), ("sandal", 0.7)], named: None, negated: &[], expected: &["sandal"], reason: "image vote decides" },
+            Case { tops: &[("sandal", 0.9), ("sandal", 0.8), ("sneaker", 0.7)], named: None, negated: &[], expected: &["sandal"], reason: "'sandal' 2 of 3" },
+            Case { tops: &[("sandal", 0.9), ("sneaker", 0.8), ("sneaker", 0.7)], named: Some("sneaker"), negated: &[], expected: &["sneaker"], reason: "image agrees" },
+            Case { tops: &[("sandal", 0.9), ("sandal", 0.8), ("sneaker", 0.7)], named: Some("sneaker"), negated: &[], expected: &["sneaker", "sandal"], reason: "text wins" },
+            Case { tops: &[("sandal", 0.4), ("sneaker", 0.9), ("dress", 0.5)], named: None, negated: &[], expected: &["sneaker", "dress"], reason: "split" },
+            Case { tops: &[("dress", 0.9), ("dress", 0.9), ("coat", 0.6)], named: Some("coat"), negated: &["dress"], expected: &["coat"], reason: "rules out 'dress'" },
+            Case { tops: &[("dress", 0.9), ("dress", 0.9), ("coat", 0.6)], named: None, negated: &["dress"], expected: &["coat", "sandal"], reason: "next most probable image category: 'coat'" },
+            Case { tops: &[("sandal", 0.35), ("sandal", 0.3), ("sneaker", 0.3)], named: None, negated: &[], expected: &["sandal", "sneaker"], reason: "unsure" },
+        ];
+        for (number, case) in cases.iter().enumerate() {
+            let intent = intent(case.named, case.negated);
+            let decision = decide(&vote(case.tops), Some(&intent), 2);
+            assert_eq!(decision.categories, case.expected, "case {number}: {:?}", decision.reasons);
+            assert!(decision.reasons.iter().any(|r| r.contains(case.reason)), "case {number}: {:?}", decision.reasons);
+        }
+    }
+
+    #[test]
+    fn a_tie_goes_to_the_highest_mean_probability() {
+        let tally = vote(&[("sandal", 0.5), ("sneaker", 0.9), ("dress", 0.6)]).tally();
+        assert_eq!(CATEGORIES[tally.winner().0], "sneaker");
+        assert!(!tally.has_majority());
+    }
+
+    #[test]
+    fn max_categories_caps_the_list() {
+        let decision = decide(&vote(&[("sandal", 0.9), ("sandal", 0.8), ("sneaker", 0.7)]), Some(&intent(Some("coat"), &[])), 1);
+        assert_eq!(decision.categories, ["coat"]);
+    }
+
+    #[test]
+    fn reasons_name_each_backbone_vote() {
+        let decision = decide(&vote(&[("sandal", 0.9), ("sandal", 0.8), ("sneaker", 0.7)]), None, 2);
+        assert!(decision.reasons[0].contains("net0 sandal 0.90") && decision.reasons[0].contains("net2 sneaker 0.70"), "{:?}", decision.reasons);
+    }
+}

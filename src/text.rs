@@ -1,0 +1,721 @@
+//! Which category a shopper's sentence names, if any: "a bed like this, but wooden" names `bed`;
+//! "anything like this?" names none, and must not override the image.
+//!
+//! Three methods share one trait and are tried in the configured order; the first that names a
+//! category with enough confidence decides:
+//! - [`Lexical`]: category names, singular/plural, configured synonyms, one-letter typos;
+//! - [`Embedding`]: all-MiniLM-L6-v2 similarity between the sentence and each category's
+//!   description and synonyms, turned into scores by a temperature softmax that includes a
+//!   "no category" class anchored on generic requests;
+//! - [`Nli`]: rust-bert's zero-shot MNLI classifier, one hypothesis per category.
+//!
+//! Negation ("not a dress, a coat like this") is found lexically once, up front: negated
+//! categories score zero in every method, and the negated words are removed before a model
+//! reads the sentence.
+//!
+//! Models built here hold libtorch objects: they are created and used on the model worker
+//! thread only (see [`crate::worker`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{TextConfig, TextMethod};
+
+/// One catalogue category as the text side knows it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Category {
+    /// The catalogue folder name, e.g. `ankle-boot`.
+    pub name: String,
+    /// Other words shoppers use for it, e.g. `chelsea boot`, `booties`.
+    #[serde(default)]
+    pub synonyms: Vec<String>,
+    /// One sentence describing it, for the embedding method.
+    pub description: String,
+}
+
+/// The categories file (`text.vocabulary`): `[[category]]` tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vocabulary {
+    pub category: Vec<Category>,
+}
+
+impl Vocabulary {
+    pub fn load(path: &Path) -> anyhow::Result<Vocabulary> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the category vocabulary {} (config key text.vocabulary)", path.display()))?;
+        let vocabulary: Vocabulary = toml::from_str(&text).with_context(|| format!("{} is not a valid category vocabulary", path.display()))?;
+        anyhow::ensure!(!vocabulary.category.is_empty(), "{} defines no [[category]]", path.display());
+        Ok(vocabulary)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.category.iter().map(|c| c.name.clone()).collect()
+    }
+}
+
+/// What one method made of a sentence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MethodScores {
+    pub method: TextMethod,
+    /// Score per category, in vocabulary order, between 0 and 1.
+    pub scores: Vec<(String, f32)>,
+    /// The category this method names, if its best score reaches `text.min_score`.
+    pub chosen: Option<String>,
+}
+
+/// The answer for a sentence: the category named (or none), by which method, and the detail.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Intent {
+    pub category: Option<String>,
+    pub score: f32,
+    pub decided_by: Option<TextMethod>,
+    /// Categories the sentence rules out ("not a dress").
+    pub negated: Vec<String>,
+    /// Every method that ran, in order.
+    pub methods: Vec<MethodScores>,
+}
+
+/// A way of scoring categories for a sentence.
+pub trait IntentMethod {
+    fn kind(&self) -> TextMethod;
+    /// Scores for `sentence` (negated words already removed where the method reads models).
+    fn scores(&mut self, sentence: &Sentence) -> anyhow::Result<Vec<f32>>;
+}
+
+/// A sentence prepared once for all methods.
+#[derive(Debug, Clone)]
+pub struct Sentence {
+    pub original: String,
+    /// The sentence without its negated phrases, for model-based methods.
+    pub affirmative: String,
+    pub mentions: Vec<Mention>,
+}
+
+/// A category named in the sentence, at token positions `start..end`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mention {
+    pub category: usize,
+    pub start: usize,
+    pub end: usize,
+    pub negated: bool,
+}
+
+/// Lower-cases, splits on anything not a letter or digit, expands "n't" to "not", and keeps
+/// commas and full stops as tokens because they end a negation's reach.
+pub fn tokens(text: &str) -> Vec<String> {
+    let lowered = text.to_lowercase().replace("n't", " not").replace('\'', "");
+    let mut out = Vec::new();
+    let mut word = String::new();
+    for ch in lowered.chars() {
+        if ch.is_alphanumeric() {
+            word.push(ch);
+            continue;
+        }
+        if !word.is_empty() {
+            out.push(std::mem::take(&mut word));
+        }
+        if matches!(ch, ',' | '.' | ';' | '!' | '?') {
+            out.push(",".to_string());
+        }
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+/// Plural and singular forms compare equal: "dresses" = "dress", "jeans" = "jean".
+fn stem(word: &str) -> &str {
+    if word.len() > 4 && (word.ends_with("sses") || word.ends_with("shes") || word.ends_with("ches") || word.ends_with("xes")) {
+        &word[..word.len() - 2]
+    } else if word.len() > 3 && word.ends_with('s') && !word.ends_with("ss") {
+        &word[..word.len() - 1]
+    } else {
+        word
+    }
+}
+
+/// At most one edit (insert, delete, substitute, or swap of neighbours) between `a` and `b`.
+fn within_one_edit(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len().abs_diff(b.len()) > 1 {
+        return false;
+    }
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let (ra, rb) = (&a[prefix..], &b[prefix..]);
+    let suffix = ra.iter().rev().zip(rb.iter().rev()).take_while(|(x, y)| x == y).count();
+    let (ma, mb) = (ra.len() - suffix.min(ra.len()), rb.len() - suffix.min(rb.len()));
+    let swapped = ra.len() >= 2 && rb.len() >= 2 && ra[0] == rb[1] && ra[1] == rb[0] && ra[2..] == rb[2..];
+    (ma <= 1 && mb <= 1) || swapped
+}
+
+/// `said` matches `known` exactly (up to plural), or by one typo when `said` is no word of the
+/// vocabulary itself ("shirts" must not match "tshirt"). Typos are forgiven on long words only:
+/// "coat" and "boat" stay apart, and five-letter words allow only a missing or extra letter
+/// ("dres" is "dress", but "skirt" is not "shirt").
+fn words_match(said: &str, known: &str, vocabulary_words: &[String]) -> bool {
+    if stem(said) == stem(known) {
+        return true;
+    }
+    if vocabulary_words.iter().any(|w| w == stem(said)) {
+        return false;
+    }
+    // Compare raw and singular forms both ways: "dres" is a typo of "dress", not a plural.
+    [(said, known), (stem(said), stem(known))].iter().any(|(said, known)| match known.chars().count() {
+        0..=4 => false,
+        5 => said.chars().count() != 5 && within_one_edit(said, known),
+        _ => within_one_edit(said, known),
+    })
+}
+
+const NEGATIONS: [&str; 5] = ["not", "no", "never", "without", "except"];
+/// "instead of a dress", "rather than a dress", "anything but a dress".
+const NEGATING_PAIRS: [(&str, &str); 3] = [("instead", "of"), ("rather", "than"), ("anything", "but")];
+/// Tokens a negation reaches across: "not a long dress", "not the red dress".
+const NEGATION_REACH: usize = 4;
+
+/// Finds every category phrase in `words`; a phrase inside a longer one ("shirt" inside
+/// "t shirt") yields only the longer one.
+pub fn mentions(words: &[String], vocabulary: &Vocabulary) -> Vec<Mention> {
+    let vocabulary_words: Vec<String> = vocabulary
+        .category
+        .iter()
+        .flat_map(|c| std::iter::once(&c.name).chain(&c.synonyms))
+        .flat_map(|phrase| tokens(phrase))
+        .map(|word| stem(&word).to_string())
+        .collect();
+    let mut found = Vec::new();
+    for (index, category) in vocabulary.category.iter().enumerate() {
+        let phrases = std::iter::once(&category.name).chain(&category.synonyms);
+        for phrase in phrases {
+            let phrase = tokens(phrase);
+            if phrase.is_empty() || phrase.len() > words.len() {
+                continue;
+            }
+            for start in 0..=words.len() - phrase.len() {
+                if phrase.iter().zip(&words[start..]).all(|(known, said)| words_match(said, known, &vocabulary_words)) {
+                    found.push(Mention { category: index, start, end: start + phrase.len(), negated: false });
+                }
+            }
+        }
+    }
+    let all = found.clone();
+    found.retain(|m| !all.iter().any(|o| o != m && o.start <= m.start && o.end >= m.end && (o.end - o.start) > (m.end - m.start)));
+    found.sort_by_key(|m| (m.start, m.category));
+    found.dedup_by_key(|m| (m.start, m.end, m.category));
+    for mention in &mut found {
+        mention.negated = is_negated(words, mention.start);
+    }
+    found
+}
+
+fn is_negated(words: &[String], start: usize) -> bool {
+    let window_start = start.saturating_sub(NEGATION_REACH);
+    let window = &words[window_start..start];
+    // A comma ends a negation's reach: "not a dress, a coat" negates only the dress.
+    let window = match window.iter().rposition(|w| w == ",") {
+        Some(comma) => &window[comma + 1..],
+        None => window,
+    };
+    window.iter().any(|w| NEGATIONS.contains(&w.as_str()))
+        || window.windows(2).any(|pair| NEGATING_PAIRS.contains(&(pair[0].as_str(), pair[1].as_str())))
+}
+
+impl Sentence {
+    pub fn new(text: &str, vocabulary: &Vocabulary) -> Sentence {
+        let words = tokens(text);
+        let mentions = mentions(&words, vocabulary);
+        // Remove each negated phrase with the negation words before it, so a model reads
+        // "not a dress, a coat like this" as ", a coat like this".
+        let mut keep = vec![true; words.len()];
+        for mention in mentions.iter().filter(|m| m.negated) {
+            let from = mention.start.saturating_sub(NEGATION_REACH);
+            let cue = (from..mention.start).find(|&i| NEGATIONS.contains(&words[i].as_str()) || NEGATING_PAIRS.iter().any(|(a, _)| words[i] == *a));
+            for flag in &mut keep[cue.unwrap_or(mention.start)..mention.end] {
+                *flag = false;
+            }
+        }
+        let affirmative = words.iter().zip(&keep).filter(|(_, k)| **k).map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(" ");
+        Sentence { original: text.to_string(), affirmative, mentions }
+    }
+
+    /// Categories every mention of which is negated: "a backpack, not a handbag" rules out
+    /// nothing, since the bag is also asked for.
+    pub fn negated(&self) -> impl Iterator<Item = usize> + '_ {
+        self.mentions
+            .iter()
+            .filter(|m| m.negated && self.mentions.iter().all(|o| o.category != m.category || o.negated))
+            .map(|m| m.category)
+    }
+}
+
+/// Names and synonyms, with one-letter typos forgiven on long words.
+pub struct Lexical {
+    categories: usize,
+}
+
+impl IntentMethod for Lexical {
+    fn kind(&self) -> TextMethod {
+        TextMethod::Lexical
+    }
+
+    /// One category named (and not negated) scores 1. Several share a score that leaves room
+    /// for doubt (1/(n+1) each), so the lexical method names none of them and a model decides.
+    fn scores(&mut self, sentence: &Sentence) -> anyhow::Result<Vec<f32>> {
+        let mut named: Vec<usize> = sentence.mentions.iter().filter(|m| !m.negated).map(|m| m.category).collect();
+        named.sort_unstable();
+        named.dedup();
+        let negated: Vec<usize> = sentence.negated().collect();
+        named.retain(|c| !negated.contains(c));
+        let mut scores = vec![0.0; self.categories];
+        let share = if named.len() == 1 { 1.0 } else { 1.0 / (named.len() + 1) as f32 };
+        for category in &named {
+            scores[*category] = share;
+        }
+        Ok(scores)
+    }
+}
+
+/// Generic requests that name no category; the embedding method's "none" class is anchored on
+/// them, so "anything like this?" lands there rather than on the nearest category.
+const GENERIC_REQUESTS: [&str; 10] = [
+    "anything like this?",
+    "show me something similar",
+    "find more like this one",
+    "cheaper please",
+    "do you have this in another colour?",
+    "what else do you have",
+    "something in a bigger size",
+    "I love this, find me one",
+    "same style but less expensive",
+    "similar item please",
+];
+
+/// Cosine similarity to category descriptions with all-MiniLM-L6-v2, calibrated into scores by
+/// a temperature softmax over the categories and a "none" class.
+pub struct Embedding {
+    model: rust_bert::pipelines::sentence_embeddings::SentenceEmbeddingsModel,
+    /// Per category, the unit vectors of its description and of each name and synonym.
+    prototypes: Vec<Vec<Vec<f32>>>,
+    generic: Vec<Vec<f32>>,
+    temperature: f32,
+    none_floor: f32,
+}
+
+impl Embedding {
+    pub fn load(model_dir: &Path, vocabulary: &Vocabulary, config: &TextConfig) -> anyhow::Result<Embedding> {
+        use rust_bert::pipelines::sentence_embeddings::{SentenceEmbeddingsConfig, SentenceEmbeddingsModel};
+        use rust_bert::resources::LocalResource;
+        let file = |name: &str| -> anyhow::Result<Box<LocalResource>> {
+            let path = model_dir.join(name);
+            anyhow::ensure!(path.exists(), "{} is missing: run `make setup` to install the offline kit", path.display());
+            Ok(Box::new(LocalResource { local_path: path }))
+        };
+        let config_rb = SentenceEmbeddingsConfig {
+            modules_config_resource: file("modules.json")?,
+            transformer_type: rust_bert::pipelines::common::ModelType::Bert,
+            transformer_config_resource: file("config.json")?,
+            transformer_weights_resource: file("model.safetensors")?,
+            pooling_config_resource: file("1_Pooling/config.json")?,
+            dense_config_resource: None,
+            dense_weights_resource: None,
+            sentence_bert_config_resource: file("sentence_bert_config.json")?,
+            tokenizer_config_resource: file("tokenizer_config.json")?,
+            tokenizer_vocab_resource: file("vocab.txt")?,
+            tokenizer_merges_resource: None,
+            device: tch::Device::Cpu,
+            kind: None,
+        };
+        let model = SentenceEmbeddingsModel::new(config_rb).context("cannot load all-MiniLM-L6-v2")?;
+        let mut prototypes = Vec::new();
+        for category in &vocabulary.category {
+            let mut texts = vec![category.description.clone(), category.name.replace('-', " ")];
+            texts.extend(category.synonyms.iter().cloned());
+            prototypes.push(unit_rows(model.encode(&texts)?));
+        }
+        let generic = unit_rows(model.encode(&GENERIC_REQUESTS)?);
+        Ok(Embedding { model, prototypes, generic, temperature: config.embedding_temperature, none_floor: config.embedding_none_cosine })
+    }
+
+    /// The bare MiniLM forward pass for one sentence: the baseline the benchmark compares with.
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<f32>> {
+        Ok(self.model.encode(&[text])?.remove(0))
+    }
+}
+
+fn unit_rows(rows: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
+    rows.into_iter()
+        .map(|row| {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            row.into_iter().map(|v| v / norm).collect()
+        })
+        .collect()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Softmax of `logits / temperature`.
+fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|l| ((l - max) / temperature).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+impl IntentMethod for Embedding {
+    fn kind(&self) -> TextMethod {
+        TextMethod::Embedding
+    }
+
+    fn scores(&mut self, sentence: &Sentence) -> anyhow::Result<Vec<f32>> {
+        if sentence.affirmative.trim_matches(|c: char| c == ',' || c.is_whitespace()).is_empty() {
+            return Ok(vec![0.0; self.prototypes.len()]);
+        }
+        let query = unit_rows(vec![self.encode(&sentence.affirmative)?]).remove(0);
+        let negated: Vec<usize> = sentence.negated().collect();
+        let mut logits: Vec<f32> = self
+            .prototypes
+            .iter()
+            .enumerate()
+            .map(|(index, rows)| {
+                if negated.contains(&index) {
+                    f32::NEG_INFINITY
+                } else {
+                    rows.iter().map(|row| dot(row, &query)).fold(f32::NEG_INFINITY, f32::max)
+                }
+            })
+            .collect();
+        let generic = self.generic.iter().map(|row| dot(row, &query)).fold(self.none_floor, f32::max);
+        logits.push(generic);
+        let mut scores = softmax(&logits, self.temperature);
+        scores.pop(); // The "none" class: what is left for the categories is their evidence.
+        Ok(scores)
+    }
+}
+
+/// rust-bert's zero-shot MNLI classifier: one hypothesis per category, each scored
+/// independently (entailment against contradiction), so "none" is all scores low.
+pub struct Nli {
+    model: rust_bert::pipelines::zero_shot_classification::ZeroShotClassificationModel,
+    labels: Vec<String>,
+    template: String,
+}
+
+impl Nli {
+    /// `model_dir` holds config.json, weights (`model.safetensors` or `rust_model.ot`) and the
+    /// tokenizer (`vocab.txt`, or `vocab.json` + `merges.txt`); empty uses rust-bert's remote
+    /// BART-large-MNLI.
+    pub fn load(model_dir: &Path, labels: Vec<String>, template: &str) -> anyhow::Result<Nli> {
+        use rust_bert::pipelines::zero_shot_classification::{ZeroShotClassificationConfig, ZeroShotClassificationModel};
+        let config = if model_dir.as_os_str().is_empty() {
+            ZeroShotClassificationConfig::default()
+        } else {
+            local_nli_config(model_dir)?
+        };
+        let model = ZeroShotClassificationModel::new(config).context("cannot load the NLI model")?;
+        Ok(Nli { model, labels, template: template.to_string() })
+    }
+
+    /// Entailment probability per label, as `predict_multilabel` computes it.
+    pub fn entailment(&self, text: &str, labels: &[String]) -> anyhow::Result<Vec<f32>> {
+        let template = self.template.clone();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let output = self.model.predict_multilabel(
+            [text],
+            &labels,
+            Some(Box::new(move |label: &str| template.replace("{}", label))),
+            256,
+        )?;
+        Ok(output[0].iter().map(|label| label.score as f32).collect())
+    }
+}
+
+fn local_nli_config(dir: &Path) -> anyhow::Result<rust_bert::pipelines::zero_shot_classification::ZeroShotClassificationConfig> {
+    use rust_bert::pipelines::common::{ModelResource, ModelType};
+    use rust_bert::resources::LocalResource;
+    let config_path = dir.join("config.json");
+    let config_text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("{} is missing: text.nli_model_dir must hold an MNLI model", config_path.display()))?;
+    let model_type_name = serde_json::from_str::<serde_json::Value>(&config_text)?["model_type"].as_str().unwrap_or("").to_string();
+    let model_type = match model_type_name.as_str() {
+        "bert" => ModelType::Bert,
+        "distilbert" => ModelType::DistilBert,
+        "roberta" => ModelType::Roberta,
+        "bart" => ModelType::Bart,
+        "deberta" => ModelType::Deberta,
+        "albert" => ModelType::Albert,
+        other => anyhow::bail!("{}: model_type {other:?} is not one lookalike can run for NLI (bert, distilbert, roberta, bart, deberta, albert)", config_path.display()),
+    };
+    let weights = ["model.safetensors", "rust_model.ot"].iter().map(|name| dir.join(name)).find(|path| path.exists()).with_context(|| {
+        format!("{} has neither model.safetensors nor rust_model.ot", dir.display())
+    })?;
+    let (vocab, merges) = if dir.join("vocab.txt").exists() {
+        (dir.join("vocab.txt"), None)
+    } else {
+        (dir.join("vocab.json"), Some(dir.join("merges.txt")))
+    };
+    let lower_case = matches!(model_type, ModelType::Bert | ModelType::DistilBert | ModelType::Albert);
+    Ok(rust_bert::pipelines::zero_shot_classification::ZeroShotClassificationConfig::new(
+        model_type,
+        ModelResource::Torch(Box::new(LocalResource { local_path: weights })),
+        LocalResource { local_path: config_path },
+        LocalResource { local_path: vocab },
+        merges.map(|path| LocalResource { local_path: path }),
+        lower_case,
+        None,
+        None,
+    ))
+}
+
+impl IntentMethod for Nli {
+    fn kind(&self) -> TextMethod {
+        TextMethod::Nli
+    }
+
+    fn scores(&mut self, sentence: &Sentence) -> anyhow::Result<Vec<f32>> {
+        let labels: Vec<String> = self.labels.iter().map(|l| l.replace('-', " ")).collect();
+        let mut scores = self.entailment(&sentence.affirmative, &labels)?;
+        for negated in sentence.negated() {
+            scores[negated] = 0.0;
+        }
+        Ok(scores)
+    }
+}
+
+/// The configured methods over one vocabulary. Lives on the model worker thread.
+pub struct IntentReader {
+    vocabulary: Vocabulary,
+    methods: Vec<Box<dyn IntentMethod>>,
+    min_score: f32,
+}
+
+/// Where the text models live, from the models folder and the config.
+pub struct TextModelPaths {
+    pub minilm_dir: PathBuf,
+    pub nli_dir: PathBuf,
+}
+
+impl TextModelPaths {
+    pub fn new(models_dir: &Path, config: &TextConfig) -> TextModelPaths {
+        TextModelPaths { minilm_dir: models_dir.join("kit/all-MiniLM-L6-v2"), nli_dir: config.nli_model_dir.clone() }
+    }
+}
+
+impl IntentReader {
+    /// Loads the methods `methods` names (usually `config.methods`), in that order.
+    pub fn load(vocabulary: Vocabulary, config: &TextConfig, methods: &[TextMethod], paths: &TextModelPaths) -> anyhow::Result<IntentReader> {
+        let mut loaded: Vec<Box<dyn IntentMethod>> = Vec::new();
+        for method in methods {
+            loaded.push(match method {
+                TextMethod::Lexical => Box::new(Lexical { categories: vocabulary.category.len() }),
+                TextMethod::Embedding => Box::new(Embedding::load(&paths.minilm_dir, &vocabulary, config)?),
+                TextMethod::Nli => Box::new(Nli::load(&paths.nli_dir, vocabulary.names(), &config.nli_template)?),
+            });
+        }
+        Ok(IntentReader { vocabulary, methods: loaded, min_score: config.min_score })
+    }
+
+    pub fn vocabulary(&self) -> &Vocabulary {
+        &self.vocabulary
+    }
+
+    pub fn read(&mut self, text: &str) -> anyhow::Result<Intent> {
+        let sentence = Sentence::new(text, &self.vocabulary);
+        let names = self.vocabulary.names();
+        let negated: Vec<String> = {
+            let mut list: Vec<usize> = sentence.negated().collect();
+            list.sort_unstable();
+            list.dedup();
+            list.into_iter().map(|i| names[i].clone()).collect()
+        };
+        let mut intent = Intent { category: None, score: 0.0, decided_by: None, negated, methods: Vec::new() };
+        for method in &mut self.methods {
+            let scores = method.scores(&sentence)?;
+            let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
+            let chosen = best.filter(|(_, score)| **score >= self.min_score).map(|(index, _)| names[index].clone());
+            let detail = MethodScores { method: method.kind(), scores: names.iter().cloned().zip(scores.iter().cloned()).collect(), chosen: chosen.clone() };
+            intent.methods.push(detail);
+            if let (Some(category), Some((_, score))) = (chosen, best) {
+                intent.category = Some(category);
+                intent.score = *score;
+                intent.decided_by = Some(method.kind());
+                break;
+            }
+        }
+        Ok(intent)
+    }
+}
+
+/// `lookalike intent`'s table: each method's scores, then the answer.
+pub fn render(intent: &Intent) -> String {
+    let mut out = String::new();
+    for method in &intent.methods {
+        out.push_str(&format!("{:?}:\n", method.method).to_lowercase());
+        let mut ranked: Vec<(String, f32)> = method.scores.iter().filter(|(_, score)| *score >= 0.005).cloned().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if ranked.is_empty() {
+            out.push_str("  no category scores above 0\n");
+        }
+        for (name, score) in ranked {
+            out.push_str(&format!("  {name:<14} {score:>5.3} {}\n", bar(score)));
+        }
+    }
+    if !intent.negated.is_empty() {
+        out.push_str(&format!("ruled out: {}\n", intent.negated.join(", ")));
+    }
+    match (&intent.category, intent.decided_by) {
+        (Some(category), Some(method)) => {
+            out.push_str(&format!("category: {category} ({:.2}, decided by {})\n", intent.score, format!("{method:?}").to_lowercase()))
+        }
+        _ => out.push_str("category: none named (the image decides)\n"),
+    }
+    out
+}
+
+fn bar(score: f32) -> String {
+    "#".repeat((score.clamp(0.0, 1.0) * 20.0).round() as usize)
+}
+
+/// How a reader did on a labelled set.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub sentences: usize,
+    pub accuracy: f32,
+    /// Accuracy on sentences that name a category.
+    pub named_accuracy: f32,
+    /// Share of sentences naming no category that were answered "none".
+    pub none_accuracy: f32,
+    pub misses: Vec<Miss>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Miss {
+    pub sentence: String,
+    pub expected: Option<String>,
+    pub got: Option<String>,
+}
+
+pub fn evaluate(reader: &mut IntentReader, labelled: &[(String, Option<String>, String)]) -> anyhow::Result<Evaluation> {
+    let (mut correct, mut named, mut named_correct, mut none, mut none_correct) = (0, 0, 0, 0, 0);
+    let mut misses = Vec::new();
+    for (sentence, expected, _) in labelled {
+        let got = reader.read(sentence)?.category;
+        let right = got == *expected;
+        correct += right as usize;
+        if expected.is_some() {
+            named += 1;
+            named_correct += right as usize;
+        } else {
+            none += 1;
+            none_correct += right as usize;
+        }
+        if !right {
+            misses.push(Miss { sentence: sentence.clone(), expected: expected.clone(), got });
+        }
+    }
+    let share = |a: usize, b: usize| a as f32 / b.max(1) as f32;
+    Ok(Evaluation {
+        sentences: labelled.len(),
+        accuracy: share(correct, labelled.len()),
+        named_accuracy: share(named_correct, named),
+        none_accuracy: share(none_correct, none),
+        misses,
+    })
+}
+
+/// Reads `sentence<TAB>category-or-none<TAB>kind` lines, skipping `#` comments.
+pub fn labelled_sentences(path: &Path) -> anyhow::Result<Vec<(String, Option<String>, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split('\t').collect();
+        anyhow::ensure!(fields.len() == 3, "{}:{}: expected sentence, category and kind separated by tabs", path.display(), number + 1);
+        let expected = (fields[1] != "none").then(|| fields[1].to_string());
+        out.push((fields[0].to_string(), expected, fields[2].to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocabulary() -> Vocabulary {
+        Vocabulary::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/categories.toml")).unwrap()
+    }
+
+    fn lexical(text: &str) -> (Option<String>, Vec<String>) {
+        let vocabulary = vocabulary();
+        let sentence = Sentence::new(text, &vocabulary);
+        let scores = Lexical { categories: vocabulary.category.len() }.scores(&sentence).unwrap();
+        let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).filter(|(_, s)| **s >= 0.5).map(|(i, _)| vocabulary.category[i].name.clone());
+        let negated = sentence.negated().map(|i| vocabulary.category[i].name.clone()).collect();
+        (best, negated)
+    }
+
+    #[test]
+    fn lexical_table() {
+        let cases: [(&str, Option<&str>, &[&str]); 16] = [
+            ("a dress like this", Some("dress"), &[]),
+            ("got any DRESSES like this?", Some("dress"), &[]),
+            ("sneekers like these please", Some("sneaker"), &[]),
+            ("I want trowsers in this colour", Some("trouser"), &[]),
+            ("a pulover like this", Some("pullover"), &[]),
+            ("a t-shirt like this one", Some("t-shirt"), &[]),
+            ("a tee shirt like this", Some("t-shirt"), &[]),
+            ("a button-down shirt like this", Some("shirt"), &[]),
+            ("not a dress, a coat like this", Some("coat"), &["dress"]),
+            ("it isn't a sandal, I want trainers", Some("sneaker"), &["sandal"]),
+            ("a parka instead of a sweater", Some("coat"), &["pullover"]),
+            ("anything like this?", None, &[]),
+            ("cheaper please", None, &[]),
+            ("a boat like this", None, &[]),
+            ("a backpack, not a handbag", Some("bag"), &[]),
+            ("no shirts please, a t-shirt like this", Some("t-shirt"), &["shirt"]),
+        ];
+        for (text, expected, negated) in cases {
+            let (got, got_negated) = lexical(text);
+            assert_eq!(got.as_deref(), expected, "{text}");
+            assert_eq!(got_negated, negated.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{text}");
+        }
+    }
+
+    #[test]
+    fn two_named_categories_decide_nothing_lexically() {
+        assert_eq!(lexical("a dress or a coat like this").0, None);
+    }
+
+    #[test]
+    fn negated_words_are_removed_before_models_read_the_sentence() {
+        let sentence = Sentence::new("not a dress, a coat like this", &vocabulary());
+        assert_eq!(sentence.affirmative, ", a coat like this");
+    }
+
+    #[test]
+    fn one_edit_distance() {
+        for (a, b, expected) in [("sneekers", "sneakers", true), ("trowsers", "trousers", true), ("sandal", "sandla", true), ("coat", "boat", true), ("dress", "dresser", false), ("pullover", "pulover", true)] {
+            assert_eq!(within_one_edit(a, b), expected, "{a} {b}");
+        }
+        let known = vec!["shirt".to_string(), "tshirt".to_string()];
+        assert!(!words_match("boat", "coat", &known), "short words need an exact match");
+        assert!(words_match("dres", "dress", &known) && !words_match("skirt", "shirt", &known));
+        assert!(!words_match("shirts", "tshirt", &known), "a vocabulary word is never a typo of another");
+    }
+
+    #[test]
+    fn softmax_is_a_distribution_sharpened_by_temperature() {
+        let soft = softmax(&[0.5, 0.4], 1.0);
+        let sharp = softmax(&[0.5, 0.4], 0.05);
+        assert!((soft.iter().sum::<f32>() - 1.0).abs() < 1e-6 && (sharp.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(sharp[0] > soft[0] && sharp[0] > 0.8);
+    }
+}
