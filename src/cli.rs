@@ -209,7 +209,11 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             println!("the {} profile is installed; the search demo itself arrives with issue #5", config.models.profile);
             Ok(())
         }
-        Command::Serve => not_built("serve", "the Discord bot issue (#6)"),
+        Command::Serve => {
+            // Check the token first, so an operator learns of a missing one before anything else.
+            crate::config::discord_token()?;
+            not_built("serve", "the Discord bot issue (#6)")
+        }
         Command::Bench(args) => match args.only {
             Some(BenchPart::Intent) => bench::intent(config, args.rounds),
             None => not_built("bench (the full suite)", "the speed issue (#7); `lookalike bench --only intent` works today"),

@@ -92,8 +92,8 @@ fn subcommands_parse_their_arguments() {
 
 #[test]
 fn unbuilt_subcommands_say_so() {
-    for args in [&["train", "--data", "photos"][..], &["intent", "a red dress"], &["serve"], &["bench"]] {
-        let output = lookalike(args, &[]);
+    for args in [&["train", "--data", "photos"][..], &["index"], &["serve"], &["bench"]] {
+        let output = lookalike(args, &[("DISCORD_TOKEN", "test-token-value")]);
         assert_eq!(output.status.code(), Some(1), "{args:?}");
         assert!(text(&output.stderr).contains("is not built yet"), "{args:?}: {}", text(&output.stderr));
     }
@@ -239,4 +239,31 @@ files = [ {{ path = "chapter/tiny.safetensors", sha256 = "", url = "https://exam
 
     let again = lookalike(&["models", "fetch", "chapter"], &env);
     assert!(text(&again.stdout).contains("every chapter model is installed"), "{}", text(&again.stdout));
+}
+
+#[test]
+fn serve_demands_the_token_from_the_environment_and_never_echoes_it() {
+    let output = lookalike(&["serve"], &[("DISCORD_TOKEN", "")]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("DISCORD_TOKEN is not set"), "{}", text(&output.stderr));
+
+    let output = lookalike(&["serve"], &[("DISCORD_TOKEN", "secret-token-value")]);
+    let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert!(!all.contains("secret-token-value"), "{all}");
+}
+
+#[test]
+fn intent_answers_as_json_with_the_method_that_decided() {
+    let output = lookalike(&["intent", "not a dress, a coat like this", "--json"], &[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let intent: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(intent["category"], "coat");
+    assert_eq!(intent["decided_by"], "lexical");
+    assert_eq!(intent["negated"], serde_json::json!(["dress"]));
+
+    let output = lookalike(&["intent", "cheaper please"], &[]);
+    assert!(text(&output.stdout).contains("category: none named"), "{}", text(&output.stdout));
+
+    let output = lookalike(&["intent"], &[]);
+    assert_eq!(output.status.code(), Some(2), "a sentence or --eval is required");
 }
