@@ -11,7 +11,7 @@ TORCHVISION := 0.19.0
 # torchvision and transformers (<5: 5.x needs torch 2.6) are the references parity tests compare
 # against. Then the offline kit.
 setup:
-	@$(PYTHON) -c "import sys, torch, torchvision, transformers; sys.exit(torch.__version__.split('+')[0] != '$(TORCH)' or transformers.__version__ >= '5')" 2>/dev/null \
+	@$(PYTHON) -c "import sys; from importlib.metadata import version as v; sys.exit(v('torch').split('+')[0] != '$(TORCH)' or v('torchvision').split('+')[0] != '$(TORCHVISION)' or int(v('transformers').split('.')[0]) >= 5)" 2>/dev/null \
 		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check torch==$(TORCH) torchvision==$(TORCHVISION) "transformers<5"
 	@$(PYTHON) models/setup.py install
 
