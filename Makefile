@@ -4,6 +4,8 @@
 PYTHON ?= python3
 TORCH := 2.4.0
 TORCHVISION := 0.19.0
+# Pure-JS TensorFlow.js: the reference the nsfwjs InceptionV3 port is checked against.
+TFJS := @tensorflow/tfjs-core@4.22.0 @tensorflow/tfjs-backend-cpu@4.22.0 @tensorflow/tfjs-layers@4.22.0
 
 .PHONY: setup demo test
 
@@ -14,6 +16,8 @@ setup:
 	@$(PYTHON) -c "import sys; from importlib.metadata import version as v; sys.exit(v('torch').split('+')[0] != '$(TORCH)' or v('torchvision').split('+')[0] != '$(TORCHVISION)' or int(v('transformers').split('.')[0]) >= 5)" 2>/dev/null \
 		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check torch==$(TORCH) torchvision==$(TORCHVISION) "transformers<5"
 	@$(PYTHON) models/setup.py install
+	@test -d models/cache/tfjs/node_modules/@tensorflow/tfjs-layers \
+		|| npm install --silent --no-audit --no-fund --prefix models/cache/tfjs $(TFJS)
 
 demo: setup
 	cargo run --quiet -- demo

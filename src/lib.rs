@@ -30,6 +30,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod imaging;
 pub mod models;
 pub mod text;
+pub mod vision;
 pub mod worker;

@@ -1,0 +1,166 @@
+//! The image side: backbones behind one abstraction, and what is built on them.
+//!
+//! A [`BackboneSpec`] says everything that differs between networks (architecture, weights
+//! file, input size, normalisation, feature width); one generic path loads and runs any of
+//! them. Each profile is three specs.
+
+pub mod nets;
+
+use std::path::Path;
+
+use anyhow::Context;
+use tch::{nn, Device, Tensor};
+
+use crate::config::{DeviceChoice, Profile};
+use crate::imaging::{Normalisation, Preprocess};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Vgg16,
+    ResNet50,
+    InceptionV3(nets::InceptionLayout),
+    EfficientNetLite0,
+    SqueezeNet11,
+}
+
+/// Everything one backbone needs, as data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackboneSpec {
+    /// The manifest id of its weights.
+    pub id: &'static str,
+    pub architecture: Architecture,
+    /// Safetensors file, relative to the models folder.
+    pub weights: &'static str,
+    pub preprocess: Preprocess,
+    pub feature_dim: i64,
+}
+
+const IMAGENET_224: Preprocess = Preprocess { resize: 256, crop: 224, normalisation: Normalisation::ImageNet };
+
+/// The three backbones of a profile.
+pub fn backbones(profile: Profile) -> [BackboneSpec; 3] {
+    match profile {
+        Profile::Kit => [
+            BackboneSpec {
+                id: "efficientnet_lite0",
+                architecture: Architecture::EfficientNetLite0,
+                weights: "kit/efficientnet_lite0.safetensors",
+                preprocess: Preprocess { resize: 256, crop: 224, normalisation: Normalisation::Centred128 },
+                feature_dim: 1280,
+            },
+            BackboneSpec {
+                id: "squeezenet1_1",
+                architecture: Architecture::SqueezeNet11,
+                weights: "kit/squeezenet1_1.safetensors",
+                preprocess: Preprocess { resize: 256, crop: 227, normalisation: Normalisation::CaffeBgr([104.006, 116.669, 122.679]) },
+                feature_dim: 512,
+            },
+            BackboneSpec {
+                id: "inception_v3_mixed5",
+                architecture: Architecture::InceptionV3(nets::InceptionLayout::KerasToMixed5),
+                weights: "kit/inception_v3_mixed5.safetensors",
+                preprocess: Preprocess { resize: 299, crop: 299, normalisation: Normalisation::PlusMinusOne },
+                feature_dim: 768,
+            },
+        ],
+        Profile::Chapter => [
+            BackboneSpec { id: "vgg16", architecture: Architecture::Vgg16, weights: "chapter/vgg16.safetensors", preprocess: IMAGENET_224, feature_dim: 4096 },
+            BackboneSpec { id: "resnet50", architecture: Architecture::ResNet50, weights: "chapter/resnet50.safetensors", preprocess: IMAGENET_224, feature_dim: 2048 },
+            BackboneSpec {
+                id: "inception_v3",
+                architecture: Architecture::InceptionV3(nets::InceptionLayout::Torchvision),
+                weights: "chapter/inception_v3.safetensors",
+                preprocess: Preprocess { resize: 342, crop: 299, normalisation: Normalisation::ImageNet },
+                feature_dim: 2048,
+            },
+        ],
+    }
+}
+
+/// What a backbone computes for a batch.
+pub struct Outputs {
+    /// (N, feature_dim) pooled features.
+    pub features: Tensor,
+    /// (N, 1000) ImageNet logits, where the weights include the classifier.
+    pub logits: Option<Tensor>,
+}
+
+/// A loaded backbone: its spec, its weights, and the network over them.
+pub struct Backbone {
+    pub spec: BackboneSpec,
+    pub device: Device,
+    // Owns the parameters the network's closures refer to.
+    _vars: nn::VarStore,
+    forward: nets::Forward,
+}
+
+pub fn device(choice: DeviceChoice) -> anyhow::Result<Device> {
+    match choice {
+        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => anyhow::bail!("models.device = \"cuda\" but libtorch sees no CUDA GPU; use \"auto\" or \"cpu\""),
+    }
+}
+
+impl Backbone {
+    /// Builds the network for `spec` with untrained parameters (for shape tests and parity
+    /// checks that load weights themselves).
+    pub fn untrained(spec: BackboneSpec, device: Device) -> Backbone {
+        let vars = nn::VarStore::new(device);
+        let root = vars.root();
+        let forward = match spec.architecture {
+            Architecture::Vgg16 => nets::vgg16(&root),
+            Architecture::ResNet50 => nets::resnet50(&root),
+            Architecture::InceptionV3(layout) => nets::inception_v3(&root, layout),
+            Architecture::EfficientNetLite0 => nets::efficientnet_lite0(&root),
+            Architecture::SqueezeNet11 => nets::squeezenet1_1(&root),
+        };
+        Backbone { spec, device, _vars: vars, forward }
+    }
+
+    /// Loads `spec`'s weights from `models_dir`; every parameter the network declares must be
+    /// in the file, with the right shape.
+    pub fn load(spec: BackboneSpec, models_dir: &Path, device: Device) -> anyhow::Result<Backbone> {
+        let path = models_dir.join(spec.weights);
+        anyhow::ensure!(
+            path.exists(),
+            "{} is missing: run `make setup` (offline kit) or `lookalike models fetch chapter`, then `lookalike models list`",
+            path.display()
+        );
+        let mut backbone = Backbone::untrained(spec, device);
+        backbone.load_weights(&path)?;
+        Ok(backbone)
+    }
+
+    pub fn load_weights(&mut self, path: &Path) -> anyhow::Result<()> {
+        self._vars.load(path).with_context(|| format!("cannot load {} into {}", path.display(), self.spec.id))
+    }
+
+    /// Runs a (N, 3, H, W) batch, without gradients.
+    pub fn forward(&self, images: &Tensor) -> Outputs {
+        let (features, logits) = tch::no_grad(|| (self.forward)(&images.to_device(self.device)));
+        Outputs { features, logits }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_backbone_has_the_feature_width_its_spec_declares() {
+        tch::manual_seed(0);
+        for profile in [Profile::Kit, Profile::Chapter] {
+            for spec in backbones(profile) {
+                let backbone = Backbone::untrained(spec, Device::Cpu);
+                let size = spec.preprocess.crop as i64;
+                let outputs = backbone.forward(&Tensor::randn([2, 3, size, size], (tch::Kind::Float, Device::Cpu)));
+                assert_eq!(outputs.features.size(), [2, spec.feature_dim], "{}", spec.id);
+                if let Some(logits) = outputs.logits {
+                    assert_eq!(logits.size(), [2, 1000], "{}", spec.id);
+                }
+            }
+        }
+    }
+}
