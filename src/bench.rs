@@ -75,3 +75,105 @@ pub fn intent(config: &Config, rounds: usize) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The ensemble on one image, from encoded bytes to the vote, against the three bare forward
+/// passes on ready tensors; and one head-training epoch over 2,700 cached feature vectors (the
+/// chapter's dataset size).
+pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
+    use crate::imaging::{self, ImageLimits};
+    use crate::vision::ensemble::{Ensemble, Head, HeadsInfo};
+    use crate::vision::train::{train_epoch, EpochBatches};
+    use crate::vision::{self as vision_mod, Backbone};
+    use tch::{Kind, Tensor};
+
+    let profile = config.models.profile;
+    let models_dir = config.models.dir.clone();
+    let limits = ImageLimits::from_config(&config.limits);
+    let photos: Vec<Vec<u8>> = ["chelsea.png", "coffee.png", "rocket.jpg"]
+        .iter()
+        .map(|name| std::fs::read(models_dir.join("kit/photos").join(name)))
+        .collect::<Result<_, _>>()
+        .map_err(|err| anyhow::anyhow!("sample photos missing ({err}): run `make setup`"))?;
+    let device_choice = config.models.device;
+    let worker = ModelWorker::spawn(move || {
+        let device = vision_mod::device(device_choice)?;
+        let backbones = vision_mod::backbones(profile).into_iter().map(|spec| Backbone::load(spec, &models_dir, device)).collect::<anyhow::Result<Vec<_>>>()?;
+        let classes: Vec<String> = (0..10).map(|i| format!("class{i}")).collect();
+        let heads = backbones.iter().map(|b| Head::new(b.spec.feature_dim, 10, device)).collect();
+        let info = HeadsInfo { profile, classes, backbones: backbones.iter().map(|b| b.spec.id.to_string()).collect() };
+        Ok(Ensemble { backbones, heads, info })
+    })?;
+    let rounds = rounds.max(1);
+    let (ensemble_times, bare_times, decode_times, epoch_times, device) = worker.run_blocking(move |ensemble: &mut Ensemble| -> anyhow::Result<_> {
+        let ready: Vec<Vec<Tensor>> = photos
+            .iter()
+            .map(|bytes| {
+                let image = imaging::decode(bytes, limits)?;
+                Ok(ensemble.backbones.iter().map(|b| b.spec.preprocess.tensor(&image).unsqueeze(0)).collect())
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let decoded: Vec<image::RgbImage> = photos.iter().map(|bytes| imaging::decode(bytes, limits)).collect::<Result<_, _>>()?;
+        let run_ensemble = |image: &image::RgbImage| {
+            let classified = ensemble.classify(std::slice::from_ref(image));
+            std::hint::black_box(classified[0].vote.tally());
+        };
+        let run_bare = |tensors: &[Tensor]| {
+            for (backbone, tensor) in ensemble.backbones.iter().zip(tensors) {
+                std::hint::black_box(backbone.forward(tensor).features.sum(Kind::Float).double_value(&[]));
+            }
+        };
+        for (image, tensors) in decoded.iter().zip(&ready) {
+            run_ensemble(image);
+            run_bare(tensors);
+        }
+        let (mut full, mut bare, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            for ((bytes, image), tensors) in photos.iter().zip(&decoded).zip(&ready) {
+                let started = Instant::now();
+                std::hint::black_box(imaging::decode(bytes, limits)?);
+                decode.push(started.elapsed());
+                let started = Instant::now();
+                run_ensemble(image);
+                full.push(started.elapsed());
+                let started = Instant::now();
+                run_bare(tensors);
+                bare.push(started.elapsed());
+            }
+        }
+        full.sort();
+        bare.sort();
+        decode.sort();
+
+        // One epoch of the three heads over 2,700 cached images, 10 classes, batch 64.
+        let device = ensemble.backbones[0].device;
+        let stacked: Vec<Tensor> = ensemble.backbones.iter().map(|b| Tensor::randn([1, 2700, b.spec.feature_dim], (Kind::Float, device))).collect();
+        let labels: Vec<i64> = (0..2700).map(|i| i % 10).collect();
+        let rows: Vec<i64> = (0..2700).collect();
+        let heads: Vec<Head> = ensemble.backbones.iter().map(|b| Head::new(b.spec.feature_dim, 10, device)).collect();
+        let mut optimizers = heads.iter().map(|h| h.optimizer(1e-3)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut epochs = Vec::new();
+        for epoch in 0..rounds.max(3) {
+            let batches = EpochBatches { rows: &rows, labels: &labels, views: 1, batch_size: 64, seed: epoch as u64 };
+            let started = Instant::now();
+            train_epoch(&heads, &mut optimizers, &stacked, &[true, true, true], &batches);
+            epochs.push(started.elapsed());
+        }
+        epochs.sort();
+        Ok((full, bare, decode, epochs, device))
+    })??;
+    let p50 = |times: &[Duration]| percentile(times, 0.5);
+    println!("vision, profile {profile}, device {device:?}, {} libtorch threads, {rounds} rounds over 3 sample photos", tch::get_num_threads());
+    let row = |name: &str, times: &[Duration]| println!("{name:<58} {:>9.1} {:>9.1}", millis(p50(times)), millis(percentile(times, 0.99)));
+    println!("{:<58} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+    row("ensemble: preprocess x3 + 3 backbones + 3 heads + vote", &ensemble_times);
+    row("baseline: the 3 bare forward passes on ready tensors", &bare_times);
+    row("decoding the photo (PNG/JPEG, before either)", &decode_times);
+    let ratio = |a: &[Duration], b: &[Duration]| p50(a).as_secs_f64() / p50(b).as_secs_f64();
+    println!("ensemble overhead over the bare passes at p50: {:+.1}%  (target <= 10%)", 100.0 * (ratio(&ensemble_times, &bare_times) - 1.0));
+    println!(
+        "with decoding as well: {:+.1}%",
+        100.0 * ((p50(&ensemble_times) + p50(&decode_times)).as_secs_f64() / p50(&bare_times).as_secs_f64() - 1.0)
+    );
+    println!("one head-training epoch, 3 heads, 2,700 cached images, batch 64: p50 {:.2} s  (target < 2 s; the chapter took 257 s)", p50(&epoch_times).as_secs_f64());
+    Ok(())
+}

@@ -7,6 +7,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, Profile, TextMethod};
 use crate::text::{self, IntentReader, TextModelPaths, Vocabulary};
+use crate::imaging::ImageLimits;
+use crate::vision::data::{export_fashion_mnist, FashionMnistExport};
+use crate::vision::{self, Backbone};
 use crate::worker::ModelWorker;
 use crate::{bench, models};
 
@@ -52,6 +55,8 @@ pub enum Command {
     Search(SearchArgs),
     /// Measure classification accuracy per backbone and for the vote.
     Eval(EvalArgs),
+    /// Write labelled image folders from Fashion-MNIST (the offline kit's product photos).
+    Dataset(DatasetArgs),
     /// Show which category a shopper's sentence names, and how sure each method is.
     Intent(IntentArgs),
     /// Run the Discord bot (token from DISCORD_TOKEN).
@@ -90,12 +95,48 @@ pub struct TrainArgs {
     /// Where the heads, the history CSV and the plots go [default: models.heads_dir].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Backbone features cached by image content, shared between runs.
+    #[arg(long, value_name = "DIR", default_value = "runs/feature-cache")]
+    pub cache: PathBuf,
     /// Most epochs to train; early stopping may end sooner.
     #[arg(long, default_value_t = 20)]
     pub epochs: usize,
-    /// Also fine-tune the top N layers of each backbone (the chapter's `layer_adjust`).
+    /// Augmented views (random rotation up to 90 degrees, flips) cached per training image.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub views: usize,
+    /// Stop a head after this many epochs without a better validation loss.
+    #[arg(long, default_value_t = 5)]
+    pub patience: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub learning_rate: f64,
+    /// Seed of the 90/10 split, the augmentations and the batches.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// After the heads, also train the last N layers of each backbone with them (the chapter's
+    /// `layer_adjust`); slow on CPU, as every image goes through the whole backbone.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub fine_tune_layers: usize,
+    /// Epochs of that fine-tuning.
+    #[arg(long, default_value_t = 2)]
+    pub fine_tune_epochs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DatasetArgs {
+    /// Where `train/`, `val/` and `test/` (one sub-folder per category) are written.
+    #[arg(long, value_name = "DIR", default_value = "runs/fashion-mnist")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 500)]
+    pub train_per_class: usize,
+    /// Validation images per class, disjoint from the training ones.
+    #[arg(long, default_value_t = 50)]
+    pub val_per_class: usize,
+    /// Test images per class, from Fashion-MNIST's separate test set.
+    #[arg(long, default_value_t = 200)]
+    pub test_per_class: usize,
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +173,9 @@ pub struct EvalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Where the vote's confusion matrix is drawn.
+    #[arg(long, value_name = "OUT.png", default_value = "runs/confusion.png")]
+    pub png: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +215,8 @@ pub struct BenchArgs {
 pub enum BenchPart {
     /// Reading the category from a sentence (p50/p99 per sentence, against the bare MiniLM pass).
     Intent,
+    /// The ensemble per image against the bare forward passes; one head-training epoch.
+    Vision,
 }
 
 /// Runs one parsed command against the loaded configuration.
@@ -193,8 +239,14 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(models::fetch_chapter(&manifest, &config.models.dir))
         }
-        Command::Train(_) => not_built("train", "the vision issue (#3)"),
-        Command::Eval(_) => not_built("eval", "the vision issue (#3)"),
+        Command::Train(args) => train(&args, config),
+        Command::Eval(args) => eval(&args, config),
+        Command::Dataset(args) => {
+            let sizes = FashionMnistExport { train_per_class: args.train_per_class, val_per_class: args.val_per_class, test_per_class: args.test_per_class };
+            let written = export_fashion_mnist(&args.out, sizes)?;
+            println!("{written} new images written under {} (train/, val/, test/)", args.out.display());
+            Ok(())
+        }
         Command::Intent(args) => intent(&args, config),
         Command::Index(_) => not_built("index", "the index/search issue (#5)"),
         Command::Search(_) => not_built("search", "the index/search issue (#5)"),
@@ -216,7 +268,8 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         }
         Command::Bench(args) => match args.only {
             Some(BenchPart::Intent) => bench::intent(config, args.rounds),
-            None => not_built("bench (the full suite)", "the speed issue (#7); `lookalike bench --only intent` works today"),
+            Some(BenchPart::Vision) => bench::vision(config, args.rounds),
+            None => not_built("bench (the full suite)", "the speed issue (#7); `lookalike bench --only intent` and `--only vision` work today"),
         },
     }
 }
@@ -288,6 +341,57 @@ fn intent_eval(path: &std::path::Path, methods: &[TextMethod], json: bool, confi
         for miss in &outcome.misses {
             println!("  miss: {:?} expected {}, got {}", miss.sentence, miss.expected.as_deref().unwrap_or("none"), miss.got.as_deref().unwrap_or("none"));
         }
+    }
+    Ok(())
+}
+
+fn load_backbones(config: &Config) -> anyhow::Result<Vec<Backbone>> {
+    let device = vision::device(config.models.device)?;
+    vision::backbones(config.models.profile).into_iter().map(|spec| Backbone::load(spec, &config.models.dir, device)).collect()
+}
+
+fn train(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
+    let options = vision::train::TrainOptions {
+        data: args.data.clone(),
+        out: args.out.clone().unwrap_or_else(|| config.models.heads_dir.clone()),
+        cache: args.cache.clone(),
+        epochs: args.epochs,
+        augmented_views: args.views,
+        batch_size: args.batch_size.max(1),
+        learning_rate: args.learning_rate,
+        patience: args.patience.max(1),
+        seed: args.seed,
+        limits: ImageLimits::from_config(&config.limits),
+        fine_tune_layers: args.fine_tune_layers,
+        fine_tune_epochs: args.fine_tune_epochs,
+    };
+    let profile = config.models.profile;
+    let config = config.clone();
+    // Torch work belongs to the model thread, even here.
+    let worker = ModelWorker::spawn(move || load_backbones(&config))?;
+    let report = worker.run_blocking(move |backbones| vision::train::train(backbones, profile, &options))??;
+    print!("{}", vision::train::render(&report));
+    Ok(())
+}
+
+fn eval(args: &EvalArgs, config: &Config) -> anyhow::Result<()> {
+    let (models_dir, heads_dir) = (config.models.dir.clone(), config.models.heads_dir.clone());
+    let (profile, device_choice) = (config.models.profile, config.models.device);
+    let worker = ModelWorker::spawn(move || {
+        vision::ensemble::Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::device(device_choice)?)
+    })?;
+    let (data, limits) = (args.data.clone(), ImageLimits::from_config(&config.limits));
+    let report = worker.run_blocking(move |ensemble| vision::eval::evaluate(ensemble, &data, limits))??;
+    if let Some(parent) = args.png.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let title = format!("vote: {:.1}% of {} images right", 100.0 * report.vote.accuracy, report.images);
+    crate::plot::confusion_matrix(&args.png, &title, &report.classes, &report.vote.confusion)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", vision::eval::render(&report));
+        println!("confusion matrix drawn to {}", args.png.display());
     }
     Ok(())
 }

@@ -11,6 +11,9 @@
 //! |----------|------|------------------|
 //! | [`config`] | typed config from `config/lookalike.toml` + `LOOKALIKE__SECTION__KEY` overrides, validated at start-up; the token only from `DISCORD_TOKEN` | everything else |
 //! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` | torch, Discord |
+//! | [`imaging`] | decode with limits, EXIF orientation, RGB; resize, crop, per-backbone normalisation | torch models, Discord |
+//! | [`vision`] | backbone specs and networks, heads, augmentation, ensemble vote, training, evaluation | Discord, index |
+//! | [`plot`]   | PNG charts: training curves, confusion matrices | torch, Discord |
 //! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; negation; "none" | index, Discord |
 //! | [`decide`] | image vote + text intent -> ordered categories to search, with reasons (pure) | torch, Discord |
 //! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out | Discord |
@@ -19,7 +22,7 @@
 //!
 //! # Invariants
 //!
-//! - Tensors never leave the vision and text modules; torch and rust-bert calls never run on a
+//! - Tensors never leave `imaging`, `vision` and `text` (and `bench`, which times them); torch and rust-bert calls never run on a
 //!   tokio worker thread (a model thread owns them).
 //! - serenity appears only in the Discord module; the core returns plain data.
 //! - No model or index file is ever half-written: files are written beside their destination,
@@ -32,6 +35,7 @@ pub mod config;
 pub mod decide;
 pub mod imaging;
 pub mod models;
+pub mod plot;
 pub mod text;
 pub mod vision;
 pub mod worker;

@@ -78,6 +78,7 @@ pub enum Convert {
     TorchPickle,
     NdfSqueezenet,
     TfjsLayers,
+    ImagenetClasses,
     Copy,
     None,
 }
@@ -402,7 +403,7 @@ fn install_download(file: &FileEntry, download: &Path, models_dir: &Path) -> any
                 bail!("converting {} failed: {}", download.display(), String::from_utf8_lossy(&output.stderr).trim());
             }
         }
-        Convert::TfjsLayers => bail!("TF.js models come from the offline kit set-up, not from `models fetch`"),
+        Convert::TfjsLayers | Convert::ImagenetClasses => bail!("{} comes from the offline kit set-up (`make setup`), not from `models fetch`", file.path.display()),
     }
     let actual = sha256_file(&destination)?;
     if file.sha256.is_empty() {

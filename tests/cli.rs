@@ -92,7 +92,7 @@ fn subcommands_parse_their_arguments() {
 
 #[test]
 fn unbuilt_subcommands_say_so() {
-    for args in [&["train", "--data", "photos"][..], &["index"], &["serve"], &["bench"]] {
+    for args in [&["search", "--image", "x.jpg"][..], &["index"], &["serve"], &["bench"]] {
         let output = lookalike(args, &[("DISCORD_TOKEN", "test-token-value")]);
         assert_eq!(output.status.code(), Some(1), "{args:?}");
         assert!(text(&output.stderr).contains("is not built yet"), "{args:?}: {}", text(&output.stderr));
@@ -266,4 +266,16 @@ fn intent_answers_as_json_with_the_method_that_decided() {
 
     let output = lookalike(&["intent"], &[]);
     assert_eq!(output.status.code(), Some(2), "a sentence or --eval is required");
+}
+
+#[test]
+fn train_and_eval_explain_what_is_missing() {
+    let output = lookalike(&["train", "--data", "no/such/folder"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("no/such/folder") && text(&output.stderr).contains("one sub-folder per category"), "{}", text(&output.stderr));
+
+    let empty = tempfile::tempdir().unwrap();
+    let output = lookalike(&["eval", "--data", "x"], &[("LOOKALIKE__MODELS__HEADS_DIR", empty.path().to_str().unwrap())]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("train the heads first"), "{}", text(&output.stderr));
 }

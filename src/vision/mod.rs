@@ -4,7 +4,11 @@
 //! file, input size, normalisation, feature width); one generic path loads and runs any of
 //! them. Each profile is three specs.
 
+pub mod data;
+pub mod ensemble;
+pub mod eval;
 pub mod nets;
+pub mod train;
 
 use std::path::Path;
 
@@ -21,6 +25,20 @@ pub enum Architecture {
     InceptionV3(nets::InceptionLayout),
     EfficientNetLite0,
     SqueezeNet11,
+}
+
+impl Architecture {
+    /// The ImageNet classifier layer, which computes logits from the features and so never
+    /// shapes them.
+    fn classifier_layer(self) -> Option<&'static str> {
+        match self {
+            Architecture::Vgg16 => Some("classifier.6"),
+            Architecture::ResNet50 | Architecture::InceptionV3(nets::InceptionLayout::Torchvision) => Some("fc"),
+            Architecture::InceptionV3(nets::InceptionLayout::KerasToMixed5) => None,
+            Architecture::EfficientNetLite0 => Some("_fc"),
+            Architecture::SqueezeNet11 => Some("classifier.1"),
+        }
+    }
 }
 
 /// Everything one backbone needs, as data.
@@ -90,7 +108,7 @@ pub struct Backbone {
     pub spec: BackboneSpec,
     pub device: Device,
     // Owns the parameters the network's closures refer to.
-    _vars: nn::VarStore,
+    vars: nn::VarStore,
     forward: nets::Forward,
 }
 
@@ -116,7 +134,7 @@ impl Backbone {
             Architecture::EfficientNetLite0 => nets::efficientnet_lite0(&root),
             Architecture::SqueezeNet11 => nets::squeezenet1_1(&root),
         };
-        Backbone { spec, device, _vars: vars, forward }
+        Backbone { spec, device, vars, forward }
     }
 
     /// Loads `spec`'s weights from `models_dir`; every parameter the network declares must be
@@ -134,7 +152,12 @@ impl Backbone {
     }
 
     pub fn load_weights(&mut self, path: &Path) -> anyhow::Result<()> {
-        self._vars.load(path).with_context(|| format!("cannot load {} into {}", path.display(), self.spec.id))
+        self.vars.load(path).with_context(|| format!("cannot load {} into {}", path.display(), self.spec.id))?;
+        // Inference never needs gradients; fine-tuning opens the layers it trains.
+        for (_, tensor) in self.vars.variables() {
+            let _ = tensor.set_requires_grad(false);
+        }
+        Ok(())
     }
 
     /// Runs a (N, 3, H, W) batch, without gradients.
@@ -142,11 +165,63 @@ impl Backbone {
         let (features, logits) = tch::no_grad(|| (self.forward)(&images.to_device(self.device)));
         Outputs { features, logits }
     }
+
+    /// Pooled features with gradients flowing into whatever layers [`Backbone::unfreeze_last`]
+    /// opened; batch norm keeps its running statistics, as is usual when fine-tuning.
+    pub fn forward_trainable(&self, images: &Tensor) -> Tensor {
+        (self.forward)(&images.to_device(self.device)).0
+    }
+
+    /// Parameterised layers (weight-carrying modules) that shape the features, in the order
+    /// the network creates them.
+    pub fn layers(&self) -> Vec<String> {
+        let names = self.vars.variables();
+        let mut layers: Vec<String> = Vec::new();
+        for tensor in self.vars.trainable_variables() {
+            let Some((name, _)) = names.iter().find(|(_, t)| t.data_ptr() == tensor.data_ptr()) else { continue };
+            if !name.ends_with(".weight") {
+                continue;
+            }
+            let layer = name.trim_end_matches(".weight").to_string();
+            if Some(layer.as_str()) != self.spec.architecture.classifier_layer() && !layers.contains(&layer) {
+                layers.push(layer);
+            }
+        }
+        layers
+    }
+
+    /// Freezes every parameter, then opens the weights and biases of the last `count` layers
+    /// to training (the chapter's `layer_adjust`). Returns their names.
+    pub fn unfreeze_last(&mut self, count: usize) -> Vec<String> {
+        let layers = self.layers();
+        let open: Vec<String> = layers[layers.len().saturating_sub(count)..].to_vec();
+        for (name, tensor) in self.vars.variables() {
+            let trainable = open.iter().any(|layer| name == format!("{layer}.weight") || name == format!("{layer}.bias"));
+            let _ = tensor.set_requires_grad(trainable);
+        }
+        open
+    }
+
+    pub fn vars(&self) -> &nn::VarStore {
+        &self.vars
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layers_come_in_network_order_and_only_the_last_ones_open() {
+        let mut backbone = Backbone::untrained(backbones(Profile::Kit)[1], Device::Cpu);
+        let layers = backbone.layers();
+        assert_eq!(layers.first().map(String::as_str), Some("features.0"));
+        assert_eq!(layers.len(), 25, "conv1 and eight fires of three convs; not the classifier");
+        let open = backbone.unfreeze_last(2);
+        assert_eq!(open, ["features.12.expand1x1", "features.12.expand3x3"]);
+        let trainable: Vec<String> = backbone.vars().variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
+        assert_eq!(trainable.len(), 4, "{trainable:?}");
+    }
 
     #[test]
     fn every_backbone_has_the_feature_width_its_spec_declares() {

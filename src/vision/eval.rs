@@ -1,0 +1,136 @@
+//! `lookalike eval`: accuracy of each backbone's head and of the vote on labelled folders,
+//! per-class recall, and confusion matrices.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::data;
+use super::ensemble::Ensemble;
+use crate::imaging::{self, ImageLimits};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scores {
+    pub name: String,
+    pub accuracy: f64,
+    /// Per class, in the heads' class order.
+    pub recall: Vec<f64>,
+    /// counts[true][predicted].
+    pub confusion: Vec<Vec<usize>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub classes: Vec<String>,
+    pub images: usize,
+    pub backbones: Vec<Scores>,
+    pub vote: Scores,
+    pub skipped: Vec<(PathBuf, String)>,
+    pub seconds: f64,
+}
+
+fn scores(name: &str, classes: usize, pairs: &[(usize, usize)]) -> Scores {
+    let mut confusion = vec![vec![0; classes]; classes];
+    for &(truth, predicted) in pairs {
+        confusion[truth][predicted] += 1;
+    }
+    let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
+    let recall = (0..classes).map(|c| confusion[c][c] as f64 / confusion[c].iter().sum::<usize>().max(1) as f64).collect();
+    Scores { name: name.to_string(), accuracy: correct as f64 / pairs.len().max(1) as f64, recall, confusion }
+}
+
+pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow::Result<EvalReport> {
+    let started = std::time::Instant::now();
+    let (_, examples, _) = data::labelled(dir, Some(&ensemble.info.classes)).or_else(|_| data::labelled(&dir.join("val"), Some(&ensemble.info.classes)))?;
+    anyhow::ensure!(!examples.is_empty(), "{} has no images in category sub-folders", dir.display());
+    let progress = indicatif::ProgressBar::new(examples.len() as u64);
+    progress.set_style(indicatif::ProgressStyle::with_template("eval {bar:30} {pos}/{len} images, {per_sec}, eta {eta}").expect("static template"));
+    let backbone_count = ensemble.backbones.len();
+    let mut per_backbone: Vec<Vec<(usize, usize)>> = vec![Vec::new(); backbone_count];
+    let mut vote = Vec::new();
+    let mut skipped = Vec::new();
+    for chunk in examples.chunks(32) {
+        let mut images = Vec::new();
+        let mut truths = Vec::new();
+        for example in chunk {
+            match imaging::load(&example.path, limits) {
+                Ok(image) => {
+                    images.push(image);
+                    truths.push(example.class);
+                }
+                Err(err) => skipped.push((example.path.clone(), err.to_string())),
+            }
+        }
+        for (classification, truth) in ensemble.classify(&images).into_iter().zip(truths) {
+            for (index, backbone) in classification.vote.backbones.iter().enumerate() {
+                per_backbone[index].push((truth, backbone.top().0));
+            }
+            vote.push((truth, classification.vote.tally().winner().0));
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    let classes = ensemble.info.classes.len();
+    Ok(EvalReport {
+        classes: ensemble.info.classes.clone(),
+        images: vote.len(),
+        backbones: ensemble.backbones.iter().zip(&per_backbone).map(|(b, pairs)| scores(b.spec.id, classes, pairs)).collect(),
+        vote: scores("vote", classes, &vote),
+        skipped,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+pub fn render(report: &EvalReport) -> String {
+    let mut out = format!("{} images, {} categories, {:.1} s\n\n", report.images, report.classes.len(), report.seconds);
+    let all: Vec<&Scores> = report.backbones.iter().chain(std::iter::once(&report.vote)).collect();
+    out.push_str(&format!("{:<14}", "recall"));
+    for s in &all {
+        out.push_str(&format!(" {:>20}", s.name));
+    }
+    out.push('\n');
+    for (class, name) in report.classes.iter().enumerate() {
+        out.push_str(&format!("{name:<14}"));
+        for s in &all {
+            out.push_str(&format!(" {:>19.1}%", 100.0 * s.recall[class]));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!("{:<14}", "ACCURACY"));
+    for s in &all {
+        out.push_str(&format!(" {:>19.1}%", 100.0 * s.accuracy));
+    }
+    out.push_str("\n\nconfusion matrix of the vote (rows: true, columns: predicted)\n");
+    out.push_str(&format!("{:<14}", ""));
+    for name in &report.classes {
+        out.push_str(&format!(" {:>6}", name.chars().take(6).collect::<String>()));
+    }
+    out.push('\n');
+    for (class, row) in report.vote.confusion.iter().enumerate() {
+        out.push_str(&format!("{:<14}", report.classes[class]));
+        for count in row {
+            out.push_str(&format!(" {count:>6}"));
+        }
+        out.push('\n');
+    }
+    if !report.skipped.is_empty() {
+        out.push_str(&format!("skipped {} unreadable images:\n", report.skipped.len()));
+        for (path, reason) in &report.skipped {
+            out.push_str(&format!("  {}: {reason}\n", path.display()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accuracy_recall_and_confusion() {
+        let s = scores("x", 2, &[(0, 0), (0, 1), (1, 1), (1, 1)]);
+        assert_eq!(s.confusion, vec![vec![1, 1], vec![0, 2]]);
+        assert!((s.accuracy - 0.75).abs() < 1e-12);
+        assert_eq!(s.recall, vec![0.5, 1.0]);
+    }
+}

@@ -1,0 +1,471 @@
+//! Transfer learning: frozen backbones, one head per backbone, trained on cached features.
+//!
+//! Backbone features are computed once per image and augmented view, and cached on disk by
+//! the images' content, so an epoch costs only the heads, an interrupted run picks up where it
+//! stopped, and a larger training set computes only its new images. Heads are checkpointed on their best validation loss; the
+//! last weights and the history are saved every epoch so `train` resumes; each head stops
+//! early once its validation loss has not improved for `patience` epochs.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+
+use super::data::{self, Example};
+use super::ensemble::{backbone_features, Head, HeadsInfo};
+use super::Backbone;
+use crate::config::Profile;
+use crate::imaging::{self, ImageLimits};
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    /// Backbone features by image content, shared between runs.
+    pub cache: PathBuf,
+    pub epochs: usize,
+    /// Augmented views cached per training image, besides the plain one.
+    pub augmented_views: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub patience: usize,
+    pub seed: u64,
+    pub limits: ImageLimits,
+    /// After the heads, also train the last N layers of each backbone (0: off).
+    pub fine_tune_layers: usize,
+    pub fine_tune_epochs: usize,
+}
+
+/// One row of the history: one backbone's head after one epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub backbone: String,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+    /// "heads" (frozen backbone, cached features) or "fine-tune" (top layers trained too).
+    #[serde(default)]
+    pub phase: String,
+}
+
+/// What lets an interrupted run resume.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    info: HeadsInfo,
+    epochs_done: usize,
+    best_val_loss: Vec<f64>,
+    stale_epochs: Vec<usize>,
+    history: Vec<EpochRecord>,
+}
+
+/// Features of a set of images under one view, per backbone: (N, D), and which decoded.
+struct Cached {
+    features: Vec<Tensor>,
+    decoded: Vec<bool>,
+}
+
+pub struct TrainReport {
+    pub classes: Vec<String>,
+    pub history: Vec<EpochRecord>,
+    pub skipped: Vec<(PathBuf, String)>,
+    pub not_images: Vec<PathBuf>,
+    pub extraction_seconds: f64,
+    pub out: PathBuf,
+}
+
+const CHUNK: usize = 256;
+
+/// Features for `examples` under `view` (0 = plain), looked up by image content in the cache
+/// folder; only images not found there go through the backbones, and are cached in turn.
+fn cached_features(backbones: &[Backbone], examples: &[Example], view: usize, cache: &Path, options: &TrainOptions, progress: &indicatif::ProgressBar, skipped: &mut Vec<(PathBuf, String)>) -> anyhow::Result<Cached> {
+    // One namespace per backbone set and view; augmented views also depend on the seed.
+    let mut namespace = Sha256::new();
+    namespace.update(format!("features v3, view {view}, seed {}", if view > 0 { options.seed } else { 0 }));
+    for backbone in backbones {
+        namespace.update(backbone.spec.id);
+    }
+    let folder = cache.join(&hex::encode(namespace.finalize())[..16]);
+    std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+
+    // Every cached row, by content hash: (file, row).
+    let mut files: Vec<std::collections::HashMap<String, Tensor>> = Vec::new();
+    let mut known: std::collections::HashMap<Vec<u8>, (usize, i64)> = std::collections::HashMap::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&folder)?.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+    entries.sort();
+    for entry in entries {
+        // A damaged cache file is only a cache miss.
+        let Ok(tensors) = Tensor::read_safetensors(&entry) else { continue };
+        let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        let Some(hashes) = map.get("hashes") else { continue };
+        let hashes = Vec::<u8>::try_from(hashes.flatten(0, -1)).unwrap_or_default();
+        for (row, hash) in hashes.chunks(32).enumerate() {
+            known.insert(hash.to_vec(), (files.len(), row as i64));
+        }
+        files.push(map);
+    }
+
+    let contents: Vec<Vec<u8>> = examples.iter().map(|e| std::fs::read(&e.path).unwrap_or_default()).collect();
+    let hashes: Vec<Vec<u8>> = contents.iter().map(|c| Sha256::digest(c).to_vec()).collect();
+    let mut missing: Vec<usize> = Vec::new();
+    for (index, hash) in hashes.iter().enumerate() {
+        if !known.contains_key(hash) && !missing.iter().any(|&m| hashes[m] == *hash) {
+            missing.push(index);
+        }
+    }
+    progress.inc((examples.len() - missing.len()) as u64);
+    for chunk in missing.chunks(CHUNK) {
+        let mut images = Vec::with_capacity(chunk.len());
+        let mut mask = Vec::with_capacity(chunk.len());
+        for &index in chunk {
+            match imaging::decode(&contents[index], options.limits) {
+                Ok(image) => {
+                    images.push(image);
+                    mask.push(1u8);
+                }
+                Err(_) => {
+                    // Listed below, from the mask; the row stays zero.
+                    images.push(image::RgbImage::new(32, 32));
+                    mask.push(0u8);
+                }
+            }
+        }
+        let seeds: Vec<u64> = chunk.iter().map(|&i| u64::from_le_bytes(hashes[i][..8].try_into().expect("32-byte hash")) ^ options.seed ^ (view as u64) << 56).collect();
+        let mut named: Vec<(String, Tensor)> = Vec::new();
+        for start in (0..images.len()).step_by(16) {
+            let end = (start + 16).min(images.len());
+            let augmentation = (view > 0).then_some(&seeds[start..end]);
+            for (index, features) in backbone_features(backbones, &images[start..end], augmentation).into_iter().enumerate() {
+                let features = features.to_device(Device::Cpu);
+                match named.iter_mut().find(|(name, _)| *name == format!("features{index}")) {
+                    Some((_, all)) => *all = Tensor::cat(&[all.shallow_clone(), features], 0),
+                    None => named.push((format!("features{index}"), features)),
+                }
+            }
+            progress.inc((end - start) as u64);
+        }
+        let chunk_hashes: Vec<u8> = chunk.iter().flat_map(|&i| hashes[i].clone()).collect();
+        named.push(("hashes".into(), Tensor::from_slice(&chunk_hashes).view([chunk.len() as i64, 32])));
+        named.push(("decoded".into(), Tensor::from_slice(&mask)));
+        let file = folder.join(format!("{}.safetensors", hex::encode(&Sha256::digest(&chunk_hashes)[..10])));
+        let partial = file.with_extension("partial");
+        Tensor::write_safetensors(&named, &partial).context("cannot write the feature cache")?;
+        std::fs::rename(&partial, &file).context("cannot move the feature cache into place")?;
+        for (row, &index) in chunk.iter().enumerate() {
+            known.insert(hashes[index].clone(), (files.len(), row as i64));
+        }
+        files.push(named.into_iter().collect());
+    }
+
+    // Assemble in example order.
+    let mut decoded = Vec::with_capacity(examples.len());
+    let mut rows_per_backbone: Vec<Vec<Tensor>> = backbones.iter().map(|_| Vec::new()).collect();
+    for (index, (example, hash)) in examples.iter().zip(&hashes).enumerate() {
+        let (file, row) = known[hash];
+        let ok = files[file]["decoded"].int64_value(&[row]) == 1;
+        if !ok && view == 0 {
+            let reason = imaging::decode(&contents[index], options.limits).err().map_or("unreadable".to_string(), |e| e.to_string());
+            skipped.push((example.path.clone(), reason));
+        }
+        decoded.push(ok);
+        for (index, rows) in rows_per_backbone.iter_mut().enumerate() {
+            rows.push(files[file][&format!("features{index}")].narrow(0, row, 1));
+        }
+    }
+    let features = rows_per_backbone
+        .into_iter()
+        .zip(backbones)
+        .map(|(rows, b)| if rows.is_empty() { Tensor::zeros([0, b.spec.feature_dim], (Kind::Float, Device::Cpu)) } else { Tensor::cat(&rows, 0) })
+        .collect();
+    Ok(Cached { features, decoded })
+}
+
+pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOptions) -> anyhow::Result<TrainReport> {
+    let split = data::split(&options.data, options.seed)?;
+    anyhow::ensure!(split.classes.len() >= 2, "training needs at least two categories in {}", options.data.display());
+    anyhow::ensure!(!split.train.is_empty() && !split.val.is_empty(), "{} has too few images for a training and a validation set", options.data.display());
+    std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
+    let cache = options.cache.clone();
+    let info = HeadsInfo { profile, classes: split.classes.clone(), backbones: backbones.iter().map(|b| b.spec.id.to_string()).collect() };
+    tracing::info!(train = split.train.len(), val = split.val.len(), classes = split.classes.len(), "training set");
+
+    // 1. Features, once per image and view.
+    let started = Instant::now();
+    let views = 1 + options.augmented_views;
+    let total = (split.train.len() * views + split.val.len()) as u64;
+    let progress = indicatif::ProgressBar::new(total);
+    progress.set_style(indicatif::ProgressStyle::with_template("features {bar:30} {pos}/{len} images, {per_sec}, eta {eta}").expect("static template"));
+    let mut skipped = Vec::new();
+    let mut train_views = Vec::new();
+    for view in 0..views {
+        train_views.push(cached_features(backbones, &split.train, view, &cache, options, &progress, &mut skipped)?);
+    }
+    let val = cached_features(backbones, &split.val, 0, &cache, options, &progress, &mut skipped)?;
+    progress.finish_and_clear();
+    let extraction_seconds = started.elapsed().as_secs_f64();
+
+    let usable = |decoded: &[bool]| -> Vec<i64> { decoded.iter().enumerate().filter(|(_, ok)| **ok).map(|(i, _)| i as i64).collect() };
+    let train_rows = usable(&train_views[0].decoded);
+    let val_rows = Tensor::from_slice(&usable(&val.decoded));
+    let train_labels: Vec<i64> = split.train.iter().map(|e| e.class as i64).collect();
+    let val_labels = Tensor::from_slice(&split.val.iter().map(|e| e.class as i64).collect::<Vec<_>>()).index_select(0, &val_rows);
+
+    // 2. Heads, resumed when a previous run of the same set-up stopped early.
+    let device = backbones.first().map_or(Device::Cpu, |b| b.device);
+    let mut heads: Vec<Head> = backbones.iter().map(|b| Head::new(b.spec.feature_dim, split.classes.len() as i64, device)).collect();
+    let state_path = options.out.join("train_state.json");
+    let mut state = match std::fs::read_to_string(&state_path).ok().and_then(|t| serde_json::from_str::<TrainState>(&t).ok()) {
+        Some(previous) if previous.info == info => {
+            for (head, backbone) in heads.iter_mut().zip(backbones.iter()) {
+                head.vars.load(options.out.join(format!("{}.last.safetensors", backbone.spec.id)))?;
+            }
+            eprintln!("resuming after epoch {}", previous.epochs_done);
+            previous
+        }
+        _ => {
+            for (head, plain) in heads.iter_mut().zip(&train_views[0].features) {
+                head.fit_standardisation(&plain.index_select(0, &Tensor::from_slice(&train_rows)).to_device(device));
+            }
+            TrainState { info: info.clone(), epochs_done: 0, best_val_loss: vec![f64::INFINITY; heads.len()], stale_epochs: vec![0; heads.len()], history: Vec::new() }
+        }
+    };
+    let mut optimizers = heads.iter().map(|h| h.optimizer(options.learning_rate)).collect::<anyhow::Result<Vec<_>>>()?;
+    let stacked: Vec<Tensor> = (0..backbones.len()).map(|b| Tensor::stack(&train_views.iter().map(|v| v.features[b].shallow_clone()).collect::<Vec<_>>(), 0).to_device(device)).collect();
+    let val_features: Vec<Tensor> = val.features.iter().map(|f| f.index_select(0, &val_rows).to_device(device)).collect();
+    let val_labels = val_labels.to_device(device);
+
+    let progress = indicatif::ProgressBar::new(options.epochs as u64);
+    progress.set_style(indicatif::ProgressStyle::with_template("epochs {bar:30} {pos}/{len}, eta {eta} {msg}").expect("static template"));
+    progress.set_position(state.epochs_done as u64);
+    for epoch in state.epochs_done + 1..=options.epochs {
+        if state.stale_epochs.iter().all(|stale| *stale >= options.patience) {
+            break;
+        }
+        let epoch_started = Instant::now();
+        let active: Vec<bool> = state.stale_epochs.iter().map(|stale| *stale < options.patience).collect();
+        let batches = EpochBatches { rows: &train_rows, labels: &train_labels, views, batch_size: options.batch_size, seed: options.seed.wrapping_add(epoch as u64) };
+        let totals = train_epoch(&heads, &mut optimizers, &stacked, &active, &batches);
+        let seconds = epoch_started.elapsed().as_secs_f64();
+        let mut summary = Vec::new();
+        for (index, head) in heads.iter().enumerate() {
+            if state.stale_epochs[index] >= options.patience {
+                continue;
+            }
+            let (val_loss, val_accuracy) = tch::no_grad(|| {
+                let logits = head.forward_t(&val_features[index], false);
+                let accuracy = logits.argmax(-1, false).eq_tensor(&val_labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+                (logits.cross_entropy_for_logits(&val_labels).double_value(&[]), accuracy)
+            });
+            let id = backbones[index].spec.id;
+            let (loss_sum, correct, seen) = totals[index];
+            state.history.push(EpochRecord { epoch, backbone: id.to_string(), train_loss: loss_sum / seen.max(1) as f64, train_accuracy: correct as f64 / seen.max(1) as f64, val_loss, val_accuracy, seconds, phase: "heads".into() });
+            if val_loss < state.best_val_loss[index] {
+                state.best_val_loss[index] = val_loss;
+                state.stale_epochs[index] = 0;
+                head.save_atomically(&HeadsInfo::head_path(&options.out, id))?;
+            } else {
+                state.stale_epochs[index] += 1;
+            }
+            head.save_atomically(&options.out.join(format!("{id}.last.safetensors")))?;
+            summary.push(format!("{id} val {:.1}%", 100.0 * val_accuracy));
+        }
+        state.epochs_done = epoch;
+        write_atomically(&state_path, &serde_json::to_vec_pretty(&state)?)?;
+        progress.set_message(summary.join(", "));
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    if options.fine_tune_layers > 0 && !state.history.iter().any(|r| r.phase == "fine-tune") {
+        for (index, (backbone, head)) in backbones.iter_mut().zip(heads.iter_mut()).enumerate() {
+            head.vars.load(HeadsInfo::head_path(&options.out, backbone.spec.id))?;
+            let records = fine_tune(backbone, head, &split, state.best_val_loss[index], state.epochs_done, options)?;
+            state.history.extend(records);
+        }
+        write_atomically(&state_path, &serde_json::to_vec_pretty(&state)?)?;
+    }
+    write_atomically(&options.out.join("heads.json"), &serde_json::to_vec_pretty(&info)?)?;
+    write_atomically(&options.out.join("history.csv"), history_csv(&state.history).as_bytes())?;
+    crate::plot::training_curves(&options.out.join("training.png"), &state.history)?;
+    Ok(TrainReport { classes: split.classes, history: state.history, skipped, not_images: split.not_images, extraction_seconds, out: options.out.clone() })
+}
+
+/// Which examples an epoch visits, and how.
+pub struct EpochBatches<'a> {
+    /// Example indices that decoded.
+    pub rows: &'a [i64],
+    /// Class of every example, by index.
+    pub labels: &'a [i64],
+    pub views: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+/// One pass over the training examples for every active head: shuffled minibatches, each
+/// example in its plain view or one of its augmented views, picked at random. `stacked[b]` is
+/// backbone b's (views, N, D) features. Returns per head (summed loss, correct, seen).
+pub fn train_epoch(heads: &[Head], optimizers: &mut [tch::nn::Optimizer], stacked: &[Tensor], active: &[bool], batches: &EpochBatches) -> Vec<(f64, usize, usize)> {
+    let device = stacked.first().map_or(Device::Cpu, Tensor::device);
+    let mut order = batches.rows.to_vec();
+    data::shuffle(&mut order, batches.seed);
+    let mut rng = batches.seed ^ 0x5EED;
+    let examples = batches.labels.len() as i64;
+    let flattened: Vec<Tensor> = stacked.iter().map(|s| s.flatten(0, 1)).collect();
+    let mut totals = vec![(0.0f64, 0usize, 0usize); heads.len()];
+    for batch in order.chunks(batches.batch_size) {
+        let rows: Vec<i64> = batch.iter().map(|&row| (data::splitmix64(&mut rng) % batches.views as u64) as i64 * examples + row).collect();
+        let rows = Tensor::from_slice(&rows).to_device(device);
+        let labels = Tensor::from_slice(&batch.iter().map(|&r| batches.labels[r as usize]).collect::<Vec<_>>()).to_device(device);
+        for (index, head) in heads.iter().enumerate().filter(|(index, _)| active[*index]) {
+            let logits = head.forward_t(&flattened[index].index_select(0, &rows), true);
+            let loss = logits.cross_entropy_for_logits(&labels);
+            optimizers[index].backward_step(&loss);
+            let correct = logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]) as usize;
+            totals[index].0 += loss.double_value(&[]) * batch.len() as f64;
+            totals[index].1 += correct;
+            totals[index].2 += batch.len();
+        }
+    }
+    totals
+}
+
+/// Where a fine-tuned backbone's weights are kept, beside its head.
+pub fn tuned_backbone_path(dir: &Path, backbone: &str) -> PathBuf {
+    dir.join(format!("{backbone}.backbone.safetensors"))
+}
+
+/// The chapter's `layer_adjust`: with its head trained, the last `fine_tune_layers` layers of
+/// the backbone are trained together with the head, at a tenth of the learning rate, on
+/// augmented images run through the whole backbone (the features now change, so nothing is
+/// cached). The backbone and head are kept only when the validation loss improves on `best`.
+fn fine_tune(backbone: &mut Backbone, head: &mut Head, split: &data::Split, mut best: f64, first_epoch: usize, options: &TrainOptions) -> anyhow::Result<Vec<EpochRecord>> {
+    let opened = backbone.unfreeze_last(options.fine_tune_layers);
+    tracing::info!(backbone = backbone.spec.id, layers = ?opened, "fine-tuning");
+    let learning_rate = options.learning_rate / 10.0;
+    let mut backbone_optimizer = tch::nn::Adam::default().build(backbone.vars(), learning_rate)?;
+    let mut head_optimizer = head.optimizer(learning_rate)?;
+    let device = backbone.device;
+    let decode = |examples: &[Example]| -> (Vec<image::RgbImage>, Vec<i64>) {
+        examples.iter().filter_map(|e| imaging::load(&e.path, options.limits).ok().map(|image| (image, e.class as i64))).unzip()
+    };
+    let batch_tensor = |images: &[image::RgbImage]| Tensor::stack(&images.iter().map(|i| backbone.spec.preprocess.tensor(i)).collect::<Vec<_>>(), 0).to_device(device);
+    let mut records = Vec::new();
+    let progress = indicatif::ProgressBar::new((options.fine_tune_epochs * (split.train.len() + split.val.len())) as u64);
+    progress.set_style(indicatif::ProgressStyle::with_template("fine-tune {msg} {bar:30} {pos}/{len} images, eta {eta}").expect("static template"));
+    progress.set_message(backbone.spec.id);
+    use tch::nn::OptimizerConfig;
+    for round in 1..=options.fine_tune_epochs {
+        let started = Instant::now();
+        let mut order = split.train.clone();
+        data::shuffle(&mut order, options.seed.wrapping_add(1000 + round as u64));
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        for (batch_index, batch) in order.chunks(options.batch_size).enumerate() {
+            let (images, labels) = decode(batch);
+            if images.is_empty() {
+                continue;
+            }
+            let seeds: Vec<u64> = (0..images.len() as u64).map(|i| options.seed ^ (round as u64) << 48 ^ (batch_index as u64) << 20 ^ i).collect();
+            let inputs = super::ensemble::augment(&batch_tensor(&images), &seeds, 90.0);
+            let labels = Tensor::from_slice(&labels).to_device(device);
+            let logits = head.forward_t(&backbone.forward_trainable(&inputs), true);
+            let loss = logits.cross_entropy_for_logits(&labels);
+            backbone_optimizer.zero_grad();
+            head_optimizer.zero_grad();
+            loss.backward();
+            backbone_optimizer.step();
+            head_optimizer.step();
+            loss_sum += loss.double_value(&[]) * images.len() as f64;
+            correct += logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]) as usize;
+            seen += images.len();
+            progress.inc(batch.len() as u64);
+        }
+        let (mut val_loss_sum, mut val_correct, mut val_seen) = (0.0, 0usize, 0usize);
+        for batch in split.val.chunks(options.batch_size) {
+            let (images, labels) = decode(batch);
+            if images.is_empty() {
+                continue;
+            }
+            let labels = Tensor::from_slice(&labels).to_device(device);
+            let logits = tch::no_grad(|| head.forward_t(&backbone.forward(&batch_tensor(&images)).features, false));
+            val_loss_sum += logits.cross_entropy_for_logits(&labels).double_value(&[]) * images.len() as f64;
+            val_correct += logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]) as usize;
+            val_seen += images.len();
+            progress.inc(batch.len() as u64);
+        }
+        let val_loss = val_loss_sum / val_seen.max(1) as f64;
+        records.push(EpochRecord {
+            epoch: first_epoch + round,
+            backbone: backbone.spec.id.to_string(),
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val_loss,
+            val_accuracy: val_correct as f64 / val_seen.max(1) as f64,
+            seconds: started.elapsed().as_secs_f64(),
+            phase: "fine-tune".into(),
+        });
+        if val_loss < best {
+            best = val_loss;
+            head.save_atomically(&HeadsInfo::head_path(&options.out, backbone.spec.id))?;
+            let path = tuned_backbone_path(&options.out, backbone.spec.id);
+            let partial = path.with_extension("partial");
+            backbone.vars().save(&partial)?;
+            std::fs::rename(&partial, &path)?;
+        }
+    }
+    progress.finish_and_clear();
+    backbone.unfreeze_last(0);
+    Ok(records)
+}
+
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, bytes).with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::File::open(&partial)?.sync_all()?;
+    std::fs::rename(&partial, path).with_context(|| format!("cannot move {} into place", path.display()))
+}
+
+fn history_csv(history: &[EpochRecord]) -> String {
+    let mut csv = String::from("epoch,backbone,phase,train_loss,train_accuracy,val_loss,val_accuracy,seconds\n");
+    for r in history {
+        csv.push_str(&format!("{},{},{},{:.5},{:.5},{:.5},{:.5},{:.3}\n", r.epoch, r.backbone, r.phase, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy, r.seconds));
+    }
+    csv
+}
+
+/// The summary `lookalike train` prints.
+pub fn render(report: &TrainReport) -> String {
+    let mut out = format!("{} categories: {}\nfeatures extracted or read from cache in {:.1} s\n", report.classes.len(), report.classes.join(", "), report.extraction_seconds);
+    let mut backbones: Vec<&str> = report.history.iter().map(|r| r.backbone.as_str()).collect();
+    backbones.dedup();
+    backbones.sort();
+    backbones.dedup();
+    for backbone in backbones {
+        let rows: Vec<&EpochRecord> = report.history.iter().filter(|r| r.backbone == backbone).collect();
+        if let Some(best) = rows.iter().min_by(|a, b| a.val_loss.total_cmp(&b.val_loss)) {
+            let mean_epoch = rows.iter().map(|r| r.seconds).sum::<f64>() / rows.len() as f64;
+            out.push_str(&format!(
+                "{backbone:<22} best epoch {:>3} of {:>3}: val accuracy {:.1}%, val loss {:.4} (epochs take {:.2} s)\n",
+                best.epoch,
+                rows.len(),
+                100.0 * best.val_accuracy,
+                best.val_loss,
+                mean_epoch
+            ));
+        }
+    }
+    if !report.skipped.is_empty() {
+        out.push_str(&format!("skipped {} unreadable images:\n", report.skipped.len()));
+        for (path, reason) in &report.skipped {
+            out.push_str(&format!("  {}: {reason}\n", path.display()));
+        }
+    }
+    if !report.not_images.is_empty() {
+        out.push_str(&format!("ignored {} files that are not images (by extension)\n", report.not_images.len()));
+    }
+    out.push_str(&format!("heads, history.csv and training.png written to {}\n", report.out.display()));
+    out
+}
