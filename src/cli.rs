@@ -109,8 +109,8 @@ pub struct TrainArgs {
     pub patience: usize,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// Adam's learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    /// Adam's learning rate. 3e-4 beat 1e-3 on Fashion-MNIST's validation set (all three heads).
+    #[arg(long, default_value_t = 3e-4)]
     pub learning_rate: f64,
     /// Seed of the 90/10 split, the augmentations and the batches.
     #[arg(long, default_value_t = 42)]
