@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use plotters::prelude::*;
 
 use crate::vision::train::EpochRecord;
@@ -29,9 +28,8 @@ fn register_font() -> anyhow::Result<()> {
 }
 
 fn save(path: &Path, width: u32, height: u32, pixels: Vec<u8>) -> anyhow::Result<()> {
-    let partial = path.with_extension("partial.png");
-    image::save_buffer(&partial, &pixels, width, height, image::ColorType::Rgb8).with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("cannot move {} into place", path.display()))
+    // The partial file has no .png extension, so name the format.
+    crate::vision::train::replace_atomically(path, |partial| Ok(image::save_buffer_with_format(partial, &pixels, width, height, image::ColorType::Rgb8, image::ImageFormat::Png)?))
 }
 
 const COLOURS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];

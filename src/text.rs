@@ -521,10 +521,6 @@ impl IntentReader {
         Ok(IntentReader { vocabulary, methods: loaded, min_score: config.min_score })
     }
 
-    pub fn vocabulary(&self) -> &Vocabulary {
-        &self.vocabulary
-    }
-
     pub fn read(&mut self, text: &str) -> anyhow::Result<Intent> {
         let sentence = Sentence::new(text, &self.vocabulary);
         let names = self.vocabulary.names();

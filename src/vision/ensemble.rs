@@ -65,11 +65,7 @@ impl Head {
 
     /// Saves beside `path`, then renames over it: a crash never leaves half a head.
     pub fn save_atomically(&self, path: &Path) -> anyhow::Result<()> {
-        let partial = path.with_extension("partial.safetensors");
-        self.vars.save(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
-        std::fs::File::open(&partial)?.sync_all()?;
-        std::fs::rename(&partial, path).with_context(|| format!("cannot move {} into place", path.display()))?;
-        Ok(())
+        super::train::replace_atomically(path, |partial| Ok(self.vars.save(partial)?))
     }
 }
 
@@ -242,5 +238,6 @@ mod tests {
         let eval1 = head.forward_t(&features, false);
         assert_eq!(eval1.size(), [5, 3]);
         assert!(eval1.equal(&head.forward_t(&features, false)), "evaluation is deterministic");
+        assert!(!head.forward_t(&features, true).equal(&head.forward_t(&features, true)), "training drops units at random");
     }
 }

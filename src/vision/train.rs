@@ -153,9 +153,7 @@ fn cached_features(backbones: &[Backbone], examples: &[Example], view: usize, ca
         named.push(("hashes".into(), Tensor::from_slice(&chunk_hashes).view([chunk.len() as i64, 32])));
         named.push(("decoded".into(), Tensor::from_slice(&mask)));
         let file = folder.join(format!("{}.safetensors", hex::encode(&Sha256::digest(&chunk_hashes)[..10])));
-        let partial = file.with_extension("partial");
-        Tensor::write_safetensors(&named, &partial).context("cannot write the feature cache")?;
-        std::fs::rename(&partial, &file).context("cannot move the feature cache into place")?;
+        replace_atomically(&file, |partial| Ok(Tensor::write_safetensors(&named, partial)?))?;
         for (row, &index) in chunk.iter().enumerate() {
             known.insert(hashes[index].clone(), (files.len(), row as i64));
         }
@@ -410,10 +408,7 @@ fn fine_tune(backbone: &mut Backbone, head: &mut Head, split: &data::Split, mut 
         if val_loss < best {
             best = val_loss;
             head.save_atomically(&HeadsInfo::head_path(&options.out, backbone.spec.id))?;
-            let path = tuned_backbone_path(&options.out, backbone.spec.id);
-            let partial = path.with_extension("partial");
-            backbone.vars().save(&partial)?;
-            std::fs::rename(&partial, &path)?;
+            replace_atomically(&tuned_backbone_path(&options.out, backbone.spec.id), |partial| Ok(backbone.vars().save(partial)?))?;
         }
     }
     progress.finish_and_clear();
@@ -421,11 +416,19 @@ fn fine_tune(backbone: &mut Backbone, head: &mut Head, split: &data::Split, mut 
     Ok(records)
 }
 
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes).with_context(|| format!("cannot write {}", partial.display()))?;
+/// Writes `path` through `write` into a file beside it, flushes it, then renames it into place:
+/// a crash leaves the old file or the new one, never half of either.
+pub fn replace_atomically(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    // Keep the extension last: writers such as VarStore::save pick the format from it.
+    let extension = path.extension().map_or(String::new(), |e| format!(".{}", e.to_string_lossy()));
+    let partial = path.with_extension(format!("partial{extension}"));
+    write(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
     std::fs::File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, path).with_context(|| format!("cannot move {} into place", path.display()))
+}
+
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    replace_atomically(path, |partial| Ok(std::fs::write(partial, bytes)?))
 }
 
 fn history_csv(history: &[EpochRecord]) -> String {
