@@ -10,8 +10,9 @@ use crate::text::{self, IntentReader, TextModelPaths, Vocabulary};
 use crate::imaging::ImageLimits;
 use crate::vision::data::{export_fashion_mnist, FashionMnistExport};
 use crate::vision::{self, Backbone};
+use crate::search::{self, Query, SearchService};
 use crate::worker::ModelWorker;
-use crate::{bench, models};
+use crate::{bench, models, plot};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -163,6 +164,9 @@ pub struct SearchArgs {
     /// Write a contact sheet (query, hits, scores, categories) to this PNG.
     #[arg(long, value_name = "OUT.png")]
     pub sheet: Option<PathBuf>,
+    /// Page of hits, from 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub page: u32,
 }
 
 #[derive(Debug, Args)]
@@ -248,19 +252,16 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Intent(args) => intent(&args, config),
-        Command::Index(_) => not_built("index", "the index/search issue (#5)"),
-        Command::Search(_) => not_built("search", "the index/search issue (#5)"),
-        Command::Demo => {
-            // Until the index/search issue lands, the demo checks the embedded default's models.
-            let manifest = models::Manifest::load(&config.models.dir)?;
-            let rows = models::status(&manifest, &config.models.dir, Some(config.models.profile))?;
-            println!("{}", models::torch_summary());
-            print!("{}", models::render_status(&rows));
-            let missing: Vec<&str> = rows.iter().filter(|row| !row.installed()).map(|row| row.id.as_str()).collect();
-            anyhow::ensure!(missing.is_empty(), "the {} profile is incomplete: {}", config.models.profile, missing.join(", "));
-            println!("the {} profile is installed; the search demo itself arrives with issue #5", config.models.profile);
-            Ok(())
+        Command::Index(args) => {
+            let mut config = config.clone();
+            if let Some(dir) = args.catalogue {
+                config.catalogue.dir = dir;
+            }
+            let service = SearchService::start(&config)?;
+            reindex_with_bar(&service)
         }
+        Command::Search(args) => search(&args, config),
+        Command::Demo => crate::demo::run(config),
         Command::Serve => {
             // Check the token first, so an operator learns of a missing one before anything else.
             crate::config::discord_token()?;
@@ -272,6 +273,43 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             None => not_built("bench (the full suite)", "the speed issue (#7); `lookalike bench --only intent` and `--only vision` work today"),
         },
     }
+}
+
+/// Re-indexes `catalogue.dir` with a progress bar, and prints what changed.
+pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("index {bar:30} {pos}/{len} images to embed, {msg}").expect("static template"));
+    let summary = service.reindex(&mut |progress| {
+        bar.set_length(progress.total as u64);
+        bar.set_position(progress.done as u64);
+        let eta = progress.eta_s().map_or("eta -".to_string(), |s| format!("eta {s:.0} s"));
+        bar.set_message(format!("{:.1} images/s, {eta}", progress.rate()));
+    })?;
+    bar.finish_and_clear();
+    print!("{}", crate::index::render_summary(&summary));
+    Ok(())
+}
+
+fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.image).with_context(|| format!("cannot read the query image {}", args.image.display()))?;
+    let service = SearchService::start(config)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let query = Query { image: bytes.clone(), text: args.text.clone(), k: args.k, page: args.page as usize - 1, categories: None };
+    let outcome = runtime.block_on(service.search(query)).with_context(|| format!("search with {}", args.image.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        print!("{}", search::render(&outcome));
+    }
+    if let Some(sheet) = &args.sheet {
+        let limits = ImageLimits::from_config(&config.limits);
+        let query = crate::imaging::decode(&bytes, limits)?;
+        let label = args.text.clone().unwrap_or_else(|| args.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let title = format!("lookalike: {} hits for {}", outcome.hits.len(), args.image.display());
+        plot::contact_sheet(sheet, &title, &[search::sheet_row(query, &label, &outcome, limits)])?;
+        eprintln!("contact sheet written to {}", sheet.display());
+    }
+    Ok(())
 }
 
 fn not_built(command: &str, issue: &str) -> anyhow::Result<()> {

@@ -104,6 +104,28 @@ pub struct IndexConfig {
     pub min_similarity: f32,
     /// Hits at or above this cosine similarity to a better hit are collapsed into it.
     pub near_duplicate_cosine: f32,
+    /// Which vectors describe an image.
+    pub embedding: EmbeddingSource,
+}
+
+/// The vector an image is indexed and searched by. Either way each backbone's vector is
+/// L2-normalised and the three are concatenated, scaled so one dot product is their mean cosine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingSource {
+    /// The backbones' pooled features (ImageNet semantics; no trained heads needed to index).
+    Pooled,
+    /// The trained heads' penultimate layer (1,024 per backbone; tuned to the categories).
+    Head,
+}
+
+impl EmbeddingSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmbeddingSource::Pooled => "pooled",
+            EmbeddingSource::Head => "head",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

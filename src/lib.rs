@@ -13,11 +13,15 @@
 //! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` | torch, Discord |
 //! | [`imaging`] | decode with limits, EXIF orientation, RGB; resize, crop, per-backbone normalisation | torch models, Discord |
 //! | [`vision`] | backbone specs and networks, heads, augmentation, ensemble vote, training, evaluation | Discord, index |
-//! | [`plot`]   | PNG charts: training curves, confusion matrices | torch, Discord |
+//! | [`plot`]   | PNG charts: training curves, confusion matrices, search contact sheets | torch, Discord |
 //! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; negation; "none" | index, Discord |
+//! | [`catalogue`] | the catalogue folders (one sub-folder per category), content hashes, metadata (CSV / JSON lines) | torch, Discord |
+//! | [`index`]  | unit vectors per category as contiguous matrices, exact top-k, generations on disk (checksummed, swapped atomically, fallback past damage), incremental re-index, the re-index lock | torch, Discord |
+//! | [`search`] | `SearchService`, the one entry point of the CLI and the bot: decode, micro-batched models, decide, search, timings; re-index while serving | Discord |
 //! | [`decide`] | image vote + text intent -> ordered categories to search, with reasons (pure) | torch, Discord |
 //! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out | Discord |
 //! | [`bench`]  | `lookalike bench`: timings as ratios against a baseline measured in the same run | Discord |
+//! | [`demo`]   | `lookalike demo`: the Fashion-MNIST catalogue, heads if missing, index, queries, contact sheet | Discord |
 //! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it | Discord |
 //!
 //! # Invariants
@@ -30,12 +34,16 @@
 //! - The Discord token never appears in a config file, a log line or an error message.
 
 pub mod bench;
+pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod demo;
 pub mod imaging;
+pub mod index;
 pub mod models;
 pub mod plot;
+pub mod search;
 pub mod text;
 pub mod vision;
 pub mod worker;

@@ -115,3 +115,59 @@ pub fn confusion_matrix(path: &Path, title: &str, classes: &[String], counts: &[
     }
     save(path, width, height, pixels)
 }
+
+/// One row of a contact sheet: the query with its caption, then each hit with its caption.
+pub struct SheetRow {
+    pub query: image::RgbImage,
+    pub caption: Vec<String>,
+    pub hits: Vec<(image::RgbImage, Vec<String>)>,
+}
+
+/// Pixels a picture is fitted into on a contact sheet.
+const THUMB: u32 = 150;
+
+/// A contact sheet: per row, the query (framed) and its hits left to right, each with its
+/// caption lines underneath.
+pub fn contact_sheet(path: &Path, title: &str, rows: &[SheetRow]) -> anyhow::Result<()> {
+    register_font()?;
+    let (gap, line) = (14u32, 16u32);
+    let lines = rows.iter().flat_map(|r| std::iter::once(r.caption.len()).chain(r.hits.iter().map(|h| h.1.len()))).max().unwrap_or(1) as u32;
+    let columns = 1 + rows.iter().map(|r| r.hits.len()).max().unwrap_or(0) as u32;
+    let (cell_w, cell_h) = (THUMB + gap, THUMB + lines * line + 2 * gap);
+    let top = 40u32;
+    let (width, height) = (gap + columns * cell_w + gap, top + cell_h * rows.len().max(1) as u32);
+    let mut canvas = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let mut captions: Vec<(String, i32, i32)> = Vec::new();
+    for (r, row) in rows.iter().enumerate() {
+        let y = top + r as u32 * cell_h;
+        let tiles = std::iter::once((&row.query, &row.caption)).chain(row.hits.iter().map(|(image, caption)| (image, caption)));
+        for (c, (picture, caption)) in tiles.enumerate() {
+            // The query sits apart from its hits by an extra gap.
+            let x = gap + c as u32 * cell_w + if c > 0 { gap / 2 } else { 0 };
+            let scale = THUMB as f32 / picture.width().max(picture.height()).max(1) as f32;
+            let (w, h) = (((picture.width() as f32 * scale) as u32).max(1), ((picture.height() as f32 * scale) as u32).max(1));
+            let filter = if scale > 2.0 { image::imageops::FilterType::Nearest } else { image::imageops::FilterType::Triangle };
+            let thumb = image::imageops::resize(picture, w, h, filter);
+            image::imageops::overlay(&mut canvas, &thumb, (x + (THUMB - w) / 2) as i64, (y + (THUMB - h) / 2) as i64);
+            for (n, text) in caption.iter().enumerate() {
+                captions.push((text.clone(), x as i32, (y + THUMB + 4 + n as u32 * line) as i32));
+            }
+        }
+    }
+    let mut pixels = canvas.into_raw();
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
+        let style = |size: u32| TextStyle::from(("sans-serif", size).into_font()).color(&BLACK);
+        root.draw_text(title, &style(18), (gap as i32, 10)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for r in 0..rows.len() as u32 {
+            let y = (top + r * cell_h) as i32;
+            root.draw(&Rectangle::new([(gap as i32 - 3, y - 3), ((gap + THUMB + 2) as i32, y + THUMB as i32 + 2)], COLOURS[0].stroke_width(2))).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for (text, x, y) in &captions {
+            let short: String = text.chars().take(24).collect();
+            root.draw_text(&short, &style(12), (*x, *y)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    save(path, width, height, pixels)
+}

@@ -68,6 +68,17 @@ impl<M: 'static> ModelWorker<M> {
         answer_rx.await.map_err(|_| anyhow::anyhow!("the model thread stopped before answering (the job panicked)"))
     }
 
+    /// Queues `job` on the model thread without waiting for it; it answers by its own means.
+    pub fn submit(&self, job: impl FnOnce(&mut M) + Send + 'static) -> anyhow::Result<()> {
+        let span = tracing::Span::current();
+        self.jobs
+            .send(Box::new(move |models: &mut M| {
+                let _entered = span.enter();
+                job(models)
+            }))
+            .map_err(|_| anyhow::anyhow!("the model thread has stopped"))
+    }
+
     /// Runs `job` on the model thread and blocks until it answers; for the CLI, never async code.
     pub fn run_blocking<R: Send + 'static>(&self, job: impl FnOnce(&mut M) -> R + Send + 'static) -> anyhow::Result<R> {
         let (answer_tx, answer_rx) = mpsc::channel();

@@ -93,7 +93,11 @@ fn train_resume_vote_and_eval() {
     let image = lookalike::imaging::load(&data.join("warm/03.png"), options.limits).unwrap();
     let result = &ensemble.classify(&[image])[0];
     assert_eq!(result.vote.backbones.len(), 3);
-    assert_eq!(result.features.iter().map(Vec::len).collect::<Vec<_>>(), [1280, 512, 768]);
+    // Three backbones' unit vectors, concatenated and scaled: one unit vector.
+    assert_eq!((result.pooled.len(), result.penultimate.len()), (1280 + 512 + 768, 3 * 1024));
+    for embedding in [&result.pooled, &result.penultimate] {
+        assert!((embedding.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-4);
+    }
     for backbone in &result.vote.backbones {
         assert!((backbone.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
     }

@@ -10,7 +10,7 @@ use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 use super::{Backbone, BackboneSpec};
-use crate::config::Profile;
+use crate::config::{EmbeddingSource, Profile};
 use crate::decide::{BackboneVote, ImageVote};
 
 /// Dropout between the head's layers, as in the chapter.
@@ -52,11 +52,15 @@ impl Head {
         });
     }
 
-    pub fn forward_t(&self, features: &Tensor, train: bool) -> Tensor {
+    /// The penultimate layer: what the head has learnt to describe an image by (N, 1024).
+    pub fn penultimate_t(&self, features: &Tensor, train: bool) -> Tensor {
         let standardised = (features - &self.feature_mean) / &self.feature_std;
         let hidden = self.fc1.forward(&standardised).relu().dropout(HEAD_DROPOUT, train);
-        let hidden = self.fc2.forward(&hidden).relu().dropout(HEAD_DROPOUT, train);
-        self.out.forward(&hidden)
+        self.fc2.forward(&hidden).relu()
+    }
+
+    pub fn forward_t(&self, features: &Tensor, train: bool) -> Tensor {
+        self.out.forward(&self.penultimate_t(features, train).dropout(HEAD_DROPOUT, train))
     }
 
     pub fn optimizer(&self, learning_rate: f64) -> anyhow::Result<nn::Optimizer> {
@@ -148,11 +152,30 @@ pub fn backbone_features(backbones: &[Backbone], images: &[RgbImage], augmentati
         .collect()
 }
 
-/// One image's result: the vote material and each backbone's features.
+/// One image's result: the vote material and two embeddings, both unit vectors made of each
+/// backbone's L2-normalised vector, concatenated and scaled by 1/sqrt(backbones), so that one dot
+/// product is the mean of the backbones' cosine similarities.
 pub struct Classification {
     pub vote: ImageVote,
-    /// Per backbone, the pooled features as plain numbers.
-    pub features: Vec<Vec<f32>>,
+    /// From the backbones' pooled features.
+    pub pooled: Vec<f32>,
+    /// From the heads' penultimate layers.
+    pub penultimate: Vec<f32>,
+}
+
+impl Classification {
+    pub fn embedding(&self, source: EmbeddingSource) -> &[f32] {
+        match source {
+            EmbeddingSource::Pooled => &self.pooled,
+            EmbeddingSource::Head => &self.penultimate,
+        }
+    }
+}
+
+/// Rows of each (N, D_i) part L2-normalised, concatenated, and scaled by 1/sqrt(parts).
+pub fn mean_cosine_embedding(parts: &[Tensor]) -> Tensor {
+    let normalised: Vec<Tensor> = parts.iter().map(|p| p / p.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12)).collect();
+    Tensor::cat(&normalised, 1) / (parts.len().max(1) as f64).sqrt()
 }
 
 /// The three backbones with their trained heads.
@@ -192,10 +215,12 @@ impl Ensemble {
     /// Classifies a batch: each backbone runs once over all images, then its head.
     pub fn classify(&self, images: &[RgbImage]) -> Vec<Classification> {
         let features = backbone_features(&self.backbones, images, None);
-        let probabilities: Vec<Tensor> = tch::no_grad(|| {
-            self.heads.iter().zip(&features).map(|(head, f)| head.forward_t(f, false).softmax(-1, Kind::Float).to_device(Device::Cpu)).collect()
+        let (probabilities, pooled, penultimate) = tch::no_grad(|| {
+            let hidden: Vec<Tensor> = self.heads.iter().zip(&features).map(|(head, f)| head.penultimate_t(f, false)).collect();
+            let probabilities: Vec<Tensor> = self.heads.iter().zip(&hidden).map(|(head, h)| head.out.forward(h).softmax(-1, Kind::Float).to_device(Device::Cpu)).collect();
+            let to_cpu = |t: Tensor| t.to_device(Device::Cpu).to_kind(Kind::Float);
+            (probabilities, to_cpu(mean_cosine_embedding(&features)), to_cpu(mean_cosine_embedding(&hidden)))
         });
-        let features: Vec<Tensor> = features.into_iter().map(|f| f.to_device(Device::Cpu).to_kind(Kind::Float)).collect();
         (0..images.len() as i64)
             .map(|row| {
                 let backbones = self
@@ -206,7 +231,8 @@ impl Ensemble {
                     .collect();
                 Classification {
                     vote: ImageVote { categories: self.info.classes.clone(), backbones },
-                    features: features.iter().map(|f| Vec::<f32>::try_from(f.get(row)).unwrap_or_default()).collect(),
+                    pooled: Vec::<f32>::try_from(pooled.get(row)).unwrap_or_default(),
+                    penultimate: Vec::<f32>::try_from(penultimate.get(row)).unwrap_or_default(),
                 }
             })
             .collect()

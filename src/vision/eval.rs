@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::data;
 use super::ensemble::Ensemble;
+use crate::config::EmbeddingSource;
 use crate::imaging::{self, ImageLimits};
 
 #[derive(Debug, Clone, Serialize)]
@@ -20,11 +21,19 @@ pub struct Scores {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct Retrieval {
+    pub embedding: EmbeddingSource,
+    pub precision_at_5: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub classes: Vec<String>,
     pub images: usize,
     pub backbones: Vec<Scores>,
     pub vote: Scores,
+    /// Retrieval quality of each embedding: leave-one-out precision@5 over the evaluated images.
+    pub retrieval: Vec<Retrieval>,
     pub skipped: Vec<(PathBuf, String)>,
     pub seconds: f64,
 }
@@ -49,6 +58,7 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow:
     let mut per_backbone: Vec<Vec<(usize, usize)>> = vec![Vec::new(); backbone_count];
     let mut vote = Vec::new();
     let mut skipped = Vec::new();
+    let (mut pooled, mut penultimate, mut labels) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in examples.chunks(32) {
         let mut images = Vec::new();
         let mut truths = Vec::new();
@@ -62,6 +72,9 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow:
             }
         }
         for (classification, truth) in ensemble.classify(&images).into_iter().zip(truths) {
+            pooled.push(classification.pooled.clone());
+            penultimate.push(classification.penultimate.clone());
+            labels.push(truth as i64);
             for (index, backbone) in classification.vote.backbones.iter().enumerate() {
                 per_backbone[index].push((truth, backbone.top().0));
             }
@@ -76,9 +89,28 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow:
         images: vote.len(),
         backbones: ensemble.backbones.iter().zip(&per_backbone).map(|(b, pairs)| scores(b.spec.id, classes, pairs)).collect(),
         vote: scores("vote", classes, &vote),
+        retrieval: vec![
+            Retrieval { embedding: EmbeddingSource::Pooled, precision_at_5: precision_at_k(&pooled, &labels, 5) },
+            Retrieval { embedding: EmbeddingSource::Head, precision_at_5: precision_at_k(&penultimate, &labels, 5) },
+        ],
         skipped,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Leave-one-out precision@k of unit vectors: for each, the share of its k most similar others
+/// (cosine, over all of them) that carry its label.
+pub fn precision_at_k(vectors: &[Vec<f32>], labels: &[i64], k: usize) -> f64 {
+    let n = vectors.len() as i64;
+    if n < 2 {
+        return 0.0;
+    }
+    let k = k.min(n as usize - 1) as i64;
+    let matrix = tch::Tensor::from_slice(&vectors.concat()).view([n, -1]);
+    let similarity = matrix.matmul(&matrix.tr()).fill_diagonal_(f64::NEG_INFINITY, false);
+    let (_, nearest) = similarity.topk(k, 1, true, true);
+    let labels = tch::Tensor::from_slice(labels);
+    labels.index_select(0, &nearest.view([-1])).view([n, k]).eq_tensor(&labels.unsqueeze(1)).to_kind(tch::Kind::Double).mean(tch::Kind::Double).double_value(&[])
 }
 
 pub fn render(report: &EvalReport) -> String {
@@ -113,6 +145,10 @@ pub fn render(report: &EvalReport) -> String {
         }
         out.push('\n');
     }
+    out.push_str("\nretrieval: leave-one-out precision@5 (share of the 5 nearest images in the same category)\n");
+    for r in &report.retrieval {
+        out.push_str(&format!("  {:<8} {:.1}%\n", r.embedding.as_str(), 100.0 * r.precision_at_5));
+    }
     if !report.skipped.is_empty() {
         out.push_str(&format!("skipped {} unreadable images:\n", report.skipped.len()));
         for (path, reason) in &report.skipped {
@@ -132,5 +168,14 @@ mod tests {
         assert_eq!(s.confusion, vec![vec![1, 1], vec![0, 2]]);
         assert!((s.accuracy - 0.75).abs() < 1e-12);
         assert_eq!(s.recall, vec![0.5, 1.0]);
+    }
+
+    #[test]
+    fn precision_at_k_counts_neighbours_with_the_same_label() {
+        let unit = |x: f32, y: f32| vec![x / (x * x + y * y).sqrt(), y / (x * x + y * y).sqrt()];
+        let vectors = vec![unit(1.0, 0.0), unit(0.9, 0.1), unit(0.0, 1.0), unit(0.1, 0.9)];
+        assert_eq!(precision_at_k(&vectors, &[0, 0, 1, 1], 1), 1.0);
+        assert_eq!(precision_at_k(&vectors, &[0, 1, 0, 1], 1), 0.0);
+        assert_eq!(precision_at_k(&vectors, &[0, 0, 1, 1], 2), 0.5, "the second neighbour is always from the other pair");
     }
 }

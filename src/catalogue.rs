@@ -1,0 +1,199 @@
+//! The catalogue on disk: one sub-folder per category, images inside, and an optional metadata
+//! file (CSV with a header, or JSON lines) giving each image a title, price, link and image URL
+//! for replies. Plain files and hashes only: no torch, no Discord.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::vision::data;
+
+/// What a reply shows about an item besides its picture. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<String>,
+    /// The product page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// Where the picture is served from, when the catalogue has URLs (replies link it instead of
+    /// attaching the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<String>,
+}
+
+impl Metadata {
+    pub fn is_empty(&self) -> bool {
+        *self == Metadata::default()
+    }
+}
+
+/// One image file in the catalogue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// `category/file name`: stable across machines, the key of everything else.
+    pub id: String,
+    pub path: PathBuf,
+    pub category: String,
+    pub size: u64,
+    /// Modification time in nanoseconds since the epoch: with the size, it tells whether a
+    /// file's hash from the last index can be trusted without reading the file again.
+    pub modified_ns: i64,
+}
+
+/// The catalogue as found on disk.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub root: PathBuf,
+    pub categories: Vec<String>,
+    pub entries: Vec<Entry>,
+    /// Files in category folders that are not images (by extension): skipped, and listed.
+    pub not_images: Vec<PathBuf>,
+}
+
+/// Lists the catalogue under `root`.
+pub fn scan(root: &Path) -> anyhow::Result<Scan> {
+    let (categories, examples, not_images) = data::labelled(root, None).with_context(|| format!("cannot read the catalogue {}", root.display()))?;
+    let mut entries = Vec::with_capacity(examples.len());
+    for example in examples {
+        let category = categories[example.class].clone();
+        let file = example.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stat = std::fs::metadata(&example.path).with_context(|| format!("cannot read {}", example.path.display()))?;
+        let modified_ns = stat.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i64);
+        entries.push(Entry { id: format!("{category}/{file}"), path: example.path, category, size: stat.len(), modified_ns });
+    }
+    Ok(Scan { root: root.to_path_buf(), categories, entries, not_images })
+}
+
+/// The sha256 of a file's bytes, in hex: identical images share it, changed ones do not.
+pub fn content_hash(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Metadata by key: an item is found by its id (`category/file`), its file name, or its file
+/// name without extension, whichever the file's `path` (or `id`) column holds.
+#[derive(Debug, Clone, Default)]
+pub struct MetadataTable {
+    rows: HashMap<String, Metadata>,
+}
+
+impl MetadataTable {
+    /// Reads a CSV file with a header row (`path` or `id`, then any of `title`, `price`,
+    /// `link`, `image_url`) or, for `.jsonl` / `.json` files, one JSON object per line with the
+    /// same keys. An empty path means no metadata.
+    pub fn load(path: &Path) -> anyhow::Result<MetadataTable> {
+        if path.as_os_str().is_empty() {
+            return Ok(MetadataTable::default());
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the catalogue metadata {} (config catalogue.metadata)", path.display()))?;
+        let json = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
+        let rows = if json { Self::parse_json_lines(&text) } else { Self::parse_csv(&text) };
+        rows.with_context(|| format!("{} is not valid catalogue metadata", path.display()))
+            .map(|rows| MetadataTable { rows })
+    }
+
+    fn parse_csv(text: &str) -> anyhow::Result<HashMap<String, Metadata>> {
+        let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+        let headers: Vec<String> = reader.headers()?.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let column = |name: &str| headers.iter().position(|h| h == name);
+        let key = column("path").or_else(|| column("id")).context("the header row needs a `path` or `id` column")?;
+        let known = ["path", "id", "title", "price", "link", "image_url"];
+        if let Some(unknown) = headers.iter().find(|h| !known.contains(&h.as_str())) {
+            anyhow::bail!("unknown column `{unknown}`: the columns are {}", known.join(", "));
+        }
+        let mut rows = HashMap::new();
+        for (line, record) in reader.records().enumerate() {
+            let record = record.with_context(|| format!("row {}", line + 2))?;
+            let field = |name: &str| column(name).and_then(|i| record.get(i)).filter(|v| !v.is_empty()).map(str::to_string);
+            let metadata = Metadata { title: field("title"), price: field("price"), link: field("link"), image_url: field("image_url") };
+            rows.insert(record.get(key).unwrap_or_default().to_string(), metadata);
+        }
+        Ok(rows)
+    }
+
+    fn parse_json_lines(text: &str) -> anyhow::Result<HashMap<String, Metadata>> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Line {
+            path: Option<String>,
+            id: Option<String>,
+            #[serde(flatten)]
+            metadata: Metadata,
+        }
+        let mut rows = HashMap::new();
+        for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let line: Line = serde_json::from_str(line).with_context(|| format!("line {}", number + 1))?;
+            let key = line.path.or(line.id).with_context(|| format!("line {} has neither `path` nor `id`", number + 1))?;
+            rows.insert(key, line.metadata);
+        }
+        Ok(rows)
+    }
+
+    /// The metadata of the item `id` (`category/file`), if any row names it.
+    pub fn get(&self, id: &str) -> Metadata {
+        let file = id.rsplit('/').next().unwrap_or(id);
+        let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
+        [id, file, stem].iter().find_map(|key| self.rows.get(*key)).cloned().unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_lists_images_by_category_and_skips_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for (category, file) in [("bag", "a.png"), ("bag", "b.jpg"), ("coat", "c.png")] {
+            std::fs::create_dir_all(dir.path().join(category)).unwrap();
+            std::fs::write(dir.path().join(category).join(file), file).unwrap();
+        }
+        std::fs::write(dir.path().join("coat/notes.txt"), "x").unwrap();
+        let scan = scan(dir.path()).unwrap();
+        assert_eq!(scan.categories, ["bag", "coat"]);
+        assert_eq!(scan.entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["bag/a.png", "bag/b.jpg", "coat/c.png"]);
+        assert_eq!(scan.entries[0].size, 5);
+        assert_eq!(scan.not_images, [dir.path().join("coat/notes.txt")]);
+        assert_eq!(content_hash(&scan.entries[0].path).unwrap(), hex::encode(Sha256::digest(b"a.png")));
+    }
+
+    #[test]
+    fn metadata_from_csv_and_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv_path = dir.path().join("items.csv");
+        std::fs::write(&csv_path, "path,title,price,link\nbag/a.png,\"Tote, canvas\",19.99,https://shop.example/a\nc,Wool coat,,\n").unwrap();
+        let table = MetadataTable::load(&csv_path).unwrap();
+        assert_eq!(table.get("bag/a.png").title.as_deref(), Some("Tote, canvas"));
+        assert_eq!(table.get("bag/a.png").price.as_deref(), Some("19.99"));
+        assert_eq!(table.get("coat/c.png").title.as_deref(), Some("Wool coat"), "found by file stem");
+        assert_eq!(table.get("coat/c.png").price, None, "empty cells are absent");
+        assert!(table.get("coat/zzz.png").is_empty());
+
+        let jsonl = dir.path().join("items.jsonl");
+        std::fs::write(&jsonl, "{\"id\": \"a.png\", \"title\": \"Tote\", \"image_url\": \"https://cdn.example/a.png\"}\n\n").unwrap();
+        assert_eq!(MetadataTable::load(&jsonl).unwrap().get("bag/a.png").image_url.as_deref(), Some("https://cdn.example/a.png"));
+
+        std::fs::write(&csv_path, "path,colour\nbag/a.png,red\n").unwrap();
+        let err = format!("{:#}", MetadataTable::load(&csv_path).unwrap_err());
+        assert!(err.contains("unknown column `colour`"), "{err}");
+        std::fs::write(&jsonl, "{\"title\": \"no key\"}\n").unwrap();
+        assert!(format!("{:#}", MetadataTable::load(&jsonl).unwrap_err()).contains("neither `path` nor `id`"));
+        assert!(MetadataTable::load(Path::new("")).unwrap().is_empty());
+    }
+}
