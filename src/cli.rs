@@ -213,6 +213,9 @@ pub struct BenchArgs {
     /// Skip the python baselines.
     #[arg(long)]
     pub no_python: bool,
+    /// Catalogue images indexed and searched by `--only index`.
+    #[arg(long, default_value_t = 1000)]
+    pub catalogue_size: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -221,6 +224,9 @@ pub enum BenchPart {
     Intent,
     /// The ensemble per image against the bare forward passes; one head-training epoch.
     Vision,
+    /// Exact search over 100,000 vectors; indexing and querying a 1,000-image catalogue against
+    /// the chapter's method; indexing against a python torchvision pipeline.
+    Index,
 }
 
 /// Runs one parsed command against the loaded configuration.
@@ -270,7 +276,8 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Bench(args) => match args.only {
             Some(BenchPart::Intent) => bench::intent(config, args.rounds),
             Some(BenchPart::Vision) => bench::vision(config, args.rounds),
-            None => not_built("bench (the full suite)", "the speed issue (#7); `lookalike bench --only intent` and `--only vision` work today"),
+            Some(BenchPart::Index) => bench::index(config, args.rounds, args.catalogue_size, !args.no_python),
+            None => not_built("bench (the full suite)", "the speed issue (#7); `lookalike bench --only intent`, `--only vision` and `--only index` work today"),
         },
     }
 }

@@ -164,6 +164,13 @@ impl SearchService {
             heads.profile,
             config.models.profile
         );
+        let (profile, models_dir, heads_dir, device) = (config.models.profile, config.models.dir.clone(), config.models.heads_dir.clone(), config.models.device);
+        SearchService::with_ensemble(config, move || Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::device(device)?))
+    }
+
+    /// As [`start`](Self::start), with the ensemble built by `ensemble` on the model thread (the
+    /// benchmarks use random heads and weights).
+    pub fn with_ensemble(config: &Config, ensemble: impl FnOnce() -> anyhow::Result<Ensemble> + Send + 'static) -> anyhow::Result<SearchService> {
         let specs = vision::backbones(config.models.profile);
         let source = config.index.embedding;
         let dim = match source {
@@ -179,10 +186,10 @@ impl SearchService {
             dim,
         };
         let vocabulary = Vocabulary::load(&config.text.vocabulary)?;
-        let (models_dir, heads_dir, device, text) = (config.models.dir.clone(), config.models.heads_dir.clone(), config.models.device, config.text.clone());
+        let text = config.text.clone();
         let paths = TextModelPaths::new(&config.models.dir, &config.text);
         let worker = ModelWorker::spawn(move || {
-            let ensemble = Ensemble::load(&specs, &models_dir, &heads_dir, vision::device(device)?)?;
+            let ensemble = ensemble()?;
             let intent = IntentReader::load(vocabulary, &text, &text.methods, &paths)?;
             Ok(Models { ensemble, intent })
         })?;
@@ -199,6 +206,14 @@ impl SearchService {
             config: config.clone(),
             pending: Arc::default(),
             last_total_ms: AtomicU64::new(1000),
+        })
+    }
+
+    /// Runs every network once on a blank image, so the first query or re-index does not pay
+    /// for libtorch's first-call set-up.
+    pub fn warm_up(&self) -> anyhow::Result<()> {
+        self.worker.run_blocking(|models: &mut Models| {
+            models.ensemble.classify(&[RgbImage::new(64, 64)]);
         })
     }
 

@@ -92,11 +92,23 @@ fn subcommands_parse_their_arguments() {
 
 #[test]
 fn unbuilt_subcommands_say_so() {
-    for args in [&["search", "--image", "x.jpg"][..], &["index"], &["serve"], &["bench"]] {
+    for args in [&["serve"][..], &["bench"]] {
         let output = lookalike(args, &[("DISCORD_TOKEN", "test-token-value")]);
         assert_eq!(output.status.code(), Some(1), "{args:?}");
         assert!(text(&output.stderr).contains("is not built yet"), "{args:?}: {}", text(&output.stderr));
     }
+}
+
+#[test]
+fn search_and_index_explain_what_is_missing() {
+    let missing_image = lookalike(&["search", "--image", "no-such-photo.jpg"], &[]);
+    assert_eq!(missing_image.status.code(), Some(1));
+    assert!(text(&missing_image.stderr).contains("cannot read the query image no-such-photo.jpg"), "{}", text(&missing_image.stderr));
+    let scratch = tempfile::tempdir().unwrap();
+    let heads = scratch.path().join("no-heads");
+    let no_heads = lookalike(&["index"], &[("LOOKALIKE__MODELS__HEADS_DIR", heads.to_str().unwrap())]);
+    assert_eq!(no_heads.status.code(), Some(1));
+    assert!(text(&no_heads.stderr).contains("train the heads first"), "{}", text(&no_heads.stderr));
 }
 
 #[test]

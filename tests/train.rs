@@ -10,36 +10,17 @@ use lookalike::vision::train::{train, TrainOptions};
 use lookalike::vision::{self, Backbone};
 use tch::Device;
 
-/// Two categories anyone can tell apart: warm blobs and cool stripes, with some jitter.
-fn write_catalogue(dir: &Path) {
-    for (class, per_class) in [("warm", 14), ("cool", 14)] {
-        let folder = dir.join(class);
-        std::fs::create_dir_all(&folder).unwrap();
-        for i in 0..per_class {
-            let image = image::RgbImage::from_fn(64, 64, |x, y| {
-                let jitter = ((x * 7 + y * 13 + i * 31) % 40) as u8;
-                if class == "warm" {
-                    let inside = (x as i32 - 32).pow(2) + (y as i32 - 32).pow(2) < 300 + 20 * i as i32;
-                    if inside { image::Rgb([220 - jitter, 80 + jitter, 40]) } else { image::Rgb([250, 240, 230]) }
-                } else if (x + i) / 6 % 2 == 0 {
-                    image::Rgb([30, 90 + jitter, 200])
-                } else {
-                    image::Rgb([200, 220, 250 - jitter])
-                }
-            });
-            image.save(folder.join(format!("{i:02}.png"))).unwrap();
-        }
-    }
-    std::fs::write(dir.join("warm/broken.jpg"), b"\xFF\xD8\xFF\xE0 truncated jpeg").unwrap();
-    std::fs::write(dir.join("cool/readme.txt"), b"not an image").unwrap();
-}
+mod common;
+use common::write_catalogue;
 
 #[test]
 fn train_resume_vote_and_eval() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let scratch = tempfile::tempdir().unwrap();
     let (data, out) = (scratch.path().join("data"), scratch.path().join("heads"));
-    write_catalogue(&data);
+    write_catalogue(&data, 14, 0);
+    std::fs::write(data.join("warm/broken.jpg"), b"\xFF\xD8\xFF\xE0 truncated jpeg").unwrap();
+    std::fs::write(data.join("cool/readme.txt"), b"not an image").unwrap();
     let mut backbones: Vec<Backbone> = vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &root.join("models"), Device::Cpu).unwrap()).collect();
     let mut options = TrainOptions {
         data: data.clone(),

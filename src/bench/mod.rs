@@ -4,6 +4,9 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+
+mod index;
+pub use index::index;
 use crate::text::{Embedding, IntentReader, TextModelPaths, Vocabulary};
 use crate::worker::ModelWorker;
 
@@ -29,6 +32,14 @@ pub fn percentile(sorted: &[Duration], share: f64) -> Duration {
 
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
+}
+
+/// The machine figures were measured on, for every table's heading.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|info| info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let gpu = if tch::Cuda::is_available() { format!("{} CUDA device(s)", tch::Cuda::device_count()) } else { "no GPU".to_string() };
+    format!("{} ({cores} cores), {gpu}, {} libtorch threads", cpu.unwrap_or_else(|| "unknown CPU".into()), tch::get_num_threads())
 }
 
 /// Intent extraction per sentence with the configured methods, against the bare MiniLM forward

@@ -1,0 +1,71 @@
+//! Helpers shared by the integration tests: a tiny catalogue anyone can classify, and heads
+//! trained on it with the offline kit's real backbones.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use lookalike::config::Profile;
+use lookalike::imaging::ImageLimits;
+use lookalike::vision::train::{train, TrainOptions};
+use lookalike::vision::{self, Backbone};
+
+/// One image of two categories anyone can tell apart: warm blobs and cool stripes; `variant`
+/// jitters it, so every variant is a different file.
+pub fn picture(class: &str, variant: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(64, 64, |x, y| {
+        let jitter = ((x * 7 + y * 13 + variant * 31) % 40) as u8;
+        if class == "warm" {
+            let inside = (x as i32 - 32).pow(2) + (y as i32 - 32).pow(2) < 300 + 20 * (variant % 20) as i32;
+            if inside { image::Rgb([220 - jitter, 80 + jitter, 40]) } else { image::Rgb([250, 240, 230]) }
+        } else if (x + variant) / 6 % 2 == 0 {
+            image::Rgb([30, 90 + jitter, 200])
+        } else {
+            image::Rgb([200, 220, 250 - jitter])
+        }
+    })
+}
+
+/// `dir/warm/NN.png` and `dir/cool/NN.png`, variants `first..first + per_class`.
+pub fn write_catalogue(dir: &Path, per_class: u32, first: u32) {
+    for class in ["warm", "cool"] {
+        let folder = dir.join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for variant in first..first + per_class {
+            picture(class, variant).save(folder.join(format!("{variant:02}.png"))).unwrap();
+        }
+    }
+}
+
+/// Heads for warm/cool, trained briefly on `data` into `out`.
+pub fn train_heads(data: &Path, out: &Path, cache: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut backbones: Vec<Backbone> = vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &root.join("models"), tch::Device::Cpu).unwrap()).collect();
+    let options = TrainOptions {
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        cache: cache.to_path_buf(),
+        epochs: 4,
+        augmented_views: 0,
+        batch_size: 8,
+        learning_rate: 1e-3,
+        patience: 5,
+        seed: 1,
+        limits: ImageLimits { max_bytes: 1 << 20, max_pixels: 1 << 20 },
+        fine_tune_layers: 0,
+        fine_tune_epochs: 0,
+    };
+    train(&mut backbones, Profile::Kit, &options).unwrap();
+}
+
+/// A vocabulary naming the two test categories, for the text methods.
+pub const VOCABULARY: &str = r#"
+[[category]]
+name = "warm"
+synonyms = ["red", "orange", "blob"]
+description = "a warm red or orange round blob"
+
+[[category]]
+name = "cool"
+synonyms = ["blue", "stripes", "striped"]
+description = "cool blue stripes"
+"#;

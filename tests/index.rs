@@ -1,0 +1,216 @@
+//! The index and `SearchService` end to end on the offline kit's real backbones: incremental
+//! re-index, duplicates, metadata, searches guided by text, the busy answer, micro-batching,
+//! searches during a re-index; and `lookalike index` killed at random moments.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lookalike::config::Config;
+use lookalike::index::Index;
+use lookalike::search::{Query, SearchError, SearchService};
+
+mod common;
+use common::{picture, train_heads, write_catalogue, VOCABULARY};
+
+fn png(image: &image::RgbImage) -> Vec<u8> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+    bytes.into_inner()
+}
+
+/// A scratch world: catalogue, heads, vocabulary, index folder, and the config pointing at them.
+struct World {
+    _scratch: tempfile::TempDir,
+    root: PathBuf,
+    catalogue: PathBuf,
+    index: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl World {
+    fn new(per_class: u32) -> World {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().to_path_buf();
+        let (catalogue, heads, index) = (root.join("catalogue"), root.join("heads"), root.join("index"));
+        write_catalogue(&catalogue, per_class, 0);
+        train_heads(&catalogue, &heads, &root.join("cache"));
+        std::fs::write(root.join("categories.toml"), VOCABULARY).unwrap();
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        let env = vec![
+            ("LOOKALIKE__MODELS__DIR".to_string(), format!("{}/models", env!("CARGO_MANIFEST_DIR"))),
+            ("LOOKALIKE__MODELS__HEADS_DIR".to_string(), path(&heads)),
+            ("LOOKALIKE__MODELS__DEVICE".to_string(), "cpu".to_string()),
+            ("LOOKALIKE__CATALOGUE__DIR".to_string(), path(&catalogue)),
+            ("LOOKALIKE__INDEX__DIR".to_string(), path(&index)),
+            ("LOOKALIKE__TEXT__VOCABULARY".to_string(), path(&root.join("categories.toml"))),
+        ];
+        World { _scratch: scratch, root, catalogue, index, env }
+    }
+
+    fn config(&self, extra: &[(&str, &str)]) -> Config {
+        let env = self.env.iter().cloned().chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::parse("test", lookalike::config::DEFAULT_TOML, env).unwrap()
+    }
+}
+
+#[test]
+fn search_service_end_to_end() {
+    let world = World::new(8);
+    std::fs::copy(world.catalogue.join("warm/01.png"), world.catalogue.join("warm/01-copy.png")).unwrap();
+    std::fs::write(world.catalogue.join("cool/broken.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
+    let metadata = world.root.join("items.csv");
+    std::fs::write(&metadata, "path,title,price,link\nwarm/01.png,Red blob,9.99,https://shop.example/blob\n").unwrap();
+    let config = world.config(&[("LOOKALIKE__CATALOGUE__METADATA", metadata.to_str().unwrap()), ("LOOKALIKE__SEARCH__MAX_CONCURRENT_QUERIES", "4")]);
+    let service = Arc::new(SearchService::start(&config).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+
+    let no_index = runtime.block_on(service.search(Query { image: png(&picture("warm", 40)), ..Query::default() })).unwrap_err();
+    assert!(no_index.to_string().contains("run `lookalike index`"), "{no_index}");
+
+    let mut events = Vec::new();
+    let summary = service.reindex(&mut |p| events.push(*p)).unwrap();
+    assert_eq!((summary.added, summary.files, summary.vectors, summary.duplicates, summary.embedded), (18, 17, 16, 1, 17));
+    assert_eq!(summary.failed.len(), 1, "{:?}", summary.failed);
+    assert!(summary.failed[0].id == "cool/broken.png" && summary.failed[0].reason.contains("damaged"), "{:?}", summary.failed);
+    assert_eq!(events.last().map(|p| (p.done, p.total)), Some((17, 17)));
+
+    // A warm picture the catalogue lacks: the image vote picks warm; hits are warm, best first.
+    let warm = png(&picture("warm", 40));
+    let outcome = runtime.block_on(service.search(Query { image: warm.clone(), k: Some(3), ..Query::default() })).unwrap();
+    assert_eq!(outcome.decision.categories[0], "warm", "{:?}", outcome.decision.reasons);
+    assert_eq!(outcome.vote.backbones.len(), 3);
+    assert_eq!(outcome.hits.len(), 3);
+    assert!(outcome.hits.iter().all(|h| h.item.category == "warm"));
+    assert!(outcome.hits.windows(2).all(|w| w[0].cosine >= w[1].cosine));
+    for hit in &outcome.hits {
+        assert!((hit.euclidean - (2.0 - 2.0 * hit.cosine).max(0.0).sqrt()).abs() < 1e-3, "unit vectors");
+    }
+    assert!(outcome.more && outcome.generation == 1 && outcome.timings.vision_ms > 0.0 && outcome.timings.total_ms >= outcome.timings.vision_ms);
+
+    // A catalogue image finds itself first, its duplicate stored once with it, metadata attached.
+    let itself = std::fs::read(world.catalogue.join("warm/01.png")).unwrap();
+    let outcome = runtime.block_on(service.search(Query { image: itself, k: Some(2), ..Query::default() })).unwrap();
+    let top = &outcome.hits[0];
+    assert!(top.item.id == "warm/01-copy.png" && top.item.duplicates == ["warm/01.png"], "{top:?}");
+    assert!(top.cosine > 0.999, "{}", top.cosine);
+    assert_eq!(top.item.metadata.title.as_deref(), Some("Red blob"), "metadata found by the duplicate's id");
+
+    // The sentence names the other category: text wins, its hits come first.
+    let outcome = runtime.block_on(service.search(Query { image: warm.clone(), text: Some("the same but in blue stripes".into()), k: Some(3), ..Query::default() })).unwrap();
+    assert_eq!(outcome.decision.categories, ["cool", "warm"], "{:?}", outcome.decision.reasons);
+    assert!(outcome.hits.iter().all(|h| h.item.category == "cool"));
+    assert_eq!(outcome.intent.as_ref().and_then(|i| i.category.as_deref()), Some("cool"));
+    // The second page continues where the first stopped.
+    let second = runtime.block_on(service.search(Query { image: warm.clone(), text: Some("the same but in blue stripes".into()), k: Some(3), page: 1, ..Query::default() })).unwrap();
+    assert!(second.hits.iter().all(|h| !outcome.hits.iter().any(|o| o.item.id == h.item.id)));
+
+    // Bad input: a clear error, and the service goes on.
+    let error = runtime.block_on(service.search(Query { image: b"GIF89a garbage".to_vec(), ..Query::default() })).unwrap_err();
+    assert!(matches!(error, SearchError::Image(_)), "{error}");
+    let error = runtime.block_on(service.search(Query { image: warm.clone(), categories: Some(vec!["shoes".into()]), ..Query::default() })).unwrap_err();
+    assert!(error.to_string().contains("unknown category `shoes`: the catalogue has cool, warm"), "{error}");
+
+    // Six at once with four permits: some are told to wait, and those that queued together
+    // behind a busy model thread were classified as one batch.
+    let answers: Vec<Result<_, SearchError>> = runtime.block_on(async {
+        let searches = (0..6).map(|n| {
+            let (service, image) = (service.clone(), png(&picture(if n % 2 == 0 { "warm" } else { "cool" }, 50 + n)));
+            tokio::spawn(async move { service.search(Query { image, ..Query::default() }).await })
+        });
+        let mut answers = Vec::new();
+        for search in searches.collect::<Vec<_>>() {
+            answers.push(search.await.unwrap());
+        }
+        answers
+    });
+    let busy = answers.iter().filter(|a| matches!(a, Err(SearchError::Busy(..)))).count();
+    assert_eq!(busy, 2, "{:?}", answers.iter().map(|a| a.as_ref().map(|o| o.timings.batch).map_err(|e| e.to_string())).collect::<Vec<_>>());
+    assert!(answers.iter().filter_map(|a| a.as_ref().ok()).any(|o| o.timings.batch > 1), "micro-batching");
+
+    // A re-index with work to do: searches go on from generation 1 meanwhile, a second
+    // re-index is refused, and afterwards generation 2 answers.
+    write_catalogue(&world.catalogue, 6, 20);
+    let reindexing = {
+        let service = service.clone();
+        std::thread::spawn(move || service.reindex(&mut |_| {}))
+    };
+    while !world.index.join("reindex.lock").exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let refused = service.reindex(&mut |_| {}).unwrap_err();
+    assert!(refused.to_string().contains("already running"), "{refused}");
+    let mut during = Vec::new();
+    while !reindexing.is_finished() {
+        let outcome = runtime.block_on(service.search(Query { image: warm.clone(), ..Query::default() })).unwrap();
+        during.push(outcome.generation);
+    }
+    let summary = reindexing.join().unwrap().unwrap();
+    assert_eq!((summary.generation, summary.added, summary.embedded, summary.unchanged), (2, 13, 13, 17), "the broken file is retried");
+    assert!(during.contains(&1), "searches answered during the re-index: {during:?}");
+    let after = runtime.block_on(service.search(Query { image: warm, ..Query::default() })).unwrap();
+    assert_eq!(after.generation, 2);
+}
+
+#[test]
+fn a_killed_reindex_always_leaves_a_loadable_index() {
+    let world = World::new(6);
+    let run = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lookalike"));
+        command.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).envs(world.env.iter().cloned()).env("RUST_LOG", "warn");
+        command
+    };
+    let started = Instant::now();
+    let first = run(&["index"]).output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let full_run = started.elapsed();
+
+    // Kill re-indexes at seeded random moments over a whole run; the catalogue changes before
+    // each, so every run has images to embed and a new generation to write.
+    let mut state = 11u64;
+    let (mut old, mut new) = (0, 0);
+    for round in 0..12u32 {
+        write_catalogue(&world.catalogue, 2, 30 + 2 * round);
+        let _ = std::fs::remove_file(world.catalogue.join(format!("warm/{:02}.png", round % 6)));
+        let before = Index::open_latest(&world.index).unwrap().unwrap().0.generation();
+        let mut child = run(&["index"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let fraction = (lookalike::vision::data::splitmix64(&mut state) >> 11) as f64 / (1u64 << 53) as f64;
+        std::thread::sleep(full_run.mul_f64(1.2 * fraction));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+
+        let (index, warnings) = Index::open_latest(&world.index).unwrap().expect("an index is always there");
+        assert!(warnings.is_empty(), "round {round}: {warnings:?}");
+        if index.generation() > before { new += 1 } else { old += 1 }
+        // It answers: a stored vector finds its own item first.
+        let categories: Vec<String> = index.manifest.categories.iter().map(|c| c.name.clone()).collect();
+        let params = lookalike::index::SearchParams { k: 1, offset: 0, metric: lookalike::config::Metric::Cosine, min_similarity: 0.0, near_duplicate_cosine: 1.1 };
+        let page = index.search(index.vector(0), &categories, &params);
+        assert_eq!(page.hits[0].item.id, index.manifest.items[0].id, "round {round}");
+    }
+    eprintln!("12 kills: {old} left the old generation, {new} the new one (a full run took {:.1} s)", full_run.as_secs_f64());
+
+    // The killed runs left a lock and partial folders behind: the next run takes over the lock,
+    // clears them, and finishes.
+    let last = run(&["index"]).output().unwrap();
+    assert!(last.status.success(), "{}", String::from_utf8_lossy(&last.stderr));
+    let leftovers: Vec<String> = std::fs::read_dir(&world.index).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".partial") || n == "reindex.lock").collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Damage the newest vectors: `search` says so, and answers from the generation before.
+    let (newest, _) = Index::open_latest(&world.index).unwrap().unwrap();
+    let vectors = world.index.join(format!("gen-{:06}", newest.generation())).join("vectors.f32");
+    let mut bytes = std::fs::read(&vectors).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&vectors, bytes).unwrap();
+    let query = world.catalogue.join("cool/03.png");
+    let search = run(&["search", "--image", query.to_str().unwrap(), "--json"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&search.stderr);
+    assert!(search.status.success(), "{stderr}");
+    assert!(stderr.contains("is damaged") && stderr.contains("falling back to"), "{stderr}");
+    let outcome: serde_json::Value = serde_json::from_slice(&search.stdout).unwrap();
+    assert!(outcome["generation"].as_u64().unwrap() < newest.generation());
+    assert_eq!(outcome["hits"][0]["id"], "cool/03.png");
+}
