@@ -48,7 +48,16 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
 
     // 2. Heads: trained once on 1,000 training images, if there are none yet.
-    if HeadsInfo::load(&config.models.heads_dir).is_err() {
+    if let Ok(heads) = HeadsInfo::load(&config.models.heads_dir) {
+        let mut demo_classes: Vec<&str> = data::FASHION_MNIST_CLASSES.to_vec();
+        demo_classes.sort();
+        anyhow::ensure!(
+            heads.classes == demo_classes,
+            "the heads in {} are for other categories ({}); run the demo with LOOKALIKE__MODELS__HEADS_DIR=runs/demo-heads",
+            config.models.heads_dir.display(),
+            heads.classes.join(", ")
+        );
+    } else {
         println!("no trained heads in {}: training them on {DATA}/train (first run only; features are cached)", config.models.heads_dir.display());
         crate::cli::run(
             crate::cli::Command::Train(crate::cli::TrainArgs {

@@ -161,24 +161,41 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
         command.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).envs(world.env.iter().cloned()).env("RUST_LOG", "warn");
         command
     };
-    let started = Instant::now();
     let first = run(&["index"]).output().unwrap();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    let full_run = started.elapsed();
-
-    // Kill re-indexes at seeded random moments over a whole run; the catalogue changes before
-    // each, so every run has images to embed and a new generation to write.
-    let mut state = 11u64;
-    let (mut old, mut new) = (0, 0);
-    for round in 0..12u32 {
+    // Every later run embeds four new images and drops one: time one such run.
+    let change = |round: u32| {
         write_catalogue(&world.catalogue, 2, 30 + 2 * round);
         let _ = std::fs::remove_file(world.catalogue.join(format!("warm/{:02}.png", round % 6)));
+    };
+    change(0);
+    let started = Instant::now();
+    assert!(run(&["index"]).output().unwrap().status.success());
+    let full_run = started.elapsed();
+
+    // Kill re-indexes with SIGKILL: six at seeded random moments over a whole run, six at
+    // random moments just after the new generation's folder appears (while it is written).
+    let mut state = 11u64;
+    let mut random = move || (lookalike::vision::data::splitmix64(&mut state) >> 11) as f64 / (1u64 << 53) as f64;
+    let writing = |dir: &Path| std::fs::read_dir(dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".partial"));
+    let (mut old, mut new, mut mid_write) = (0, 0, 0);
+    for round in 1..=12u32 {
+        change(round);
         let before = Index::open_latest(&world.index).unwrap().unwrap().0.generation();
         let mut child = run(&["index"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-        let fraction = (lookalike::vision::data::splitmix64(&mut state) >> 11) as f64 / (1u64 << 53) as f64;
-        std::thread::sleep(full_run.mul_f64(1.2 * fraction));
+        if round <= 6 {
+            std::thread::sleep(full_run.mul_f64(1.2 * random()));
+        } else {
+            while !writing(&world.index) && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            // Up to 8 ms catches the vectors and manifest being written; up to 40 ms, the rename.
+            let span = if round <= 9 { 8_000.0 } else { 40_000.0 };
+            std::thread::sleep(Duration::from_micros((span * random()) as u64));
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        mid_write += writing(&world.index) as usize;
 
         let (index, warnings) = Index::open_latest(&world.index).unwrap().expect("an index is always there");
         assert!(warnings.is_empty(), "round {round}: {warnings:?}");
@@ -189,7 +206,7 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
         let page = index.search(index.vector(0), &categories, &params);
         assert_eq!(page.hits[0].item.id, index.manifest.items[0].id, "round {round}");
     }
-    eprintln!("12 kills: {old} left the old generation, {new} the new one (a full run took {:.1} s)", full_run.as_secs_f64());
+    eprintln!("12 kills: {old} left the old generation, {new} the new one, {mid_write} interrupted the writing of a generation (a run takes {:.1} s)", full_run.as_secs_f64());
 
     // The killed runs left a lock and partial folders behind: the next run takes over the lock,
     // clears them, and finishes.
