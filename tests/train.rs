@@ -4,14 +4,13 @@
 use std::path::Path;
 
 use lookalike::config::Profile;
-use lookalike::imaging::ImageLimits;
 use lookalike::vision::ensemble::{Ensemble, HeadsInfo};
 use lookalike::vision::train::{train, TrainOptions};
-use lookalike::vision::{self, Backbone};
+use lookalike::vision;
 use tch::Device;
 
 mod common;
-use common::write_catalogue;
+use common::{kit_backbones, train_options, write_catalogue};
 
 #[test]
 fn train_resume_vote_and_eval() {
@@ -21,21 +20,8 @@ fn train_resume_vote_and_eval() {
     write_catalogue(&data, 14, 0);
     std::fs::write(data.join("warm/broken.jpg"), b"\xFF\xD8\xFF\xE0 truncated jpeg").unwrap();
     std::fs::write(data.join("cool/readme.txt"), b"not an image").unwrap();
-    let mut backbones: Vec<Backbone> = vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &root.join("models"), Device::Cpu).unwrap()).collect();
-    let mut options = TrainOptions {
-        data: data.clone(),
-        out: out.clone(),
-        cache: scratch.path().join("cache"),
-        epochs: 3,
-        augmented_views: 1,
-        batch_size: 8,
-        learning_rate: 1e-3,
-        patience: 5,
-        seed: 1,
-        limits: ImageLimits { max_bytes: 1 << 20, max_pixels: 1 << 20 },
-        fine_tune_layers: 0,
-        fine_tune_epochs: 1,
-    };
+    let mut backbones = kit_backbones();
+    let mut options = TrainOptions { epochs: 3, augmented_views: 1, fine_tune_epochs: 1, ..train_options(&data, &out, &scratch.path().join("cache")) };
     let first = train(&mut backbones, Profile::Kit, &options).unwrap();
     assert_eq!(first.classes, ["cool", "warm"]);
     assert_eq!(first.skipped.len(), 1, "{:?}", first.skipped);

@@ -36,11 +36,9 @@ pub fn write_catalogue(dir: &Path, per_class: u32, first: u32) {
     }
 }
 
-/// Heads for warm/cool, trained briefly on `data` into `out`.
-pub fn train_heads(data: &Path, out: &Path, cache: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut backbones: Vec<Backbone> = vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &root.join("models"), tch::Device::Cpu).unwrap()).collect();
-    let options = TrainOptions {
+/// Quick training settings for the tiny catalogues of the tests.
+pub fn train_options(data: &Path, out: &Path, cache: &Path) -> TrainOptions {
+    TrainOptions {
         data: data.to_path_buf(),
         out: out.to_path_buf(),
         cache: cache.to_path_buf(),
@@ -53,8 +51,18 @@ pub fn train_heads(data: &Path, out: &Path, cache: &Path) {
         limits: ImageLimits { max_bytes: 1 << 20, max_pixels: 1 << 20 },
         fine_tune_layers: 0,
         fine_tune_epochs: 0,
-    };
-    train(&mut backbones, Profile::Kit, &options).unwrap();
+    }
+}
+
+/// The offline kit's three backbones, on the CPU.
+pub fn kit_backbones() -> Vec<Backbone> {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &models, tch::Device::Cpu).unwrap()).collect()
+}
+
+/// Heads for warm/cool, trained briefly on `data` into `out`.
+pub fn train_heads(data: &Path, out: &Path, cache: &Path) {
+    train(&mut kit_backbones(), Profile::Kit, &train_options(data, out, cache)).unwrap();
 }
 
 /// A vocabulary naming the two test categories, for the text methods.
