@@ -113,7 +113,7 @@ pub struct TrainArgs {
     /// Adam's learning rate. 3e-4 beat 1e-3 on Fashion-MNIST's validation set (all three heads).
     #[arg(long, default_value_t = 3e-4)]
     pub learning_rate: f64,
-    /// Seed of the 90/10 split, the augmentations and the batches.
+    /// Seed of the 90/10 split, the heads' initial weights, the augmentations and the batches.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// After the heads, also train the last N layers of each backbone with them (the chapter's
@@ -270,8 +270,11 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Demo => crate::demo::run(config),
         Command::Serve => {
             // Check the token first, so an operator learns of a missing one before anything else.
-            crate::config::discord_token()?;
-            not_built("serve", "the Discord bot issue (#6)")
+            let token = crate::config::discord_token()?;
+            let service = std::sync::Arc::new(SearchService::start(config)?);
+            service.warm_up()?;
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(crate::discord::serve(config.clone(), service, token))
         }
         Command::Bench(args) => match args.only {
             Some(BenchPart::Intent) => bench::intent(config, args.rounds),

@@ -22,6 +22,7 @@
 //! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out | Discord |
 //! | [`bench`]  | `lookalike bench`: timings as ratios against a baseline measured in the same run | Discord |
 //! | [`demo`]   | `lookalike demo`: the Fashion-MNIST catalogue, heads if missing, index, queries, contact sheet | Discord |
+//! | [`discord`] | the bot: serenity client (optionally through `discord.api_proxy`), slash / chat / message-menu searches, buttons, `/reindex`, attachment checks, rendering a `SearchOutcome` as embeds | torch, index internals |
 //! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it | Discord |
 //!
 //! # Invariants
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod demo;
+pub mod discord;
 pub mod imaging;
 pub mod index;
 pub mod models;

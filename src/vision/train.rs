@@ -184,6 +184,9 @@ fn cached_features(backbones: &[Backbone], examples: &[Example], view: usize, ca
 }
 
 pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOptions) -> anyhow::Result<TrainReport> {
+    // The heads' initial weights and dropout masks follow the seed too: the same run twice gives
+    // the same heads.
+    tch::manual_seed(options.seed as i64);
     let split = data::split(&options.data, options.seed)?;
     anyhow::ensure!(split.classes.len() >= 2, "training needs at least two categories in {}", options.data.display());
     anyhow::ensure!(!split.train.is_empty() && !split.val.is_empty(), "{} has too few images for a training and a validation set", options.data.display());

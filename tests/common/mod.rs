@@ -2,7 +2,9 @@
 //! trained on it with the offline kit's real backbones.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use lookalike::config::Config;
 
 use lookalike::config::Profile;
 use lookalike::imaging::ImageLimits;
@@ -77,3 +79,45 @@ name = "cool"
 synonyms = ["blue", "stripes", "striped"]
 description = "cool blue stripes"
 "#;
+
+pub fn png(image: &image::RgbImage) -> Vec<u8> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+    bytes.into_inner()
+}
+
+/// A scratch world: catalogue, heads, vocabulary, index folder, and the config pointing at them.
+pub struct World {
+    _scratch: tempfile::TempDir,
+    pub root: PathBuf,
+    pub catalogue: PathBuf,
+    pub index: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl World {
+    pub fn new(per_class: u32) -> World {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().to_path_buf();
+        let (catalogue, heads, index) = (root.join("catalogue"), root.join("heads"), root.join("index"));
+        write_catalogue(&catalogue, per_class, 0);
+        train_heads(&catalogue, &heads, &root.join("cache"));
+        std::fs::write(root.join("categories.toml"), VOCABULARY).unwrap();
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        let env = vec![
+            ("LOOKALIKE__MODELS__DIR".to_string(), format!("{}/models", env!("CARGO_MANIFEST_DIR"))),
+            ("LOOKALIKE__MODELS__HEADS_DIR".to_string(), path(&heads)),
+            ("LOOKALIKE__MODELS__DEVICE".to_string(), "cpu".to_string()),
+            ("LOOKALIKE__CATALOGUE__DIR".to_string(), path(&catalogue)),
+            ("LOOKALIKE__INDEX__DIR".to_string(), path(&index)),
+            ("LOOKALIKE__TEXT__VOCABULARY".to_string(), path(&root.join("categories.toml"))),
+        ];
+        World { _scratch: scratch, root, catalogue, index, env }
+    }
+
+    pub fn config(&self, extra: &[(&str, &str)]) -> Config {
+        let env = self.env.iter().cloned().chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::parse("test", lookalike::config::DEFAULT_TOML, env).unwrap()
+    }
+}
+
