@@ -319,13 +319,14 @@ async fn find_similar(bot: &Bot, ctx: &Context, command: &CommandInteraction) {
     search_interaction(bot, ctx, command, attachment, text, bot.config.search.default_k.min(reply::MAX_HITS)).await;
 }
 
-/// Chat-style: a message that mentions the bot, or replies to it, with a photo.
+/// Chat-style: a message that mentions the bot, replies to it, or is a direct message, with a photo.
 async fn chat_search(bot: &Bot, ctx: &Context, message: &Message) {
     let Some(me) = bot.me.get().copied() else { return };
     if message.author.bot {
         return;
     }
-    let addressed = message.mentions.iter().any(|u| u.id == me) || message.referenced_message.as_ref().is_some_and(|m| m.author.id == me);
+    // In a server the bot answers when addressed; in a direct message, always.
+    let addressed = message.guild_id.is_none() || message.mentions.iter().any(|u| u.id == me) || message.referenced_message.as_ref().is_some_and(|m| m.author.id == me);
     if !addressed {
         return;
     }
