@@ -20,7 +20,7 @@
 //! | [`search`] | `SearchService`, the one entry point of the CLI and the bot: decode, micro-batched models, decide, search, timings; re-index while serving | Discord |
 //! | [`decide`] | image vote + text intent -> ordered categories to search, with reasons (pure) | torch, Discord |
 //! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out | Discord |
-//! | [`bench`]  | `lookalike bench`: timings as ratios against a baseline measured in the same run | Discord |
+//! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run | Discord |
 //! | [`demo`]   | `lookalike demo`: the Fashion-MNIST catalogue, heads if missing, index, queries, contact sheet | Discord |
 //! | [`discord`] | the bot: serenity client (optionally through `discord.api_proxy`), slash / chat / message-menu searches, buttons, `/reindex`, attachment checks, rendering a `SearchOutcome` as embeds | torch, index internals |
 //! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it | Discord |

@@ -209,6 +209,11 @@ impl SearchService {
         })
     }
 
+    /// Runs `job` on the model thread and waits for it (the benchmarks time single stages so).
+    pub fn on_model_thread<R: Send + 'static>(&self, job: impl FnOnce(&mut Models) -> R + Send + 'static) -> anyhow::Result<R> {
+        self.worker.run_blocking(job)
+    }
+
     /// Runs every network once on a blank image, so the first query or re-index does not pay
     /// for libtorch's first-call set-up.
     pub fn warm_up(&self) -> anyhow::Result<()> {

@@ -91,15 +91,6 @@ fn subcommands_parse_their_arguments() {
 }
 
 #[test]
-fn unbuilt_subcommands_say_so() {
-    for args in [&["bench"][..]] {
-        let output = lookalike(args, &[("DISCORD_TOKEN", "test-token-value")]);
-        assert_eq!(output.status.code(), Some(1), "{args:?}");
-        assert!(text(&output.stderr).contains("is not built yet"), "{args:?}: {}", text(&output.stderr));
-    }
-}
-
-#[test]
 fn search_and_index_explain_what_is_missing() {
     let missing_image = lookalike(&["search", "--image", "no-such-photo.jpg"], &[]);
     assert_eq!(missing_image.status.code(), Some(1));

@@ -6,7 +6,8 @@ same weights as lookalike.
     python3 index_baseline.py WEIGHTS_DIR THREADS IMAGE...
 
 Writes WEIGHTS_DIR/{vgg16,resnet50,inception_v3}.safetensors (random, seed 0) when they are
-missing, for lookalike to load, then prints one JSON line: {"images": N, "seconds": S}.
+missing, for lookalike to load, then prints one JSON line: {"images": N, "seconds": S,
+"per_image_ms": [...]} (decode, preprocessing and the three forward passes of each image).
 """
 
 import json
@@ -60,8 +61,11 @@ def embed(path):
 
 with torch.no_grad():
     embed(paths[0])  # warm-up, as lookalike warms up before timing
+    per_image = []
     started = time.perf_counter()
     for path in paths:
+        begun = time.perf_counter()
         embed(path)
+        per_image.append((time.perf_counter() - begun) * 1000.0)
     seconds = time.perf_counter() - started
-print(json.dumps({"images": len(paths), "seconds": seconds}))
+print(json.dumps({"images": len(paths), "seconds": seconds, "per_image_ms": per_image}))

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 
 mod index;
+mod suite;
 pub use index::index;
+pub use suite::suite;
 use crate::text::{Embedding, IntentReader, TextModelPaths, Vocabulary};
 use crate::worker::ModelWorker;
 

@@ -1,0 +1,235 @@
+//! `lookalike bench`: one table, one run, for each profile: the time of every stage of a query,
+//! query latency at concurrency 1, 8 and 32, indexing rate, memory peak; beside them the python
+//! torchvision pipeline doing the same forward passes (chapter profile) and the chapter's method
+//! (re-embedding the catalogue for every query). Ratios are taken within this run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::index::{chapter_backbones, copy_catalogue, python_baseline, service, timed_reindex};
+use super::{machine, millis, percentile};
+use crate::config::{Config, Profile};
+use crate::imaging::{self, ImageLimits};
+use crate::search::{self, Query, SearchService};
+use crate::vision::data::{export_fashion_mnist, labelled, FashionMnistExport};
+use crate::vision::{self, Backbone};
+
+/// Catalogue images per profile (the chapter's method re-embeds all of them per query).
+const CATALOGUE: usize = 100;
+const CONCURRENCY: [usize; 3] = [1, 8, 32];
+/// A sentence no word of which names a category, so the embedding method runs too.
+const SENTENCE: &str = "shoes for the beach in summer";
+
+/// One column of the table, and the figures the ratios below it use.
+struct Column {
+    name: String,
+    rows: Vec<(String, String)>,
+    /// Query p50 at concurrency 1 (python: decode + preprocess + forward passes per image), ms.
+    query_ms: f64,
+    index_rate: f64,
+}
+
+fn p50_p99(times: &mut [Duration]) -> String {
+    times.sort();
+    format!("{:.1} / {:.1}", millis(percentile(times, 0.5)), millis(percentile(times, 0.99)))
+}
+
+/// Peak resident memory since the last reset, in MB (Linux), and a reset for the next profile.
+fn memory_peak_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn reset_memory_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+pub fn suite(config: &Config, rounds: usize, profiles: &[Profile], python: bool) -> anyhow::Result<()> {
+    let rounds = rounds.max(1);
+    let scratch = tempfile::tempdir()?;
+    let images_dir = scratch.path().join("fashion-mnist");
+    export_fashion_mnist(&images_dir, FashionMnistExport { train_per_class: 0, val_per_class: 0, test_per_class: CATALOGUE / 10 + 2 })?;
+    let (_, examples, _) = labelled(&images_dir.join("test"), None)?;
+    let (catalogue, queries): (Vec<_>, Vec<_>) = examples.iter().enumerate().partition(|(n, _)| n % (CATALOGUE / 10 + 2) < CATALOGUE / 10);
+    let catalogue: Vec<&Path> = catalogue.into_iter().map(|(_, e)| e.path.as_path()).collect();
+    let queries: Vec<Vec<u8>> = queries.into_iter().map(|(_, e)| std::fs::read(&e.path)).collect::<Result<_, _>>()?;
+    let mut config = config.clone();
+    config.search.max_concurrent_queries = *CONCURRENCY.iter().max().unwrap_or(&32);
+    config.search.query_timeout_ms = 600_000;
+
+    let mut columns = Vec::new();
+    for &profile in profiles {
+        let root = scratch.path().join(profile.as_str());
+        reset_memory_peak();
+        let mut python_column = None;
+        let (backbones, label): (Box<dyn FnOnce() -> anyhow::Result<Vec<Backbone>> + Send>, String) = match profile {
+            Profile::Kit => {
+                let (models, device) = (config.models.dir.clone(), vision::device(config.models.device)?);
+                (Box::new(move || vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &models, device)).collect()), "kit".to_string())
+            }
+            Profile::Chapter => {
+                // The installed weights when there are; else python writes random ones (the real
+                // ones need internet): the same forward passes, for timing. Both sides load them.
+                let installed = config.models.dir.join("chapter");
+                let real = vision::backbones(Profile::Chapter).iter().all(|s| config.models.dir.join(s.weights).exists());
+                let weights = if real { installed } else { root.join("weights") };
+                let baseline = python_baseline(&root, &weights, &catalogue)?;
+                let mut per_image: Vec<Duration> = baseline.per_image_ms.iter().map(|ms| Duration::from_secs_f64(ms / 1e3)).collect();
+                let rows = vec![
+                    ("decode + preprocess + 3 backbones, p50 / p99 ms".into(), p50_p99(&mut per_image)),
+                    ("indexing, images/s".into(), format!("{:.2}", baseline.rate())),
+                ];
+                let query_ms = millis(percentile(&per_image, 0.5));
+                python_column = python.then(|| Column { name: "python torchvision (chapter)".into(), rows, query_ms, index_rate: baseline.rate() });
+                let label = if real { "chapter" } else { "chapter (random weights)" };
+                (Box::new(chapter_backbones(&config, weights)?), label.to_string())
+            }
+        };
+        copy_catalogue(&catalogue, &root.join("catalogue"))?;
+        let service = Arc::new(service(&config, &root, profile, backbones)?);
+        columns.push(measure(&service, &label, &queries, rounds)?);
+        columns.extend(python_column);
+    }
+
+    println!("lookalike bench: {}", machine());
+    println!("catalogue: {CATALOGUE} Fashion-MNIST images per profile; queries: held-out images; sentence for the text stage: {SENTENCE:?}");
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let width = 30;
+    println!("{:<60}{}", "", names.iter().map(|n| format!("{n:>width$}")).collect::<String>());
+    let mut labels: Vec<String> = Vec::new();
+    for column in &columns {
+        for (label, _) in &column.rows {
+            if !labels.contains(label) {
+                labels.push(label.clone());
+            }
+        }
+    }
+    for label in labels {
+        let cells: String = columns.iter().map(|c| format!("{:>width$}", c.rows.iter().find(|r| r.0 == label).map_or("-", |r| r.1.as_str()))).collect();
+        println!("{label:<60}{cells}");
+    }
+    println!();
+    for pair in columns.windows(2).filter(|p| p[1].name.starts_with("python")) {
+        let (ours, python) = (&pair[0], &pair[1]);
+        println!(
+            "{}: indexing {:.2}x python's rate (target >= 1.0x); a whole query (p50, with text and search) {:.2}x python's time for decode + preprocess + 3 forward passes",
+            ours.name,
+            ours.index_rate / python.index_rate,
+            ours.query_ms / python.query_ms
+        );
+    }
+    Ok(())
+}
+
+/// Every figure of one profile's column.
+fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds: usize) -> anyhow::Result<Column> {
+    let mut rows = Vec::new();
+    let (embedded, embedding_s, total_s) = timed_reindex(service)?;
+    let limits = ImageLimits::from_config(&service.config().limits);
+
+    // Stages, one query at a time on the model thread, as a query runs them.
+    let samples: Vec<Vec<u8>> = queries.iter().cycle().take(rounds * 4).cloned().collect();
+    let stage_samples = samples.clone();
+    let stages = service.on_model_thread(move |models| -> anyhow::Result<Vec<(String, Vec<Duration>)>> {
+        let mut decode = Vec::new();
+        let mut preprocess = Vec::new();
+        let mut backbones = Vec::new();
+        let mut ensemble = Vec::new();
+        let mut text = Vec::new();
+        for bytes in &stage_samples {
+            let started = Instant::now();
+            let image = imaging::decode(bytes, limits)?;
+            decode.push(started.elapsed());
+            let started = Instant::now();
+            let tensors: Vec<tch::Tensor> = models.ensemble.backbones.iter().map(|b| b.spec.preprocess.tensor(&image).unsqueeze(0)).collect();
+            preprocess.push(started.elapsed());
+            let started = Instant::now();
+            for (backbone, tensor) in models.ensemble.backbones.iter().zip(&tensors) {
+                std::hint::black_box(backbone.forward(tensor).features.sum(tch::Kind::Float).double_value(&[]));
+            }
+            backbones.push(started.elapsed());
+            let started = Instant::now();
+            std::hint::black_box(models.ensemble.classify(std::slice::from_ref(&image)));
+            ensemble.push(started.elapsed());
+            let started = Instant::now();
+            std::hint::black_box(models.intent.read(SENTENCE)?);
+            text.push(started.elapsed());
+        }
+        Ok(vec![
+            ("decode".into(), decode),
+            ("preprocess (3 backbones)".into(), preprocess),
+            ("3 backbones, bare forward on ready tensors".into(), backbones),
+            ("ensemble: preprocess + backbones + heads + vote".into(), ensemble),
+            ("text (the configured methods)".into(), text),
+        ])
+    })??;
+    let bare = stages.iter().find(|s| s.0.starts_with("3 backbones")).map(|s| {
+        let mut t = s.1.clone();
+        t.sort();
+        percentile(&t, 0.5)
+    });
+    for (label, mut times) in stages {
+        rows.push((format!("{label}, p50 / p99 ms"), p50_p99(&mut times)));
+    }
+
+    // Whole queries through the service, then the search and render stages from their outcomes.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (mut search_times, mut render_times) = (Vec::new(), Vec::new());
+    let mut query_ms = 0.0;
+    for concurrency in CONCURRENCY {
+        // Each concurrent caller runs its share of the samples; at least one query each.
+        let per_caller = samples.len().div_ceil(concurrency).max(1);
+        let started = Instant::now();
+        let outcomes = runtime.block_on(async {
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|worker| {
+                    let (service, samples) = (service.clone(), samples.clone());
+                    tokio::spawn(async move {
+                        let mut latencies = Vec::new();
+                        for (n, image) in samples.into_iter().enumerate().cycle().skip(worker * per_caller).take(per_caller) {
+                            let started = Instant::now();
+                            let outcome = service.search(Query { image, text: (n % 2 == 0).then(|| SENTENCE.to_string()), ..Query::default() }).await;
+                            latencies.push((started.elapsed(), outcome));
+                        }
+                        latencies
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.expect("a benchmark task"));
+            }
+            all
+        });
+        let wall = started.elapsed();
+        let mut latencies: Vec<Duration> = Vec::new();
+        for (latency, outcome) in outcomes {
+            let outcome = outcome?;
+            latencies.push(latency);
+            if concurrency == 1 {
+                search_times.push(Duration::from_secs_f64(outcome.timings.search_ms / 1e3));
+                let started = Instant::now();
+                std::hint::black_box(search::render(&outcome));
+                render_times.push(started.elapsed());
+            }
+        }
+        let count = latencies.len();
+        if concurrency == 1 {
+            latencies.sort();
+            query_ms = millis(percentile(&latencies, 0.5));
+            if let Some(bare) = bare {
+                rows.push(("query overhead over the bare forward passes, p50".into(), format!("{:+.1} %", 100.0 * (percentile(&latencies, 0.5).as_secs_f64() / bare.as_secs_f64() - 1.0))));
+            }
+        }
+        rows.push((format!("query, concurrency {concurrency}, p50 / p99 ms"), p50_p99(&mut latencies)));
+        rows.push((format!("throughput, concurrency {concurrency}, queries/s"), format!("{:.1}", count as f64 / wall.as_secs_f64())));
+    }
+    rows.insert(5, ("search (exact, 100 items), p50 / p99 ms".into(), p50_p99(&mut search_times)));
+    rows.insert(6, ("render (text answer), p50 / p99 ms".into(), p50_p99(&mut render_times)));
+    rows.push(("indexing, images/s".into(), format!("{:.2}", embedded as f64 / total_s)));
+    rows.push(("chapter's method: re-embed the catalogue, s/query".into(), format!("{:.1}", embedding_s)));
+    rows.push(("memory peak (resident), MB".into(), memory_peak_mb().map_or("-".into(), |mb| format!("{mb:.0}"))));
+    Ok(Column { name: name.to_string(), rows, query_ms, index_rate: embedded as f64 / total_s })
+}
