@@ -175,17 +175,35 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
             ("text (the configured methods)".into(), text),
         ])
     })??;
-    let bare = stages.iter().find(|s| s.0.starts_with("3 backbones")).map(|s| {
-        let mut t = s.1.clone();
-        t.sort();
-        percentile(&t, 0.5)
-    });
     for (label, mut times) in stages {
         rows.push((format!("{label}, p50 / p99 ms"), p50_p99(&mut times)));
     }
 
-    // Whole queries through the service, then the search and render stages from their outcomes.
+    // The overhead of a whole query over its bare forward passes, measured in pairs on the same
+    // image one right after the other, so that the machine's drift cancels out.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (mut paired_bare, mut paired_query) = (Vec::new(), Vec::new());
+    for (n, image) in samples.iter().enumerate() {
+        let bytes = image.clone();
+        paired_bare.push(service.on_model_thread(move |models| -> anyhow::Result<Duration> {
+            let image = imaging::decode(&bytes, limits)?;
+            let tensors: Vec<tch::Tensor> = models.ensemble.backbones.iter().map(|b| b.spec.preprocess.tensor(&image).unsqueeze(0)).collect();
+            let started = Instant::now();
+            for (backbone, tensor) in models.ensemble.backbones.iter().zip(&tensors) {
+                std::hint::black_box(backbone.forward(tensor).features.sum(tch::Kind::Float).double_value(&[]));
+            }
+            Ok(started.elapsed())
+        })??);
+        let started = Instant::now();
+        runtime.block_on(service.search(Query { image: image.clone(), text: (n % 2 == 0).then(|| SENTENCE.to_string()), ..Query::default() }))?;
+        paired_query.push(started.elapsed());
+    }
+    paired_bare.sort();
+    paired_query.sort();
+    let overhead = percentile(&paired_query, 0.5).as_secs_f64() / percentile(&paired_bare, 0.5).as_secs_f64() - 1.0;
+    rows.push(("query overhead over its bare forward passes (paired), p50".into(), format!("{:+.1} %", 100.0 * overhead)));
+
+    // Whole queries through the service, then the search and render stages from their outcomes.
     let (mut search_times, mut render_times) = (Vec::new(), Vec::new());
     let mut query_ms = 0.0;
     for concurrency in CONCURRENCY {
@@ -229,9 +247,6 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
         if concurrency == 1 {
             latencies.sort();
             query_ms = millis(percentile(&latencies, 0.5));
-            if let Some(bare) = bare {
-                rows.push(("query overhead over the bare forward passes, p50".into(), format!("{:+.1} %", 100.0 * (percentile(&latencies, 0.5).as_secs_f64() / bare.as_secs_f64() - 1.0))));
-            }
         }
         rows.push((format!("query, concurrency {concurrency}, p50 / p99 ms"), p50_p99(&mut latencies)));
         rows.push((format!("throughput, concurrency {concurrency}, queries/s"), format!("{:.1}", count as f64 / wall.as_secs_f64())));
