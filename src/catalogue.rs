@@ -144,10 +144,6 @@ impl MetadataTable {
         [id, file, stem].iter().find_map(|key| self.rows.get(*key)).cloned().unwrap_or_default()
     }
 
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }

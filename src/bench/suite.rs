@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::index::{chapter_backbones, copy_catalogue, python_baseline, service, timed_reindex};
-use super::{machine, millis, percentile};
+use super::{bare_forwards, machine, millis, percentile};
 use crate::config::{Config, Profile};
 use crate::imaging::{self, ImageLimits};
 use crate::search::{self, Query, SearchService};
@@ -155,11 +155,7 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
             let started = Instant::now();
             let tensors: Vec<tch::Tensor> = models.ensemble.backbones.iter().map(|b| b.spec.preprocess.tensor(&image).unsqueeze(0)).collect();
             preprocess.push(started.elapsed());
-            let started = Instant::now();
-            for (backbone, tensor) in models.ensemble.backbones.iter().zip(&tensors) {
-                std::hint::black_box(backbone.forward(tensor).features.sum(tch::Kind::Float).double_value(&[]));
-            }
-            backbones.push(started.elapsed());
+            backbones.push(bare_forwards(&models.ensemble.backbones, &tensors));
             let started = Instant::now();
             std::hint::black_box(models.ensemble.classify(std::slice::from_ref(&image)));
             ensemble.push(started.elapsed());
@@ -188,11 +184,7 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
         paired_bare.push(service.on_model_thread(move |models| -> anyhow::Result<Duration> {
             let image = imaging::decode(&bytes, limits)?;
             let tensors: Vec<tch::Tensor> = models.ensemble.backbones.iter().map(|b| b.spec.preprocess.tensor(&image).unsqueeze(0)).collect();
-            let started = Instant::now();
-            for (backbone, tensor) in models.ensemble.backbones.iter().zip(&tensors) {
-                std::hint::black_box(backbone.forward(tensor).features.sum(tch::Kind::Float).double_value(&[]));
-            }
-            Ok(started.elapsed())
+            Ok(bare_forwards(&models.ensemble.backbones, &tensors))
         })??);
         let started = Instant::now();
         runtime.block_on(service.search(Query { image: image.clone(), text: (n % 2 == 0).then(|| SENTENCE.to_string()), ..Query::default() }))?;

@@ -28,12 +28,16 @@ pub struct Declared<'a> {
 
 const IMAGE_TYPES: [&str; 5] = ["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp"];
 
+/// Whether a file name ends in an image extension this bot reads.
+pub fn has_image_extension(name: &str) -> bool {
+    let extension = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    crate::vision::data::IMAGE_EXTENSIONS.contains(&extension.as_str())
+}
+
 /// Refuses what is declared too large or not an image, before a byte is downloaded.
 pub fn check_declared(declared: &Declared, max_bytes: u64) -> Result<(), AttachmentError> {
     let by_type = declared.content_type.map(|t| IMAGE_TYPES.iter().any(|known| t.starts_with(known)));
-    let extension = declared.name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
-    let by_name = crate::vision::data::IMAGE_EXTENSIONS.contains(&extension.as_str());
-    if !by_type.unwrap_or(by_name) {
+    if !by_type.unwrap_or_else(|| has_image_extension(declared.name)) {
         return Err(AttachmentError::NotAnImage(declared.name.to_string()));
     }
     if declared.size > max_bytes {

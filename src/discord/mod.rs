@@ -18,7 +18,7 @@ use serenity::all::{
     Interaction, Message, Permissions, Ready, ResolvedValue, RoleId, UserId,
 };
 
-pub use attachment::{check_declared, sniff, AttachmentError, Declared};
+use attachment::{check_declared, has_image_extension, Declared};
 
 use crate::config::Config;
 use crate::index::{render_summary, Progress, ReindexError};
@@ -268,12 +268,7 @@ async fn deliver(ctx: &Context, token: &str, answer: Result<Reply, String>) {
 }
 
 fn first_image(attachments: &[serenity::all::Attachment]) -> Option<&serenity::all::Attachment> {
-    attachments.iter().find(|a| a.content_type.as_deref().is_some_and(|t| t.starts_with("image/")) || sniff_name(&a.filename)).or(attachments.first())
-}
-
-fn sniff_name(name: &str) -> bool {
-    let extension = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
-    crate::vision::data::IMAGE_EXTENSIONS.contains(&extension.as_str())
+    attachments.iter().find(|a| a.content_type.as_deref().is_some_and(|t| t.starts_with("image/")) || has_image_extension(&a.filename)).or(attachments.first())
 }
 
 fn declared(attachment: &serenity::all::Attachment) -> Declared<'_> {
