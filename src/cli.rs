@@ -214,9 +214,11 @@ pub struct BenchArgs {
     /// Skip the python baselines.
     #[arg(long)]
     pub no_python: bool,
-    /// Catalogue images indexed and searched by `--only index`.
-    #[arg(long, default_value_t = 1000)]
-    pub catalogue_size: usize,
+    /// Catalogue images indexed and searched: per profile in the whole table (default 100),
+    /// by `--only index` (default 1,000) and by `--only device` (default 200). On a GPU give the
+    /// table a few thousand, so that indexing runs long enough to time.
+    #[arg(long)]
+    pub catalogue_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -228,6 +230,9 @@ pub enum BenchPart {
     /// Exact search over 100,000 vectors; indexing and querying a 1,000-image catalogue against
     /// the chapter's method; indexing against a python torchvision pipeline.
     Index,
+    /// CUDA against the CPU for both profiles (features, vote probabilities, top-5 hits), in f32
+    /// and f16; needs a GPU.
+    Device,
 }
 
 /// Runs one parsed command against the loaded configuration.
@@ -280,8 +285,9 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Bench(args) => match args.only {
             Some(BenchPart::Intent) => bench::intent(config, args.rounds),
             Some(BenchPart::Vision) => bench::vision(config, args.rounds),
-            Some(BenchPart::Index) => bench::index(config, args.rounds, args.catalogue_size, !args.no_python),
-            None => bench::suite(config, args.rounds, &args.profile, !args.no_python),
+            Some(BenchPart::Index) => bench::index(config, args.rounds, args.catalogue_size.unwrap_or(1000), !args.no_python),
+            Some(BenchPart::Device) => bench::device(config, args.catalogue_size.unwrap_or(200), 4 * args.rounds.max(5)),
+            None => bench::suite(config, args.rounds, &args.profile, args.catalogue_size.unwrap_or(100), !args.no_python),
         },
     }
 }
@@ -421,10 +427,8 @@ fn train(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
 
 fn eval(args: &EvalArgs, config: &Config) -> anyhow::Result<()> {
     let (models_dir, heads_dir) = (config.models.dir.clone(), config.models.heads_dir.clone());
-    let (profile, device_choice) = (config.models.profile, config.models.device);
-    let worker = ModelWorker::spawn(move || {
-        vision::ensemble::Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::device(device_choice)?)
-    })?;
+    let (profile, models) = (config.models.profile, config.models.clone());
+    let worker = ModelWorker::spawn(move || vision::ensemble::Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::placement(&models)?))?;
     let (data, limits) = (args.data.clone(), ImageLimits::from_config(&config.limits));
     let report = worker.run_blocking(move |ensemble| vision::eval::evaluate(ensemble, &data, limits))??;
     if let Some(parent) = args.png.parent() {

@@ -28,7 +28,8 @@ const VECTORS: &str = "vectors.f32";
 const LOCK: &str = "reindex.lock";
 /// Generations kept on disk: the newest and two to fall back to.
 const KEEP_GENERATIONS: usize = 3;
-/// Images per call of the embedding function (one progress event each).
+/// Images per call of the embedding function (one progress event each) when the embedder
+/// asks for no other size; on a GPU it asks for its forward batch (64).
 pub const EMBED_CHUNK: usize = 16;
 
 /// What the vectors mean. An index built by other models or heads cannot answer queries
@@ -548,6 +549,8 @@ pub struct ReindexJob<'a> {
     pub catalogue: &'a Path,
     pub metadata: &'a MetadataTable,
     pub key: &'a EmbeddingKey,
+    /// Images per call of the embedder.
+    pub chunk: usize,
 }
 
 /// Embeds images by path, one result per path (a reason when the image is unusable).
@@ -624,7 +627,7 @@ pub fn reindex(job: &ReindexJob, previous: Option<&Index>, embed: &mut Embedder,
     let embed_started = Instant::now();
     let mut done = 0;
     progress(&Progress { done, total: missing.len(), elapsed_s: 0.0 });
-    for chunk in missing.chunks(EMBED_CHUNK) {
+    for chunk in missing.chunks(job.chunk.max(1)) {
         let paths: Vec<PathBuf> = chunk.iter().map(|&slot| by_hash[slot].1[0].path.clone()).collect();
         let results = embed(&paths);
         anyhow::ensure!(results.len() == chunk.len(), "the embedder answered {} of {} images", results.len(), chunk.len());
@@ -848,7 +851,7 @@ mod tests {
         write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("bag/a-copy.png", b"\x00a"), ("coat/c.png", b"\x02c"), ("coat/broken.png", b"bad"), ("coat/notes.txt", b"x")]);
         let metadata = MetadataTable::default();
         let key = key(4);
-        let job = ReindexJob { index_dir: &index_dir, catalogue: &catalogue, metadata: &metadata, key: &key };
+        let job = ReindexJob { index_dir: &index_dir, catalogue: &catalogue, metadata: &metadata, key: &key, chunk: EMBED_CHUNK };
         let mut calls = Vec::new();
         let mut events = Vec::new();
         let (first, summary) = reindex(&job, None, &mut fake_embedder(&mut calls), &mut |p| events.push(*p)).unwrap();

@@ -25,7 +25,7 @@ use crate::decide::{decide, Decision, ImageVote};
 use crate::imaging::{self, ImageError, ImageLimits};
 use crate::index::{self, EmbeddingKey, Hit, Index, Progress, ReindexError, ReindexJob, ReindexLock, ReindexSummary, SearchParams};
 use crate::text::{Intent, IntentReader, TextModelPaths, Vocabulary};
-use crate::vision::ensemble::{Ensemble, HeadsInfo, HEAD_WIDTH};
+use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, HEAD_WIDTH};
 use crate::vision::{self, train::tuned_backbone_path};
 use crate::worker::ModelWorker;
 
@@ -129,6 +129,8 @@ pub struct SearchService {
     pending: Arc<Mutex<Vec<Pending>>>,
     /// The last query's total time, for the "try again in N s" estimate.
     last_total_ms: AtomicU64,
+    /// Images per re-index job: the models' forward batch on their device.
+    reindex_chunk: usize,
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -164,8 +166,8 @@ impl SearchService {
             heads.profile,
             config.models.profile
         );
-        let (profile, models_dir, heads_dir, device) = (config.models.profile, config.models.dir.clone(), config.models.heads_dir.clone(), config.models.device);
-        SearchService::with_ensemble(config, move || Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::device(device)?))
+        let (profile, models_dir, heads_dir, models) = (config.models.profile, config.models.dir.clone(), config.models.heads_dir.clone(), config.models.clone());
+        SearchService::with_ensemble(config, move || Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::placement(&models)?))
     }
 
     /// As [`start`](Self::start), with the ensemble built by `ensemble` on the model thread (the
@@ -193,6 +195,7 @@ impl SearchService {
             let intent = IntentReader::load(vocabulary, &text, &text.methods, &paths)?;
             Ok(Models { ensemble, intent })
         })?;
+        let reindex_chunk = worker.run_blocking(|models: &mut Models| models.ensemble.backbones.first().map_or(index::EMBED_CHUNK, |b| forward_batch(b.device).max(index::EMBED_CHUNK)))?;
         let index = Self::open_index(&config.index.dir, &key);
         if let Err(problem) = &index {
             tracing::warn!("{problem}");
@@ -206,12 +209,19 @@ impl SearchService {
             config: config.clone(),
             pending: Arc::default(),
             last_total_ms: AtomicU64::new(1000),
+            reindex_chunk,
         })
     }
 
     /// Runs `job` on the model thread and waits for it (the benchmarks time single stages so).
     pub fn on_model_thread<R: Send + 'static>(&self, job: impl FnOnce(&mut Models) -> R + Send + 'static) -> anyhow::Result<R> {
         self.worker.run_blocking(job)
+    }
+
+    /// The backbones' pooled features of `images`, each as one unit vector (the GPU check
+    /// compares devices by them).
+    pub fn pooled_features(&self, images: Vec<RgbImage>) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.worker.run_blocking(move |models: &mut Models| models.ensemble.classify(&images).into_iter().map(|c| c.pooled).collect())
     }
 
     /// Runs every network once on a blank image, so the first query or re-index does not pay
@@ -335,7 +345,7 @@ impl SearchService {
             _ => in_memory,
         };
         let metadata = MetadataTable::load(&self.config.catalogue.metadata)?;
-        let job = ReindexJob { index_dir: dir, catalogue: &self.config.catalogue.dir, metadata: &metadata, key: &self.key };
+        let job = ReindexJob { index_dir: dir, catalogue: &self.config.catalogue.dir, metadata: &metadata, key: &self.key, chunk: self.reindex_chunk };
         let (worker, source, limits) = (self.worker.clone(), self.source, ImageLimits::from_config(&self.config.limits));
         let mut embed = move |paths: &[PathBuf]| -> Vec<Result<Vec<f32>, String>> {
             let decoded: Vec<Result<RgbImage, String>> = paths.iter().map(|p| imaging::load(p, limits).map_err(|e| e.to_string())).collect();

@@ -13,7 +13,7 @@ use crate::config::{Config, Metric, Profile};
 use crate::index::{EmbeddingKey, Index, Item, SearchParams};
 use crate::search::{Query, SearchService};
 use crate::vision::data::{export_fashion_mnist, labelled, splitmix64, FashionMnistExport, FASHION_MNIST_CLASSES};
-use crate::vision::ensemble::{Ensemble, Head, HeadsInfo};
+use crate::vision::ensemble::{forward_batch, Ensemble, Head, HeadsInfo};
 use crate::vision::{self, Backbone};
 
 /// Vectors in the exact-search measurement.
@@ -129,8 +129,8 @@ fn kit_catalogue(config: &Config, scratch: &Path, images: &[&Path], size: usize,
     let root = scratch.join("kit");
     let size = size.min(images.len());
     copy_catalogue(&images[..size], &root.join("catalogue"))?;
-    let (models_dir, device) = (config.models.dir.clone(), vision::device(config.models.device)?);
-    let service = service(config, &root, Profile::Kit, move || vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &models_dir, device)).collect())?;
+    let (models_dir, placement) = (config.models.dir.clone(), vision::placement(&config.models)?);
+    let service = service(config, &root, Profile::Kit, move || vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &models_dir, placement)).collect())?;
     let (embedded, embedding_s, total_s) = timed_reindex(&service)?;
     println!("indexing the kit profile: {embedded} Fashion-MNIST images in {total_s:.1} s = {:.1} images/s (embedding {:.1} images/s)", embedded as f64 / total_s, embedded as f64 / embedding_s);
 
@@ -159,7 +159,7 @@ fn kit_catalogue(config: &Config, scratch: &Path, images: &[&Path], size: usize,
 fn chapter_against_python(config: &Config, scratch: &Path, images: &[&Path]) -> anyhow::Result<()> {
     let root = scratch.join("chapter");
     let weights = root.join("weights");
-    let python_rate = python_baseline(&root, &weights, images)?.rate();
+    let python_rate = python_baseline(&root, &weights, images, vision::device(config.models.device)?)?.rate();
     copy_catalogue(images, &root.join("catalogue"))?;
     let service = service(config, &root, Profile::Chapter, chapter_backbones(config, weights)?)?;
     let (embedded, _, total_s) = timed_reindex(&service)?;
@@ -185,9 +185,9 @@ impl PythonBaseline {
     }
 }
 
-/// Runs the python torchvision pipeline on `images`; it also writes the random chapter weights
-/// into `weights` for lookalike to load.
-pub(super) fn python_baseline(root: &Path, weights: &Path, images: &[&Path]) -> anyhow::Result<PythonBaseline> {
+/// Runs the python torchvision pipeline on `images`, on `device` in lookalike's batch size
+/// there; it also writes the random chapter weights into `weights` for lookalike to load.
+pub(super) fn python_baseline(root: &Path, weights: &Path, images: &[&Path], device: tch::Device) -> anyhow::Result<PythonBaseline> {
     let script = root.join("index_baseline.py");
     std::fs::create_dir_all(root)?;
     std::fs::write(&script, include_str!("index_baseline.py"))?;
@@ -195,6 +195,11 @@ pub(super) fn python_baseline(root: &Path, weights: &Path, images: &[&Path]) -> 
         .arg(&script)
         .arg(weights)
         .arg(tch::get_num_threads().to_string())
+        .arg(match device {
+            tch::Device::Cuda(n) => format!("cuda:{n}"),
+            _ => "cpu".to_string(),
+        })
+        .arg(forward_batch(device).to_string())
         .args(images)
         .output()
         .context("cannot run python3 for the baseline")?;
@@ -209,12 +214,12 @@ pub(super) fn python_baseline(root: &Path, weights: &Path, images: &[&Path]) -> 
 
 /// The chapter profile's backbones with the weights python wrote (random; timing only).
 pub(super) fn chapter_backbones(config: &Config, weights: std::path::PathBuf) -> anyhow::Result<impl FnOnce() -> anyhow::Result<Vec<Backbone>> + Send + 'static> {
-    let device = vision::device(config.models.device)?;
+    let placement = vision::placement(&config.models)?;
     Ok(move || {
         vision::backbones(Profile::Chapter)
             .into_iter()
             .map(|spec| {
-                let mut backbone = Backbone::untrained(spec, device);
+                let mut backbone = Backbone::untrained(spec, placement);
                 backbone.load_weights(&weights.join(format!("{}.safetensors", spec.id)))?;
                 Ok(backbone)
             })

@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 
+mod device;
 mod index;
 mod suite;
+pub use device::device;
 pub use index::index;
 pub use suite::suite;
 use crate::text::{Embedding, IntentReader, TextModelPaths, Vocabulary};
@@ -50,7 +52,16 @@ fn bare_forwards(backbones: &[crate::vision::Backbone], tensors: &[tch::Tensor])
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|info| info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let gpu = if tch::Cuda::is_available() { format!("{} CUDA device(s)", tch::Cuda::device_count()) } else { "no GPU".to_string() };
+    let gpu = if tch::Cuda::is_available() {
+        // libtorch does not name the card; nvidia-smi does, where it is installed.
+        let name = std::process::Command::new("nvidia-smi").args(["--query-gpu=name,memory.total", "--format=csv,noheader", "--id=0"]).output().ok().filter(|o| o.status.success());
+        match name {
+            Some(output) => format!("{} ({} CUDA device(s))", String::from_utf8_lossy(&output.stdout).trim(), tch::Cuda::device_count()),
+            None => format!("{} CUDA device(s)", tch::Cuda::device_count()),
+        }
+    } else {
+        "no GPU".to_string()
+    };
     format!("{} ({cores} cores), {gpu}, {} libtorch threads", cpu.unwrap_or_else(|| "unknown CPU".into()), tch::get_num_threads())
 }
 
@@ -132,7 +143,7 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
             .iter()
             .map(|bytes| {
                 let image = imaging::decode(bytes, limits)?;
-                Ok(ensemble.backbones.iter().map(|b| b.spec.preprocess.tensor(&image).unsqueeze(0)).collect())
+                Ok(ensemble.backbones.iter().map(|b| b.spec.preprocess.batch(std::slice::from_ref(&image), b.device)).collect())
             })
             .collect::<anyhow::Result<_>>()?;
         let decoded: Vec<image::RgbImage> = photos.iter().map(|bytes| imaging::decode(bytes, limits)).collect::<Result<_, _>>()?;

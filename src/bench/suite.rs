@@ -15,8 +15,6 @@ use crate::search::{self, Query, SearchService};
 use crate::vision::data::{export_fashion_mnist, labelled, FashionMnistExport};
 use crate::vision::{self, Backbone};
 
-/// Catalogue images per profile (the chapter's method re-embeds all of them per query).
-const CATALOGUE: usize = 100;
 const CONCURRENCY: [usize; 3] = [1, 8, 32];
 /// A sentence no word of which names a category, so the embedding method runs too.
 const SENTENCE: &str = "shoes for the beach in summer";
@@ -46,13 +44,16 @@ fn reset_memory_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-pub fn suite(config: &Config, rounds: usize, profiles: &[Profile], python: bool) -> anyhow::Result<()> {
+pub fn suite(config: &Config, rounds: usize, profiles: &[Profile], catalogue_size: usize, python: bool) -> anyhow::Result<()> {
     let rounds = rounds.max(1);
+    // Catalogue images per profile (the chapter's method re-embeds all of them per query), and
+    // two held-out queries per category.
+    let per_class = catalogue_size.div_ceil(10).max(1) + 2;
     let scratch = tempfile::tempdir()?;
     let images_dir = scratch.path().join("fashion-mnist");
-    export_fashion_mnist(&images_dir, FashionMnistExport { train_per_class: 0, val_per_class: 0, test_per_class: CATALOGUE / 10 + 2 })?;
+    export_fashion_mnist(&images_dir, FashionMnistExport { train_per_class: 0, val_per_class: 0, test_per_class: per_class })?;
     let (_, examples, _) = labelled(&images_dir.join("test"), None)?;
-    let (catalogue, queries): (Vec<_>, Vec<_>) = examples.iter().enumerate().partition(|(n, _)| n % (CATALOGUE / 10 + 2) < CATALOGUE / 10);
+    let (catalogue, queries): (Vec<_>, Vec<_>) = examples.iter().enumerate().partition(|(n, _)| n % per_class < per_class - 2);
     let catalogue: Vec<&Path> = catalogue.into_iter().map(|(_, e)| e.path.as_path()).collect();
     let queries: Vec<Vec<u8>> = queries.into_iter().map(|(_, e)| std::fs::read(&e.path)).collect::<Result<_, _>>()?;
     let mut config = config.clone();
@@ -69,8 +70,8 @@ pub fn suite(config: &Config, rounds: usize, profiles: &[Profile], python: bool)
         let mut python_weights = None;
         let (backbones, label): (Box<dyn FnOnce() -> anyhow::Result<Vec<Backbone>> + Send>, String) = match profile {
             Profile::Kit => {
-                let (models, device) = (config.models.dir.clone(), vision::device(config.models.device)?);
-                (Box::new(move || vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &models, device)).collect()), "kit".to_string())
+                let (models, placement) = (config.models.dir.clone(), vision::placement(&config.models)?);
+                (Box::new(move || vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &models, placement)).collect()), "kit".to_string())
             }
             Profile::Chapter => {
                 // The installed weights when there are; else python writes random ones (the real
@@ -78,7 +79,7 @@ pub fn suite(config: &Config, rounds: usize, profiles: &[Profile], python: bool)
                 let installed = config.models.dir.join("chapter");
                 let real = vision::backbones(Profile::Chapter).iter().all(|s| config.models.dir.join(s.weights).exists());
                 let weights = if real { installed } else { root.join("weights") };
-                let first = python_baseline(&root, &weights, first_half)?;
+                let first = python_baseline(&root, &weights, first_half, vision::device(config.models.device)?)?;
                 python_weights = Some((weights.clone(), first));
                 let label = if real { "chapter" } else { "chapter (random weights)" };
                 (Box::new(chapter_backbones(&config, weights)?), label.to_string())
@@ -88,7 +89,7 @@ pub fn suite(config: &Config, rounds: usize, profiles: &[Profile], python: bool)
         let service = Arc::new(service(&config, &root, profile, backbones)?);
         columns.push(measure(&service, &label, &queries, rounds, second_half, &root.join("catalogue"))?);
         if let (Some((weights, first)), true) = (python_weights, python) {
-            let second = python_baseline(&root, &weights, second_half)?;
+            let second = python_baseline(&root, &weights, second_half, vision::device(config.models.device)?)?;
             let mut per_image: Vec<Duration> = first.per_image_ms.iter().chain(&second.per_image_ms).map(|ms| Duration::from_secs_f64(ms / 1e3)).collect();
             let index_rate = first.rate().max(second.rate());
             let rows = vec![
@@ -100,7 +101,7 @@ pub fn suite(config: &Config, rounds: usize, profiles: &[Profile], python: bool)
     }
 
     println!("lookalike bench: {}", machine());
-    println!("catalogue: {CATALOGUE} Fashion-MNIST images per profile; queries: held-out images; sentence for the text stage: {SENTENCE:?}");
+    println!("catalogue: {} Fashion-MNIST images per profile; queries: held-out images; sentence for the text stage: {SENTENCE:?}", catalogue.len());
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     let width = 30;
     println!("{:<60}{}", "", names.iter().map(|n| format!("{n:>width$}")).collect::<String>());
@@ -153,7 +154,7 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
             let image = imaging::decode(bytes, limits)?;
             decode.push(started.elapsed());
             let started = Instant::now();
-            let tensors: Vec<tch::Tensor> = models.ensemble.backbones.iter().map(|b| b.spec.preprocess.tensor(&image).unsqueeze(0)).collect();
+            let tensors: Vec<tch::Tensor> = models.ensemble.backbones.iter().map(|b| b.spec.preprocess.batch(std::slice::from_ref(&image), b.device)).collect();
             preprocess.push(started.elapsed());
             backbones.push(bare_forwards(&models.ensemble.backbones, &tensors));
             let started = Instant::now();
@@ -183,7 +184,7 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
         let bytes = image.clone();
         paired_bare.push(service.on_model_thread(move |models| -> anyhow::Result<Duration> {
             let image = imaging::decode(&bytes, limits)?;
-            let tensors: Vec<tch::Tensor> = models.ensemble.backbones.iter().map(|b| b.spec.preprocess.tensor(&image).unsqueeze(0)).collect();
+            let tensors: Vec<tch::Tensor> = models.ensemble.backbones.iter().map(|b| b.spec.preprocess.batch(std::slice::from_ref(&image), b.device)).collect();
             Ok(bare_forwards(&models.ensemble.backbones, &tensors))
         })??);
         let started = Instant::now();
@@ -225,9 +226,11 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
         });
         let wall = started.elapsed();
         let mut latencies: Vec<Duration> = Vec::new();
+        let mut largest_batch = 0;
         for (latency, outcome) in outcomes {
             let outcome = outcome?;
             latencies.push(latency);
+            largest_batch = largest_batch.max(outcome.timings.batch);
             if concurrency == 1 {
                 search_times.push(Duration::from_secs_f64(outcome.timings.search_ms / 1e3));
                 let started = Instant::now();
@@ -242,8 +245,9 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
         }
         rows.push((format!("query, concurrency {concurrency}, p50 / p99 ms"), p50_p99(&mut latencies)));
         rows.push((format!("throughput, concurrency {concurrency}, queries/s"), format!("{:.1}", count as f64 / wall.as_secs_f64())));
+        rows.push((format!("largest model batch, concurrency {concurrency}"), largest_batch.to_string()));
     }
-    rows.insert(5, ("search (exact, 100 items), p50 / p99 ms".into(), p50_p99(&mut search_times)));
+    rows.insert(5, ("search (exact, whole catalogue), p50 / p99 ms".into(), p50_p99(&mut search_times)));
     rows.insert(6, ("render (text answer), p50 / p99 ms".into(), p50_p99(&mut render_times)));
     rows.push(("indexing, images/s (faster half)".into(), format!("{index_rate:.2}")));
     rows.push(("chapter's method: re-embed the catalogue, s/query".into(), format!("{:.1}", embedding_s)));

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use super::{Backbone, BackboneSpec};
+use super::{Backbone, BackboneSpec, Placement};
 use crate::config::{EmbeddingSource, Profile};
 use crate::decide::{BackboneVote, ImageVote};
 
@@ -116,7 +116,8 @@ pub fn augment(batch: &Tensor, seeds: &[u64], max_degrees: f64) -> Tensor {
 
 /// Images per forward pass: on 2 CPU cores a batch of 32 cost 1.5x (SqueezeNet) to 2.4x
 /// (EfficientNet-Lite0) more per image than one at a time (measured); a GPU wants big batches.
-fn forward_batch(device: Device) -> usize {
+/// Re-index jobs are this size too.
+pub fn forward_batch(device: Device) -> usize {
     if device.is_cuda() {
         64
     } else {
@@ -135,9 +136,9 @@ pub fn backbone_features(backbones: &[Backbone], images: &[RgbImage], augmentati
                 .step_by(step)
                 .map(|start| {
                     let end = (start + step).min(images.len());
-                    let batch = Tensor::stack(&images[start..end].iter().map(|image| backbone.spec.preprocess.tensor(image)).collect::<Vec<_>>(), 0);
+                    let batch = backbone.spec.preprocess.batch(&images[start..end], backbone.device);
                     let batch = match augmentation {
-                        Some(seeds) => augment(&batch.to_device(backbone.device), &seeds[start..end], 90.0),
+                        Some(seeds) => augment(&batch, &seeds[start..end], 90.0),
                         None => batch,
                     };
                     backbone.forward(&batch).features
@@ -186,8 +187,10 @@ pub struct Ensemble {
 }
 
 impl Ensemble {
-    pub fn load(specs: &[BackboneSpec], models_dir: &Path, heads_dir: &Path, device: Device) -> anyhow::Result<Ensemble> {
+    pub fn load(specs: &[BackboneSpec], models_dir: &Path, heads_dir: &Path, placement: impl Into<Placement>) -> anyhow::Result<Ensemble> {
+        let placement = placement.into();
         let info = HeadsInfo::load(heads_dir)?;
+        let device = placement.device;
         let mut backbones = Vec::new();
         let mut heads = Vec::new();
         for spec in specs {
@@ -198,7 +201,7 @@ impl Ensemble {
                 info.backbones,
                 spec.id
             );
-            let mut backbone = Backbone::load(*spec, models_dir, device)?;
+            let mut backbone = Backbone::load(*spec, models_dir, placement)?;
             let tuned = super::train::tuned_backbone_path(heads_dir, spec.id);
             if tuned.exists() {
                 backbone.load_weights(&tuned)?;

@@ -13,9 +13,9 @@ pub mod train;
 use std::path::Path;
 
 use anyhow::Context;
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
-use crate::config::{DeviceChoice, Profile};
+use crate::config::{DeviceChoice, ModelsConfig, Precision, Profile};
 use crate::imaging::{Normalisation, Preprocess};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +107,8 @@ pub struct Outputs {
 pub struct Backbone {
     pub spec: BackboneSpec,
     pub device: Device,
+    /// The weights' and activations' number format; features always come out f32.
+    kind: Kind,
     // Owns the parameters the network's closures refer to.
     vars: nn::VarStore,
     forward: nets::Forward,
@@ -121,11 +123,35 @@ pub fn device(choice: DeviceChoice) -> anyhow::Result<Device> {
     }
 }
 
+/// Where backbones run, and in which number format.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl From<Device> for Placement {
+    fn from(device: Device) -> Placement {
+        Placement { device, precision: Precision::F32 }
+    }
+}
+
+/// The device and precision `models` asks for; half precision only where it pays, on a GPU.
+pub fn placement(models: &ModelsConfig) -> anyhow::Result<Placement> {
+    let device = device(models.device)?;
+    anyhow::ensure!(
+        models.precision == Precision::F32 || device.is_cuda(),
+        "models.precision = \"f16\" needs a CUDA GPU, and the models run on the CPU here: set models.precision = \"f32\""
+    );
+    Ok(Placement { device, precision: models.precision })
+}
+
 impl Backbone {
     /// Builds the network for `spec` with untrained parameters (for shape tests and parity
     /// checks that load weights themselves).
-    pub fn untrained(spec: BackboneSpec, device: Device) -> Backbone {
-        let vars = nn::VarStore::new(device);
+    pub fn untrained(spec: BackboneSpec, placement: impl Into<Placement>) -> Backbone {
+        let Placement { device, precision } = placement.into();
+        let mut vars = nn::VarStore::new(device);
         let root = vars.root();
         let forward = match spec.architecture {
             Architecture::Vgg16 => nets::vgg16(&root),
@@ -134,25 +160,36 @@ impl Backbone {
             Architecture::EfficientNetLite0 => nets::efficientnet_lite0(&root),
             Architecture::SqueezeNet11 => nets::squeezenet1_1(&root),
         };
-        Backbone { spec, device, vars, forward }
+        let kind = match precision {
+            Precision::F32 => Kind::Float,
+            Precision::F16 => {
+                vars.half();
+                Kind::Half
+            }
+        };
+        Backbone { spec, device, kind, vars, forward }
     }
 
     /// Loads `spec`'s weights from `models_dir`; every parameter the network declares must be
     /// in the file, with the right shape.
-    pub fn load(spec: BackboneSpec, models_dir: &Path, device: Device) -> anyhow::Result<Backbone> {
+    pub fn load(spec: BackboneSpec, models_dir: &Path, placement: impl Into<Placement>) -> anyhow::Result<Backbone> {
         let path = models_dir.join(spec.weights);
         anyhow::ensure!(
             path.exists(),
             "{} is missing: run `make setup` (offline kit) or `lookalike models fetch chapter`, then `lookalike models list`",
             path.display()
         );
-        let mut backbone = Backbone::untrained(spec, device);
+        let mut backbone = Backbone::untrained(spec, placement);
         backbone.load_weights(&path)?;
         Ok(backbone)
     }
 
     pub fn load_weights(&mut self, path: &Path) -> anyhow::Result<()> {
         self.vars.load(path).with_context(|| format!("cannot load {} into {}", path.display(), self.spec.id))?;
+        // Loading gives every variable the file's number format (f32) again.
+        if self.kind == Kind::Half {
+            self.vars.half();
+        }
         // Inference never needs gradients; fine-tuning opens the layers it trains.
         for (_, tensor) in self.vars.variables() {
             let _ = tensor.set_requires_grad(false);
@@ -162,8 +199,8 @@ impl Backbone {
 
     /// Runs a (N, 3, H, W) batch, without gradients.
     pub fn forward(&self, images: &Tensor) -> Outputs {
-        let (features, logits) = tch::no_grad(|| (self.forward)(&images.to_device(self.device)));
-        Outputs { features, logits }
+        let (features, logits) = tch::no_grad(|| (self.forward)(&images.to_device(self.device).to_kind(self.kind)));
+        Outputs { features: features.to_kind(Kind::Float), logits: logits.map(|l| l.to_kind(Kind::Float)) }
     }
 
     /// Pooled features with gradients flowing into whatever layers [`Backbone::unfreeze_last`]

@@ -353,7 +353,7 @@ fn fine_tune(backbone: &mut Backbone, head: &mut Head, split: &data::Split, mut 
     let decode = |examples: &[Example]| -> (Vec<image::RgbImage>, Vec<i64>) {
         examples.iter().filter_map(|e| imaging::load(&e.path, options.limits).ok().map(|image| (image, e.class as i64))).unzip()
     };
-    let batch_tensor = |images: &[image::RgbImage]| Tensor::stack(&images.iter().map(|i| backbone.spec.preprocess.tensor(i)).collect::<Vec<_>>(), 0).to_device(device);
+    let batch_tensor = |images: &[image::RgbImage]| backbone.spec.preprocess.batch(images, device);
     let mut records = Vec::new();
     let progress = indicatif::ProgressBar::new((options.fine_tune_epochs * (split.train.len() + split.val.len())) as u64);
     progress.set_style(indicatif::ProgressStyle::with_template("fine-tune {msg} {bar:30} {pos}/{len} images, eta {eta}").expect("static template"));
