@@ -61,6 +61,9 @@ xz -T2 -6 -f "$BUNDLE/lookalike"
 cp models/manifest.toml "$BUNDLE/models/"
 cp models/kit/*.safetensors models/kit/*.json models/kit/*.txt "$BUNDLE/models/kit/"
 cp /usr/share/datasets/fashion-mnist/t10k-* "$BUNDLE/fashion-mnist/"
+# Chart labels, and OpenSSL 3 (which rust-bert's downloader links) for an image without them.
+cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$BUNDLE/"
+mkdir -p "$BUNDLE/lib" && cp -L /usr/lib/x86_64-linux-gnu/libssl.so.3 /usr/lib/x86_64-linux-gnu/libcrypto.so.3 "$BUNDLE/lib/"
 python3 - "$BUNDLE/fashion-mnist" <<'PY'
 import gzip, struct, sys
 out, keep = sys.argv[1], 6000

@@ -4,7 +4,8 @@
 # table on the card beside python torchvision on the same card. Logs go to $OUT (default
 # runs/gpu); the last lines printed are the summary.
 #
-#     .gpu/run.sh
+#     .gpu/run.sh                       # everything, about 5 minutes on an H200
+#     STEPS="parity bench" .gpu/run.sh  # some steps only
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu}"
@@ -17,32 +18,49 @@ xz -dc "$B/lookalike.xz" > "$L" && chmod +x "$L"
 TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 SITE=$(dirname "$(dirname "$TORCH_LIB")")
 NVIDIA=$(find "$SITE/nvidia" "$SITE/cusparselt" -name '*.so*' -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
-export LD_LIBRARY_PATH="$TORCH_LIB:$NVIDIA${LD_LIBRARY_PATH:-}"
+# OpenSSL 3 travels too, last in the search path: the machine's own wins where it has one.
+export LD_LIBRARY_PATH="$TORCH_LIB:$NVIDIA${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$PWD/$B/lib"
 mkdir -p /usr/share/datasets/fashion-mnist && cp "$B"/fashion-mnist/* /usr/share/datasets/fashion-mnist/
+FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+[ -f "$FONT" ] || { mkdir -p "$(dirname "$FONT")" && cp "$B/DejaVuSans.ttf" "$FONT"; }
 export LOOKALIKE__MODELS__DIR="$PWD/$B/models"
 # MiniLM (91 MB) does not travel: sentences are read by the lexical method alone here.
 export LOOKALIKE__TEXT__METHODS='["lexical"]'
 export LOOKALIKE__MODELS__HEADS_DIR=runs/gpu-heads
 
-step() {
-    local name=$1
-    shift
+# Each step has a time limit, so that one slow step cannot starve the others of a lease.
+run_step() {
+    local name=$1 limit=$2
+    shift 2
     echo "== $name: $*"
     local started=$SECONDS
-    "$@" > "$OUT/$name.log" 2>&1
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
     echo "rc=$rc in $((SECONDS - started)) s" >> "$OUT/$name.log"
-    tail -n 40 "$OUT/$name.log"
+    tail -n 30 "$OUT/$name.log"
 }
 
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'; nproc; } 2>&1 | tee "$OUT/machine.log"
-ldd "$L" | grep -E 'not found|libtorch' | tee "$OUT/ldd.log"
-step parity "$L" bench --only device --rounds 10
-step dataset "$L" dataset --out runs/gpu-fm --train-per-class 100 --val-per-class 10 --test-per-class 300
-step train "$L" train --data runs/gpu-fm --out runs/gpu-heads --cache runs/gpu-cache
-step eval-f32 "$L" eval --data runs/gpu-fm/test --png "$OUT/confusion-f32.png"
-step eval-f16 env LOOKALIKE__MODELS__PRECISION=f16 "$L" eval --data runs/gpu-fm/test --png "$OUT/confusion-f16.png"
-step bench "$L" bench --profile chapter --profile kit --catalogue-size 2000 --rounds 50
-step bench-f16 env LOOKALIKE__MODELS__PRECISION=f16 "$L" bench --profile chapter --profile kit --catalogue-size 2000 --rounds 50 --no-python
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
+    echo "cpus: $(nproc)"
+    ldd "$L" | grep -E 'not found|libtorch|libssl'
+    "$L" models list
+} > "$OUT/machine.log" 2>&1
+cat "$OUT/machine.log"
+"$L" --version > /dev/null || { echo "the binary does not start here: see ldd above"; exit 1; }
+
+# STEPS picks some of them (default: all), e.g. STEPS="parity bench" .gpu/run.sh
+STEPS="${STEPS:-parity bench train eval-f32 eval-f16 bench-f16}"
+step() {
+    case " $STEPS " in *" $1 "*) run_step "$@" ;; *) echo "== $1: skipped (STEPS)" ;; esac
+}
+
+step parity 150 "$L" bench --only device --rounds 10
+step bench 240 "$L" bench --profile chapter --profile kit --catalogue-size 2000 --rounds 50
+step train 120 sh -c "'$L' dataset --out runs/gpu-fm --train-per-class 100 --val-per-class 10 --test-per-class 300 && '$L' train --data runs/gpu-fm --out runs/gpu-heads --cache runs/gpu-cache"
+step eval-f32 40 "$L" eval --data runs/gpu-fm/test --png runs/gpu-confusion-f32.png
+step eval-f16 40 env LOOKALIKE__MODELS__PRECISION=f16 "$L" eval --data runs/gpu-fm/test --png runs/gpu-confusion-f16.png
+step bench-f16 150 env LOOKALIKE__MODELS__PRECISION=f16 "$L" bench --profile chapter --profile kit --catalogue-size 2000 --rounds 50 --no-python
 echo "== summary"
 grep -h -E "^(kit|chapter) |tolerance|ACCURACY|^  (head|pooled)|indexing|concurrency 1,|python|rc=" "$OUT"/*.log

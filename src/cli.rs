@@ -9,7 +9,7 @@ use crate::config::{Config, Profile, TextMethod};
 use crate::text::{self, IntentReader, TextModelPaths, Vocabulary};
 use crate::imaging::ImageLimits;
 use crate::vision::data::{export_fashion_mnist, FashionMnistExport};
-use crate::vision::{self, Backbone};
+use crate::vision;
 use crate::search::{self, Query, SearchService};
 use crate::worker::ModelWorker;
 use crate::{bench, models, plot};
@@ -97,32 +97,37 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Backbone features cached by image content, shared between runs.
-    #[arg(long, value_name = "DIR", default_value = "runs/feature-cache")]
+    #[arg(long, value_name = "DIR", default_value = vision::train::DEFAULT_CACHE)]
     pub cache: PathBuf,
     /// Most epochs to train; early stopping may end sooner.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = train_defaults().epochs)]
     pub epochs: usize,
     /// Augmented views (random rotation up to 90 degrees, flips) cached per training image.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    #[arg(long, default_value_t = train_defaults().augmented_views, value_name = "N")]
     pub views: usize,
     /// Stop a head after this many epochs without a better validation loss.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = train_defaults().patience)]
     pub patience: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = train_defaults().batch_size)]
     pub batch_size: usize,
     /// Adam's learning rate. 3e-4 beat 1e-3 on Fashion-MNIST's validation set (all three heads).
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(long, default_value_t = train_defaults().learning_rate)]
     pub learning_rate: f64,
     /// Seed of the 90/10 split, the heads' initial weights, the augmentations and the batches.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = train_defaults().seed)]
     pub seed: u64,
     /// After the heads, also train the last N layers of each backbone with them (the chapter's
     /// `layer_adjust`); slow on CPU, as every image goes through the whole backbone.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = train_defaults().fine_tune_layers, value_name = "N")]
     pub fine_tune_layers: usize,
     /// Epochs of that fine-tuning.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = train_defaults().fine_tune_epochs)]
     pub fine_tune_epochs: usize,
+}
+
+/// The library's training defaults, which `--help` shows.
+fn train_defaults() -> vision::train::TrainOptions {
+    vision::train::TrainOptions::new(PathBuf::new(), PathBuf::new(), ImageLimits { max_bytes: 0, max_pixels: 0 })
 }
 
 #[derive(Debug, Args)]
@@ -294,8 +299,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
 
 /// Re-indexes `catalogue.dir` with a progress bar, and prints what changed.
 pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<()> {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(indicatif::ProgressStyle::with_template("index {bar:30} {pos}/{len} images to embed, {msg}").expect("static template"));
+    let bar = crate::progress::bar(0, "index {bar:30} {pos}/{len} images to embed, {msg}");
     let summary = service.reindex(&mut |progress| {
         bar.set_length(progress.total as u64);
         bar.set_position(progress.done as u64);
@@ -303,12 +307,15 @@ pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<()> {
         bar.set_message(format!("{:.1} images/s, {eta}", progress.rate()));
     })?;
     bar.finish_and_clear();
-    print!("{}", crate::index::render_summary(&summary));
+    print!("{}", crate::index::render_summary(&summary, crate::index::Audience::Operator));
     Ok(())
 }
 
 fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&args.image).with_context(|| format!("cannot read the query image {}", args.image.display()))?;
+    // Refused before ~600 MB of models load: too large, empty, not an image, too many pixels.
+    let limits = ImageLimits::from_config(&config.limits);
+    let bytes = crate::imaging::read(&args.image, limits).with_context(|| format!("cannot use the query image {}", args.image.display()))?;
+    crate::imaging::check(&bytes, limits).with_context(|| format!("cannot use the query image {}", args.image.display()))?;
     let service = SearchService::start(config)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let query = Query { image: bytes.clone(), text: args.text.clone(), k: args.k, page: args.page as usize - 1, categories: None };
@@ -319,7 +326,6 @@ fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
         print!("{}", search::render(&outcome));
     }
     if let Some(sheet) = &args.sheet {
-        let limits = ImageLimits::from_config(&config.limits);
         let query = crate::imaging::decode(&bytes, limits)?;
         let label = args.text.clone().unwrap_or_else(|| args.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         let title = format!("lookalike: {} hits for {}", outcome.hits.len(), args.image.display());
@@ -396,15 +402,8 @@ fn intent_eval(path: &std::path::Path, methods: &[TextMethod], json: bool, confi
     Ok(())
 }
 
-fn load_backbones(config: &Config) -> anyhow::Result<Vec<Backbone>> {
-    let device = vision::device(config.models.device)?;
-    vision::backbones(config.models.profile).into_iter().map(|spec| Backbone::load(spec, &config.models.dir, device)).collect()
-}
-
 fn train(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
     let options = vision::train::TrainOptions {
-        data: args.data.clone(),
-        out: args.out.clone().unwrap_or_else(|| config.models.heads_dir.clone()),
         cache: args.cache.clone(),
         epochs: args.epochs,
         augmented_views: args.views,
@@ -412,15 +411,11 @@ fn train(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
         learning_rate: args.learning_rate,
         patience: args.patience.max(1),
         seed: args.seed,
-        limits: ImageLimits::from_config(&config.limits),
         fine_tune_layers: args.fine_tune_layers,
         fine_tune_epochs: args.fine_tune_epochs,
+        ..vision::train::TrainOptions::new(args.data.clone(), args.out.clone().unwrap_or_else(|| config.models.heads_dir.clone()), ImageLimits::from_config(&config.limits))
     };
-    let profile = config.models.profile;
-    let config = config.clone();
-    // Torch work belongs to the model thread, even here.
-    let worker = ModelWorker::spawn(move || load_backbones(&config))?;
-    let report = worker.run_blocking(move |backbones| vision::train::train(backbones, profile, &options))??;
+    let report = vision::train::run(options, &config.models)?;
     print!("{}", vision::train::render(&report));
     Ok(())
 }

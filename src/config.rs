@@ -192,7 +192,7 @@ pub enum TextMethod {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest image file accepted, from Discord or disk.
+    /// Largest image file accepted, from Discord or disk, in MiB (2^20 bytes).
     pub max_image_mb: u64,
     /// Largest decoded image, in megapixels; protects against decompression bombs.
     pub max_image_megapixels: u64,

@@ -11,6 +11,7 @@ use crate::imaging::{self, ImageLimits};
 use crate::search::{self, Query, SearchService};
 use crate::vision::data::{self, export_fashion_mnist, FashionMnistExport};
 use crate::vision::ensemble::HeadsInfo;
+use crate::vision::train::TrainOptions;
 use crate::{models, plot};
 
 /// Where the demo's Fashion-MNIST images are exported (train/, val/, test/).
@@ -59,22 +60,11 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         );
     } else {
         println!("no trained heads in {}: training them on {DATA}/train (first run only; features are cached)", config.models.heads_dir.display());
-        crate::cli::run(
-            crate::cli::Command::Train(crate::cli::TrainArgs {
-                data: data.to_path_buf(),
-                out: Some(config.models.heads_dir.clone()),
-                cache: PathBuf::from("runs/feature-cache"),
-                epochs: 30,
-                views: 0,
-                patience: 5,
-                batch_size: 64,
-                learning_rate: 3e-4,
-                seed: 42,
-                fine_tune_layers: 0,
-                fine_tune_epochs: 0,
-            }),
-            &config,
-        )?;
+        // The library's defaults, but no augmented views and more epochs: on 2 CPU cores each
+        // view costs as much feature extraction as the plain images.
+        let options = TrainOptions { epochs: 30, augmented_views: 0, ..TrainOptions::new(data.to_path_buf(), config.models.heads_dir.clone(), ImageLimits::from_config(&config.limits)) };
+        let report = crate::vision::train::run(options, &config.models)?;
+        print!("{}", crate::vision::train::render(&report));
     }
 
     // 3. The index, incrementally.
@@ -127,6 +117,6 @@ fn build_catalogue(test: &Path, catalogue: &Path) -> anyhow::Result<(Vec<PathBuf
         held_out.extend(members.get(CATALOGUE_PER_CLASS + 5).map(|p| p.to_path_buf()));
     }
     let metadata = catalogue.with_extension("jsonl");
-    crate::vision::train::write_atomically(&metadata, titles.as_bytes())?;
+    crate::files::write_atomically(&metadata, titles.as_bytes())?;
     Ok((held_out, metadata))
 }

@@ -263,10 +263,10 @@ impl Index {
     /// the second's (category-first search, as the chapter does), each ranked by `metric`.
     /// Hits below `min_similarity` are dropped; near-duplicates of a better hit are folded
     /// into it. Categories the index does not have contribute nothing.
-    pub fn search(&self, query: &[f32], categories: &[String], params: &SearchParams) -> Page {
+    pub fn search(&self, query: &[f32], categories: &[String], params: &SearchParams) -> Result<Page, DimensionMismatch> {
         let dim = self.manifest.key.dim;
         if query.len() != dim {
-            return Page { hits: Vec::new(), more: false };
+            return Err(DimensionMismatch { expected: dim, got: query.len() });
         }
         let query_norm = dot(query, query).sqrt();
         let wanted = params.offset + params.k + 1;
@@ -319,7 +319,7 @@ impl Index {
         }
         let more = accepted.len() > params.offset + params.k;
         let hits = accepted.into_iter().map(|(_, hit)| hit).skip(params.offset).take(params.k).collect();
-        Page { hits, more }
+        Ok(Page { hits, more })
     }
 
     /// Writes this index as generation `self.generation()` under `dir`: into a partial folder,
@@ -419,6 +419,14 @@ fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)?.sync_all().with_context(|| format!("cannot flush the folder {}", dir.display()))
+}
+
+/// A query vector of another length than the index's: models and index disagree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the query vector has {got} dimensions, the index {expected}: the models and the index disagree; re-index with `lookalike index`")]
+pub struct DimensionMismatch {
+    pub expected: usize,
+    pub got: usize,
 }
 
 /// Why a re-index did not run.
@@ -521,8 +529,11 @@ pub struct ReindexSummary {
 }
 
 /// What `lookalike index` (and the bot's /reindex) reports at the end.
-pub fn render_summary(summary: &ReindexSummary) -> String {
-    let mut out = format!("index generation {} written to {} in {:.1} s\n", summary.generation, summary.path.display(), summary.seconds);
+pub fn render_summary(summary: &ReindexSummary, audience: Audience) -> String {
+    let mut out = match audience {
+        Audience::Operator => format!("index generation {} written to {} in {:.1} s\n", summary.generation, summary.path.display(), summary.seconds),
+        Audience::Chat => format!("index generation {} written in {:.1} s\n", summary.generation, summary.seconds),
+    };
     out.push_str(&format!("  {} files, {} vectors ({} duplicate files stored once)\n", summary.files, summary.vectors, summary.duplicates));
     out.push_str(&format!(
         "  added {}, changed {}, removed {}, unchanged {}; {} images embedded\n",
@@ -537,10 +548,22 @@ pub fn render_summary(summary: &ReindexSummary) -> String {
     if !summary.not_images.is_empty() {
         out.push_str(&format!("  {} files skipped, not images by their extension:\n", summary.not_images.len()));
         for path in &summary.not_images {
-            out.push_str(&format!("    {}\n", path.display()));
+            let shown = match audience {
+                Audience::Operator => path.display().to_string(),
+                // category/file, as item ids are: never where the catalogue lives.
+                Audience::Chat => path.iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<PathBuf>().display().to_string(),
+            };
+            out.push_str(&format!("    {shown}\n"));
         }
     }
     out
+}
+
+/// Who reads a summary: operators see where files are; chat users never see a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    Operator,
+    Chat,
 }
 
 /// The catalogue to index: where it is and what the embedder produces.
@@ -551,6 +574,8 @@ pub struct ReindexJob<'a> {
     pub key: &'a EmbeddingKey,
     /// Images per call of the embedder.
     pub chunk: usize,
+    /// Larger files are refused from their size, never read (`limits.max_image_mb`).
+    pub max_image_bytes: u64,
 }
 
 /// Embeds images by path, one result per path (a reason when the image is unusable).
@@ -591,6 +616,11 @@ pub fn reindex(job: &ReindexJob, previous: Option<&Index>, embed: &mut Embedder,
     let mut by_hash: Vec<(String, Vec<catalogue::Entry>)> = Vec::new();
     let mut hash_slot: HashMap<String, usize> = HashMap::new();
     for entry in scan.entries {
+        if entry.size > job.max_image_bytes {
+            let reason = crate::imaging::ImageError::TooLarge { bytes: entry.size, max: job.max_image_bytes }.to_string();
+            failed.push(Failure { id: entry.id.clone(), reason });
+            continue;
+        }
         let previous_file = known_files.get(entry.id.as_str()).copied();
         let hash = match previous_file {
             Some((hash, Some(stat))) if stat == (entry.size, entry.modified_ns) => hash.to_string(),
@@ -720,7 +750,7 @@ mod tests {
         let index = small_index();
         assert_eq!(index.category_counts(), [("bag".to_string(), 4), ("coat".to_string(), 1)]);
         let query = unit(&[1.0, 0.0, 0.0]);
-        let page = index.search(&query, &["bag".into(), "coat".into()], &params(10));
+        let page = index.search(&query, &["bag".into(), "coat".into()], &params(10)).unwrap();
         let ids: Vec<&str> = page.hits.iter().map(|h| h.item.id.as_str()).collect();
         // The first category's hits come first, even though coat/best is the closest overall.
         assert_eq!(ids, ["bag/near", "bag/mid", "bag/far", "coat/best"]);
@@ -730,18 +760,20 @@ mod tests {
         assert!((mid.euclidean - (2.0 - 2.0 * mid.cosine).sqrt()).abs() < 1e-6, "unit vectors: |a-b|^2 = 2 - 2cos");
         assert!(!page.more);
 
-        let euclidean = index.search(&query, &["bag".into()], &SearchParams { metric: Metric::Euclidean, ..params(10) });
+        let euclidean = index.search(&query, &["bag".into()], &SearchParams { metric: Metric::Euclidean, ..params(10) }).unwrap();
         assert_eq!(euclidean.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["bag/near", "bag/mid", "bag/far"]);
 
-        let threshold = index.search(&query, &["bag".into()], &SearchParams { min_similarity: 0.5, ..params(10) });
+        let threshold = index.search(&query, &["bag".into()], &SearchParams { min_similarity: 0.5, ..params(10) }).unwrap();
         assert_eq!(threshold.hits.len(), 2, "bag/far (cosine 0) is under the threshold");
 
-        let first = index.search(&query, &["bag".into(), "coat".into()], &params(2));
+        let first = index.search(&query, &["bag".into(), "coat".into()], &params(2)).unwrap();
         assert!(first.more);
-        let second = index.search(&query, &["bag".into(), "coat".into()], &SearchParams { offset: 2, ..params(2) });
+        let second = index.search(&query, &["bag".into(), "coat".into()], &SearchParams { offset: 2, ..params(2) }).unwrap();
         assert_eq!(second.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["bag/far", "coat/best"]);
         assert!(!second.more);
-        assert!(index.search(&query, &["shoe".into()], &params(3)).hits.is_empty());
+        assert!(index.search(&query, &["shoe".into()], &params(3)).unwrap().hits.is_empty());
+        let err = index.search(&[1.0, 0.0], &["bag".into()], &params(3)).unwrap_err();
+        assert_eq!(err, DimensionMismatch { expected: 3, got: 2 }, "a wrong-length query is an error, not an empty page");
     }
 
     #[test]
@@ -769,7 +801,7 @@ mod tests {
         let mut expected: Vec<(f32, String)> = rows.iter().map(|(item, v)| (dot(v, &query), item.id.clone())).collect();
         expected.sort_by(|a, b| b.0.total_cmp(&a.0));
         let index = Index::build(key(dim), PathBuf::new(), 1, rows, Vec::new()).unwrap();
-        let page = index.search(&query, &["c".into()], &SearchParams { offset: 20, near_duplicate_cosine: 2.0, ..params(30) });
+        let page = index.search(&query, &["c".into()], &SearchParams { offset: 20, near_duplicate_cosine: 2.0, ..params(30) }).unwrap();
         let got: Vec<&str> = page.hits.iter().map(|h| h.item.id.as_str()).collect();
         let want: Vec<&str> = expected[20..50].iter().map(|(_, id)| id.as_str()).collect();
         assert_eq!(got, want);
@@ -845,13 +877,29 @@ mod tests {
     }
 
     #[test]
+    fn reindex_refuses_a_file_over_the_size_limit_without_reading_it() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (catalogue, index_dir) = (scratch.path().join("shop"), scratch.path().join("index"));
+        write_files(&catalogue, &[("bag/a.png", b"\x00a")]);
+        // Sparse: 4 GiB on paper, nothing on disk; hashing it would read all of it.
+        std::fs::File::create(catalogue.join("bag/huge.png")).unwrap().set_len(4 << 30).unwrap();
+        let (metadata, key) = (MetadataTable::default(), key(4));
+        let job = ReindexJob { index_dir: &index_dir, catalogue: &catalogue, metadata: &metadata, key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20 };
+        let mut calls = Vec::new();
+        let (_, summary) = reindex(&job, None, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
+        assert_eq!(summary.vectors, 1);
+        assert_eq!(summary.failed, [Failure { id: "bag/huge.png".into(), reason: "the image is 4096 MB; the limit is 1 MB (limits.max_image_mb)".into() }]);
+        assert_eq!(calls.len(), 1, "the huge file never reaches the embedder");
+    }
+
+    #[test]
     fn reindex_embeds_only_new_and_changed_files_and_stores_duplicates_once() {
         let scratch = tempfile::tempdir().unwrap();
         let (catalogue, index_dir) = (scratch.path().join("shop"), scratch.path().join("index"));
         write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("bag/a-copy.png", b"\x00a"), ("coat/c.png", b"\x02c"), ("coat/broken.png", b"bad"), ("coat/notes.txt", b"x")]);
         let metadata = MetadataTable::default();
         let key = key(4);
-        let job = ReindexJob { index_dir: &index_dir, catalogue: &catalogue, metadata: &metadata, key: &key, chunk: EMBED_CHUNK };
+        let job = ReindexJob { index_dir: &index_dir, catalogue: &catalogue, metadata: &metadata, key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20 };
         let mut calls = Vec::new();
         let mut events = Vec::new();
         let (first, summary) = reindex(&job, None, &mut fake_embedder(&mut calls), &mut |p| events.push(*p)).unwrap();

@@ -10,10 +10,12 @@
 //! | module   | owns | knows nothing of |
 //! |----------|------|------------------|
 //! | [`config`] | typed config from `config/lookalike.toml` + `LOOKALIKE__SECTION__KEY` overrides, validated at start-up; the token only from `DISCORD_TOKEN` | everything else |
+//! | [`files`]  | files written whole or not at all (temporary file, flush, rename); the heads folder's layout | everything else |
 //! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` | torch, Discord |
 //! | [`imaging`] | decode with limits, EXIF orientation, RGB; resize, crop, per-backbone normalisation | torch models, Discord |
 //! | [`vision`] | backbone specs and networks, heads, augmentation, ensemble vote, training, evaluation | Discord, index |
 //! | [`plot`]   | PNG charts: training curves, confusion matrices, search contact sheets | torch, Discord |
+//! | [`progress`] | progress bars on a terminal, periodic progress lines elsewhere | everything else |
 //! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; negation; "none" | index, Discord |
 //! | [`catalogue`] | the catalogue folders (one sub-folder per category), content hashes, metadata (CSV / JSON lines) | torch, Discord |
 //! | [`index`]  | unit vectors per category as contiguous matrices, exact top-k, generations on disk (checksummed, swapped atomically, fallback past damage), incremental re-index, the re-index lock | torch, Discord |
@@ -40,11 +42,13 @@ pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod demo;
+pub mod files;
 pub mod discord;
 pub mod imaging;
 pub mod index;
 pub mod models;
 pub mod plot;
+pub mod progress;
 pub mod search;
 pub mod text;
 pub mod vision;

@@ -326,29 +326,16 @@ async fn download_to(client: &reqwest::Client, url: &str, destination: &Path) ->
     }
     let parent = destination.parent().context("download path has no parent folder")?;
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let mut part = tempfile_in(parent)?;
-    let bar = indicatif::ProgressBar::new(response.content_length().unwrap_or(0));
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
+    let mut part = crate::files::temporary_beside(destination)?;
+    let bar = crate::progress::bar(response.content_length().unwrap_or(0), "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}");
     bar.set_message(destination.file_name().unwrap_or_default().to_string_lossy().into_owned());
     while let Some(chunk) = response.chunk().await.map_err(|err| anyhow::anyhow!(describe_reqwest(&err)))? {
         part.as_file_mut().write_all(&chunk).context("cannot write the download")?;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    part.as_file().sync_all().context("cannot flush the download")?;
-    part.persist(destination).with_context(|| format!("cannot move the download to {}", destination.display()))?;
+    crate::files::persist(part, destination)?;
     Ok(())
-}
-
-fn tempfile_in(dir: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(".part-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))
 }
 
 fn describe_reqwest(err: &reqwest::Error) -> String {
@@ -384,10 +371,10 @@ fn install_download(file: &FileEntry, download: &Path, models_dir: &Path) -> any
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     match file.convert {
         Convert::None | Convert::Copy => {
-            let part = tempfile_in(parent)?;
-            std::fs::copy(download, part.path()).with_context(|| format!("cannot copy {}", download.display()))?;
-            part.as_file().sync_all()?;
-            part.persist(&destination)?;
+            crate::files::replace_atomically(&destination, |part| {
+                std::fs::copy(download, part).with_context(|| format!("cannot copy {}", download.display()))?;
+                Ok(())
+            })?;
         }
         Convert::TorchPickle | Convert::NdfSqueezenet => {
             let kind = if file.convert == Convert::TorchPickle { "torch-pickle" } else { "ndf-squeezenet" };

@@ -5,7 +5,22 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::vision::train::EpochRecord;
+use serde::{Deserialize, Serialize};
+
+/// One row of the history: one backbone's head after one epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub backbone: String,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+    /// "heads" (frozen backbone, cached features) or "fine-tune" (top layers trained too).
+    #[serde(default)]
+    pub phase: String,
+}
 
 const FONT_PATHS: [&str; 3] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -29,7 +44,7 @@ fn register_font() -> anyhow::Result<()> {
 
 fn save(path: &Path, width: u32, height: u32, pixels: Vec<u8>) -> anyhow::Result<()> {
     // The partial file has no .png extension, so name the format.
-    crate::vision::train::replace_atomically(path, |partial| Ok(image::save_buffer_with_format(partial, &pixels, width, height, image::ColorType::Rgb8, image::ImageFormat::Png)?))
+    crate::files::replace_atomically(path, |partial| Ok(image::save_buffer_with_format(partial, &pixels, width, height, image::ColorType::Rgb8, image::ImageFormat::Png)?))
 }
 
 const COLOURS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];

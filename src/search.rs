@@ -25,8 +25,9 @@ use crate::decide::{decide, Decision, ImageVote};
 use crate::imaging::{self, ImageError, ImageLimits};
 use crate::index::{self, EmbeddingKey, Hit, Index, Progress, ReindexError, ReindexJob, ReindexLock, ReindexSummary, SearchParams};
 use crate::text::{Intent, IntentReader, TextModelPaths, Vocabulary};
-use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, HEAD_WIDTH};
-use crate::vision::{self, train::tuned_backbone_path};
+use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, GPU_BATCH_SIZES, HEAD_WIDTH};
+use crate::files::heads;
+use crate::vision;
 use crate::worker::ModelWorker;
 
 /// Everything the model thread owns.
@@ -100,6 +101,20 @@ pub enum SearchError {
     Models(String),
 }
 
+impl SearchError {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SearchError::Busy(..) => "busy",
+            SearchError::Image(_) => "bad_image",
+            SearchError::NoIndex(_) => "no_index",
+            SearchError::UnknownCategory(..) => "unknown_category",
+            SearchError::Timeout(_) => "timeout",
+            SearchError::Models(_) => "error",
+        }
+    }
+}
+
 /// What the model thread hands back for one image.
 struct Understood {
     vote: ImageVote,
@@ -142,9 +157,9 @@ fn millis(duration: Duration) -> f64 {
 fn weights_fingerprint(heads_dir: &Path, backbones: &[String], source: EmbeddingSource) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     for backbone in backbones {
-        let mut files = vec![tuned_backbone_path(heads_dir, backbone)];
+        let mut files = vec![heads::tuned_backbone_path(heads_dir, backbone)];
         if source == EmbeddingSource::Head {
-            files.push(HeadsInfo::head_path(heads_dir, backbone));
+            files.push(heads::head_path(heads_dir, backbone));
         }
         for file in files.into_iter().filter(|f| f.exists()) {
             hasher.update(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
@@ -221,15 +236,20 @@ impl SearchService {
     /// The backbones' pooled features of `images`, each as one unit vector (the GPU check
     /// compares devices by them).
     pub fn pooled_features(&self, images: Vec<RgbImage>) -> anyhow::Result<Vec<Vec<f32>>> {
-        self.worker.run_blocking(move |models: &mut Models| models.ensemble.classify(&images).into_iter().map(|c| c.pooled).collect())
+        self.worker.run_blocking(move |models: &mut Models| Ok(models.ensemble.classify(&images)?.into_iter().map(|c| c.pooled).collect()))?
     }
 
     /// Runs every network once on a blank image, so the first query or re-index does not pay
     /// for libtorch's first-call set-up.
     pub fn warm_up(&self) -> anyhow::Result<()> {
         self.worker.run_blocking(|models: &mut Models| {
-            models.ensemble.classify(&[RgbImage::new(64, 64)]);
-        })
+            // On a GPU, every batch size it will ever run (see GPU_BATCH_SIZES).
+            let on_gpu = models.ensemble.backbones.first().is_some_and(|b| b.device.is_cuda());
+            for &size in if on_gpu { &GPU_BATCH_SIZES[..] } else { &[1] } {
+                models.ensemble.classify(&vec![RgbImage::new(64, 64); size])?;
+            }
+            anyhow::Ok(())
+        })?
     }
 
     fn open_index(dir: &Path, key: &EmbeddingKey) -> Result<Arc<Index>, String> {
@@ -298,7 +318,10 @@ impl SearchService {
             near_duplicate_cosine: self.config.index.near_duplicate_cosine,
         };
         let (embedding, categories, searched) = (understood.embedding, decision.categories.clone(), index.clone());
-        let page = tokio::task::spawn_blocking(move || searched.search(&embedding, &categories, &params)).await.map_err(|e| SearchError::Models(e.to_string()))?;
+        let page = tokio::task::spawn_blocking(move || searched.search(&embedding, &categories, &params))
+            .await
+            .map_err(|e| SearchError::Models(e.to_string()))?
+            .map_err(|e| SearchError::Models(e.to_string()))?;
         let total = started.elapsed();
         self.last_total_ms.store(total.as_millis() as u64, Ordering::Relaxed);
         Ok(SearchOutcome {
@@ -345,16 +368,16 @@ impl SearchService {
             _ => in_memory,
         };
         let metadata = MetadataTable::load(&self.config.catalogue.metadata)?;
-        let job = ReindexJob { index_dir: dir, catalogue: &self.config.catalogue.dir, metadata: &metadata, key: &self.key, chunk: self.reindex_chunk };
+        let job = ReindexJob { index_dir: dir, catalogue: &self.config.catalogue.dir, metadata: &metadata, key: &self.key, chunk: self.reindex_chunk, max_image_bytes: ImageLimits::from_config(&self.config.limits).max_bytes };
         let (worker, source, limits) = (self.worker.clone(), self.source, ImageLimits::from_config(&self.config.limits));
         let mut embed = move |paths: &[PathBuf]| -> Vec<Result<Vec<f32>, String>> {
-            let decoded: Vec<Result<RgbImage, String>> = paths.iter().map(|p| imaging::load(p, limits).map_err(|e| e.to_string())).collect();
+            let decoded: Vec<Result<RgbImage, String>> = imaging::load_many(paths, limits).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
             let (images, reasons): (Vec<_>, Vec<_>) = decoded.into_iter().map(|d| match d {
                 Ok(image) => (Some(image), None),
                 Err(reason) => (None, Some(reason)),
             }).unzip();
             let images: Vec<RgbImage> = images.into_iter().flatten().collect();
-            let embedded = worker.run_blocking(move |models: &mut Models| models.ensemble.classify(&images).into_iter().map(|c| c.embedding(source).to_vec()).collect::<Vec<_>>());
+            let embedded = worker.run_blocking(move |models: &mut Models| Ok(models.ensemble.classify(&images)?.into_iter().map(|c| c.embedding(source).to_vec()).collect::<Vec<_>>())).and_then(|r| r);
             match embedded {
                 Ok(vectors) => {
                     let mut vectors = vectors.into_iter();
@@ -379,7 +402,16 @@ fn classify_pending(models: &mut Models, pending: &Mutex<Vec<Pending>>, source: 
     let started = Instant::now();
     let size = batch.len();
     let (images, rest): (Vec<RgbImage>, Vec<_>) = batch.into_iter().map(|p| (p.image, (p.text, p.queued, p.answer))).unzip();
-    let classified = models.ensemble.classify(&images);
+    let classified = match models.ensemble.classify(&images) {
+        Ok(classified) => classified,
+        Err(err) => {
+            tracing::error!(cause = %format!("{err:#}"), batch = size, "the models failed on a batch");
+            for (_, _, answer) in rest {
+                let _ = answer.send(Err(SearchError::Models("the models failed on this image (see the log)".into())));
+            }
+            return;
+        }
+    };
     let vision_ms = millis(started.elapsed());
     for (classification, (text, queued, answer)) in classified.into_iter().zip(rest) {
         let text_started = Instant::now();

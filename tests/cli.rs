@@ -284,3 +284,20 @@ fn train_and_eval_explain_what_is_missing() {
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("train the heads first"), "{}", text(&output.stderr));
 }
+
+#[test]
+fn search_refuses_a_bad_image_before_loading_any_model() {
+    // No heads anywhere: had the models been loaded first, the error would be about them.
+    let scratch = tempfile::tempdir().unwrap();
+    let heads = ("LOOKALIKE__MODELS__HEADS_DIR", scratch.path().to_str().unwrap());
+    let empty = scratch.path().join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    let output = lookalike(&["search", "--image", empty.to_str().unwrap()], &[heads]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("the file is empty") && !text(&output.stderr).contains("heads"), "{}", text(&output.stderr));
+
+    let huge = scratch.path().join("huge.jpg");
+    std::fs::File::create(&huge).unwrap().set_len(4 << 30).unwrap();
+    let output = lookalike(&["search", "--image", huge.to_str().unwrap()], &[heads]);
+    assert!(text(&output.stderr).contains("the image is 4096 MB; the limit is 8 MB"), "{}", text(&output.stderr));
+}

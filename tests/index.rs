@@ -96,7 +96,9 @@ fn search_service_end_to_end() {
         let service = service.clone();
         std::thread::spawn(move || service.reindex(&mut |_| {}))
     };
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !world.index.join("reindex.lock").exists() {
+        assert!(Instant::now() < deadline && !reindexing.is_finished(), "the re-index never took its lock");
         std::thread::sleep(Duration::from_millis(5));
     }
     let refused = service.reindex(&mut |_| {}).unwrap_err();
@@ -146,11 +148,18 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
         if round <= 6 {
             std::thread::sleep(full_run.mul_f64(1.2 * random()));
         } else {
+            let deadline = Instant::now() + full_run * 10 + Duration::from_secs(30);
             while !writing(&world.index) && child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "round {round}: the re-index neither wrote a generation nor ended");
                 std::thread::sleep(Duration::from_micros(100));
             }
-            // Up to 8 ms catches the vectors and manifest being written; up to 40 ms, the rename.
-            let span = if round <= 9 { 8_000.0 } else { 40_000.0 };
+            // At once (the files are being written and flushed: milliseconds), up to 8 ms
+            // (the vectors and manifest), up to 40 ms (the rename).
+            let span = match round {
+                7 | 8 => 0.0,
+                9 => 8_000.0,
+                _ => 40_000.0,
+            };
             std::thread::sleep(Duration::from_micros((span * random()) as u64));
         }
         child.kill().unwrap(); // SIGKILL
@@ -163,10 +172,11 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
         // It answers: a stored vector finds its own item first.
         let categories: Vec<String> = index.manifest.categories.iter().map(|c| c.name.clone()).collect();
         let params = lookalike::index::SearchParams { k: 1, offset: 0, metric: lookalike::config::Metric::Cosine, min_similarity: 0.0, near_duplicate_cosine: 1.1 };
-        let page = index.search(index.vector(0), &categories, &params);
+        let page = index.search(index.vector(0), &categories, &params).unwrap();
         assert_eq!(page.hits[0].item.id, index.manifest.items[0].id, "round {round}");
     }
     eprintln!("12 kills: {old} left the old generation, {new} the new one, {mid_write} interrupted the writing of a generation (a run takes {:.1} s)", full_run.as_secs_f64());
+    assert!(mid_write >= 1, "no kill landed while a generation was written, so this test proved nothing about it");
 
     // The killed runs left a lock and partial folders behind: the next run takes over the lock,
     // clears them, and finishes.

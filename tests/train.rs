@@ -58,7 +58,7 @@ fn train_resume_vote_and_eval() {
     let ensemble = Ensemble::load(&vision::backbones(Profile::Kit), &root.join("models"), &out, Device::Cpu).unwrap();
     assert_eq!(HeadsInfo::load(&out).unwrap().classes, ["cool", "warm"]);
     let image = lookalike::imaging::load(&data.join("warm/03.png"), options.limits).unwrap();
-    let result = &ensemble.classify(&[image])[0];
+    let result = &ensemble.classify(&[image]).unwrap()[0];
     assert_eq!(result.vote.backbones.len(), 3);
     // Three backbones' unit vectors, concatenated and scaled: one unit vector.
     assert_eq!((result.pooled.len(), result.penultimate.len()), (1280 + 512 + 768, 3 * 1024));

@@ -116,12 +116,12 @@ fn profile_setup(config: &Config, scratch: &Path, profile: Profile) -> anyhow::R
     let specs = vision::backbones(profile);
     for spec in &specs {
         tch::manual_seed(1);
-        Head::new(spec.feature_dim, FASHION_MNIST_CLASSES.len() as i64, tch::Device::Cpu).save_atomically(&HeadsInfo::head_path(&setup.models.heads_dir, spec.id))?;
+        Head::new(spec.feature_dim, FASHION_MNIST_CLASSES.len() as i64, tch::Device::Cpu).save_atomically(&crate::files::heads::head_path(&setup.models.heads_dir, spec.id))?;
     }
     let mut classes: Vec<String> = FASHION_MNIST_CLASSES.iter().map(|c| c.to_string()).collect();
     classes.sort();
     let info = HeadsInfo { profile, classes, backbones: specs.iter().map(|s| s.id.to_string()).collect() };
-    std::fs::write(setup.models.heads_dir.join("heads.json"), serde_json::to_string_pretty(&info)?)?;
+    crate::files::write_atomically(&crate::files::heads::info_path(&setup.models.heads_dir), &serde_json::to_vec_pretty(&info)?)?;
     Ok(setup)
 }
 

@@ -67,7 +67,7 @@ fn exact_search(config: &Config, rounds: usize) -> anyhow::Result<()> {
     for round in 0..rounds.max(5) * 4 {
         let query = unit(&mut state);
         let started = Instant::now();
-        let page = index.search(&query, &categories, &params);
+        let page = index.search(&query, &categories, &params)?;
         ours.push(started.elapsed());
         let tensor = tch::Tensor::from_slice(&query);
         let started = Instant::now();

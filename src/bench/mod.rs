@@ -147,13 +147,14 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?;
         let decoded: Vec<image::RgbImage> = photos.iter().map(|bytes| imaging::decode(bytes, limits)).collect::<Result<_, _>>()?;
-        let run_ensemble = |image: &image::RgbImage| {
-            let classified = ensemble.classify(std::slice::from_ref(image));
+        let run_ensemble = |image: &image::RgbImage| -> anyhow::Result<()> {
+            let classified = ensemble.classify(std::slice::from_ref(image))?;
             std::hint::black_box(classified[0].vote.tally());
+            Ok(())
         };
         let run_bare = |tensors: &[Tensor]| bare_forwards(&ensemble.backbones, tensors);
         for (image, tensors) in decoded.iter().zip(&ready) {
-            run_ensemble(image);
+            run_ensemble(image)?;
             run_bare(tensors);
         }
         let (mut full, mut bare, mut decode) = (Vec::new(), Vec::new(), Vec::new());
@@ -163,7 +164,7 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
                 std::hint::black_box(imaging::decode(bytes, limits)?);
                 decode.push(started.elapsed());
                 let started = Instant::now();
-                run_ensemble(image);
+                run_ensemble(image)?;
                 full.push(started.elapsed());
                 bare.push(run_bare(tensors));
             }

@@ -158,7 +158,7 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
             preprocess.push(started.elapsed());
             backbones.push(bare_forwards(&models.ensemble.backbones, &tensors));
             let started = Instant::now();
-            std::hint::black_box(models.ensemble.classify(std::slice::from_ref(&image)));
+            std::hint::black_box(models.ensemble.classify(std::slice::from_ref(&image))?);
             ensemble.push(started.elapsed());
             let started = Instant::now();
             std::hint::black_box(models.intent.read(SENTENCE)?);

@@ -9,8 +9,8 @@ use std::time::Duration;
 pub enum AttachmentError {
     #[error("`{0}` is not an image: send a PNG, JPEG, WebP, GIF or BMP photo")]
     NotAnImage(String),
-    #[error("`{name}` is {size_mb:.1} MB; the limit is {limit_mb} MB: send a smaller photo")]
-    TooLarge { name: String, size_mb: f64, limit_mb: u64 },
+    #[error("`{name}` is {} MB; the limit is {} MB: send a smaller photo", crate::imaging::mb(*size), crate::imaging::mb(*max_bytes))]
+    TooLarge { name: String, size: u64, max_bytes: u64 },
     #[error("downloading the photo took longer than {0} s; try again")]
     Timeout(u64),
     #[error("the photo could not be downloaded from Discord ({0}); try again")]
@@ -47,7 +47,7 @@ pub fn check_declared(declared: &Declared, max_bytes: u64) -> Result<(), Attachm
 }
 
 fn too_large(name: &str, size: u64, max_bytes: u64) -> AttachmentError {
-    AttachmentError::TooLarge { name: name.to_string(), size_mb: size as f64 / 1e6, limit_mb: max_bytes.div_ceil(1_000_000) }
+    AttachmentError::TooLarge { name: name.to_string(), size, max_bytes }
 }
 
 /// The image format the bytes start with, if any this bot reads.
@@ -98,8 +98,9 @@ mod tests {
         assert!(check_declared(&declared("a.png", 10, Some("image/png")), 100).is_ok());
         assert!(check_declared(&declared("a.jpg", 10, None), 100).is_ok(), "no type: the extension decides");
         assert_eq!(check_declared(&declared("notes.pdf", 10, Some("application/pdf")), 100), Err(AttachmentError::NotAnImage("notes.pdf".into())));
-        let err = check_declared(&declared("big.png", 9_000_000, Some("image/png")), 8_000_000).unwrap_err();
-        assert_eq!(err.to_string(), "`big.png` is 9.0 MB; the limit is 8 MB: send a smaller photo");
+        // MB of 2^20 bytes, as limits.max_image_mb counts them everywhere.
+        let err = check_declared(&declared("big.png", 9 << 20, Some("image/png")), 8 << 20).unwrap_err();
+        assert_eq!(err.to_string(), "`big.png` is 9 MB; the limit is 8 MB: send a smaller photo");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! moderators `/reindex`. Every handler runs in its own task: a panic fails that request only.
 
 mod attachment;
+mod queries;
 mod reply;
 
 use std::sync::{Arc, OnceLock};
@@ -19,35 +20,25 @@ use serenity::all::{
 };
 
 use attachment::{check_declared, has_image_extension, Declared};
+use queries::{RecentQueries, StoredQuery};
 
 use crate::config::Config;
-use crate::index::{render_summary, Progress, ReindexError};
+use crate::imaging::{self, ImageError};
+use crate::index::{render_summary, Audience, Progress, ReindexError};
 use crate::search::{Query, SearchError, SearchService};
 use reply::Reply;
 use serenity::builder::Builder;
+use tracing::Instrument;
 
-/// How long the buttons under a reply keep working.
-const QUERY_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// Shortest gap between two edits of the /reindex progress message (Discord rate-limits edits).
 const PROGRESS_EDIT_GAP: Duration = Duration::from_millis(1500);
-
-/// A search the buttons under its reply can continue.
-#[derive(Clone)]
-struct StoredQuery {
-    image: Arc<Vec<u8>>,
-    text: Option<String>,
-    k: usize,
-    page: usize,
-    categories: Vec<String>,
-    created: Instant,
-}
 
 struct Bot {
     service: Arc<SearchService>,
     config: Config,
     downloads: reqwest::Client,
     cooldowns: Cooldowns,
-    queries: DashMap<u64, StoredQuery>,
+    queries: RecentQueries,
     me: OnceLock<UserId>,
 }
 
@@ -75,7 +66,7 @@ pub async fn client(config: Config, service: Arc<SearchService>, token: &str) ->
     let intents = GatewayIntents::GUILDS | GatewayIntents::GUILD_MESSAGES | GatewayIntents::DIRECT_MESSAGES | GatewayIntents::MESSAGE_CONTENT;
     let downloads = reqwest::Client::builder().connect_timeout(Duration::from_millis(config.discord.download_timeout_ms)).build()?;
     let cooldowns = Cooldowns { gap: Duration::from_secs(config.discord.user_cooldown_s), last: DashMap::new() };
-    let bot = Bot { service, config, downloads, cooldowns, queries: DashMap::new(), me: OnceLock::new() };
+    let bot = Bot { service, config, downloads, cooldowns, queries: RecentQueries::default(), me: OnceLock::new() };
     ClientBuilder::new_with_http(http.build(), intents)
         .event_handler(Handler { bot: Arc::new(bot) })
         .await
@@ -167,7 +158,10 @@ fn catalogue_text(bot: &Bot) -> String {
                 counts.join("\n")
             )
         }
-        Err(err) => format!("The catalogue is not searchable yet: {err}\n{models}"),
+        Err(err) => {
+            tracing::info!(cause = %err, "/catalogue: no index to show");
+            format!("The catalogue is not searchable yet: ask a moderator to run /reindex.\n{models}")
+        }
     }
 }
 
@@ -182,11 +176,41 @@ async fn respond(ctx: &Context, command: &CommandInteraction, text: String, ephe
 fn explain(error: &SearchError) -> String {
     match error {
         SearchError::Busy(_, seconds) => format!("I'm busy with other searches right now; try again in {seconds} s."),
-        SearchError::Image(err) => format!("I couldn't read that photo: {err}."),
+        SearchError::Image(err) => format!("I couldn't use that photo: {}.", describe_image_error(err)),
         SearchError::NoIndex(_) => "The catalogue has not been indexed yet: ask a moderator to run /reindex.".to_string(),
         SearchError::UnknownCategory(category, _) => format!("The catalogue has no category `{}` any more.", reply::escape(category, 50)),
         SearchError::Timeout(_) => "That search took too long; please try again.".to_string(),
         SearchError::Models(_) => "Something went wrong on my side; please try again.".to_string(),
+    }
+}
+
+/// An image problem in the user's terms: sizes in MB, no decoder internals, no config keys.
+fn describe_image_error(error: &ImageError) -> String {
+    match error {
+        ImageError::Empty => "the file is empty".to_string(),
+        ImageError::TooLarge { bytes, max } => format!("it is {} MB and the limit is {} MB", imaging::mb(*bytes), imaging::mb(*max)),
+        ImageError::TooManyPixels { width, height, max } => format!("it is {width} x {height} pixels and the limit is {} megapixels", max / 1_000_000),
+        ImageError::Unsupported(_) => "it is not a JPEG, PNG, WebP, GIF or BMP image".to_string(),
+        ImageError::Corrupt(_) => "the image data is damaged (cut short, or not what its name says)".to_string(),
+        ImageError::Io { .. } => "it could not be read".to_string(),
+    }
+}
+
+/// Who asked, and how: the fields of every request's log line.
+#[derive(Debug, Clone, Copy)]
+struct Asker {
+    /// slash, mention, find_similar or button.
+    kind: &'static str,
+    user: UserId,
+}
+
+impl Asker {
+    /// The request's span: its id (the interaction or message id) and who asked, the user id
+    /// hashed so that the log can follow one user without naming them.
+    fn span(&self, key: u64) -> tracing::Span {
+        use sha2::Digest;
+        let user = hex::encode(&sha2::Sha256::digest(self.user.get().to_le_bytes())[..6]);
+        tracing::info_span!("request", id = key, kind = self.kind, user = %user)
     }
 }
 
@@ -216,24 +240,57 @@ impl Bot {
     }
 
     fn max_bytes(&self) -> u64 {
-        self.config.limits.max_image_mb * 1_000_000
+        crate::imaging::ImageLimits::from_config(&self.config.limits).max_bytes
     }
 
     fn remember(&self, key: u64, query: StoredQuery) {
-        self.queries.retain(|_, q| q.created.elapsed() < QUERY_LIFETIME);
         self.queries.insert(key, query);
     }
 
     /// Downloads the attachment and searches; the stored query lets the buttons go on.
-    async fn search(&self, declared: &Declared<'_>, text: Option<String>, k: usize, key: u64) -> Result<Reply, String> {
+    async fn search(&self, declared: &Declared<'_>, text: Option<String>, k: usize, key: u64, asker: Asker) -> Result<Reply, String> {
         let timeout = Duration::from_millis(self.config.discord.download_timeout_ms);
-        let image = attachment::download(&self.downloads, declared, self.max_bytes(), timeout).await.map_err(|e| e.to_string())?;
+        let image = match attachment::download(&self.downloads, declared, self.max_bytes(), timeout).instrument(asker.span(key)).await {
+            Ok(image) => image,
+            Err(err) => {
+                asker.span(key).in_scope(|| tracing::info!(outcome = "bad_image", cause = %err, "request"));
+                return Err(err.to_string());
+            }
+        };
         let stored = StoredQuery { image: Arc::new(image), text, k, page: 0, categories: Vec::new(), created: Instant::now() };
-        self.answer(stored, key).await
+        self.answer(stored, key, asker).await
     }
 
-    /// Runs a stored query (the categories decided unless it names some) and renders it.
-    async fn answer(&self, stored: StoredQuery, key: u64) -> Result<Reply, String> {
+    /// Runs a stored query (the categories decided unless it names some) and renders it;
+    /// logs one line for it.
+    async fn answer(&self, stored: StoredQuery, key: u64, asker: Asker) -> Result<Reply, String> {
+        let span = asker.span(key);
+        let started = Instant::now();
+        let result = self.answer_logged(stored, key).instrument(span.clone()).await;
+        span.in_scope(|| match &result {
+            Ok((_, outcome)) => {
+                let t = &outcome.timings;
+                tracing::info!(
+                    outcome = "ok",
+                    categories = %outcome.decision.categories.join(","),
+                    hits = outcome.hits.len(),
+                    total_ms = t.total_ms,
+                    decode_ms = t.decode_ms,
+                    queue_ms = t.queue_ms,
+                    vision_ms = t.vision_ms,
+                    text_ms = t.text_ms,
+                    search_ms = t.search_ms,
+                    batch = t.batch,
+                    reply_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "request"
+                )
+            }
+            Err(err) => tracing::info!(outcome = err.kind(), cause = %err, "request"),
+        });
+        result.map(|(reply, _)| reply).map_err(|err| explain(&err))
+    }
+
+    async fn answer_logged(&self, stored: StoredQuery, key: u64) -> Result<(Reply, crate::search::SearchOutcome), SearchError> {
         let query = Query {
             image: stored.image.as_ref().clone(),
             text: stored.text.clone(),
@@ -241,11 +298,11 @@ impl Bot {
             page: stored.page,
             categories: (!stored.categories.is_empty()).then(|| stored.categories.clone()),
         };
-        let outcome = self.service.search(query).await.map_err(|e| explain(&e))?;
+        let outcome = self.service.search(query).await?;
         let reply = reply::render(&outcome, stored.text.as_deref(), key).await;
         // "More" continues in the categories this search decided on.
-        self.remember(key, StoredQuery { categories: outcome.decision.categories, ..stored });
-        Ok(reply)
+        self.remember(key, StoredQuery { categories: outcome.decision.categories.clone(), ..stored });
+        Ok((reply, outcome))
     }
 }
 
@@ -275,7 +332,7 @@ fn declared(attachment: &serenity::all::Attachment) -> Declared<'_> {
     Declared { name: &attachment.filename, size: attachment.size as u64, content_type: attachment.content_type.as_deref(), url: &attachment.url }
 }
 
-async fn search_interaction(bot: &Bot, ctx: &Context, command: &CommandInteraction, attachment: Option<&serenity::all::Attachment>, text: Option<String>, k: usize) {
+async fn search_interaction(bot: &Bot, ctx: &Context, command: &CommandInteraction, attachment: Option<&serenity::all::Attachment>, text: Option<String>, k: usize, kind: &'static str) {
     let user = command.user.id;
     let Some(attachment) = attachment else {
         return respond(ctx, command, "I need a photo: attach one to the command, or use Find similar on a message with a photo.".into(), true).await;
@@ -290,7 +347,7 @@ async fn search_interaction(bot: &Bot, ctx: &Context, command: &CommandInteracti
     if let Err(err) = command.defer(&ctx.http).await {
         return tracing::warn!(cause = %err, "cannot defer an interaction");
     }
-    let answer = bot.search(&declared(attachment), text, k, command.id.get()).await;
+    let answer = bot.search(&declared(attachment), text, k, command.id.get(), Asker { kind, user }).await;
     deliver(ctx, &command.token, answer).await;
 }
 
@@ -304,14 +361,14 @@ async fn slash_search(bot: &Bot, ctx: &Context, command: &CommandInteraction) {
             _ => {}
         }
     }
-    search_interaction(bot, ctx, command, attachment, text, k.min(reply::MAX_HITS)).await;
+    search_interaction(bot, ctx, command, attachment, text, k.min(reply::MAX_HITS), "slash").await;
 }
 
 async fn find_similar(bot: &Bot, ctx: &Context, command: &CommandInteraction) {
     let target = command.data.target_id.and_then(|id| command.data.resolved.messages.get(&id.to_message_id()));
     let attachment = target.and_then(|m| first_image(&m.attachments));
     let text = target.map(|m| m.content.trim().to_string()).filter(|t| !t.is_empty());
-    search_interaction(bot, ctx, command, attachment, text, bot.config.search.default_k.min(reply::MAX_HITS)).await;
+    search_interaction(bot, ctx, command, attachment, text, bot.config.search.default_k.min(reply::MAX_HITS), "find_similar").await;
 }
 
 /// Chat-style: a message that mentions the bot, replies to it, or is a direct message, with a photo.
@@ -336,7 +393,8 @@ async fn chat_search(bot: &Bot, ctx: &Context, message: &Message) {
     }
     let text = strip_mentions(&message.content);
     let key = message.id.get();
-    let sent = match bot.search(&declared(attachment), text, bot.config.search.default_k.min(reply::MAX_HITS), key).await {
+    let asker = Asker { kind: "mention", user: message.author.id };
+    let sent = match bot.search(&declared(attachment), text, bot.config.search.default_k.min(reply::MAX_HITS), key, asker).await {
         Ok(reply) => {
             let create = CreateMessage::new().embeds(reply.embeds).components(reply.components).add_files(reply.files).reference_message(message).allowed_mentions(reply::no_pings());
             message.channel_id.send_message(&ctx.http, create).await
@@ -358,7 +416,7 @@ fn strip_mentions(content: &str) -> Option<String> {
 /// "More", "Wrong category?" and the category menu under a reply.
 async fn button(bot: &Bot, ctx: &Context, component: &ComponentInteraction) {
     let Some((action, key)) = component.data.custom_id.split_once(':') else { return };
-    let Some(stored) = key.parse::<u64>().ok().and_then(|k| bot.queries.get(&k).map(|q| q.clone())).filter(|q| q.created.elapsed() < QUERY_LIFETIME) else {
+    let Some(stored) = key.parse::<u64>().ok().and_then(|k| bot.queries.get(k)) else {
         let message = CreateInteractionResponseMessage::new().content("This search has expired: run /search again for fresh results.").ephemeral(true);
         let _ = component.create_response(&ctx.http, CreateInteractionResponse::Message(message)).await;
         return;
@@ -382,7 +440,7 @@ async fn button(bot: &Bot, ctx: &Context, component: &ComponentInteraction) {
     if let Err(err) = component.create_response(&ctx.http, CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new())).await {
         return tracing::warn!(cause = %err, "cannot defer a button");
     }
-    let answer = bot.answer(StoredQuery { created: stored.created, ..next }, key).await;
+    let answer = bot.answer(StoredQuery { created: stored.created, ..next }, key, Asker { kind: "button", user: component.user.id }).await;
     deliver(ctx, &component.token, answer).await;
 }
 
@@ -428,7 +486,7 @@ async fn reindex(bot: &Bot, ctx: &Context, command: &CommandInteraction) {
         }
     }
     let text = match job.await {
-        Ok(Ok(summary)) => format!("Re-index done.\n```\n{}```", reply::escape(&render_summary(&summary), 1800).replace("\\", "")),
+        Ok(Ok(summary)) => format!("Re-index done.\n```\n{}```", reply::escape(&render_summary(&summary, Audience::Chat), 1800).replace("\\", "")),
         Ok(Err(ReindexError::AlreadyRunning(_))) => "A re-index is already running; wait for it to finish.".to_string(),
         Ok(Err(ReindexError::Failed(err))) => {
             tracing::error!(cause = %format!("{err:#}"), "re-index failed");
@@ -447,6 +505,27 @@ async fn reindex(bot: &Bot, ctx: &Context, command: &CommandInteraction) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_users_read_names_no_path_type_or_config_key() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "/srv/lookalike/runs/index/gen-3/vectors.f32 missing");
+        let cases: Vec<(SearchError, &str)> = vec![
+            (SearchError::Image(ImageError::Empty), "the file is empty"),
+            (SearchError::Image(ImageError::TooLarge { bytes: 12 << 20, max: 8 << 20 }), "it is 12 MB and the limit is 8 MB"),
+            (SearchError::Image(ImageError::TooManyPixels { width: 9000, height: 9000, max: 40_000_000 }), "limit is 40 megapixels"),
+            (SearchError::Image(ImageError::Corrupt("Format error decoding Png: CRC error".into())), "damaged"),
+            (SearchError::Image(ImageError::Unsupported("tiff".into())), "not a JPEG, PNG"),
+            (SearchError::Image(ImageError::Io { source: io() }), "could not be read"),
+            (SearchError::NoIndex("no index in /srv/lookalike/runs/index".into()), "/reindex"),
+            (SearchError::Models("tensor shape mismatch at src/vision/mod.rs:120".into()), "went wrong on my side"),
+            (SearchError::Busy(8, 3), "try again in 3 s"),
+        ];
+        for (error, expected) in cases {
+            let text = explain(&error);
+            assert!(text.contains(expected), "{text}");
+            assert!(!text.contains("/srv") && !text.contains(".rs") && !text.contains("limits.") && !text.contains('{'), "{text}");
+        }
+    }
 
     #[test]
     fn chat_text_loses_the_mentions_that_addressed_the_bot() {

@@ -52,8 +52,7 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow:
     let started = std::time::Instant::now();
     let (_, examples, _) = data::labelled(dir, Some(&ensemble.info.classes)).or_else(|_| data::labelled(&dir.join("val"), Some(&ensemble.info.classes)))?;
     anyhow::ensure!(!examples.is_empty(), "{} has no images in category sub-folders", dir.display());
-    let progress = indicatif::ProgressBar::new(examples.len() as u64);
-    progress.set_style(indicatif::ProgressStyle::with_template("eval {bar:30} {pos}/{len} images, {per_sec}, eta {eta}").expect("static template"));
+    let progress = crate::progress::bar(examples.len() as u64, "eval {bar:30} {pos}/{len} images, {per_sec}, eta {eta}");
     let backbone_count = ensemble.backbones.len();
     let mut per_backbone: Vec<Vec<(usize, usize)>> = vec![Vec::new(); backbone_count];
     let mut vote = Vec::new();
@@ -71,7 +70,7 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow:
                 Err(err) => skipped.push((example.path.clone(), err.to_string())),
             }
         }
-        for (classification, truth) in ensemble.classify(&images).into_iter().zip(truths) {
+        for (classification, truth) in ensemble.classify(&images)?.into_iter().zip(truths) {
             pooled.push(classification.pooled.clone());
             penultimate.push(classification.penultimate.clone());
             labels.push(truth as i64);
