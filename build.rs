@@ -27,10 +27,7 @@ fn main() {
 
 fn torch_dir_from_python() -> Option<PathBuf> {
     let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
-    let output = Command::new(python)
-        .args(["-c", "import os, torch; print(os.path.dirname(torch.__file__))"])
-        .output()
-        .ok()?;
+    let output = Command::new(python).args(["-c", "import os, torch; print(os.path.dirname(torch.__file__))"]).output().ok()?;
     if !output.status.success() {
         return None;
     }

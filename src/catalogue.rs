@@ -96,8 +96,7 @@ impl MetadataTable {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the catalogue metadata {} (config catalogue.metadata)", path.display()))?;
         let json = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
         let rows = if json { Self::parse_json_lines(&text) } else { Self::parse_csv(&text) };
-        rows.with_context(|| format!("{} is not valid catalogue metadata", path.display()))
-            .map(|rows| MetadataTable { rows })
+        rows.with_context(|| format!("{} is not valid catalogue metadata", path.display())).map(|rows| MetadataTable { rows })
     }
 
     fn parse_csv(text: &str) -> anyhow::Result<HashMap<String, Metadata>> {

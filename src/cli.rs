@@ -6,11 +6,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, Profile, TextMethod};
-use crate::text::{self, IntentReader, TextModelPaths, Vocabulary};
 use crate::imaging::ImageLimits;
-use crate::vision::data::{export_fashion_mnist, FashionMnistExport};
-use crate::vision;
 use crate::search::{self, Query, SearchService};
+use crate::text::{self, IntentReader, TextModelPaths, Vocabulary};
+use crate::vision;
+use crate::vision::data::{export_fashion_mnist, FashionMnistExport};
 use crate::worker::ModelWorker;
 use crate::{bench, models, plot};
 
@@ -24,8 +24,9 @@ Examples:
   lookalike intent \"a bed like this, but wooden\"  which category does a sentence name?
   DISCORD_TOKEN=... lookalike serve               run the Discord bot
 
-Configuration: config/lookalike.toml (or --config FILE); any key can be overridden as
-LOOKALIKE__SECTION__KEY, e.g. LOOKALIKE__INDEX__METRIC=euclidean. Logs: RUST_LOG=debug.";
+Configuration: config/lookalike.toml, or --config FILE naming only the keys it changes; any
+key can be overridden as LOOKALIKE__SECTION__KEY, e.g. LOOKALIKE__INDEX__METRIC=euclidean.
+Logs: RUST_LOG=debug.";
 
 /// Visual product search: a photo (and a sentence) in, the closest catalogue items out.
 ///
@@ -275,7 +276,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 config.catalogue.dir = dir;
             }
             let service = SearchService::start(&config)?;
-            reindex_with_bar(&service)
+            search::reindex_with_bar(&service)
         }
         Command::Search(args) => search(&args, config),
         Command::Demo => crate::demo::run(config),
@@ -295,20 +296,6 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             None => bench::suite(config, args.rounds, &args.profile, args.catalogue_size.unwrap_or(100), !args.no_python),
         },
     }
-}
-
-/// Re-indexes `catalogue.dir` with a progress bar, and prints what changed.
-pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<()> {
-    let bar = crate::progress::bar(0, "index {bar:30} {pos}/{len} images to embed, {msg}");
-    let summary = service.reindex(&mut |progress| {
-        bar.set_length(progress.total as u64);
-        bar.set_position(progress.done as u64);
-        let eta = progress.eta_s().map_or("eta -".to_string(), |s| format!("eta {s:.0} s"));
-        bar.set_message(format!("{:.1} images/s, {eta}", progress.rate()));
-    })?;
-    bar.finish_and_clear();
-    print!("{}", crate::index::render_summary(&summary, crate::index::Audience::Operator));
-    Ok(())
 }
 
 fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
@@ -375,10 +362,7 @@ fn intent_eval(path: &std::path::Path, methods: &[TextMethod], json: bool, confi
         report.push((setup, outcome));
     }
     if json {
-        let rows: Vec<serde_json::Value> = report
-            .iter()
-            .map(|(setup, outcome)| serde_json::json!({ "methods": setup, "evaluation": outcome }))
-            .collect();
+        let rows: Vec<serde_json::Value> = report.iter().map(|(setup, outcome)| serde_json::json!({ "methods": setup, "evaluation": outcome })).collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
@@ -386,13 +370,7 @@ fn intent_eval(path: &std::path::Path, methods: &[TextMethod], json: bool, confi
     println!("{:<22} {:>9} {:>15} {:>11}", "methods", "accuracy", "names category", "says none");
     for (setup, outcome) in &report {
         let name = setup.iter().map(|m| format!("{m:?}").to_lowercase()).collect::<Vec<_>>().join(" + ");
-        println!(
-            "{:<22} {:>8.1}% {:>14.1}% {:>10.1}%",
-            name,
-            100.0 * outcome.accuracy,
-            100.0 * outcome.named_accuracy,
-            100.0 * outcome.none_accuracy
-        );
+        println!("{:<22} {:>8.1}% {:>14.1}% {:>10.1}%", name, 100.0 * outcome.accuracy, 100.0 * outcome.named_accuracy, 100.0 * outcome.none_accuracy);
     }
     if let Some((_, outcome)) = report.last() {
         for miss in &outcome.misses {

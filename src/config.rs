@@ -214,9 +214,9 @@ pub struct DiscordConfig {
 }
 
 impl Config {
-    /// Reads the config the CLI would: `explicit` (from `--config`), else `config/lookalike.toml`
-    /// in the working directory when present, else the compiled-in default; then the process
-    /// environment's overrides.
+    /// Reads the config the CLI would, in layers: the compiled-in defaults, then `explicit`
+    /// (from `--config`) or else `config/lookalike.toml` in the working directory when present,
+    /// each naming only the keys it changes; then the process environment's overrides.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let local = Path::new("config/lookalike.toml");
         let (origin, text) = match explicit {
@@ -227,26 +227,19 @@ impl Config {
         Config::parse(&origin, &text, std::env::vars())
     }
 
-    /// Parses `text`, applies `LOOKALIKE__SECTION__KEY` overrides found in `env`, and validates.
-    pub fn parse(
-        origin: &str,
-        text: &str,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|err| ConfigError::Invalid { origin: origin.to_string(), message: explain(err.message()) })?;
-        let mut overrides: Vec<(String, String)> =
-            env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
+    /// Parses `text` over the defaults, applies `LOOKALIKE__SECTION__KEY` overrides found in
+    /// `env`, and validates. Unknown keys fail, named, wherever they come from.
+    pub fn parse(origin: &str, text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(DEFAULT_TOML).expect("the built-in default config parses (a test checks)");
+        let file: toml::Table = toml::from_str(text).map_err(|err| ConfigError::Invalid { origin: origin.to_string(), message: explain(err.message()) })?;
+        layer(&mut table, file);
+        let mut overrides: Vec<(String, String)> = env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
         overrides.sort();
         for (var, value) in &overrides {
             apply_override(&mut table, var, value)?;
         }
         let config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|err| {
-            let origin = if overrides.is_empty() {
-                origin.to_string()
-            } else {
-                format!("{origin} (with overrides from {})", names(&overrides))
-            };
+            let origin = if overrides.is_empty() { origin.to_string() } else { format!("{origin} (with overrides from {})", names(&overrides)) };
             ConfigError::Invalid { origin, message: explain(err.message()) }
         })?;
         config.validate()?;
@@ -284,6 +277,18 @@ impl Config {
     }
 }
 
+/// `over`'s keys replace `base`'s, section by section.
+fn layer(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(section)), toml::Value::Table(changes)) => layer(section, changes),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
 }
@@ -309,10 +314,7 @@ fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), C
     if path.len() != 2 || path.iter().any(String::is_empty) {
         return Err(bad("expected the form LOOKALIKE__SECTION__KEY, for example LOOKALIKE__INDEX__METRIC".into()));
     }
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut parsed| parsed.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|mut parsed| parsed.remove("v")).unwrap_or_else(|| toml::Value::String(raw.to_string()));
     let section = table
         .get_mut(&path[0])
         .and_then(toml::Value::as_table_mut)
@@ -341,6 +343,16 @@ mod tests {
     }
 
     #[test]
+    fn an_operators_file_names_only_what_it_changes() {
+        let config = parse("[index]\nmetric = \"euclidean\"\n", &[("LOOKALIKE__SEARCH__DEFAULT_K", "7")]).unwrap();
+        assert_eq!(config.index.metric, Metric::Euclidean, "the file's key");
+        assert_eq!(config.search.default_k, 7, "the environment over the file");
+        assert_eq!(config.index.near_duplicate_cosine, 0.999, "every other key from the defaults");
+        let message = parse("[index]\nmetrc = \"euclidean\"\n", &[]).unwrap_err().to_string();
+        assert!(message.contains("metrc"), "an unknown key still fails, named: {message}");
+    }
+
+    #[test]
     fn committed_default_parses_and_uses_the_offline_kit() {
         let config = parse(DEFAULT_TOML, &[]).expect("config/lookalike.toml must parse");
         assert_eq!(config.models.profile, Profile::Kit);
@@ -358,11 +370,7 @@ mod tests {
                 continue;
             }
             let previous = lines[..number].iter().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim());
-            assert!(
-                previous.is_some_and(|p| p.starts_with('#')),
-                "key on line {} has no comment above it: {line}",
-                number + 1
-            );
+            assert!(previous.is_some_and(|p| p.starts_with('#')), "key on line {} has no comment above it: {line}", number + 1);
         }
     }
 

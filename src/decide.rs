@@ -28,12 +28,7 @@ pub struct BackboneVote {
 impl BackboneVote {
     /// The backbone's top-1 category index and its probability.
     pub fn top(&self) -> (usize, f32) {
-        self.probabilities
-            .iter()
-            .cloned()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .unwrap_or((0, 0.0))
+        self.probabilities.iter().cloned().enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or((0, 0.0))
     }
 }
 
@@ -62,6 +57,14 @@ impl Tally {
 }
 
 impl ImageVote {
+    /// Each backbone's pick: (backbone, its top category, that category's probability).
+    pub fn picks(&self) -> impl Iterator<Item = (&str, &str, f32)> {
+        self.backbones.iter().map(|b| {
+            let (top, probability) = b.top();
+            (b.backbone.as_str(), self.categories.get(top).map_or("?", String::as_str), probability)
+        })
+    }
+
     pub fn tally(&self) -> Tally {
         let count = self.categories.len();
         let mut votes = vec![0usize; count];
@@ -130,9 +133,11 @@ pub fn decide(vote: &ImageVote, intent: Option<&Intent>, max_categories: usize) 
     }
     categories.dedup();
     let mut seen = Vec::new();
-    categories.retain(|c| !seen.contains(c) && {
-        seen.push(c.clone());
-        true
+    categories.retain(|c| {
+        !seen.contains(c) && {
+            seen.push(c.clone());
+            true
+        }
     });
     categories.truncate(max_categories.max(1));
     Decision { categories, reasons }
@@ -140,22 +145,8 @@ pub fn decide(vote: &ImageVote, intent: Option<&Intent>, max_categories: usize) 
 
 fn describe_vote(vote: &ImageVote, tally: &Tally) -> String {
     let (winner, votes, mean) = tally.winner();
-    let each: Vec<String> = vote
-        .backbones
-        .iter()
-        .map(|b| {
-            let (top, probability) = b.top();
-            format!("{} {} {:.2}", b.backbone, vote.categories[top], probability)
-        })
-        .collect();
-    format!(
-        "image vote '{}' {} of {} (mean {:.2}): {}",
-        vote.categories[winner],
-        votes,
-        tally.voters,
-        mean,
-        each.join(", ")
-    )
+    let each: Vec<String> = vote.picks().map(|(backbone, category, probability)| format!("{backbone} {category} {probability:.2}")).collect();
+    format!("image vote '{}' {} of {} (mean {:.2}): {}", vote.categories[winner], votes, tally.voters, mean, each.join(", "))
 }
 
 fn quoted(names: &[String]) -> String {
@@ -184,13 +175,7 @@ mod tests {
     }
 
     fn intent(category: Option<&str>, negated: &[&str]) -> Intent {
-        Intent {
-            category: category.map(str::to_string),
-            score: 0.91,
-            decided_by: category.map(|_| TextMethod::Lexical),
-            negated: negated.iter().map(|s| s.to_string()).collect(),
-            methods: Vec::new(),
-        }
+        Intent { category: category.map(str::to_string), score: 0.91, decided_by: category.map(|_| TextMethod::Lexical), negated: negated.iter().map(|s| s.to_string()).collect(), methods: Vec::new() }
     }
 
     #[test]

@@ -22,12 +22,8 @@ const CATALOGUE_PER_CLASS: usize = 30;
 pub const SHEET: &str = "runs/demo-sheet.png";
 
 /// The demo's queries: a held-out test image of a category, and what the shopper says.
-const QUERIES: [(&str, Option<&str>); 4] = [
-    ("sneaker", None),
-    ("sneaker", Some("like this, but a sandal")),
-    ("pullover", Some("a coat like this")),
-    ("shirt", Some("not a t-shirt, something like this")),
-];
+const QUERIES: [(&str, Option<&str>); 4] =
+    [("sneaker", None), ("sneaker", Some("like this, but a sandal")), ("pullover", Some("a coat like this")), ("shirt", Some("not a t-shirt, something like this"))];
 
 pub fn run(config: &Config) -> anyhow::Result<()> {
     let manifest = models::Manifest::load(&config.models.dir)?;
@@ -70,7 +66,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     // 3. The index, incrementally.
     let service = SearchService::start(&config)?;
     println!("indexing {} ({} profile, {} embeddings)", config.catalogue.dir.display(), config.models.profile, config.index.embedding.as_str());
-    crate::cli::reindex_with_bar(&service)?;
+    search::reindex_with_bar(&service)?;
 
     // 4. Queries with images the catalogue does not hold.
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

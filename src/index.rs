@@ -252,11 +252,7 @@ impl Index {
 
     /// Category names with their item counts (duplicates included), in index order.
     pub fn category_counts(&self) -> Vec<(String, usize)> {
-        self.manifest
-            .categories
-            .iter()
-            .map(|c| (c.name.clone(), self.manifest.items[c.first_row..c.first_row + c.rows].iter().map(|i| 1 + i.duplicates.len()).sum()))
-            .collect()
+        self.manifest.categories.iter().map(|c| (c.name.clone(), self.manifest.items[c.first_row..c.first_row + c.rows].iter().map(|i| 1 + i.duplicates.len()).sum())).collect()
     }
 
     /// Exact search inside `categories`, in that order: the first category's hits rank before
@@ -407,7 +403,7 @@ fn generations(dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf)>> {
             entry.path().is_dir().then(|| (number, entry.path()))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|generation| std::cmp::Reverse(generation.0));
     Ok(found)
 }
 
@@ -438,44 +434,53 @@ pub enum ReindexError {
     Failed(#[from] anyhow::Error),
 }
 
-/// Held while a re-index runs, across processes: a file naming the process; a file left by a
-/// process that no longer exists (killed mid-run) is taken over.
+/// Held while a re-index runs, across processes: an OS lock on a file in the index folder
+/// (`flock`), which the kernel releases when its holder ends however it ends, so a killed
+/// re-index never blocks the next one and a reused process id fools nothing. The file names
+/// the holder's process id, for the message only.
 pub struct ReindexLock {
     path: PathBuf,
+    /// Holds the lock until dropped.
+    _file: std::fs::File,
 }
 
 impl ReindexLock {
     pub fn acquire(dir: &Path) -> Result<ReindexLock, ReindexError> {
+        use std::os::unix::fs::MetadataExt;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create the index folder {}", dir.display()))?;
         let path = dir.join(LOCK);
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut file) => {
-                    writeln!(file, "{}", std::process::id()).context("cannot write the re-index lock")?;
-                    return Ok(ReindexLock { path });
+        for _ in 0..3 {
+            let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+                    let whom = if holder == std::process::id().to_string() {
+                        "in this process".to_string()
+                    } else if holder.is_empty() {
+                        "in another process".to_string()
+                    } else {
+                        format!("process {holder}")
+                    };
+                    return Err(ReindexError::AlreadyRunning(whom));
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = std::fs::read_to_string(&path).unwrap_or_default().trim().parse::<u32>().ok();
-                    match holder {
-                        Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => {
-                            let whom = if pid == std::process::id() { "in this process".to_string() } else { format!("process {pid}") };
-                            return Err(ReindexError::AlreadyRunning(whom));
-                        }
-                        _ => {
-                            tracing::warn!("taking over a re-index lock left by a process that has ended: {}", path.display());
-                            let _ = std::fs::remove_file(&path);
-                        }
-                    }
-                }
-                Err(err) => return Err(anyhow::Error::new(err).context(format!("cannot create {}", path.display())).into()),
+                Err(std::fs::TryLockError::Error(err)) => return Err(anyhow::Error::new(err).context(format!("cannot lock {}", path.display())).into()),
+            }
+            // The last holder removes the file as it finishes: a lock on a file the path no
+            // longer names guards nothing, so open the path again.
+            let same = std::fs::metadata(&path).is_ok_and(|now| file.metadata().is_ok_and(|held| (held.dev(), held.ino()) == (now.dev(), now.ino())));
+            if same {
+                file.set_len(0).and_then(|_| writeln!(file, "{}", std::process::id())).context("cannot write the re-index lock")?;
+                return Ok(ReindexLock { path, _file: file });
             }
         }
-        Err(ReindexError::AlreadyRunning("another process took the lock first".into()))
+        Err(ReindexError::AlreadyRunning("in another process, which took the lock first".into()))
     }
 }
 
 impl Drop for ReindexLock {
     fn drop(&mut self) {
+        // Removed while still locked: nobody can lock this file after us, only a new one.
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -535,10 +540,7 @@ pub fn render_summary(summary: &ReindexSummary, audience: Audience) -> String {
         Audience::Chat => format!("index generation {} written in {:.1} s\n", summary.generation, summary.seconds),
     };
     out.push_str(&format!("  {} files, {} vectors ({} duplicate files stored once)\n", summary.files, summary.vectors, summary.duplicates));
-    out.push_str(&format!(
-        "  added {}, changed {}, removed {}, unchanged {}; {} images embedded\n",
-        summary.added, summary.changed, summary.removed, summary.unchanged, summary.embedded
-    ));
+    out.push_str(&format!("  added {}, changed {}, removed {}, unchanged {}; {} images embedded\n", summary.added, summary.changed, summary.removed, summary.unchanged, summary.embedded));
     if !summary.failed.is_empty() {
         out.push_str(&format!("  {} files could not be indexed:\n", summary.failed.len()));
         for failure in &summary.failed {
@@ -581,6 +583,9 @@ pub struct ReindexJob<'a> {
 /// Embeds images by path, one result per path (a reason when the image is unusable).
 pub type Embedder<'a> = dyn FnMut(&[PathBuf]) -> Vec<Result<Vec<f32>, String>> + 'a;
 
+/// A file's (size, modification time in ns): unchanged, its hash can be trusted.
+type FileStat = (u64, i64);
+
 /// Re-indexes the catalogue against `previous`: files whose content hash is already indexed
 /// (under the same embedding key) keep their vector, new and changed ones are embedded in
 /// chunks, removed ones are dropped; then the new generation is saved. The caller holds the
@@ -590,15 +595,11 @@ pub fn reindex(job: &ReindexJob, previous: Option<&Index>, embed: &mut Embedder,
     let scan = catalogue::scan(job.catalogue)?;
     let reusable = previous.filter(|p| &p.manifest.key == job.key);
     if let (Some(previous), None) = (previous, reusable) {
-        tracing::info!(
-            "the previous index was built with {:?}, now {:?}: every image is embedded again",
-            previous.manifest.key,
-            job.key
-        );
+        tracing::info!("the previous index was built with {:?}, now {:?}: every image is embedded again", previous.manifest.key, job.key);
     }
     // What the previous generation knew: hash by id (with size and time), row by hash.
     // Duplicates are known by hash only, so they are hashed again.
-    let mut known_files: HashMap<&str, (&str, Option<(u64, i64)>)> = HashMap::new();
+    let mut known_files: HashMap<&str, (&str, Option<FileStat>)> = HashMap::new();
     let mut known_rows: HashMap<&str, usize> = HashMap::new();
     if let Some(previous) = previous {
         for (row, item) in previous.manifest.items.iter().enumerate() {
@@ -649,10 +650,7 @@ pub fn reindex(job: &ReindexJob, previous: Option<&Index>, embed: &mut Embedder,
     let removed = known_files.keys().filter(|id| !present.contains(**id)).count();
 
     // Vectors: reused by hash, or embedded.
-    let mut vectors: Vec<Option<Vec<f32>>> = by_hash
-        .iter()
-        .map(|(hash, _)| reusable.and_then(|p| known_rows.get(hash.as_str()).map(|&row| p.vector(row).to_vec())))
-        .collect();
+    let mut vectors: Vec<Option<Vec<f32>>> = by_hash.iter().map(|(hash, _)| reusable.and_then(|p| known_rows.get(hash.as_str()).map(|&row| p.vector(row).to_vec()))).collect();
     let missing: Vec<usize> = (0..by_hash.len()).filter(|&slot| vectors[slot].is_none()).collect();
     let embed_started = Instant::now();
     let mut done = 0;
@@ -836,14 +834,15 @@ mod tests {
     }
 
     #[test]
-    fn the_lock_refuses_a_second_reindex_and_takes_over_a_dead_ones() {
+    fn the_lock_refuses_a_second_reindex_and_survives_a_reused_process_id() {
         let dir = tempfile::tempdir().unwrap();
         let held = ReindexLock::acquire(dir.path()).unwrap();
         let err = ReindexLock::acquire(dir.path()).err().unwrap();
         assert!(err.to_string().contains("already running (in this process)"), "{err}");
         drop(held);
-        // A pid that cannot exist (above the kernel's pid_max): its lock is stale.
-        std::fs::write(dir.path().join(LOCK), "4294967295\n").unwrap();
+        // A file left by a killed holder whose process id now belongs to a live process (this
+        // one): nobody holds the OS lock, so it is taken over.
+        std::fs::write(dir.path().join(LOCK), format!("{}\n", std::process::id())).unwrap();
         let taken = ReindexLock::acquire(dir.path()).unwrap();
         drop(taken);
         assert!(!dir.path().join(LOCK).exists());
@@ -874,6 +873,29 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    #[test]
+    fn a_summary_for_chat_names_no_path() {
+        let summary = ReindexSummary {
+            generation: 4,
+            path: PathBuf::from("/srv/shop/index/gen-4"),
+            files: 2,
+            vectors: 2,
+            added: 1,
+            changed: 0,
+            removed: 0,
+            unchanged: 1,
+            embedded: 1,
+            duplicates: 0,
+            failed: vec![Failure { id: "bag/b.png".into(), reason: "the file is empty".into() }],
+            not_images: vec![PathBuf::from("/srv/shop/catalogue/bag/notes.txt")],
+            seconds: 1.5,
+        };
+        let chat = render_summary(&summary, Audience::Chat);
+        assert!(!chat.contains("/srv"), "{chat}");
+        assert!(chat.contains("generation 4") && chat.contains("bag/b.png: the file is empty") && chat.contains("bag/notes.txt"), "{chat}");
+        assert!(render_summary(&summary, Audience::Operator).contains("/srv/shop/index/gen-4"), "operators see where it went");
     }
 
     #[test]

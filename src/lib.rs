@@ -11,7 +11,7 @@
 //! |----------|------|------------------|
 //! | [`config`] | typed config from `config/lookalike.toml` + `LOOKALIKE__SECTION__KEY` overrides, validated at start-up; the token only from `DISCORD_TOKEN` | everything else |
 //! | [`files`]  | files written whole or not at all (temporary file, flush, rename); the heads folder's layout | everything else |
-//! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` | torch, Discord |
+//! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` | Discord, index |
 //! | [`imaging`] | decode with limits, EXIF orientation, RGB; resize, crop, per-backbone normalisation | torch models, Discord |
 //! | [`vision`] | backbone specs and networks, heads, augmentation, ensemble vote, training, evaluation | Discord, index |
 //! | [`plot`]   | PNG charts: training curves, confusion matrices, search contact sheets | torch, Discord |
@@ -19,13 +19,13 @@
 //! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; negation; "none" | index, Discord |
 //! | [`catalogue`] | the catalogue folders (one sub-folder per category), content hashes, metadata (CSV / JSON lines) | torch, Discord |
 //! | [`index`]  | unit vectors per category as contiguous matrices, exact top-k, generations on disk (checksummed, swapped atomically, fallback past damage), incremental re-index, the re-index lock | torch, Discord |
-//! | [`search`] | `SearchService`, the one entry point of the CLI and the bot: decode, micro-batched models, decide, search, timings; re-index while serving | Discord |
+//! | [`search`] | `SearchService`, the one entry point of the CLI and the bot: decode, micro-batched models, decide, search, timings; re-index while serving. Its model thread is private (the bench has one named hook) | Discord |
 //! | [`decide`] | image vote + text intent -> ordered categories to search, with reasons (pure) | torch, Discord |
 //! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out | Discord |
 //! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run | Discord |
 //! | [`demo`]   | `lookalike demo`: the Fashion-MNIST catalogue, heads if missing, index, queries, contact sheet | Discord |
-//! | [`discord`] | the bot: serenity client (optionally through `discord.api_proxy`), slash / chat / message-menu searches, buttons, `/reindex`, attachment checks, rendering a `SearchOutcome` as embeds | torch, index internals |
-//! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it | Discord |
+//! | [`discord`] | the bot: serenity client (optionally through `discord.api_proxy`); one file per command or interaction (`search`, `mention`, `buttons`, `catalogue`, `help`, `reindex`); `explain`, the one place that words failures for users; attachment checks; the bounded store of recent searches; rendering a `SearchOutcome` as embeds | torch, index internals |
+//! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it. Nothing calls back into it | Discord |
 //!
 //! # Invariants
 //!
@@ -42,8 +42,8 @@ pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod demo;
-pub mod files;
 pub mod discord;
+pub mod files;
 pub mod imaging;
 pub mod index;
 pub mod models;

@@ -91,15 +91,15 @@ pub enum FileState {
     Verified,
     Missing,
     /// Present, but not the bytes the manifest pins: re-install it.
-    Damaged { actual_sha256: String },
+    Damaged {
+        actual_sha256: String,
+    },
 }
 
 impl Manifest {
     pub fn load(models_dir: &Path) -> anyhow::Result<Manifest> {
         let path = models_dir.join("manifest.toml");
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("cannot read the model manifest {}: set models.dir to the folder that holds manifest.toml", path.display())
-        })?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read the model manifest {}: set models.dir to the folder that holds manifest.toml", path.display()))?;
         toml::from_str(&text).with_context(|| format!("{} is not a valid manifest", path.display()))
     }
 
@@ -180,14 +180,7 @@ pub fn status(manifest: &Manifest, models_dir: &Path, profile: Option<Profile>) 
             bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             files.push((file.path.clone(), file.state(models_dir)?));
         }
-        rows.push(ModelStatus {
-            id: model.id.clone(),
-            profile: model.profile,
-            role: model.role,
-            licence: model.licence.clone(),
-            bytes,
-            files,
-        });
+        rows.push(ModelStatus { id: model.id.clone(), profile: model.profile, role: model.role, licence: model.licence.clone(), bytes, files });
     }
     Ok(rows)
 }
@@ -226,22 +219,14 @@ pub fn render_status(rows: &[ModelStatus]) -> String {
 
 /// One line on the libtorch this binary runs on, so a broken install shows up at once.
 pub fn torch_summary() -> String {
-    let cuda = if tch::Cuda::is_available() {
-        format!("CUDA with {} GPU(s)", tch::Cuda::device_count())
-    } else {
-        "CPU only (no CUDA GPU visible)".to_string()
-    };
+    let cuda = if tch::Cuda::is_available() { format!("CUDA with {} GPU(s)", tch::Cuda::device_count()) } else { "CPU only (no CUDA GPU visible)".to_string() };
     format!("libtorch: {cuda}, {} threads", tch::get_num_threads())
 }
 
 /// Runs the offline kit's set-up script, which owns the registry downloads and converters.
 pub fn fetch_kit(models_dir: &Path) -> anyhow::Result<()> {
     let script = models_dir.join("setup.py");
-    let status = std::process::Command::new(python())
-        .arg(&script)
-        .arg("install")
-        .status()
-        .with_context(|| format!("cannot run {} with {}", script.display(), python()))?;
+    let status = std::process::Command::new(python()).arg(&script).arg("install").status().with_context(|| format!("cannot run {} with {}", script.display(), python()))?;
     if !status.success() {
         bail!("the offline kit set-up failed (see above); `make setup` runs the same step");
     }
@@ -254,16 +239,10 @@ fn python() -> String {
 
 /// Downloads, checks and converts every file of the chapter profile that is not yet installed.
 pub async fn fetch_chapter(manifest: &Manifest, models_dir: &Path) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .context("cannot build the HTTP client")?;
+    let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().context("cannot build the HTTP client")?;
     let mirror = std::env::var(MIRROR_ENV).ok();
-    let pending: Vec<(&ModelEntry, &FileEntry)> = manifest
-        .profile(Profile::Chapter)
-        .flat_map(|model| model.files.iter().map(move |file| (model, file)))
-        .filter(|(_, file)| !matches!(file.state(models_dir), Ok(FileState::Verified)))
-        .collect();
+    let pending: Vec<(&ModelEntry, &FileEntry)> =
+        manifest.profile(Profile::Chapter).flat_map(|model| model.files.iter().map(move |file| (model, file))).filter(|(_, file)| !matches!(file.state(models_dir), Ok(FileState::Verified))).collect();
     if pending.is_empty() {
         println!("every chapter model is installed and verified");
         return Ok(());
@@ -379,13 +358,8 @@ fn install_download(file: &FileEntry, download: &Path, models_dir: &Path) -> any
         Convert::TorchPickle | Convert::NdfSqueezenet => {
             let kind = if file.convert == Convert::TorchPickle { "torch-pickle" } else { "ndf-squeezenet" };
             let script = models_dir.join("setup.py");
-            let output = std::process::Command::new(python())
-                .arg(&script)
-                .args(["convert", kind])
-                .arg(download)
-                .arg(&destination)
-                .output()
-                .with_context(|| format!("cannot run {}", script.display()))?;
+            let output =
+                std::process::Command::new(python()).arg(&script).args(["convert", kind]).arg(download).arg(&destination).output().with_context(|| format!("cannot run {}", script.display()))?;
             if !output.status.success() {
                 bail!("converting {} failed: {}", download.display(), String::from_utf8_lossy(&output.stderr).trim());
             }
@@ -394,8 +368,7 @@ fn install_download(file: &FileEntry, download: &Path, models_dir: &Path) -> any
     }
     let actual = sha256_file(&destination)?;
     if file.sha256.is_empty() {
-        std::fs::write(file.recorded_hash_path(models_dir), format!("{actual}  {}\n", file.path.display()))
-            .context("cannot record the installed file's sha256")?;
+        std::fs::write(file.recorded_hash_path(models_dir), format!("{actual}  {}\n", file.path.display())).context("cannot record the installed file's sha256")?;
     } else if actual != file.sha256 {
         std::fs::remove_file(&destination)?;
         bail!("{} converted to sha256 {actual}, not the pinned {}; removed", destination.display(), file.sha256);
@@ -443,8 +416,7 @@ mod tests {
                 }
                 Profile::Chapter => {
                     for file in model.files.iter().filter(|f| f.convert == Convert::TorchPickle) {
-                        let pinned = file.url_sha256.as_deref().is_some_and(is_sha)
-                            || file.url_sha256_prefix.as_deref().is_some_and(|p| p.len() == 8 && file.url.as_deref().unwrap_or("").contains(p));
+                        let pinned = file.url_sha256.as_deref().is_some_and(is_sha) || file.url_sha256_prefix.as_deref().is_some_and(|p| p.len() == 8 && file.url.as_deref().unwrap_or("").contains(p));
                         assert!(pinned, "{}: download not checked", model.id);
                     }
                     assert!(model.files.iter().all(|f| f.url.is_some()), "{}: a file has no url", model.id);
@@ -455,10 +427,7 @@ mod tests {
 
     #[test]
     fn mirror_replaces_scheme_and_host_only() {
-        assert_eq!(
-            with_mirror("https://download.pytorch.org/models/vgg16-397923af.pth", Some("http://127.0.0.1:9/")),
-            "http://127.0.0.1:9/models/vgg16-397923af.pth"
-        );
+        assert_eq!(with_mirror("https://download.pytorch.org/models/vgg16-397923af.pth", Some("http://127.0.0.1:9/")), "http://127.0.0.1:9/models/vgg16-397923af.pth");
         assert_eq!(with_mirror("https://a.b/c", None), "https://a.b/c");
     }
 }

@@ -22,19 +22,16 @@ pub struct EpochRecord {
     pub phase: String,
 }
 
-const FONT_PATHS: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-];
+const FONT_PATHS: [&str; 3] = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
 
 fn register_font() -> anyhow::Result<()> {
     static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            let bytes = FONT_PATHS.iter().find_map(|path| std::fs::read(path).ok()).ok_or_else(|| {
-                "no DejaVu Sans font found for chart labels: install Debian's fonts-dejavu-core (`make setup` does)".to_string()
-            })?;
+            let bytes = FONT_PATHS
+                .iter()
+                .find_map(|path| std::fs::read(path).ok())
+                .ok_or_else(|| "no DejaVu Sans font found for chart labels: install Debian's fonts-dejavu-core (`make setup` does)".to_string())?;
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
             plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| "DejaVu Sans could not be read".to_string())
         })
@@ -83,9 +80,7 @@ pub fn training_curves(path: &Path, history: &[EpochRecord]) -> anyhow::Result<(
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .label(backbone.to_string())
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
-                chart
-                    .draw_series(DashedLineSeries::new(rows.iter().map(|r| (r.epoch as f64, pick(r).0)), 6, 4, colour.stroke_width(1)))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                chart.draw_series(DashedLineSeries::new(rows.iter().map(|r| (r.epoch as f64, pick(r).0)), 6, 4, colour.stroke_width(1))).map_err(|e| anyhow::anyhow!("{e}"))?;
             }
             chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 13)).draw().map_err(|e| anyhow::anyhow!("{e}"))?;
         }

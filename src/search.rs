@@ -22,18 +22,28 @@ use sha2::{Digest, Sha256};
 use crate::catalogue::MetadataTable;
 use crate::config::{Config, EmbeddingSource};
 use crate::decide::{decide, Decision, ImageVote};
+use crate::files::heads;
 use crate::imaging::{self, ImageError, ImageLimits};
 use crate::index::{self, EmbeddingKey, Hit, Index, Progress, ReindexError, ReindexJob, ReindexLock, ReindexSummary, SearchParams};
 use crate::text::{Intent, IntentReader, TextModelPaths, Vocabulary};
-use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, GPU_BATCH_SIZES, HEAD_WIDTH};
-use crate::files::heads;
 use crate::vision;
+use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, GPU_BATCH_SIZES, HEAD_WIDTH};
 use crate::worker::ModelWorker;
 
-/// Everything the model thread owns.
-pub struct Models {
-    pub ensemble: Ensemble,
-    pub intent: IntentReader,
+/// Everything the model thread owns; nothing outside this module reaches it.
+struct Models {
+    ensemble: Ensemble,
+    intent: IntentReader,
+}
+
+/// The parts of the config a running service reads: how to search and index, where the
+/// catalogue and the index are, what an image may cost. Models and text are read once at start.
+#[derive(Debug, Clone)]
+struct Settings {
+    search: crate::config::SearchConfig,
+    index: crate::config::IndexConfig,
+    catalogue: crate::config::CatalogueConfig,
+    limits: ImageLimits,
 }
 
 /// One request.
@@ -139,7 +149,7 @@ pub struct SearchService {
     index: RwLock<Result<Arc<Index>, String>>,
     key: EmbeddingKey,
     source: EmbeddingSource,
-    config: Config,
+    settings: Settings,
     permits: Arc<tokio::sync::Semaphore>,
     pending: Arc<Mutex<Vec<Pending>>>,
     /// The last query's total time, for the "try again in N s" estimate.
@@ -221,16 +231,22 @@ impl SearchService {
             key,
             source,
             permits: Arc::new(tokio::sync::Semaphore::new(config.search.max_concurrent_queries.max(1))),
-            config: config.clone(),
+            settings: Settings { search: config.search.clone(), index: config.index.clone(), catalogue: config.catalogue.clone(), limits: ImageLimits::from_config(&config.limits) },
             pending: Arc::default(),
             last_total_ms: AtomicU64::new(1000),
             reindex_chunk,
         })
     }
 
-    /// Runs `job` on the model thread and waits for it (the benchmarks time single stages so).
-    pub fn on_model_thread<R: Send + 'static>(&self, job: impl FnOnce(&mut Models) -> R + Send + 'static) -> anyhow::Result<R> {
-        self.worker.run_blocking(job)
+    /// For `lookalike bench` alone: runs `probe` on the model thread with the ensemble and the
+    /// sentence reader, so that it can time single stages the way a query runs them.
+    pub fn bench_probe<R: Send + 'static>(&self, probe: impl FnOnce(&Ensemble, &mut IntentReader) -> R + Send + 'static) -> anyhow::Result<R> {
+        self.worker.run_blocking(move |models: &mut Models| probe(&models.ensemble, &mut models.intent))
+    }
+
+    /// What an image may cost here (`limits`).
+    pub fn image_limits(&self) -> ImageLimits {
+        self.settings.limits
     }
 
     /// The backbones' pooled features of `images`, each as one unit vector (the GPU check
@@ -272,10 +288,6 @@ impl SearchService {
         self.index.read().expect("index lock").clone().map_err(SearchError::NoIndex)
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// What the index's vectors must mean for these models.
     pub fn embedding_key(&self) -> &EmbeddingKey {
         &self.key
@@ -286,10 +298,10 @@ impl SearchService {
         let started = Instant::now();
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
             let seconds = self.last_total_ms.load(Ordering::Relaxed).div_ceil(1000).max(1);
-            return Err(SearchError::Busy(self.config.search.max_concurrent_queries, seconds));
+            return Err(SearchError::Busy(self.settings.search.max_concurrent_queries, seconds));
         };
         let index = self.index()?;
-        let search = &self.config.search;
+        let search = &self.settings.search;
         let k = query.k.unwrap_or(search.default_k).clamp(1, search.max_k.max(1));
         if let Some(asked) = &query.categories {
             let known: Vec<&str> = index.manifest.categories.iter().map(|c| c.name.as_str()).collect();
@@ -297,7 +309,7 @@ impl SearchService {
                 return Err(SearchError::UnknownCategory(unknown.clone(), known.join(", ")));
             }
         }
-        let limits = ImageLimits::from_config(&self.config.limits);
+        let limits = self.settings.limits;
         let bytes = query.image;
         let image = tokio::task::spawn_blocking(move || imaging::decode(&bytes, limits)).await.map_err(|e| SearchError::Models(e.to_string()))??;
         let decode_ms = millis(started.elapsed());
@@ -313,9 +325,9 @@ impl SearchService {
         let params = SearchParams {
             k,
             offset: query.page * k,
-            metric: self.config.index.metric,
-            min_similarity: self.config.index.min_similarity,
-            near_duplicate_cosine: self.config.index.near_duplicate_cosine,
+            metric: self.settings.index.metric,
+            min_similarity: self.settings.index.min_similarity,
+            near_duplicate_cosine: self.settings.index.near_duplicate_cosine,
         };
         let (embedding, categories, searched) = (understood.embedding, decision.categories.clone(), index.clone());
         let page = tokio::task::spawn_blocking(move || searched.search(&embedding, &categories, &params))
@@ -359,7 +371,7 @@ impl SearchService {
     /// callers run it on a blocking thread. Refused while another re-index runs, here or in
     /// another process. Queries go on meanwhile and see the new generation once it is saved.
     pub fn reindex(&self, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
-        let dir = &self.config.index.dir;
+        let dir = &self.settings.index.dir;
         let _lock = ReindexLock::acquire(dir)?;
         let in_memory = self.index.read().expect("index lock").clone().ok();
         // Another process may have re-indexed since this one loaded; reuse whatever is newest.
@@ -367,15 +379,19 @@ impl SearchService {
             Ok(Some((latest, _))) if in_memory.as_ref().is_none_or(|m| latest.generation() > m.generation()) => Some(Arc::new(latest)),
             _ => in_memory,
         };
-        let metadata = MetadataTable::load(&self.config.catalogue.metadata)?;
-        let job = ReindexJob { index_dir: dir, catalogue: &self.config.catalogue.dir, metadata: &metadata, key: &self.key, chunk: self.reindex_chunk, max_image_bytes: ImageLimits::from_config(&self.config.limits).max_bytes };
-        let (worker, source, limits) = (self.worker.clone(), self.source, ImageLimits::from_config(&self.config.limits));
+        let metadata = MetadataTable::load(&self.settings.catalogue.metadata)?;
+        let job =
+            ReindexJob { index_dir: dir, catalogue: &self.settings.catalogue.dir, metadata: &metadata, key: &self.key, chunk: self.reindex_chunk, max_image_bytes: self.settings.limits.max_bytes };
+        let (worker, source, limits) = (self.worker.clone(), self.source, self.settings.limits);
         let mut embed = move |paths: &[PathBuf]| -> Vec<Result<Vec<f32>, String>> {
             let decoded: Vec<Result<RgbImage, String>> = imaging::load_many(paths, limits).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
-            let (images, reasons): (Vec<_>, Vec<_>) = decoded.into_iter().map(|d| match d {
-                Ok(image) => (Some(image), None),
-                Err(reason) => (None, Some(reason)),
-            }).unzip();
+            let (images, reasons): (Vec<_>, Vec<_>) = decoded
+                .into_iter()
+                .map(|d| match d {
+                    Ok(image) => (Some(image), None),
+                    Err(reason) => (None, Some(reason)),
+                })
+                .unzip();
             let images: Vec<RgbImage> = images.into_iter().flatten().collect();
             let embedded = worker.run_blocking(move |models: &mut Models| Ok(models.ensemble.classify(&images)?.into_iter().map(|c| c.embedding(source).to_vec()).collect::<Vec<_>>())).and_then(|r| r);
             match embedded {
@@ -390,6 +406,20 @@ impl SearchService {
         *self.index.write().expect("index lock") = Ok(Arc::new(index));
         Ok(summary)
     }
+}
+
+/// Re-indexes `catalogue.dir` with a progress bar, and prints what changed.
+pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<()> {
+    let bar = crate::progress::bar(0, "index {bar:30} {pos}/{len} images to embed, {msg}");
+    let summary = service.reindex(&mut |progress| {
+        bar.set_length(progress.total as u64);
+        bar.set_position(progress.done as u64);
+        let eta = progress.eta_s().map_or("eta -".to_string(), |s| format!("eta {s:.0} s"));
+        bar.set_message(format!("{:.1} images/s, {eta}", progress.rate()));
+    })?;
+    bar.finish_and_clear();
+    print!("{}", crate::index::render_summary(&summary, crate::index::Audience::Operator));
+    Ok(())
 }
 
 /// Runs on the model thread: classifies every queued image in one batch, then reads each

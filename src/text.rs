@@ -45,8 +45,7 @@ pub struct Vocabulary {
 
 impl Vocabulary {
     pub fn load(path: &Path) -> anyhow::Result<Vocabulary> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the category vocabulary {} (config key text.vocabulary)", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the category vocabulary {} (config key text.vocabulary)", path.display()))?;
         let vocabulary: Vocabulary = toml::from_str(&text).with_context(|| format!("{} is not a valid category vocabulary", path.display()))?;
         anyhow::ensure!(!vocabulary.category.is_empty(), "{} defines no [[category]]", path.display());
         Ok(vocabulary)
@@ -181,13 +180,8 @@ const NEGATION_REACH: usize = 4;
 /// Finds every category phrase in `words`; a phrase inside a longer one ("shirt" inside
 /// "t shirt") yields only the longer one.
 pub fn mentions(words: &[String], vocabulary: &Vocabulary) -> Vec<Mention> {
-    let vocabulary_words: Vec<String> = vocabulary
-        .category
-        .iter()
-        .flat_map(|c| std::iter::once(&c.name).chain(&c.synonyms))
-        .flat_map(|phrase| tokens(phrase))
-        .map(|word| stem(&word).to_string())
-        .collect();
+    let vocabulary_words: Vec<String> =
+        vocabulary.category.iter().flat_map(|c| std::iter::once(&c.name).chain(&c.synonyms)).flat_map(|phrase| tokens(phrase)).map(|word| stem(&word).to_string()).collect();
     let mut found = Vec::new();
     for (index, category) in vocabulary.category.iter().enumerate() {
         let phrases = std::iter::once(&category.name).chain(&category.synonyms);
@@ -221,8 +215,7 @@ fn is_negated(words: &[String], start: usize) -> bool {
         Some(comma) => &window[comma + 1..],
         None => window,
     };
-    window.iter().any(|w| NEGATIONS.contains(&w.as_str()))
-        || window.windows(2).any(|pair| NEGATING_PAIRS.contains(&(pair[0].as_str(), pair[1].as_str())))
+    window.iter().any(|w| NEGATIONS.contains(&w.as_str())) || window.windows(2).any(|pair| NEGATING_PAIRS.contains(&(pair[0].as_str(), pair[1].as_str())))
 }
 
 impl Sentence {
@@ -246,10 +239,7 @@ impl Sentence {
     /// Categories every mention of which is negated: "a backpack, not a handbag" rules out
     /// nothing, since the bag is also asked for.
     pub fn negated(&self) -> impl Iterator<Item = usize> + '_ {
-        self.mentions
-            .iter()
-            .filter(|m| m.negated && self.mentions.iter().all(|o| o.category != m.category || o.negated))
-            .map(|m| m.category)
+        self.mentions.iter().filter(|m| m.negated && self.mentions.iter().all(|o| o.category != m.category || o.negated)).map(|m| m.category)
     }
 }
 
@@ -383,13 +373,7 @@ impl IntentMethod for Embedding {
             .prototypes
             .iter()
             .enumerate()
-            .map(|(index, rows)| {
-                if negated.contains(&index) {
-                    f32::NEG_INFINITY
-                } else {
-                    rows.iter().map(|row| dot(row, &query)).fold(f32::NEG_INFINITY, f32::max)
-                }
-            })
+            .map(|(index, rows)| if negated.contains(&index) { f32::NEG_INFINITY } else { rows.iter().map(|row| dot(row, &query)).fold(f32::NEG_INFINITY, f32::max) })
             .collect();
         let generic = self.generic.iter().map(|row| dot(row, &query)).fold(self.none_floor, f32::max);
         logits.push(generic);
@@ -413,11 +397,7 @@ impl Nli {
     /// BART-large-MNLI.
     pub fn load(model_dir: &Path, labels: Vec<String>, template: &str) -> anyhow::Result<Nli> {
         use rust_bert::pipelines::zero_shot_classification::{ZeroShotClassificationConfig, ZeroShotClassificationModel};
-        let config = if model_dir.as_os_str().is_empty() {
-            ZeroShotClassificationConfig::default()
-        } else {
-            local_nli_config(model_dir)?
-        };
+        let config = if model_dir.as_os_str().is_empty() { ZeroShotClassificationConfig::default() } else { local_nli_config(model_dir)? };
         let model = ZeroShotClassificationModel::new(config).context("cannot load the NLI model")?;
         Ok(Nli { model, labels, template: template.to_string() })
     }
@@ -426,12 +406,7 @@ impl Nli {
     pub fn entailment(&self, text: &str, labels: &[String]) -> anyhow::Result<Vec<f32>> {
         let template = self.template.clone();
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-        let output = self.model.predict_multilabel(
-            [text],
-            &labels,
-            Some(Box::new(move |label: &str| template.replace("{}", label))),
-            256,
-        )?;
+        let output = self.model.predict_multilabel([text], &labels, Some(Box::new(move |label: &str| template.replace("{}", label))), 256)?;
         Ok(output[0].iter().map(|label| label.score as f32).collect())
     }
 }
@@ -440,8 +415,7 @@ fn local_nli_config(dir: &Path) -> anyhow::Result<rust_bert::pipelines::zero_sho
     use rust_bert::pipelines::common::{ModelResource, ModelType};
     use rust_bert::resources::LocalResource;
     let config_path = dir.join("config.json");
-    let config_text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("{} is missing: text.nli_model_dir must hold an MNLI model", config_path.display()))?;
+    let config_text = std::fs::read_to_string(&config_path).with_context(|| format!("{} is missing: text.nli_model_dir must hold an MNLI model", config_path.display()))?;
     let model_type_name = serde_json::from_str::<serde_json::Value>(&config_text)?["model_type"].as_str().unwrap_or("").to_string();
     let model_type = match model_type_name.as_str() {
         "bert" => ModelType::Bert,
@@ -452,14 +426,12 @@ fn local_nli_config(dir: &Path) -> anyhow::Result<rust_bert::pipelines::zero_sho
         "albert" => ModelType::Albert,
         other => anyhow::bail!("{}: model_type {other:?} is not one lookalike can run for NLI (bert, distilbert, roberta, bart, deberta, albert)", config_path.display()),
     };
-    let weights = ["model.safetensors", "rust_model.ot"].iter().map(|name| dir.join(name)).find(|path| path.exists()).with_context(|| {
-        format!("{} has neither model.safetensors nor rust_model.ot", dir.display())
-    })?;
-    let (vocab, merges) = if dir.join("vocab.txt").exists() {
-        (dir.join("vocab.txt"), None)
-    } else {
-        (dir.join("vocab.json"), Some(dir.join("merges.txt")))
-    };
+    let weights = ["model.safetensors", "rust_model.ot"]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.exists())
+        .with_context(|| format!("{} has neither model.safetensors nor rust_model.ot", dir.display()))?;
+    let (vocab, merges) = if dir.join("vocab.txt").exists() { (dir.join("vocab.txt"), None) } else { (dir.join("vocab.json"), Some(dir.join("merges.txt"))) };
     let lower_case = matches!(model_type, ModelType::Bert | ModelType::DistilBert | ModelType::Albert);
     Ok(rust_bert::pipelines::zero_shot_classification::ZeroShotClassificationConfig::new(
         model_type,
@@ -566,9 +538,7 @@ pub fn render(intent: &Intent) -> String {
         out.push_str(&format!("ruled out: {}\n", intent.negated.join(", ")));
     }
     match (&intent.category, intent.decided_by) {
-        (Some(category), Some(method)) => {
-            out.push_str(&format!("category: {category} ({:.2}, decided by {})\n", intent.score, format!("{method:?}").to_lowercase()))
-        }
+        (Some(category), Some(method)) => out.push_str(&format!("category: {category} ({:.2}, decided by {})\n", intent.score, format!("{method:?}").to_lowercase())),
         _ => out.push_str("category: none named (the image decides)\n"),
     }
     out
@@ -616,13 +586,7 @@ pub fn evaluate(reader: &mut IntentReader, labelled: &[(String, Option<String>, 
         }
     }
     let share = |a: usize, b: usize| a as f32 / b.max(1) as f32;
-    Ok(Evaluation {
-        sentences: labelled.len(),
-        accuracy: share(correct, labelled.len()),
-        named_accuracy: share(named_correct, named),
-        none_accuracy: share(none_correct, none),
-        misses,
-    })
+    Ok(Evaluation { sentences: labelled.len(), accuracy: share(correct, labelled.len()), named_accuracy: share(named_correct, named), none_accuracy: share(none_correct, none), misses })
 }
 
 /// Reads `sentence<TAB>category-or-none<TAB>kind` lines, skipping `#` comments.
@@ -698,7 +662,9 @@ mod tests {
 
     #[test]
     fn one_edit_distance() {
-        for (a, b, expected) in [("sneekers", "sneakers", true), ("trowsers", "trousers", true), ("sandal", "sandla", true), ("coat", "boat", true), ("dress", "dresser", false), ("pullover", "pulover", true)] {
+        for (a, b, expected) in
+            [("sneekers", "sneakers", true), ("trowsers", "trousers", true), ("sandal", "sandla", true), ("coat", "boat", true), ("dress", "dresser", false), ("pullover", "pulover", true)]
+        {
             assert_eq!(within_one_edit(a, b), expected, "{a} {b}");
         }
         let known = vec!["shirt".to_string(), "tshirt".to_string()];

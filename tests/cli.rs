@@ -94,7 +94,7 @@ fn subcommands_parse_their_arguments() {
 fn search_and_index_explain_what_is_missing() {
     let missing_image = lookalike(&["search", "--image", "no-such-photo.jpg"], &[]);
     assert_eq!(missing_image.status.code(), Some(1));
-    assert!(text(&missing_image.stderr).contains("cannot read the query image no-such-photo.jpg"), "{}", text(&missing_image.stderr));
+    assert!(text(&missing_image.stderr).contains("cannot use the query image no-such-photo.jpg"), "{}", text(&missing_image.stderr));
     let scratch = tempfile::tempdir().unwrap();
     let heads = scratch.path().join("no-heads");
     let no_heads = lookalike(&["index"], &[("LOOKALIKE__MODELS__HEADS_DIR", heads.to_str().unwrap())]);
@@ -161,10 +161,7 @@ fn fetch_chapter_without_internet_fails_fast_and_says_what_to_do() {
     drop(closed);
     let dir = scratch_models(&std::fs::read_to_string(repo_models().join("manifest.toml")).unwrap());
     let started = std::time::Instant::now();
-    let output = lookalike(
-        &["models", "fetch", "chapter"],
-        &[("LOOKALIKE__MODELS__DIR", dir.path().to_str().unwrap()), ("LOOKALIKE_FETCH_MIRROR", &origin)],
-    );
+    let output = lookalike(&["models", "fetch", "chapter"], &[("LOOKALIKE__MODELS__DIR", dir.path().to_str().unwrap()), ("LOOKALIKE_FETCH_MIRROR", &origin)]);
     assert!(started.elapsed().as_secs() < 20, "should fail fast, took {:?}", started.elapsed());
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
@@ -180,10 +177,7 @@ fn fetch_chapter_without_internet_fails_fast_and_says_what_to_do() {
 fn fetch_chapter_deletes_a_download_with_the_wrong_hash() {
     let origin = serve_bytes(b"this is not vgg16".to_vec());
     let dir = scratch_models(&std::fs::read_to_string(repo_models().join("manifest.toml")).unwrap());
-    let output = lookalike(
-        &["models", "fetch", "chapter"],
-        &[("LOOKALIKE__MODELS__DIR", dir.path().to_str().unwrap()), ("LOOKALIKE_FETCH_MIRROR", &origin)],
-    );
+    let output = lookalike(&["models", "fetch", "chapter"], &[("LOOKALIKE__MODELS__DIR", dir.path().to_str().unwrap()), ("LOOKALIKE_FETCH_MIRROR", &origin)]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("expected 397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0") && stderr.contains("deleted"), "{stderr}");

@@ -12,7 +12,7 @@ use common::{picture, png, write_catalogue, World};
 
 #[path = "common/fake_discord.rs"]
 mod fake_discord;
-use fake_discord::{attachment, button_interaction, command_interaction, member, message, select_interaction, user, FakeDiscord, Recorded, BOT_USER};
+use fake_discord::{attachment, button_interaction, command_interaction, member, message, select_interaction, user, FakeDiscord, Invocation, Recorded, BOT_USER};
 
 const WAIT: Duration = Duration::from_secs(60);
 const SHOPPER: u64 = 910_000_000_000_000_777;
@@ -25,10 +25,7 @@ fn embeds(recorded: &Recorded) -> Vec<Value> {
 
 /// Categories of the hit embeds (every embed after the summary).
 fn hit_categories(recorded: &Recorded) -> Vec<String> {
-    embeds(recorded)[1..]
-        .iter()
-        .map(|e| e["fields"].as_array().unwrap().iter().find(|f| f["name"] == "Category").unwrap()["value"].as_str().unwrap().to_string())
-        .collect()
+    embeds(recorded)[1..].iter().map(|e| e["fields"].as_array().unwrap().iter().find(|f| f["name"] == "Category").unwrap()["value"].as_str().unwrap().to_string()).collect()
 }
 
 /// A `/search` with a photo hosted on the fake CDN; returns the interaction token.
@@ -42,7 +39,7 @@ fn slash_search(discord: &FakeDiscord, name: &str, bytes: Vec<u8>, content_type:
         options.push(json!({ "name": "text", "type": 3, "value": text }));
     }
     let resolved = json!({ "attachments": { attachment_id.to_string(): attachment(attachment_id, name, size, content_type, &url) } });
-    discord.dispatch("INTERACTION_CREATE", command_interaction(id, &token, "search", 1, json!(options), resolved, member(SHOPPER, 0, &[]), None));
+    discord.dispatch("INTERACTION_CREATE", command_interaction(id, &token, "search", Invocation::Slash(json!(options)), resolved, member(SHOPPER, 0, &[])));
     token
 }
 
@@ -54,8 +51,26 @@ fn callback_of(token: &str) -> impl Fn(&Recorded) -> bool + '_ {
     move |r| r.method == "POST" && r.path.ends_with(&format!("/{token}/callback"))
 }
 
+/// What the bot logs, captured as `RUST_LOG=lookalike=info` would print it.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[test]
 fn the_bot_answers_through_a_fake_discord() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_env_filter("lookalike=info").with_ansi(false).with_writer(move || writer.clone()).finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
     let world = World::new(8);
     let scratch = world.root.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -97,12 +112,23 @@ fn the_bot_answers_through_a_fake_discord() {
         assert_eq!(reply.body["allowed_mentions"]["parse"], json!([]), "no pings");
         assert_eq!(reply.body["components"][0]["components"][0]["custom_id"].as_str().unwrap().split(':').next(), Some("more"));
         eprintln!("scenario 1, /search with a photo: deferred after {:.0} ms, hits after {:.0} ms", to_defer.as_secs_f64() * 1e3, to_reply.as_secs_f64() * 1e3);
+        // One log line per request, inside a span with its id; the user only as a hash.
+        let log = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let line = log.lines().find(|l| l.contains("kind=\"slash\"") && l.contains("outcome=\"ok\"")).unwrap_or_else(|| panic!("no request line in:\n{log}"));
+        assert!(line.contains("request{id=") && line.contains("categories=warm") && line.contains("hits=") && line.contains("total_ms="), "{line}");
+        assert!(!line.contains(&SHOPPER.to_string()), "the user id is hashed: {line}");
         eprintln!("rendered reply (PATCH {}):\n{}", reply.path, serde_json::to_string_pretty(&reply.body).unwrap());
 
         // 2. Chat-style: a mention with a photo and a sentence that corrects the image vote.
         let photo_url = discord.host("chat.png", png(&picture("warm", 41)), 0);
         let message_id = discord.next_id();
-        let chat = message(message_id, user(SHOPPER, "shopper", false), &format!("<@{BOT_USER}> the same but in blue stripes @everyone"), vec![attachment(discord.next_id(), "chat.png", 2000, "image/png", &photo_url)], vec![user(BOT_USER, "lookalike", true)]);
+        let chat = message(
+            message_id,
+            user(SHOPPER, "shopper", false),
+            &format!("<@{BOT_USER}> the same but in blue stripes @everyone"),
+            vec![attachment(discord.next_id(), "chat.png", 2000, "image/png", &photo_url)],
+            vec![user(BOT_USER, "lookalike", true)],
+        );
         discord.dispatch("MESSAGE_CREATE", chat);
         let answer = discord.wait_for(WAIT, |r| r.method == "POST" && r.path.ends_with("/channels/900000000000000003/messages") && !embeds(r).is_empty()).await;
         assert!(embeds(&answer)[0]["title"].as_str().unwrap().starts_with("Searched: cool"), "{}", answer.body);
@@ -132,7 +158,10 @@ fn the_bot_answers_through_a_fake_discord() {
         let url = discord.host("liar.png", liar, 2);
         let token = format!("token-{id}");
         let resolved = json!({ "attachments": { attachment_id.to_string(): attachment(attachment_id, "liar.png", 4000, "image/png", &url) } });
-        discord.dispatch("INTERACTION_CREATE", command_interaction(id, &token, "search", 1, json!([{ "name": "image", "type": 11, "value": attachment_id.to_string() }]), resolved, member(SHOPPER, 0, &[]), None));
+        discord.dispatch(
+            "INTERACTION_CREATE",
+            command_interaction(id, &token, "search", Invocation::Slash(json!([{ "name": "image", "type": 11, "value": attachment_id.to_string() }])), resolved, member(SHOPPER, 0, &[])),
+        );
         let followup = discord.wait_for(WAIT, |r| r.method == "POST" && r.path.contains(&token) && !r.path.ends_with("/callback")).await;
         assert!(followup.body["content"].as_str().unwrap().contains("the limit is 1 MB") && followup.body["flags"] == 64, "{}", followup.body);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -143,7 +172,7 @@ fn the_bot_answers_through_a_fake_discord() {
         // 5. /reindex by a shopper: refused, privately.
         let id = discord.next_id();
         let token = format!("token-{id}");
-        discord.dispatch("INTERACTION_CREATE", command_interaction(id, &token, "reindex", 1, json!([]), json!({}), member(SHOPPER, 0, &[]), None));
+        discord.dispatch("INTERACTION_CREATE", command_interaction(id, &token, "reindex", Invocation::Slash(json!([])), json!({}), member(SHOPPER, 0, &[])));
         let refusal = discord.wait_for(WAIT, callback_of(&token)).await;
         assert!(refusal.body["data"]["content"].as_str().unwrap().contains("Only moderators") && refusal.body["data"]["flags"] == 64, "{}", refusal.body);
         eprintln!("scenario 5, /reindex by a non-moderator: refused: ok");
@@ -153,7 +182,7 @@ fn the_bot_answers_through_a_fake_discord() {
         write_catalogue(&scratch.join("catalogue"), 20, 60);
         let id = discord.next_id();
         let reindex_token = format!("token-{id}");
-        discord.dispatch("INTERACTION_CREATE", command_interaction(id, &reindex_token, "reindex", 1, json!([]), json!({}), member(SHOPPER + 1, MANAGE_GUILD, &[]), None));
+        discord.dispatch("INTERACTION_CREATE", command_interaction(id, &reindex_token, "reindex", Invocation::Slash(json!([])), json!({}), member(SHOPPER + 1, MANAGE_GUILD, &[])));
         let progress = discord.wait_for(WAIT, |r| r.method == "PATCH" && r.path.contains(&reindex_token) && r.body["content"].as_str().is_some_and(|c| c.starts_with("Re-indexing"))).await;
         let search_token = slash_search(&discord, "during.png", png(&picture("cool", 43)), "image/png", Some("blue stripes"), None);
         let during = discord.wait_for(WAIT, is_reply_to(&search_token)).await;
@@ -177,12 +206,25 @@ fn the_bot_answers_through_a_fake_discord() {
         // "Wrong category?": a private menu of the other categories; picking one searches it.
         let wrong = reply.body["components"][0]["components"][1]["custom_id"].as_str().unwrap().to_string();
         let token = format!("token-wrong-{}", discord.next_id());
-        discord.dispatch("INTERACTION_CREATE", button_interaction(discord.next_id(), &token, &wrong, message(discord.next_id(), user(BOT_USER, "lookalike", true), "", vec![], vec![]), member(SHOPPER, 0, &[])));
+        discord.dispatch(
+            "INTERACTION_CREATE",
+            button_interaction(discord.next_id(), &token, &wrong, message(discord.next_id(), user(BOT_USER, "lookalike", true), "", vec![], vec![]), member(SHOPPER, 0, &[])),
+        );
         let menu = discord.wait_for(WAIT, callback_of(&token)).await;
         let select = &menu.body["data"]["components"][0]["components"][0];
         assert_eq!((menu.body["data"]["flags"].clone(), select["options"][0]["value"].clone()), (json!(64), json!("cool")), "{}", menu.body);
         let token = format!("token-pick-{}", discord.next_id());
-        discord.dispatch("INTERACTION_CREATE", select_interaction(discord.next_id(), &token, select["custom_id"].as_str().unwrap(), &["cool"], message(discord.next_id(), user(BOT_USER, "lookalike", true), "", vec![], vec![]), member(SHOPPER, 0, &[])));
+        discord.dispatch(
+            "INTERACTION_CREATE",
+            select_interaction(
+                discord.next_id(),
+                &token,
+                select["custom_id"].as_str().unwrap(),
+                &["cool"],
+                message(discord.next_id(), user(BOT_USER, "lookalike", true), "", vec![], vec![]),
+                member(SHOPPER, 0, &[]),
+            ),
+        );
         let picked = discord.wait_for(WAIT, is_reply_to(&token)).await;
         assert!(hit_categories(&picked).iter().all(|c| c == "cool") && embeds(&picked)[0]["title"] == "Searched: cool", "{}", picked.body);
         eprintln!("scenario, Wrong category? -> menu -> cool: ok");
@@ -194,12 +236,12 @@ fn the_bot_answers_through_a_fake_discord() {
         let target = message(target_id, user(SHOPPER, "shopper", false), "", vec![attachment(discord.next_id(), "menu.png", 2000, "image/png", &url)], vec![]);
         let token = format!("token-menu-{}", discord.next_id());
         let resolved = json!({ "messages": { target_id.to_string(): target } });
-        discord.dispatch("INTERACTION_CREATE", command_interaction(discord.next_id(), &token, "Find similar", 3, Value::Null, resolved, member(SHOPPER, 0, &[]), Some(target_id)));
+        discord.dispatch("INTERACTION_CREATE", command_interaction(discord.next_id(), &token, "Find similar", Invocation::MessageMenu(target_id), resolved, member(SHOPPER, 0, &[])));
         let similar = discord.wait_for(WAIT, is_reply_to(&token)).await;
         assert_eq!(embeds(&similar)[1]["title"], "1. cool/03.png", "{}", similar.body);
         for (command, expected, private) in [("catalogue", "items** in 2 categories", false), ("help", "/search image:", true)] {
             let token = format!("token-{command}-{}", discord.next_id());
-            discord.dispatch("INTERACTION_CREATE", command_interaction(discord.next_id(), &token, command, 1, json!([]), json!({}), member(SHOPPER, 0, &[]), None));
+            discord.dispatch("INTERACTION_CREATE", command_interaction(discord.next_id(), &token, command, Invocation::Slash(json!([])), json!({}), member(SHOPPER, 0, &[])));
             let answer = discord.wait_for(WAIT, callback_of(&token)).await;
             assert!(answer.body["data"]["content"].as_str().unwrap().contains(expected), "{}", answer.body);
             assert_eq!(answer.body["data"]["flags"] == 64, private, "{}", answer.body);

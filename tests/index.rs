@@ -168,7 +168,11 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
 
         let (index, warnings) = Index::open_latest(&world.index).unwrap().expect("an index is always there");
         assert!(warnings.is_empty(), "round {round}: {warnings:?}");
-        if index.generation() > before { new += 1 } else { old += 1 }
+        if index.generation() > before {
+            new += 1
+        } else {
+            old += 1
+        }
         // It answers: a stored vector finds its own item first.
         let categories: Vec<String> = index.manifest.categories.iter().map(|c| c.name.clone()).collect();
         let params = lookalike::index::SearchParams { k: 1, offset: 0, metric: lookalike::config::Metric::Cosine, min_similarity: 0.0, near_duplicate_cosine: 1.1 };
@@ -182,7 +186,8 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
     // clears them, and finishes.
     let last = run(&["index"]).output().unwrap();
     assert!(last.status.success(), "{}", String::from_utf8_lossy(&last.stderr));
-    let leftovers: Vec<String> = std::fs::read_dir(&world.index).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".partial") || n == "reindex.lock").collect();
+    let leftovers: Vec<String> =
+        std::fs::read_dir(&world.index).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".partial") || n == "reindex.lock").collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // Damage the newest vectors: `search` says so, and answers from the generation before.

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use lookalike::config::Profile;
+use lookalike::vision;
 use lookalike::vision::ensemble::{Ensemble, HeadsInfo};
 use lookalike::vision::train::{train, TrainOptions};
-use lookalike::vision;
 use tch::Device;
 
 mod common;

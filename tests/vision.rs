@@ -32,8 +32,7 @@ fn chapter_backbones_match_torchvision_for_the_same_weights() {
     for id in ["vgg16", "resnet50", "inception_v3"] {
         let mut backbone = Backbone::untrained(spec(Profile::Chapter, id), Device::Cpu);
         backbone.load_weights(&scratch.path().join(format!("{id}.safetensors"))).unwrap();
-        let io: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(scratch.path().join(format!("{id}.io.safetensors"))).unwrap().into_iter().collect();
+        let io: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(scratch.path().join(format!("{id}.io.safetensors"))).unwrap().into_iter().collect();
         let outputs = backbone.forward(&io["input"]);
         let features = relative_error(&outputs.features, &io["features"]);
         let logits = relative_error(outputs.logits.as_ref().unwrap(), &io["logits"]);
@@ -56,9 +55,7 @@ fn nsfwjs_inception_matches_tensorflow_js_at_mixed5() {
         .output()
         .unwrap();
     assert!(output.status.success(), "tfjs reference failed (make setup installs it): {}", String::from_utf8_lossy(&output.stderr));
-    let read = |name: &str| -> Vec<f32> {
-        std::fs::read(scratch.path().join(name)).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-    };
+    let read = |name: &str| -> Vec<f32> { std::fs::read(scratch.path().join(name)).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
     let input = Tensor::from_slice(&read("input.bin")).view([1, 299, 299, 3]).permute([0, 3, 1, 2]).contiguous();
     let want = Tensor::from_slice(&read("mixed5_pooled.bin")).view([1, 768]);
     let backbone = Backbone::load(spec(Profile::Kit, "inception_v3_mixed5"), &root().join("models"), Device::Cpu).unwrap();

@@ -79,7 +79,14 @@ pub fn device(config: &Config, catalogue_size: usize, query_count: usize) -> any
                     if precision == Precision::F32 && (c.min_feature_cosine < MIN_FEATURE_COSINE || c.max_probability_delta > MAX_PROBABILITY_DELTA || c.same_top5 < n) {
                         failures.push(format!("{profile} {name}"));
                     }
-                    format!("{:>14.6} {:>12.5} {:>12} {:>14} {:>12.1}%", c.min_feature_cosine, c.max_probability_delta, format!("{}/{n}", c.same_winner), format!("{}/{n}", c.same_top5), 100.0 * c.top5_overlap)
+                    format!(
+                        "{:>14.6} {:>12.5} {:>12} {:>14} {:>12.1}%",
+                        c.min_feature_cosine,
+                        c.max_probability_delta,
+                        format!("{}/{n}", c.same_winner),
+                        format!("{}/{n}", c.same_top5),
+                        100.0 * c.top5_overlap
+                    )
                 }
             };
             println!("{:<9} {:<10} {cells} {:>13} {:>13.1}", profile.as_str(), name, answers.largest_batch, answers.index_rate);
@@ -88,9 +95,7 @@ pub fn device(config: &Config, catalogue_size: usize, query_count: usize) -> any
             }
         }
     }
-    println!(
-        "tolerance for CUDA f32: every feature cosine >= {MIN_FEATURE_COSINE}, every |dp| <= {MAX_PROBABILITY_DELTA}, every top-5 identical (f16 is shown, not held to it)"
-    );
+    println!("tolerance for CUDA f32: every feature cosine >= {MIN_FEATURE_COSINE}, every |dp| <= {MAX_PROBABILITY_DELTA}, every top-5 identical (f16 is shown, not held to it)");
     anyhow::ensure!(failures.is_empty(), "CUDA and the CPU disagree beyond tolerance: {}", failures.join(", "));
     Ok(())
 }
@@ -168,8 +173,7 @@ fn answer(config: &Config, queries: &[Vec<u8>]) -> anyhow::Result<Answers> {
 fn compare(cpu: &Answers, other: &Answers) -> Comparison {
     let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>();
     let min_feature_cosine = cpu.features.iter().zip(&other.features).map(|(a, b)| cosine(a, b)).fold(1.0, f64::min);
-    let max_probability_delta =
-        cpu.probabilities.iter().zip(&other.probabilities).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64)).fold(0.0, f64::max);
+    let max_probability_delta = cpu.probabilities.iter().zip(&other.probabilities).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64)).fold(0.0, f64::max);
     let same_winner = cpu.winners.iter().zip(&other.winners).filter(|(a, b)| a == b).count();
     let same_top5 = cpu.top5.iter().zip(&other.top5).filter(|(a, b)| a == b).count();
     let shared: usize = cpu.top5.iter().zip(&other.top5).map(|(a, b)| a.iter().filter(|id| b.contains(id)).count()).sum();

@@ -54,7 +54,8 @@ fn exact_search(config: &Config, rounds: usize) -> anyhow::Result<()> {
     };
     let rows: Vec<(Item, Vec<f32>)> = (0..SEARCH_ROWS)
         .map(|n| {
-            let item = Item { id: format!("all/{n}"), path: Default::default(), category: "all".into(), hash: n.to_string(), size: 0, modified_ns: 0, duplicates: Vec::new(), metadata: Default::default() };
+            let item =
+                Item { id: format!("all/{n}"), path: Default::default(), category: "all".into(), hash: n.to_string(), size: 0, modified_ns: 0, duplicates: Vec::new(), metadata: Default::default() };
             (item, unit(&mut state))
         })
         .collect();

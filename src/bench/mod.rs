@@ -8,11 +8,11 @@ use crate::config::Config;
 mod device;
 mod index;
 mod suite;
+use crate::text::{Embedding, IntentReader, TextModelPaths, Vocabulary};
+use crate::worker::ModelWorker;
 pub use device::device;
 pub use index::index;
 pub use suite::suite;
-use crate::text::{Embedding, IntentReader, TextModelPaths, Vocabulary};
-use crate::worker::ModelWorker;
 
 /// Sentences timed when no labelled file is at hand: a mix the lexical path decides and ones it
 /// leaves to the model.
@@ -103,10 +103,7 @@ pub fn intent(config: &Config, rounds: usize) -> anyhow::Result<()> {
     println!("{:<38} {:>9} {:>9}", "", "p50 ms", "p99 ms");
     println!("{:<38} {:>9.2} {:>9.2}", "intent (all configured methods)", millis(percentile(&full, 0.5)), millis(percentile(&full, 0.99)));
     println!("{:<38} {:>9.2} {:>9.2}", "baseline: bare MiniLM encode", millis(percentile(&bare, 0.5)), millis(percentile(&bare, 0.99)));
-    println!(
-        "ratio intent / bare encode at p50: {:.2}  (target: p50 <= 30 ms)",
-        percentile(&full, 0.5).as_secs_f64() / percentile(&bare, 0.5).as_secs_f64().max(1e-9)
-    );
+    println!("ratio intent / bare encode at p50: {:.2}  (target: p50 <= 30 ms)", percentile(&full, 0.5).as_secs_f64() / percentile(&bare, 0.5).as_secs_f64().max(1e-9));
     Ok(())
 }
 
@@ -199,10 +196,7 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
     row("decoding the photo (PNG/JPEG, before either)", &decode_times);
     let ratio = |a: &[Duration], b: &[Duration]| p50(a).as_secs_f64() / p50(b).as_secs_f64();
     println!("ensemble overhead over the bare passes at p50: {:+.1}%  (target <= 10%)", 100.0 * (ratio(&ensemble_times, &bare_times) - 1.0));
-    println!(
-        "with decoding as well: {:+.1}%",
-        100.0 * ((p50(&ensemble_times) + p50(&decode_times)).as_secs_f64() / p50(&bare_times).as_secs_f64() - 1.0)
-    );
+    println!("with decoding as well: {:+.1}%", 100.0 * ((p50(&ensemble_times) + p50(&decode_times)).as_secs_f64() / p50(&bare_times).as_secs_f64() - 1.0));
     println!("one head-training epoch, 3 heads, 2,700 cached images, batch 64: p50 {:.2} s  (target < 2 s; the chapter took 257 s)", p50(&epoch_times).as_secs_f64());
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::index::{chapter_backbones, copy_catalogue, python_baseline, service, timed_reindex};
 use super::{bare_forwards, machine, millis, percentile};
 use crate::config::{Config, Profile};
-use crate::imaging::{self, ImageLimits};
+use crate::imaging;
 use crate::search::{self, Query, SearchService};
 use crate::vision::data::{export_fashion_mnist, labelled, FashionMnistExport};
 use crate::vision::{self, Backbone};
@@ -18,6 +18,9 @@ use crate::vision::{self, Backbone};
 const CONCURRENCY: [usize; 3] = [1, 8, 32];
 /// A sentence no word of which names a category, so the embedding method runs too.
 const SENTENCE: &str = "shoes for the beach in summer";
+
+/// Loads a profile's backbones on the model thread.
+type LoadBackbones = Box<dyn FnOnce() -> anyhow::Result<Vec<Backbone>> + Send>;
 
 /// One column of the table, and the figures the ratios below it use.
 struct Column {
@@ -68,7 +71,7 @@ pub fn suite(config: &Config, rounds: usize, profiles: &[Profile], catalogue_siz
         let root = scratch.path().join(profile.as_str());
         reset_memory_peak();
         let mut python_weights = None;
-        let (backbones, label): (Box<dyn FnOnce() -> anyhow::Result<Vec<Backbone>> + Send>, String) = match profile {
+        let (backbones, label): (LoadBackbones, String) = match profile {
             Profile::Kit => {
                 let (models, placement) = (config.models.dir.clone(), vision::placement(&config.models)?);
                 (Box::new(move || vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &models, placement)).collect()), "kit".to_string())
@@ -92,10 +95,7 @@ pub fn suite(config: &Config, rounds: usize, profiles: &[Profile], catalogue_siz
             let second = python_baseline(&root, &weights, second_half, vision::device(config.models.device)?)?;
             let mut per_image: Vec<Duration> = first.per_image_ms.iter().chain(&second.per_image_ms).map(|ms| Duration::from_secs_f64(ms / 1e3)).collect();
             let index_rate = first.rate().max(second.rate());
-            let rows = vec![
-                ("decode + preprocess + 3 backbones, p50 / p99 ms".into(), p50_p99(&mut per_image)),
-                ("indexing, images/s (faster half)".into(), format!("{index_rate:.2}")),
-            ];
+            let rows = vec![("decode + preprocess + 3 backbones, p50 / p99 ms".into(), p50_p99(&mut per_image)), ("indexing, images/s (faster half)".into(), format!("{index_rate:.2}"))];
             columns.push(Column { name: "python torchvision (chapter)".into(), rows, query_ms: millis(percentile(&per_image, 0.5)), index_rate });
         }
     }
@@ -138,12 +138,12 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
     let (second_count, second_embedding_s, second_s) = timed_reindex(service)?;
     let index_rate = (first_count as f64 / first_s).max(second_count as f64 / second_s);
     let embedding_s = first_embedding_s + second_embedding_s;
-    let limits = ImageLimits::from_config(&service.config().limits);
+    let limits = service.image_limits();
 
     // Stages, one query at a time on the model thread, as a query runs them.
     let samples: Vec<Vec<u8>> = queries.iter().cycle().take(rounds * 4).cloned().collect();
     let stage_samples = samples.clone();
-    let stages = service.on_model_thread(move |models| -> anyhow::Result<Vec<(String, Vec<Duration>)>> {
+    let stages = service.bench_probe(move |models, intent| -> anyhow::Result<Vec<(String, Vec<Duration>)>> {
         let mut decode = Vec::new();
         let mut preprocess = Vec::new();
         let mut backbones = Vec::new();
@@ -154,14 +154,14 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
             let image = imaging::decode(bytes, limits)?;
             decode.push(started.elapsed());
             let started = Instant::now();
-            let tensors: Vec<tch::Tensor> = models.ensemble.backbones.iter().map(|b| b.spec.preprocess.batch(std::slice::from_ref(&image), b.device)).collect();
+            let tensors: Vec<tch::Tensor> = models.backbones.iter().map(|b| b.spec.preprocess.batch(std::slice::from_ref(&image), b.device)).collect();
             preprocess.push(started.elapsed());
-            backbones.push(bare_forwards(&models.ensemble.backbones, &tensors));
+            backbones.push(bare_forwards(&models.backbones, &tensors));
             let started = Instant::now();
-            std::hint::black_box(models.ensemble.classify(std::slice::from_ref(&image))?);
+            std::hint::black_box(models.classify(std::slice::from_ref(&image))?);
             ensemble.push(started.elapsed());
             let started = Instant::now();
-            std::hint::black_box(models.intent.read(SENTENCE)?);
+            std::hint::black_box(intent.read(SENTENCE)?);
             text.push(started.elapsed());
         }
         Ok(vec![
@@ -182,10 +182,10 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
     let (mut paired_bare, mut paired_query) = (Vec::new(), Vec::new());
     for (n, image) in samples.iter().enumerate() {
         let bytes = image.clone();
-        paired_bare.push(service.on_model_thread(move |models| -> anyhow::Result<Duration> {
+        paired_bare.push(service.bench_probe(move |ensemble, _| -> anyhow::Result<Duration> {
             let image = imaging::decode(&bytes, limits)?;
-            let tensors: Vec<tch::Tensor> = models.ensemble.backbones.iter().map(|b| b.spec.preprocess.batch(std::slice::from_ref(&image), b.device)).collect();
-            Ok(bare_forwards(&models.ensemble.backbones, &tensors))
+            let tensors: Vec<tch::Tensor> = ensemble.backbones.iter().map(|b| b.spec.preprocess.batch(std::slice::from_ref(&image), b.device)).collect();
+            Ok(bare_forwards(&ensemble.backbones, &tensors))
         })??);
         let started = Instant::now();
         runtime.block_on(service.search(Query { image: image.clone(), text: (n % 2 == 0).then(|| SENTENCE.to_string()), ..Query::default() }))?;

@@ -89,11 +89,7 @@ mod tests {
             recent.insert(key, query(10, now + Duration::from_millis(key)));
         }
         recent.insert(9, query(975, now + Duration::from_millis(9)));
-        assert_eq!(
-            [0, 1, 2, 3, 4, 9].map(|k| recent.get(k).is_some()),
-            [false, false, false, true, true, true],
-            "byte bound: 1,025 bytes over 1,000, so the oldest go until it fits"
-        );
+        assert_eq!([0, 1, 2, 3, 4, 9].map(|k| recent.get(k).is_some()), [false, false, false, true, true, true], "byte bound: 1,025 bytes over 1,000, so the oldest go until it fits");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! buttons. Nothing the bot sends can ping anyone: allowed mentions are empty on every message
 //! and text from users is escaped.
 
-use serenity::all::{ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateAttachment, CreateButton, CreateEmbed, CreateEmbedFooter, CreateSelectMenu, CreateSelectMenuKind, CreateSelectMenuOption};
+use serenity::all::{
+    ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateAttachment, CreateButton, CreateEmbed, CreateEmbedFooter, CreateSelectMenu, CreateSelectMenuKind, CreateSelectMenuOption,
+};
 
 use crate::search::SearchOutcome;
 
@@ -54,15 +56,7 @@ pub async fn render(outcome: &SearchOutcome, said: Option<&str>, key: u64) -> Re
         .colour(BRAND)
         .title(cut(&format!("Searched: {}", outcome.decision.categories.join(", ")), 256))
         .description(cut(&outcome.decision.reasons.iter().map(|r| format!("• {}", escape(r, 500))).collect::<Vec<_>>().join("\n"), 4096));
-    let votes: Vec<String> = outcome
-        .vote
-        .backbones
-        .iter()
-        .map(|b| {
-            let (top, probability) = b.top();
-            format!("`{}`: {} ({:.0} %)", b.backbone, outcome.vote.categories.get(top).map_or("?", String::as_str), 100.0 * probability)
-        })
-        .collect();
+    let votes: Vec<String> = outcome.vote.picks().map(|(backbone, category, probability)| format!("`{backbone}`: {category} ({:.0} %)", 100.0 * probability)).collect();
     summary = summary.field("Image vote", cut(&votes.join("\n"), 1024), false);
     if let Some(said) = said {
         let reading = match &outcome.intent {
@@ -89,11 +83,11 @@ pub async fn render(outcome: &SearchOutcome, said: Option<&str>, key: u64) -> Re
         let number = outcome.page * outcome.k + rank + 1;
         let metadata = &hit.item.metadata;
         let title = metadata.title.clone().unwrap_or_else(|| hit.item.id.clone());
-        let mut embed = CreateEmbed::new()
-            .colour(BRAND)
-            .title(cut(&format!("{number}. {title}"), 256))
-            .field("Similarity", format!("{:.1} %", 100.0 * hit.cosine.max(0.0)), true)
-            .field("Category", hit.item.category.clone(), true);
+        let mut embed = CreateEmbed::new().colour(BRAND).title(cut(&format!("{number}. {title}"), 256)).field("Similarity", format!("{:.1} %", 100.0 * hit.cosine.max(0.0)), true).field(
+            "Category",
+            hit.item.category.clone(),
+            true,
+        );
         if let Some(price) = &metadata.price {
             embed = embed.field("Price", cut(price, 1024), true);
         }

@@ -66,9 +66,7 @@ pub fn labelled(dir: &Path, known: Option<&[String]>) -> anyhow::Result<(Vec<Str
     anyhow::ensure!(!classes.is_empty(), "{} has no category sub-folders", dir.display());
     let (mut examples, mut not_images) = (Vec::new(), Vec::new());
     for (class, name) in classes.iter().enumerate() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(name))
-            .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect())
-            .unwrap_or_default();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(name)).map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect()).unwrap_or_default();
         files.sort();
         for path in files {
             let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
@@ -97,6 +95,16 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The "skipped N unreadable images" paragraph of the train and eval reports.
+pub fn render_skipped(out: &mut String, skipped: &[(PathBuf, String)]) {
+    if !skipped.is_empty() {
+        out.push_str(&format!("skipped {} unreadable images:\n", skipped.len()));
+        for (path, reason) in skipped {
+            out.push_str(&format!("  {}: {reason}\n", path.display()));
+        }
+    }
 }
 
 /// Fashion-MNIST's categories, in label order, as catalogue folder names.
@@ -165,6 +173,17 @@ mod tests {
             }
         }
         dir
+    }
+
+    #[test]
+    fn a_tiff_is_not_taken_for_an_image_nobody_can_decode() {
+        // The CLI, the catalogue scan and the bot all read this one list; `image` is built
+        // without TIFF, so a .tif would only have failed later, at decoding.
+        let dir = folder_with(&[("bag", 1)]);
+        std::fs::write(dir.path().join("bag/scan.tif"), b"II*\0").unwrap();
+        let (_, examples, not_images) = labelled(dir.path(), None).unwrap();
+        assert_eq!(examples.len(), 1);
+        assert_eq!(not_images, [dir.path().join("bag/scan.tif")]);
     }
 
     #[test]

@@ -148,12 +148,7 @@ pub fn render(report: &EvalReport) -> String {
     for r in &report.retrieval {
         out.push_str(&format!("  {:<8} {:.1}%\n", r.embedding.as_str(), 100.0 * r.precision_at_5));
     }
-    if !report.skipped.is_empty() {
-        out.push_str(&format!("skipped {} unreadable images:\n", report.skipped.len()));
-        for (path, reason) in &report.skipped {
-            out.push_str(&format!("  {}: {reason}\n", path.display()));
-        }
-    }
+    super::data::render_skipped(&mut out, &report.skipped);
     out
 }
 

@@ -139,10 +139,7 @@ impl From<Device> for Placement {
 /// The device and precision `models` asks for; half precision only where it pays, on a GPU.
 pub fn placement(models: &ModelsConfig) -> anyhow::Result<Placement> {
     let device = device(models.device)?;
-    anyhow::ensure!(
-        models.precision == Precision::F32 || device.is_cuda(),
-        "models.precision = \"f16\" needs a CUDA GPU, and the models run on the CPU here: set models.precision = \"f32\""
-    );
+    anyhow::ensure!(models.precision == Precision::F32 || device.is_cuda(), "models.precision = \"f16\" needs a CUDA GPU, and the models run on the CPU here: set models.precision = \"f32\"");
     Ok(Placement { device, precision: models.precision })
 }
 
@@ -174,11 +171,7 @@ impl Backbone {
     /// in the file, with the right shape.
     pub fn load(spec: BackboneSpec, models_dir: &Path, placement: impl Into<Placement>) -> anyhow::Result<Backbone> {
         let path = models_dir.join(spec.weights);
-        anyhow::ensure!(
-            path.exists(),
-            "{} is missing: run `make setup` (offline kit) or `lookalike models fetch chapter`, then `lookalike models list`",
-            path.display()
-        );
+        anyhow::ensure!(path.exists(), "{} is missing: run `make setup` (offline kit) or `lookalike models fetch chapter`, then `lookalike models list`", path.display());
         let mut backbone = Backbone::untrained(spec, placement);
         backbone.load_weights(&path)?;
         Ok(backbone)

@@ -248,11 +248,8 @@ fn mixed(branches: Vec<Branch>, count_include_pad: bool) -> Layer {
 pub fn inception_v3(root: &nn::Path, layout: InceptionLayout) -> Forward {
     let mut n = InceptionNames { root, layout, count: 0 };
     let keras = layout == InceptionLayout::KerasToMixed5;
-    let mut stem: Vec<Layer> = vec![
-        n.conv_bn("Conv2d_1a_3x3", Conv::new(3, 32, 3).stride(2).valid()),
-        n.conv_bn("Conv2d_2a_3x3", Conv::new(32, 32, 3).valid()),
-        n.conv_bn("Conv2d_2b_3x3", Conv::new(32, 64, 3)),
-    ];
+    let mut stem: Vec<Layer> =
+        vec![n.conv_bn("Conv2d_1a_3x3", Conv::new(3, 32, 3).stride(2).valid()), n.conv_bn("Conv2d_2a_3x3", Conv::new(32, 32, 3).valid()), n.conv_bn("Conv2d_2b_3x3", Conv::new(32, 64, 3))];
     stem.push(Box::new(max_pool_3x3_s2));
     stem.push(n.conv_bn("Conv2d_3b_1x1", Conv::new(64, 80, 1)));
     stem.push(n.conv_bn("Conv2d_4a_3x3", Conv::new(80, 192, 3).valid()));
@@ -264,11 +261,7 @@ pub fn inception_v3(root: &nn::Path, layout: InceptionLayout) -> Forward {
         let branches = vec![
             Branch::Chain(vec![b("branch1x1", Conv::new(c_in, 64, 1))]),
             Branch::Chain(vec![b("branch5x5_1", Conv::new(c_in, 48, 1)), b("branch5x5_2", Conv::new(48, 64, 5))]),
-            Branch::Chain(vec![
-                b("branch3x3dbl_1", Conv::new(c_in, 64, 1)),
-                b("branch3x3dbl_2", Conv::new(64, 96, 3)),
-                b("branch3x3dbl_3", Conv::new(96, 96, 3)),
-            ]),
+            Branch::Chain(vec![b("branch3x3dbl_1", Conv::new(c_in, 64, 1)), b("branch3x3dbl_2", Conv::new(64, 96, 3)), b("branch3x3dbl_3", Conv::new(96, 96, 3))]),
             Branch::AvgPool(vec![b("branch_pool", Conv::new(c_in, c_pool, 1))]),
         ];
         blocks.push(mixed(branches, !keras));
@@ -277,11 +270,7 @@ pub fn inception_v3(root: &nn::Path, layout: InceptionLayout) -> Forward {
         let mut b = |branch: &str, conv: Conv| n.conv_bn(&format!("Mixed_6a.{branch}"), conv);
         let branches = vec![
             Branch::Chain(vec![b("branch3x3", Conv::new(288, 384, 3).stride(2).valid())]),
-            Branch::Chain(vec![
-                b("branch3x3dbl_1", Conv::new(288, 64, 1)),
-                b("branch3x3dbl_2", Conv::new(64, 96, 3)),
-                b("branch3x3dbl_3", Conv::new(96, 96, 3).stride(2).valid()),
-            ]),
+            Branch::Chain(vec![b("branch3x3dbl_1", Conv::new(288, 64, 1)), b("branch3x3dbl_2", Conv::new(64, 96, 3)), b("branch3x3dbl_3", Conv::new(96, 96, 3).stride(2).valid())]),
             Branch::MaxPool,
         ];
         blocks.push(mixed(branches, !keras));
@@ -292,11 +281,7 @@ pub fn inception_v3(root: &nn::Path, layout: InceptionLayout) -> Forward {
         let mut b = |branch: &str, conv: Conv| n.conv_bn(&format!("{name}.{branch}"), conv);
         let branches = vec![
             Branch::Chain(vec![b("branch1x1", Conv::new(768, 192, 1))]),
-            Branch::Chain(vec![
-                b("branch7x7_1", Conv::new(768, c7, 1)),
-                b("branch7x7_2", Conv::new(c7, c7, 1).kernel(1, 7)),
-                b("branch7x7_3", Conv::new(c7, 192, 1).kernel(7, 1)),
-            ]),
+            Branch::Chain(vec![b("branch7x7_1", Conv::new(768, c7, 1)), b("branch7x7_2", Conv::new(c7, c7, 1).kernel(1, 7)), b("branch7x7_3", Conv::new(c7, 192, 1).kernel(7, 1))]),
             Branch::Chain(vec![
                 b("branch7x7dbl_1", Conv::new(768, c7, 1)),
                 b("branch7x7dbl_2", Conv::new(c7, c7, 1).kernel(7, 1)),

@@ -19,8 +19,8 @@ use super::ensemble::{backbone_features, Head, HeadsInfo};
 use super::Backbone;
 use crate::config::Profile;
 use crate::files::{heads, replace_atomically, write_atomically};
-use crate::plot::EpochRecord;
 use crate::imaging::{self, ImageLimits};
+use crate::plot::EpochRecord;
 
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -105,7 +105,15 @@ const CHUNK: usize = 256;
 
 /// Features for `examples` under `view` (0 = plain), looked up by image content in the cache
 /// folder; only images not found there go through the backbones, and are cached in turn.
-fn cached_features(backbones: &[Backbone], examples: &[Example], view: usize, cache: &Path, options: &TrainOptions, progress: &indicatif::ProgressBar, skipped: &mut Vec<(PathBuf, String)>) -> anyhow::Result<Cached> {
+fn cached_features(
+    backbones: &[Backbone],
+    examples: &[Example],
+    view: usize,
+    cache: &Path,
+    options: &TrainOptions,
+    progress: &indicatif::ProgressBar,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> anyhow::Result<Cached> {
     // One namespace per backbone set and view; augmented views also depend on the seed.
     let mut namespace = Sha256::new();
     namespace.update(format!("features v3, view {view}, seed {}", if view > 0 { options.seed } else { 0 }));
@@ -284,7 +292,16 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
             });
             let id = backbones[index].spec.id;
             let (loss_sum, correct, seen) = totals[index];
-            state.history.push(EpochRecord { epoch, backbone: id.to_string(), train_loss: loss_sum / seen.max(1) as f64, train_accuracy: correct as f64 / seen.max(1) as f64, val_loss, val_accuracy, seconds, phase: "heads".into() });
+            state.history.push(EpochRecord {
+                epoch,
+                backbone: id.to_string(),
+                train_loss: loss_sum / seen.max(1) as f64,
+                train_accuracy: correct as f64 / seen.max(1) as f64,
+                val_loss,
+                val_accuracy,
+                seconds,
+                phase: "heads".into(),
+            });
             if val_loss < state.best_val_loss[index] {
                 state.best_val_loss[index] = val_loss;
                 state.stale_epochs[index] = 0;
@@ -365,9 +382,8 @@ fn fine_tune(backbone: &mut Backbone, head: &mut Head, split: &data::Split, mut 
     let mut backbone_optimizer = tch::nn::Adam::default().build(backbone.vars(), learning_rate)?;
     let mut head_optimizer = head.optimizer(learning_rate)?;
     let device = backbone.device;
-    let decode = |examples: &[Example]| -> (Vec<image::RgbImage>, Vec<i64>) {
-        examples.iter().filter_map(|e| imaging::load(&e.path, options.limits).ok().map(|image| (image, e.class as i64))).unzip()
-    };
+    let decode =
+        |examples: &[Example]| -> (Vec<image::RgbImage>, Vec<i64>) { examples.iter().filter_map(|e| imaging::load(&e.path, options.limits).ok().map(|image| (image, e.class as i64))).unzip() };
     let batch_tensor = |images: &[image::RgbImage]| backbone.spec.preprocess.batch(images, device);
     let mut records = Vec::new();
     let progress = crate::progress::bar((options.fine_tune_epochs * (split.train.len() + split.val.len())) as u64, "fine-tune {msg} {bar:30} {pos}/{len} images, eta {eta}");
@@ -462,12 +478,7 @@ pub fn render(report: &TrainReport) -> String {
             ));
         }
     }
-    if !report.skipped.is_empty() {
-        out.push_str(&format!("skipped {} unreadable images:\n", report.skipped.len()));
-        for (path, reason) in &report.skipped {
-            out.push_str(&format!("  {}: {reason}\n", path.display()));
-        }
-    }
+    super::data::render_skipped(&mut out, &report.skipped);
     if !report.not_images.is_empty() {
         out.push_str(&format!("ignored {} files that are not images (by extension)\n", report.not_images.len()));
     }

@@ -73,15 +73,21 @@ impl FakeDiscord {
         });
         let app = Router::new()
             .route("/api/v10/gateway", get(|State(s): State<Arc<Shared>>| async move { Json(json!({ "url": s.ws_url })) }))
-            .route("/api/v10/gateway/bot", get(|State(s): State<Arc<Shared>>| async move {
-                Json(json!({ "url": s.ws_url, "shards": 1, "session_start_limit": { "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1 } }))
-            }))
+            .route(
+                "/api/v10/gateway/bot",
+                get(|State(s): State<Arc<Shared>>| async move {
+                    Json(json!({ "url": s.ws_url, "shards": 1, "session_start_limit": { "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1 } }))
+                }),
+            )
             .route("/api/v10/applications/:app/commands", put(register))
             .route("/api/v10/applications/:app/guilds/:guild/commands", put(register))
-            .route("/api/v10/interactions/:id/:token/callback", post(|State(s): State<Arc<Shared>>, request: Request| async move {
-                record(&s, request).await;
-                StatusCode::NO_CONTENT.into_response()
-            }))
+            .route(
+                "/api/v10/interactions/:id/:token/callback",
+                post(|State(s): State<Arc<Shared>>, request: Request| async move {
+                    record(&s, request).await;
+                    StatusCode::NO_CONTENT.into_response()
+                }),
+            )
             .route("/api/v10/webhooks/:app/:token/messages/@original", axum::routing::any(original))
             .route("/api/v10/webhooks/:app/:token", post(message_back))
             .route("/api/v10/channels/:channel/messages", post(message_back))
@@ -169,11 +175,8 @@ async fn record(shared: &Shared, request: Request) -> Recorded {
     let (method, path) = (request.method().to_string(), request.uri().path().to_string());
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let bytes = axum::body::to_bytes(request.into_body(), 64 << 20).await.unwrap_or_default();
-    let (body, files) = if let Some(boundary) = content_type.split("boundary=").nth(1) {
-        multipart(&bytes, boundary.trim_matches('"'))
-    } else {
-        (serde_json::from_slice(&bytes).unwrap_or(Value::Null), Vec::new())
-    };
+    let (body, files) =
+        if let Some(boundary) = content_type.split("boundary=").nth(1) { multipart(&bytes, boundary.trim_matches('"')) } else { (serde_json::from_slice(&bytes).unwrap_or(Value::Null), Vec::new()) };
     let recorded = Recorded { method, path, body, files, at: Instant::now() };
     shared.requests.lock().unwrap().push(recorded.clone());
     recorded
@@ -339,16 +342,21 @@ pub fn message(id: u64, author: Value, content: &str, attachments: Vec<Value>, m
     })
 }
 
-/// An INTERACTION_CREATE for an application command (`kind` 1: slash, 3: message menu).
-pub fn command_interaction(id: u64, token: &str, name: &str, kind: u8, options: Value, resolved: Value, member: Value, target_id: Option<u64>) -> Value {
-    let mut data = json!({ "id": "910000000000000999", "name": name, "type": kind, "resolved": resolved });
-    // Message commands carry a target and no options.
-    if !options.is_null() {
-        data["options"] = options;
-    }
-    if let Some(target) = target_id {
-        data["target_id"] = json!(target.to_string());
-    }
+/// How an application command was invoked.
+pub enum Invocation {
+    /// A slash command with its options.
+    Slash(Value),
+    /// A message menu entry on the message with this id.
+    MessageMenu(u64),
+}
+
+/// An INTERACTION_CREATE for an application command.
+pub fn command_interaction(id: u64, token: &str, name: &str, invocation: Invocation, resolved: Value, member: Value) -> Value {
+    let data = match invocation {
+        Invocation::Slash(options) => json!({ "id": "910000000000000999", "name": name, "type": 1, "resolved": resolved, "options": options }),
+        // Message commands carry a target and no options.
+        Invocation::MessageMenu(target) => json!({ "id": "910000000000000999", "name": name, "type": 3, "resolved": resolved, "target_id": target.to_string() }),
+    };
     interaction(id, token, 2, data, member)
 }
 

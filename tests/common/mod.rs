@@ -18,8 +18,12 @@ pub fn picture(class: &str, variant: u32) -> image::RgbImage {
         let jitter = ((x * 7 + y * 13 + variant * 31) % 40) as u8;
         if class == "warm" {
             let inside = (x as i32 - 32).pow(2) + (y as i32 - 32).pow(2) < 300 + 20 * (variant % 20) as i32;
-            if inside { image::Rgb([220 - jitter, 80 + jitter, 40]) } else { image::Rgb([250, 240, 230]) }
-        } else if (x + variant) / 6 % 2 == 0 {
+            if inside {
+                image::Rgb([220 - jitter, 80 + jitter, 40])
+            } else {
+                image::Rgb([250, 240, 230])
+            }
+        } else if ((x + variant) / 6).is_multiple_of(2) {
             image::Rgb([30, 90 + jitter, 200])
         } else {
             image::Rgb([200, 220, 250 - jitter])
@@ -120,4 +124,3 @@ impl World {
         Config::parse("test", lookalike::config::DEFAULT_TOML, env).unwrap()
     }
 }
-

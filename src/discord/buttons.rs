@@ -1,0 +1,31 @@
+//! The buttons under an answer: **More** (the next page) and **Wrong category?** (search another).
+
+use super::*;
+
+/// "More", "Wrong category?" and the category menu under a reply.
+pub(super) async fn button(bot: &Bot, ctx: &Context, component: &ComponentInteraction) {
+    let Some((action, key)) = component.data.custom_id.split_once(':') else { return };
+    let Some(stored) = key.parse::<u64>().ok().and_then(|k| bot.queries.get(k)) else {
+        let message = CreateInteractionResponseMessage::new().content("This search has expired: run /search again for fresh results.").ephemeral(true);
+        let _ = component.create_response(&ctx.http, CreateInteractionResponse::Message(message)).await;
+        return;
+    };
+    let key: u64 = key.parse().unwrap_or_default();
+    let next = match (action, &component.data.kind) {
+        ("more", _) => StoredQuery { page: stored.page + 1, ..stored.clone() },
+        ("wrong", _) => {
+            let categories = bot.service.index().map(|i| i.manifest.categories.iter().map(|c| c.name.clone()).collect::<Vec<_>>()).unwrap_or_default();
+            let message = CreateInteractionResponseMessage::new().content("Which category did you mean?").components(reply::category_menu(key, &categories, &stored.categories)).ephemeral(true);
+            let _ = component.create_response(&ctx.http, CreateInteractionResponse::Message(message)).await;
+            return;
+        }
+        ("category", ComponentInteractionDataKind::StringSelect { values }) => StoredQuery { page: 0, categories: values.clone(), ..stored.clone() },
+        _ => return,
+    };
+    // A new message under the reply, "thinking" until the search answers.
+    if let Err(err) = component.create_response(&ctx.http, CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new())).await {
+        return tracing::warn!(cause = %err, "cannot defer a button");
+    }
+    let answer = bot.answer(StoredQuery { created: stored.created, ..next }, key, Asker { kind: "button", user: component.user.id }).await;
+    deliver(ctx, &component.token, answer).await;
+}

@@ -1,0 +1,28 @@
+//! `/catalogue`: categories, item counts, the index generation and the models.
+
+use super::*;
+
+pub(super) fn register() -> CreateCommand {
+    CreateCommand::new("catalogue").description("Categories, item counts, last index time and models")
+}
+
+pub(super) fn catalogue_text(bot: &Bot) -> String {
+    let models = format!("models: `{}` profile ({} vectors)", bot.config.models.profile, bot.service.embedding_key().source);
+    match bot.service.index() {
+        Ok(index) => {
+            let counts: Vec<String> = index.category_counts().iter().map(|(name, count)| format!("• **{name}**: {count}")).collect();
+            format!(
+                "**{} items** in {} categories (index generation {}, built <t:{}:R>)\n{}\n{models}",
+                index.category_counts().iter().map(|c| c.1).sum::<usize>(),
+                counts.len(),
+                index.generation(),
+                index.manifest.created_unix_s,
+                counts.join("\n")
+            )
+        }
+        Err(err) => {
+            tracing::info!(cause = %err, "/catalogue: no index to show");
+            format!("The catalogue is not searchable yet: ask a moderator to run /reindex.\n{models}")
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The one place that decides what a Discord user reads when something fails: never a path,
+//! a type name, a config key or a backtrace.
+
+use super::*;
+
+/// What the user reads for each way a search can fail; never a path, a backtrace or a token.
+pub(super) fn explain(error: &SearchError) -> String {
+    match error {
+        SearchError::Busy(_, seconds) => format!("I'm busy with other searches right now; try again in {seconds} s."),
+        SearchError::Image(err) => format!("I couldn't use that photo: {}.", describe_image_error(err)),
+        SearchError::NoIndex(_) => "The catalogue has not been indexed yet: ask a moderator to run /reindex.".to_string(),
+        SearchError::UnknownCategory(category, _) => format!("The catalogue has no category `{}` any more.", reply::escape(category, 50)),
+        SearchError::Timeout(_) => "That search took too long; please try again.".to_string(),
+        SearchError::Models(_) => "Something went wrong on my side; please try again.".to_string(),
+    }
+}
+
+/// An image problem in the user's terms: sizes in MB, no decoder internals, no config keys.
+pub(super) fn describe_image_error(error: &ImageError) -> String {
+    match error {
+        ImageError::Empty => "the file is empty".to_string(),
+        ImageError::TooLarge { bytes, max } => format!("it is {} MB and the limit is {} MB", imaging::mb(*bytes), imaging::mb(*max)),
+        ImageError::TooManyPixels { width, height, max } => format!("it is {width} x {height} pixels and the limit is {} megapixels", max / 1_000_000),
+        ImageError::Unsupported(_) => "it is not a JPEG, PNG, WebP, GIF or BMP image".to_string(),
+        ImageError::Corrupt(_) => "the image data is damaged (cut short, or not what its name says)".to_string(),
+        ImageError::Io { .. } => "it could not be read".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_users_read_names_no_path_type_or_config_key() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "/srv/lookalike/runs/index/gen-3/vectors.f32 missing");
+        let cases: Vec<(SearchError, &str)> = vec![
+            (SearchError::Image(ImageError::Empty), "the file is empty"),
+            (SearchError::Image(ImageError::TooLarge { bytes: 12 << 20, max: 8 << 20 }), "it is 12 MB and the limit is 8 MB"),
+            (SearchError::Image(ImageError::TooManyPixels { width: 9000, height: 9000, max: 40_000_000 }), "limit is 40 megapixels"),
+            (SearchError::Image(ImageError::Corrupt("Format error decoding Png: CRC error".into())), "damaged"),
+            (SearchError::Image(ImageError::Unsupported("tiff".into())), "not a JPEG, PNG"),
+            (SearchError::Image(ImageError::Io { source: io() }), "could not be read"),
+            (SearchError::NoIndex("no index in /srv/lookalike/runs/index".into()), "/reindex"),
+            (SearchError::Models("tensor shape mismatch at src/vision/mod.rs:120".into()), "went wrong on my side"),
+            (SearchError::Busy(8, 3), "try again in 3 s"),
+        ];
+        for (error, expected) in cases {
+            let text = explain(&error);
+            assert!(text.contains(expected), "{text}");
+            assert!(!text.contains("/srv") && !text.contains(".rs") && !text.contains("limits.") && !text.contains('{'), "{text}");
+        }
+    }
+}

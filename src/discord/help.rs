@@ -1,0 +1,14 @@
+//! `/help`: how to search, privately.
+
+use super::*;
+
+pub(super) fn register() -> CreateCommand {
+    CreateCommand::new("help").description("How to search with lookalike")
+}
+
+pub(super) const HELP: &str = "**lookalike** finds catalogue items that look like your photo.\n\
+• `/search image:<photo> [text] [k]`: add a sentence to steer it, e.g. \"like this, but a sandal\" or \"not a t-shirt\".\n\
+• Mention me (or reply to me) with a photo and a sentence.\n\
+• Right-click a message with a photo → Apps → **Find similar**.\n\
+• Under each answer: **More** for the next items, **Wrong category?** to search another one.\n\
+• `/catalogue` shows what can be found. Moderators can `/reindex`.";
