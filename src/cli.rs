@@ -176,10 +176,17 @@ pub struct SearchArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["data", "retrieval"])))]
 pub struct EvalArgs {
-    /// Labelled images, one sub-folder per category (or the `val/` layout of `train`).
+    /// Labelled images, one sub-folder per category (or the `val/` layout of `train`): the
+    /// vote's accuracy, recall per class, confusion matrix, same-category precision@5.
     #[arg(long, value_name = "DIR")]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
+    /// Instance retrieval: DIR/catalogue/<category>/<file> is indexed and every
+    /// DIR/queries/<category>/<file> (another picture of the same item) searched: R@1, R@5, the
+    /// vote's accuracy, same-category precision@5 (`python3 models/emoji_pairs.py DIR` makes one).
+    #[arg(long, value_name = "DIR")]
+    pub retrieval: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -276,7 +283,8 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 config.catalogue.dir = dir;
             }
             let service = SearchService::start(&config)?;
-            search::reindex_with_bar(&service)
+            print!("{}", crate::index::render_summary(&search::reindex_with_bar(&service)?, crate::index::Audience::Operator));
+            Ok(())
         }
         Command::Search(args) => search(&args, config),
         Command::Demo => crate::demo::run(config),
@@ -399,10 +407,20 @@ fn train(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
 }
 
 fn eval(args: &EvalArgs, config: &Config) -> anyhow::Result<()> {
+    if let Some(dir) = &args.retrieval {
+        let report = crate::retrieval::evaluate(config, dir)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", crate::retrieval::render(&report));
+        }
+        return Ok(());
+    }
+    let data = args.data.clone().unwrap_or_default();
     let (models_dir, heads_dir) = (config.models.dir.clone(), config.models.heads_dir.clone());
     let (profile, models) = (config.models.profile, config.models.clone());
     let worker = ModelWorker::spawn(move || vision::ensemble::Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::placement(&models)?))?;
-    let (data, limits) = (args.data.clone(), ImageLimits::from_config(&config.limits));
+    let limits = ImageLimits::from_config(&config.limits);
     let report = worker.run_blocking(move |ensemble| vision::eval::evaluate(ensemble, &data, limits))??;
     if let Some(parent) = args.png.parent() {
         std::fs::create_dir_all(parent)?;

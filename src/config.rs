@@ -160,6 +160,22 @@ pub struct SearchConfig {
     pub query_timeout_ms: u64,
     /// When the image vote and the text disagree, or the vote is unsure, search this many categories.
     pub max_categories: usize,
+    /// How the image vote picks categories when the text names none.
+    pub gate: Gate,
+    /// The mass gate searches the most probable categories until they hold this share of the vote.
+    pub category_mass: f32,
+    /// Under the mass gate a hit scores cosine + this x ln p(its category).
+    pub category_prior_weight: f32,
+}
+
+/// How the image vote picks the categories to search when the text names none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gate {
+    /// The most probable categories until they hold `category_mass`, hits ranked together with the vote as a prior.
+    Mass,
+    /// The chapter's: the winner alone (or with the runner-up when unsure), category by category.
+    Hard,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -263,6 +279,8 @@ impl Config {
         check(search.max_concurrent_queries >= 1, "search.max_concurrent_queries", search.max_concurrent_queries, "must be at least 1")?;
         check(search.query_timeout_ms >= 100, "search.query_timeout_ms", search.query_timeout_ms, "must be at least 100")?;
         check((1..=3).contains(&search.max_categories), "search.max_categories", search.max_categories, "must be 1, 2 or 3")?;
+        check(search.category_mass > 0.0 && search.category_mass <= 1.0, "search.category_mass", search.category_mass, "must be above 0.0 and at most 1.0")?;
+        check((0.0..=1.0).contains(&search.category_prior_weight), "search.category_prior_weight", search.category_prior_weight, "must be between 0.0 and 1.0")?;
         let text = &self.text;
         check(!text.methods.is_empty(), "text.methods", format!("{:?}", text.methods), "must name at least one of \"lexical\", \"embedding\", \"nli\"")?;
         check((0.0..=1.0).contains(&text.min_score), "text.min_score", text.min_score, "must be between 0.0 and 1.0")?;

@@ -8,11 +8,16 @@
 //! 3. A category the sentence names is searched first ("text wins", the chapter's fallback for
 //!    a wrong image vote); the image's choice follows when it differs, as production systems
 //!    search the top two when evidence is split.
-//! 4. Without a named category, a clear vote (a majority, mean probability at least
-//!    [`CONFIDENT`]) searches its winner alone; a split or unsure vote adds the runner-up.
+//! 4. Without a named category, by default (`search.gate = "mass"`) the categories are
+//!    searched in the order of the vote's mean probability until they hold
+//!    `search.category_mass` of it, and their hits compete on cosine + `category_prior_weight`
+//!    x ln p(category): an unsure vote can no longer hide the item. With the chapter's hard gate
+//!    (`"hard"`), a clear vote (a majority, mean probability at least [`CONFIDENT`]) searches its
+//!    winner alone and a split or unsure vote adds the runner-up, each category in turn.
 
 use serde::Serialize;
 
+use crate::config::{Gate, SearchConfig};
 use crate::text::Intent;
 
 /// Mean probability from which a majority vote counts as sure of itself.
@@ -86,10 +91,41 @@ impl ImageVote {
 pub struct Decision {
     pub categories: Vec<String>,
     pub reasons: Vec<String>,
+    /// Per category, the bonus its hits get: `weight x ln p(category)` when the categories'
+    /// hits compete (`ranked_together`), else none.
+    pub bonuses: Vec<f32>,
+    /// Whether hits of all categories are ranked together by score (else category by category).
+    pub ranked_together: bool,
 }
 
-/// Applies the rules in the module documentation. `max_categories` is 1 to 3.
-pub fn decide(vote: &ImageVote, intent: Option<&Intent>, max_categories: usize) -> Decision {
+impl Decision {
+    /// The categories given, searched in order: what the "Wrong category?" menu asks for.
+    pub fn chosen(categories: Vec<String>, reason: String) -> Decision {
+        Decision { bonuses: vec![0.0; categories.len()], categories, reasons: vec![reason], ranked_together: false }
+    }
+}
+
+/// How the vote chooses categories when the text names none (the `search` section's keys).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gating {
+    pub gate: Gate,
+    /// Most categories the hard gate searches (1 to 3).
+    pub max_categories: usize,
+    /// Share of the vote's probability the mass gate's categories must hold.
+    pub mass: f32,
+    /// Weight of ln p(category) in a hit's score under the mass gate.
+    pub prior_weight: f32,
+}
+
+impl Gating {
+    pub fn from_config(search: &SearchConfig) -> Gating {
+        Gating { gate: search.gate, max_categories: search.max_categories, mass: search.category_mass, prior_weight: search.category_prior_weight }
+    }
+}
+
+/// Applies the rules in the module documentation.
+pub fn decide(vote: &ImageVote, intent: Option<&Intent>, gating: &Gating) -> Decision {
+    let max_categories = gating.max_categories;
     let tally = vote.tally();
     let name = |index: usize| vote.categories[index].clone();
     let negated: Vec<String> = intent.map(|i| i.negated.clone()).unwrap_or_default();
@@ -120,6 +156,30 @@ pub fn decide(vote: &ImageVote, intent: Option<&Intent>, max_categories: usize) 
             categories.push(category);
             categories.extend(image_choice);
         }
+        None if gating.gate == Gate::Mass => {
+            let mut by_probability = allowed.clone();
+            by_probability.sort_by(|a, b| b.2.total_cmp(&a.2));
+            let (mut held, mut bonuses) = (0.0f32, Vec::new());
+            for (index, _, mean) in by_probability {
+                categories.push(name(index));
+                bonuses.push(gating.prior_weight * mean.max(1e-6).ln());
+                held += mean;
+                if held >= gating.mass {
+                    break;
+                }
+            }
+            reasons.push(if categories.len() == 1 {
+                "no category named in text; the image vote decides".to_string()
+            } else {
+                format!(
+                    "no category named in text; searching the {} most probable categories ({:.0} % of the vote), hits ranked by cosine + {} x ln p(category)",
+                    categories.len(),
+                    100.0 * held,
+                    gating.prior_weight
+                )
+            });
+            return Decision { categories, reasons, bonuses, ranked_together: true };
+        }
         None => {
             let sure = tally.has_majority() && allowed.first().is_some_and(|a| a.2 >= CONFIDENT) && allowed.first().map(|a| a.0) == Some(tally.winner().0);
             categories.extend(image_choice);
@@ -140,7 +200,7 @@ pub fn decide(vote: &ImageVote, intent: Option<&Intent>, max_categories: usize) 
         }
     });
     categories.truncate(max_categories.max(1));
-    Decision { categories, reasons }
+    Decision { bonuses: vec![0.0; categories.len()], categories, reasons, ranked_together: false }
 }
 
 fn describe_vote(vote: &ImageVote, tally: &Tally) -> String {
@@ -174,6 +234,38 @@ mod tests {
         ImageVote { categories: CATEGORIES.iter().map(|c| c.to_string()).collect(), backbones }
     }
 
+    fn hard(max_categories: usize) -> Gating {
+        Gating { gate: Gate::Hard, max_categories, mass: 0.9, prior_weight: 0.1 }
+    }
+
+    #[test]
+    fn the_mass_gate_searches_until_the_vote_is_covered_and_ranks_with_a_prior() {
+        let mass = Gating { gate: Gate::Mass, max_categories: 2, mass: 0.9, prior_weight: 0.1 };
+        struct Case {
+            tops: &'static [(&'static str, f32)],
+            named: Option<&'static str>,
+            negated: &'static [&'static str],
+            expected: &'static [&'static str],
+        }
+        let split = &[("sandal", 0.6), ("sandal", 0.5), ("sneaker", 0.7)];
+        let cases = [
+            Case { tops: &[("sandal", 0.97), ("sandal", 0.97), ("sandal", 0.97)], named: None, negated: &[], expected: &["sandal"] },
+            Case { tops: split, named: None, negated: &[], expected: &["sandal", "sneaker", "dress", "coat"] },
+            Case { tops: split, named: Some("coat"), negated: &[], expected: &["coat", "sandal"] },
+            Case { tops: split, named: None, negated: &["sandal"], expected: &["sneaker", "dress", "coat"] },
+        ];
+        for (number, case) in cases.iter().enumerate() {
+            let decision = decide(&vote(case.tops), Some(&intent(case.named, case.negated)), &mass);
+            assert_eq!(decision.categories, case.expected, "case {number}: {:?}", decision.reasons);
+            assert_eq!(decision.bonuses.len(), decision.categories.len());
+        }
+        let decision = decide(&vote(&[("sandal", 0.6), ("sandal", 0.5), ("sneaker", 0.7)]), None, &mass);
+        assert!(decision.ranked_together && decision.reasons.iter().any(|r| r.contains("ranked by cosine + 0.1 x ln p")), "{:?}", decision.reasons);
+        assert!(decision.bonuses.windows(2).all(|w| w[0] >= w[1]), "more probable categories get the larger bonus: {:?}", decision.bonuses);
+        let named = decide(&vote(&[("sandal", 0.6), ("sandal", 0.5), ("sneaker", 0.7)]), Some(&intent(Some("coat"), &[])), &mass);
+        assert!(!named.ranked_together, "a category the shopper names is searched first, as before");
+    }
+
     fn intent(category: Option<&str>, negated: &[&str]) -> Intent {
         Intent { category: category.map(str::to_string), score: 0.91, decided_by: category.map(|_| TextMethod::Lexical), negated: negated.iter().map(|s| s.to_string()).collect(), methods: Vec::new() }
     }
@@ -199,7 +291,7 @@ mod tests {
         ];
         for (number, case) in cases.iter().enumerate() {
             let intent = intent(case.named, case.negated);
-            let decision = decide(&vote(case.tops), Some(&intent), 2);
+            let decision = decide(&vote(case.tops), Some(&intent), &hard(2));
             assert_eq!(decision.categories, case.expected, "case {number}: {:?}", decision.reasons);
             assert!(decision.reasons.iter().any(|r| r.contains(case.reason)), "case {number}: {:?}", decision.reasons);
         }
@@ -214,13 +306,13 @@ mod tests {
 
     #[test]
     fn max_categories_caps_the_list() {
-        let decision = decide(&vote(&[("sandal", 0.9), ("sandal", 0.8), ("sneaker", 0.7)]), Some(&intent(Some("coat"), &[])), 1);
+        let decision = decide(&vote(&[("sandal", 0.9), ("sandal", 0.8), ("sneaker", 0.7)]), Some(&intent(Some("coat"), &[])), &hard(1));
         assert_eq!(decision.categories, ["coat"]);
     }
 
     #[test]
     fn reasons_name_each_backbone_vote() {
-        let decision = decide(&vote(&[("sandal", 0.9), ("sandal", 0.8), ("sneaker", 0.7)]), None, 2);
+        let decision = decide(&vote(&[("sandal", 0.9), ("sandal", 0.8), ("sneaker", 0.7)]), None, &hard(2));
         assert!(decision.reasons[0].contains("net0 sandal 0.90") && decision.reasons[0].contains("net2 sneaker 0.70"), "{:?}", decision.reasons);
     }
 }

@@ -66,7 +66,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     // 3. The index, incrementally.
     let service = SearchService::start(&config)?;
     println!("indexing {} ({} profile, {} embeddings)", config.catalogue.dir.display(), config.models.profile, config.index.embedding.as_str());
-    search::reindex_with_bar(&service)?;
+    print!("{}", crate::index::render_summary(&search::reindex_with_bar(&service)?, crate::index::Audience::Operator));
 
     // 4. Queries with images the catalogue does not hold.
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -101,6 +101,16 @@ pub struct Index {
     norms: Vec<f32>,
 }
 
+/// One category to search, with its place in the order and a bonus added to its hits' scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scope {
+    pub category: String,
+    /// Scopes of a lower rank come first, whatever the scores.
+    pub rank: usize,
+    /// Added to the cosine (subtracted from the distance) of this category's hits.
+    pub bonus: f32,
+}
+
 /// How to rank and cut hits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SearchParams {
@@ -118,6 +128,9 @@ pub struct Hit {
     pub item: Item,
     pub cosine: f32,
     pub euclidean: f32,
+    /// What the hit was ranked by among its category's peers: the cosine plus the category's
+    /// bonus (the vote's prior, when categories compete; else the cosine itself).
+    pub score: f32,
     /// Near-duplicates (cosine at or above `near_duplicate_cosine` to this hit) folded into it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub collapsed: Vec<String>,
@@ -255,63 +268,67 @@ impl Index {
         self.manifest.categories.iter().map(|c| (c.name.clone(), self.manifest.items[c.first_row..c.first_row + c.rows].iter().map(|i| 1 + i.duplicates.len()).sum())).collect()
     }
 
-    /// Exact search inside `categories`, in that order: the first category's hits rank before
-    /// the second's (category-first search, as the chapter does), each ranked by `metric`.
+    /// The best hits for `query` in `categories`, searched in order: every hit of the first
+    /// category ranks before any of the second (the chapter's category-first search).
     /// Hits below `min_similarity` are dropped; near-duplicates of a better hit are folded
     /// into it. Categories the index does not have contribute nothing.
     pub fn search(&self, query: &[f32], categories: &[String], params: &SearchParams) -> Result<Page, DimensionMismatch> {
+        let scopes: Vec<Scope> = categories.iter().enumerate().map(|(rank, name)| Scope { category: name.clone(), rank, bonus: 0.0 }).collect();
+        self.search_scopes(query, &scopes, params)
+    }
+
+    /// The one search: hits of every scope's category, ranked by (scope rank, then the metric
+    /// plus the scope's bonus). Equal ranks compete on score: `cosine + bonus` for the cosine
+    /// metric, `euclidean - bonus` for the Euclidean one.
+    pub fn search_scopes(&self, query: &[f32], scopes: &[Scope], params: &SearchParams) -> Result<Page, DimensionMismatch> {
         let dim = self.manifest.key.dim;
         if query.len() != dim {
             return Err(DimensionMismatch { expected: dim, got: query.len() });
         }
         let query_norm = dot(query, query).sqrt();
         let wanted = params.offset + params.k + 1;
-        let mut accepted: Vec<(usize, Hit)> = Vec::new();
-        'categories: for name in categories {
-            let Some(rows) = self.manifest.categories.iter().find(|c| &c.name == name) else { continue };
+        // (row, cosine, euclidean, rank, bonus) of every candidate over the threshold.
+        let mut candidates: Vec<(usize, f32, f32, usize, f32)> = Vec::new();
+        for scope in scopes {
+            let Some(rows) = self.manifest.categories.iter().find(|c| c.name == scope.category) else { continue };
             let matrix = &self.vectors[rows.first_row * dim..(rows.first_row + rows.rows) * dim];
-            let mut candidates: Vec<(usize, f32, f32)> = scores(matrix, dim, query)
-                .into_iter()
-                .enumerate()
-                .map(|(offset, dot_product)| {
-                    let row = rows.first_row + offset;
-                    let norm = self.norms[row];
-                    let cosine = dot_product / (norm * query_norm).max(1e-12);
-                    let euclidean = (norm * norm + query_norm * query_norm - 2.0 * dot_product).max(0.0).sqrt();
-                    (row, cosine, euclidean)
-                })
-                .filter(|(_, cosine, _)| *cosine >= params.min_similarity)
-                .collect();
-            let better = |a: &(usize, f32, f32), b: &(usize, f32, f32)| match params.metric {
-                Metric::Cosine => b.1.total_cmp(&a.1),
-                Metric::Euclidean => a.2.total_cmp(&b.2),
-            };
-            // Only the best few need sorting; near-duplicates may use up more, so widen if so.
-            let mut sorted = 0;
-            let mut limit = (4 * wanted + 32).min(candidates.len());
-            let mut next = 0;
-            while next < candidates.len() {
-                if next == sorted {
-                    if limit < candidates.len() {
-                        candidates[sorted..].select_nth_unstable_by(limit - sorted, better);
-                    }
-                    candidates[sorted..limit].sort_unstable_by(better);
-                    sorted = limit;
-                    limit = (limit * 2).min(candidates.len());
+            candidates.extend(scores(matrix, dim, query).into_iter().enumerate().filter_map(|(offset, dot_product)| {
+                let row = rows.first_row + offset;
+                let norm = self.norms[row];
+                let cosine = dot_product / (norm * query_norm).max(1e-12);
+                let euclidean = (norm * norm + query_norm * query_norm - 2.0 * dot_product).max(0.0).sqrt();
+                (cosine >= params.min_similarity).then_some((row, cosine, euclidean, scope.rank, scope.bonus))
+            }));
+        }
+        let better = |a: &(usize, f32, f32, usize, f32), b: &(usize, f32, f32, usize, f32)| {
+            a.3.cmp(&b.3).then_with(|| match params.metric {
+                Metric::Cosine => (b.1 + b.4).total_cmp(&(a.1 + a.4)),
+                Metric::Euclidean => (a.2 - a.4).total_cmp(&(b.2 - b.4)),
+            })
+        };
+        let mut accepted: Vec<(usize, Hit)> = Vec::new();
+        // Only the best few need sorting; near-duplicates may use up more, so widen if so.
+        let mut sorted = 0;
+        let mut limit = (4 * wanted + 32).min(candidates.len());
+        let mut next = 0;
+        while next < candidates.len() && accepted.len() < wanted {
+            if next == sorted {
+                if limit < candidates.len() {
+                    candidates[sorted..].select_nth_unstable_by(limit - sorted, better);
                 }
-                let (row, cosine, euclidean) = candidates[next];
-                next += 1;
-                let vector = self.vector(row);
-                let twin = accepted.iter_mut().find(|(kept, _)| dot(self.vector(*kept), vector) / (self.norms[*kept] * self.norms[row]).max(1e-12) >= params.near_duplicate_cosine);
-                if let Some((_, hit)) = twin {
-                    hit.collapsed.push(self.manifest.items[row].id.clone());
-                    continue;
-                }
-                accepted.push((row, Hit { item: self.manifest.items[row].clone(), cosine, euclidean, collapsed: Vec::new() }));
-                if accepted.len() >= wanted {
-                    break 'categories;
-                }
+                candidates[sorted..limit].sort_unstable_by(better);
+                sorted = limit;
+                limit = (limit * 2).min(candidates.len());
             }
+            let (row, cosine, euclidean, _, bonus) = candidates[next];
+            next += 1;
+            let vector = self.vector(row);
+            let twin = accepted.iter_mut().find(|(kept, _)| dot(self.vector(*kept), vector) / (self.norms[*kept] * self.norms[row]).max(1e-12) >= params.near_duplicate_cosine);
+            if let Some((_, hit)) = twin {
+                hit.collapsed.push(self.manifest.items[row].id.clone());
+                continue;
+            }
+            accepted.push((row, Hit { item: self.manifest.items[row].clone(), cosine, euclidean, score: cosine + bonus, collapsed: Vec::new() }));
         }
         let more = accepted.len() > params.offset + params.k;
         let hits = accepted.into_iter().map(|(_, hit)| hit).skip(params.offset).take(params.k).collect();
@@ -772,6 +789,21 @@ mod tests {
         assert!(index.search(&query, &["shoe".into()], &params(3)).unwrap().hits.is_empty());
         let err = index.search(&[1.0, 0.0], &["bag".into()], &params(3)).unwrap_err();
         assert_eq!(err, DimensionMismatch { expected: 3, got: 2 }, "a wrong-length query is an error, not an empty page");
+    }
+
+    #[test]
+    fn categories_ranked_together_compete_on_cosine_plus_their_bonus() {
+        let index = small_index();
+        let query = unit(&[1.0, 0.0, 0.0]);
+        let scope = |category: &str, bonus: f32| Scope { category: category.into(), rank: 0, bonus };
+        // Equal priors: coat/best (cosine 1) beats bag/near (0.995), unlike category-first search.
+        let page = index.search_scopes(&query, &[scope("bag", 0.0), scope("coat", 0.0)], &params(3)).unwrap();
+        assert_eq!(page.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["coat/best", "bag/near", "bag/mid"]);
+        // A prior that favours bags by more than the gap puts bag/near first; scores show it.
+        let page = index.search_scopes(&query, &[scope("bag", 0.0), scope("coat", -0.1)], &params(3)).unwrap();
+        assert_eq!(page.hits[0].item.id, "bag/near");
+        let coat = page.hits.iter().find(|h| h.item.id == "coat/best").unwrap();
+        assert!((coat.score - 0.9).abs() < 1e-5 && (coat.cosine - 1.0).abs() < 1e-5, "score = cosine + bonus: {coat:?}");
     }
 
     #[test]

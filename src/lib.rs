@@ -20,6 +20,7 @@
 //! | [`catalogue`] | the catalogue folders (one sub-folder per category), content hashes, metadata (CSV / JSON lines) | torch, Discord |
 //! | [`index`]  | unit vectors per category as contiguous matrices, exact top-k, generations on disk (checksummed, swapped atomically, fallback past damage), incremental re-index, the re-index lock | torch, Discord |
 //! | [`search`] | `SearchService`, the one entry point of the CLI and the bot: decode, micro-batched models, decide, search, timings; re-index while serving. Its model thread is private (the bench has one named hook) | Discord |
+//! | [`retrieval`] | `eval --retrieval`: R@1, R@5, vote accuracy and same-category precision@5 of pictures of the same items, through the whole search | Discord |
 //! | [`decide`] | image vote + text intent -> ordered categories to search, with reasons (pure) | torch, Discord |
 //! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out | Discord |
 //! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run | Discord |
@@ -49,6 +50,7 @@ pub mod index;
 pub mod models;
 pub mod plot;
 pub mod progress;
+pub mod retrieval;
 pub mod search;
 pub mod text;
 pub mod vision;

@@ -21,10 +21,10 @@ use sha2::{Digest, Sha256};
 
 use crate::catalogue::MetadataTable;
 use crate::config::{Config, EmbeddingSource};
-use crate::decide::{decide, Decision, ImageVote};
+use crate::decide::{decide, Decision, Gating, ImageVote};
 use crate::files::heads;
 use crate::imaging::{self, ImageError, ImageLimits};
-use crate::index::{self, EmbeddingKey, Hit, Index, Progress, ReindexError, ReindexJob, ReindexLock, ReindexSummary, SearchParams};
+use crate::index::{self, EmbeddingKey, Hit, Index, Progress, ReindexError, ReindexJob, ReindexLock, ReindexSummary, Scope, SearchParams};
 use crate::text::{Intent, IntentReader, TextModelPaths, Vocabulary};
 use crate::vision;
 use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, GPU_BATCH_SIZES, HEAD_WIDTH};
@@ -317,8 +317,8 @@ impl SearchService {
         let timeout = Duration::from_millis(search.query_timeout_ms);
         let understood = tokio::time::timeout(timeout, self.understand(image, query.text)).await.map_err(|_| SearchError::Timeout(search.query_timeout_ms))??;
         let decision = match query.categories {
-            Some(categories) => Decision { reasons: vec![format!("searching the category asked for: {}", categories.join(", "))], categories },
-            None => decide(&understood.vote, understood.intent.as_ref(), search.max_categories),
+            Some(categories) => Decision::chosen(categories.clone(), format!("searching the category asked for: {}", categories.join(", "))),
+            None => decide(&understood.vote, understood.intent.as_ref(), &Gating::from_config(search)),
         };
 
         let search_started = Instant::now();
@@ -329,8 +329,15 @@ impl SearchService {
             min_similarity: self.settings.index.min_similarity,
             near_duplicate_cosine: self.settings.index.near_duplicate_cosine,
         };
-        let (embedding, categories, searched) = (understood.embedding, decision.categories.clone(), index.clone());
-        let page = tokio::task::spawn_blocking(move || searched.search(&embedding, &categories, &params))
+        let scopes: Vec<Scope> = decision
+            .categories
+            .iter()
+            .zip(&decision.bonuses)
+            .enumerate()
+            .map(|(position, (category, &bonus))| Scope { category: category.clone(), rank: if decision.ranked_together { 0 } else { position }, bonus })
+            .collect();
+        let (embedding, searched) = (understood.embedding, index.clone());
+        let page = tokio::task::spawn_blocking(move || searched.search_scopes(&embedding, &scopes, &params))
             .await
             .map_err(|e| SearchError::Models(e.to_string()))?
             .map_err(|e| SearchError::Models(e.to_string()))?;
@@ -408,8 +415,8 @@ impl SearchService {
     }
 }
 
-/// Re-indexes `catalogue.dir` with a progress bar, and prints what changed.
-pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<()> {
+/// Re-indexes `catalogue.dir` with a progress bar; returns what changed.
+pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<ReindexSummary> {
     let bar = crate::progress::bar(0, "index {bar:30} {pos}/{len} images to embed, {msg}");
     let summary = service.reindex(&mut |progress| {
         bar.set_length(progress.total as u64);
@@ -418,8 +425,7 @@ pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<()> {
         bar.set_message(format!("{:.1} images/s, {eta}", progress.rate()));
     })?;
     bar.finish_and_clear();
-    print!("{}", crate::index::render_summary(&summary, crate::index::Audience::Operator));
-    Ok(())
+    Ok(summary)
 }
 
 /// Runs on the model thread: classifies every queued image in one batch, then reads each
