@@ -177,7 +177,7 @@ pub struct Preprocess {
 
 /// A resized axis longer than this many crops is cut to the part the crop keeps before
 /// resizing. Ordinary photos (up to about 4:1) never are, so their pixels match torchvision's
-/// resize-then-crop exactly; a 1 x 10,000 image would otherwise be scaled up to 2.56 million
+/// resize-then-crop (unless [`Preprocess::shrink`] first halved a large one); a 1 x 10,000 image would otherwise be scaled up to 2.56 million
 /// pixels wide (about 8 GB of floats) only to keep 224 of them.
 const MAX_RESIZED_CROPS: i64 = 4;
 

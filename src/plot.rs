@@ -40,7 +40,7 @@ fn register_font() -> anyhow::Result<()> {
 }
 
 fn save(path: &Path, width: u32, height: u32, pixels: Vec<u8>) -> anyhow::Result<()> {
-    // The partial file has no .png extension, so name the format.
+    // Named explicitly: the format should not hang on a file name.
     crate::files::replace_atomically(path, |partial| Ok(image::save_buffer_with_format(partial, &pixels, width, height, image::ColorType::Rgb8, image::ImageFormat::Png)?))
 }
 

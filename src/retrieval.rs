@@ -43,7 +43,6 @@ pub fn evaluate(config: &Config, dir: &Path) -> anyhow::Result<RetrievalReport> 
     config.catalogue.metadata = Default::default();
     // One index per embedding, kept beside the data: a second run re-embeds nothing.
     config.index.dir = dir.join(format!("index-{}", config.index.embedding.as_str()));
-    config.search.max_concurrent_queries = config.search.max_concurrent_queries.max(1);
     let service = SearchService::start(&config)?;
     service.warm_up()?;
     // On stderr: stdout carries the report (`--json` included).
@@ -57,7 +56,7 @@ pub fn evaluate(config: &Config, dir: &Path) -> anyhow::Result<RetrievalReport> 
     for example in &examples {
         let category = example.path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let item = format!("{category}/{}", example.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        let image = std::fs::read(&example.path).with_context(|| format!("cannot read {}", example.path.display()))?;
+        let image = crate::imaging::read(&example.path, service.image_limits()).with_context(|| format!("cannot read the query {}", example.path.display()))?;
         let started = Instant::now();
         let outcome = runtime.block_on(service.search(Query { image, k: Some(5), ..Query::default() })).with_context(|| format!("search with {}", example.path.display()))?;
         totals.push(started.elapsed().as_secs_f64() * 1e3);

@@ -190,10 +190,11 @@ impl Bot {
     /// Downloads the attachment and searches; the stored query lets the buttons go on.
     async fn search(&self, declared: &Declared<'_>, text: Option<String>, k: usize, key: u64, asker: Asker) -> Result<Reply, String> {
         let timeout = Duration::from_millis(self.config.discord.download_timeout_ms);
-        let image = match attachment::download(&self.downloads, declared, self.max_bytes(), timeout).instrument(asker.span(key)).await {
+        let span = asker.span(key);
+        let image = match attachment::download(&self.downloads, declared, self.max_bytes(), timeout).instrument(span.clone()).await {
             Ok(image) => image,
             Err(err) => {
-                asker.span(key).in_scope(|| tracing::info!(outcome = "bad_image", cause = %err, "request"));
+                span.in_scope(|| tracing::info!(outcome = "bad_image", cause = %err, "request"));
                 return Err(err.to_string());
             }
         };
