@@ -124,6 +124,11 @@ pub struct TrainArgs {
     /// Epochs of that fine-tuning.
     #[arg(long, default_value_t = train_defaults().fine_tune_epochs)]
     pub fine_tune_epochs: usize,
+    /// Weight of a metric loss that teaches the heads' vectors to tell one catalogue item from
+    /// another (two augmented views of an image must match each other better than any other
+    /// image); needs --views 1 or more. 0 trains for the categories alone.
+    #[arg(long, default_value_t = train_defaults().metric_weight, value_name = "W")]
+    pub metric_weight: f64,
 }
 
 /// The library's training defaults, which `--help` shows.
@@ -240,7 +245,7 @@ pub enum BenchPart {
     Intent,
     /// The ensemble per image against the bare forward passes; one head-training epoch.
     Vision,
-    /// Exact search over 100,000 vectors; indexing and querying a 1,000-image catalogue against
+    /// Exact search over 10,000 and 100,000 vectors; indexing and querying a 1,000-image catalogue against
     /// the chapter's method; indexing against a python torchvision pipeline.
     Index,
     /// CUDA against the CPU for both profiles (features, vote probabilities, top-5 hits), in f32
@@ -399,6 +404,7 @@ fn train(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
         seed: args.seed,
         fine_tune_layers: args.fine_tune_layers,
         fine_tune_epochs: args.fine_tune_epochs,
+        metric_weight: args.metric_weight.max(0.0),
         ..vision::train::TrainOptions::new(args.data.clone(), args.out.clone().unwrap_or_else(|| config.models.heads_dir.clone()), ImageLimits::from_config(&config.limits))
     };
     let report = vision::train::run(options, &config.models)?;

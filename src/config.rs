@@ -129,6 +129,8 @@ pub enum EmbeddingSource {
     Pooled,
     /// The trained heads' penultimate layer (1,024 per backbone; tuned to the categories).
     Head,
+    /// Both, with equal weight: item identity from the first, the category's sense from the second.
+    Combined,
 }
 
 impl EmbeddingSource {
@@ -136,6 +138,7 @@ impl EmbeddingSource {
         match self {
             EmbeddingSource::Pooled => "pooled",
             EmbeddingSource::Head => "head",
+            EmbeddingSource::Combined => "combined",
         }
     }
 }

@@ -38,8 +38,12 @@ pub const EMBED_CHUNK: usize = 16;
 pub struct EmbeddingKey {
     pub profile: String,
     pub backbones: Vec<String>,
-    /// "pooled" or "head" (see `config::EmbeddingSource`).
+    /// "pooled", "head" or "combined" (see `config::EmbeddingSource`).
     pub source: String,
+    /// How the backbones' feature maps were pooled into descriptors ("gem3"); empty where the
+    /// vectors use none (head vectors), and in indexes written before GeM (average pooling).
+    #[serde(default)]
+    pub pooling: String,
     /// sha256 over the weights the vectors depend on besides the backbones' published ones
     /// (heads, fine-tuned backbone layers).
     pub weights_sha256: String,
@@ -732,7 +736,7 @@ mod tests {
     use super::*;
 
     fn key(dim: usize) -> EmbeddingKey {
-        EmbeddingKey { profile: "kit".into(), backbones: vec!["a".into()], source: "pooled".into(), weights_sha256: String::new(), dim }
+        EmbeddingKey { profile: "kit".into(), backbones: vec!["a".into()], source: "pooled".into(), pooling: "gem3".into(), weights_sha256: String::new(), dim }
     }
 
     fn unit(values: &[f32]) -> Vec<f32> {

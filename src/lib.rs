@@ -13,7 +13,7 @@
 //! | [`files`]  | files written whole or not at all (temporary file, flush, rename); the heads folder's layout | everything else |
 //! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` | Discord, index |
 //! | [`imaging`] | decode with limits, EXIF orientation, RGB; resize, crop, per-backbone normalisation | torch models, Discord |
-//! | [`vision`] | backbone specs and networks, heads, augmentation, ensemble vote, training, evaluation | Discord, index |
+//! | [`vision`] | backbone specs and networks, GeM descriptors, heads, augmentation, ensemble vote, training (classification and metric loss), evaluation | Discord, index |
 //! | [`plot`]   | PNG charts: training curves, confusion matrices, search contact sheets | torch, Discord |
 //! | [`progress`] | progress bars on a terminal, periodic progress lines elsewhere | everything else |
 //! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; negation; "none" | index, Discord |

@@ -32,6 +32,16 @@ pub struct RetrievalReport {
     pub search_share: f64,
     pub gate: String,
     pub embedding: String,
+    /// The same recalls per category, to see where the misses are.
+    pub per_category: Vec<CategoryRecall>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CategoryRecall {
+    pub category: String,
+    pub queries: usize,
+    pub recall_at_1: f64,
+    pub recall_at_5: f64,
 }
 
 pub fn evaluate(config: &Config, dir: &Path) -> anyhow::Result<RetrievalReport> {
@@ -53,6 +63,8 @@ pub fn evaluate(config: &Config, dir: &Path) -> anyhow::Result<RetrievalReport> 
     let progress = crate::progress::bar(examples.len() as u64, "queries {bar:30} {pos}/{len}, {per_sec}, eta {eta}");
     let (mut first, mut five, mut voted, mut same, mut shown, mut searched) = (0, 0, 0, 0, 0, 0);
     let (mut totals, mut searches) = (Vec::new(), Vec::new());
+    // Per category: (queries, first, five), in name order.
+    let mut by_category: std::collections::BTreeMap<String, (usize, usize, usize)> = Default::default();
     for example in &examples {
         let category = example.path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let item = format!("{category}/{}", example.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
@@ -63,8 +75,10 @@ pub fn evaluate(config: &Config, dir: &Path) -> anyhow::Result<RetrievalReport> 
         searches.push(outcome.timings.search_ms);
         // A hit stands for itself, the identical files stored with it, and the near-duplicates folded into it.
         let stands_for = |hit: &crate::index::Hit| hit.item.id == item || hit.item.duplicates.contains(&item) || hit.collapsed.contains(&item);
-        first += usize::from(outcome.hits.first().is_some_and(stands_for));
-        five += usize::from(outcome.hits.iter().any(stands_for));
+        let (at_1, at_5) = (usize::from(outcome.hits.first().is_some_and(stands_for)), usize::from(outcome.hits.iter().any(stands_for)));
+        (first, five) = (first + at_1, five + at_5);
+        let tally = by_category.entry(category.clone()).or_default();
+        *tally = (tally.0 + 1, tally.1 + at_1, tally.2 + at_5);
         let tally = outcome.vote.tally();
         voted += usize::from(outcome.vote.categories.get(tally.winner().0) == Some(&category));
         same += outcome.hits.iter().filter(|h| h.item.category == category).count();
@@ -91,11 +105,15 @@ pub fn evaluate(config: &Config, dir: &Path) -> anyhow::Result<RetrievalReport> 
         search_share: search_ms_p50 / query_ms_p50.max(1e-9),
         gate: format!("{:?}", config.search.gate).to_lowercase(),
         embedding: config.index.embedding.as_str().to_string(),
+        per_category: by_category
+            .into_iter()
+            .map(|(category, (queries, at_1, at_5))| CategoryRecall { category, queries, recall_at_1: at_1 as f64 / queries as f64, recall_at_5: at_5 as f64 / queries as f64 })
+            .collect(),
     })
 }
 
 pub fn render(report: &RetrievalReport) -> String {
-    format!(
+    let mut out = format!(
         "instance retrieval: {} queries against {} catalogue items (gate {}, {} vectors)\n  R@1 {:.3}   R@5 {:.3}   vote accuracy {:.1} %   same-category precision@5 {:.1} %\n  categories searched per query {:.2}; query p50 {:.1} ms, of which the exact search {:.2} %\n",
         report.queries,
         report.catalogue_items,
@@ -108,5 +126,11 @@ pub fn render(report: &RetrievalReport) -> String {
         report.categories_searched,
         report.query_ms_p50,
         100.0 * report.search_share
-    )
+    );
+    out.push_str("  per category (queries, R@1, R@5):");
+    for c in &report.per_category {
+        out.push_str(&format!("\n    {:<20} {:>5}  {:.3}  {:.3}", c.category, c.queries, c.recall_at_1, c.recall_at_5));
+    }
+    out.push('\n');
+    out
 }

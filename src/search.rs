@@ -27,7 +27,7 @@ use crate::imaging::{self, ImageError, ImageLimits};
 use crate::index::{self, EmbeddingKey, Hit, Index, Progress, ReindexError, ReindexJob, ReindexLock, ReindexSummary, Scope, SearchParams};
 use crate::text::{Intent, IntentReader, TextModelPaths, Vocabulary};
 use crate::vision;
-use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, GPU_BATCH_SIZES, HEAD_WIDTH};
+use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, GPU_BATCH_SIZES};
 use crate::worker::ModelWorker;
 
 /// Everything the model thread owns; nothing outside this module reaches it.
@@ -163,12 +163,12 @@ fn millis(duration: Duration) -> f64 {
 }
 
 /// sha256 over the weights the vectors depend on beyond the published backbones: fine-tuned
-/// backbone layers, and for head embeddings the heads.
+/// backbone layers, and for embeddings with a head part the heads.
 fn weights_fingerprint(heads_dir: &Path, backbones: &[String], source: EmbeddingSource) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     for backbone in backbones {
         let mut files = vec![heads::tuned_backbone_path(heads_dir, backbone)];
-        if source == EmbeddingSource::Head {
+        if source != EmbeddingSource::Pooled {
             files.push(heads::head_path(heads_dir, backbone));
         }
         for file in files.into_iter().filter(|f| f.exists()) {
@@ -200,16 +200,14 @@ impl SearchService {
     pub fn with_ensemble(config: &Config, ensemble: impl FnOnce() -> anyhow::Result<Ensemble> + Send + 'static) -> anyhow::Result<SearchService> {
         let specs = vision::backbones(config.models.profile);
         let source = config.index.embedding;
-        let dim = match source {
-            EmbeddingSource::Pooled => specs.iter().map(|s| s.feature_dim as usize).sum(),
-            EmbeddingSource::Head => specs.len() * HEAD_WIDTH as usize,
-        };
+        let dim = vision::ensemble::embedding_dim(source, config.models.profile);
         let backbones: Vec<String> = specs.iter().map(|s| s.id.to_string()).collect();
         let key = EmbeddingKey {
             profile: config.models.profile.to_string(),
             weights_sha256: weights_fingerprint(&config.models.heads_dir, &backbones, source)?,
             backbones,
             source: source.as_str().to_string(),
+            pooling: if source == EmbeddingSource::Head { String::new() } else { format!("gem{}", vision::ensemble::GEM_P) },
             dim,
         };
         let vocabulary = Vocabulary::load(&config.text.vocabulary)?;
@@ -400,7 +398,7 @@ impl SearchService {
                 })
                 .unzip();
             let images: Vec<RgbImage> = images.into_iter().flatten().collect();
-            let embedded = worker.run_blocking(move |models: &mut Models| Ok(models.ensemble.classify(&images)?.into_iter().map(|c| c.embedding(source).to_vec()).collect::<Vec<_>>())).and_then(|r| r);
+            let embedded = worker.run_blocking(move |models: &mut Models| Ok(models.ensemble.classify(&images)?.into_iter().map(|c| c.embedding(source)).collect::<Vec<_>>())).and_then(|r| r);
             match embedded {
                 Ok(vectors) => {
                     let mut vectors = vectors.into_iter();
@@ -459,7 +457,7 @@ fn classify_pending(models: &mut Models, pending: &Mutex<Vec<Pending>>, source: 
             }
         };
         let _ = answer.send(Ok(Understood {
-            embedding: classification.embedding(source).to_vec(),
+            embedding: classification.embedding(source),
             vote: classification.vote,
             intent,
             queue_ms: millis(started.duration_since(queued)),

@@ -115,6 +115,31 @@ fn search_service_end_to_end() {
     assert_eq!(after.generation, 2);
 }
 
+/// `eval --retrieval`: queries are other pictures of catalogue items (brighter, shifted by a
+/// few pixels), each under its item's name; the report finds them and counts per category.
+#[test]
+fn retrieval_eval_finds_other_pictures_of_the_same_items() {
+    let world = World::new(6);
+    let dir = world.root.join("pairs");
+    write_catalogue(&dir.join("catalogue"), 6, 0);
+    for class in ["warm", "cool"] {
+        std::fs::create_dir_all(dir.join("queries").join(class)).unwrap();
+        for variant in 0..6u32 {
+            let item = image::imageops::brighten(&picture(class, variant), 25);
+            let shifted = image::RgbImage::from_fn(64, 64, |x, y| *item.get_pixel(x.saturating_sub(3), y.saturating_sub(2)));
+            shifted.save(dir.join("queries").join(class).join(format!("{variant:02}.png"))).unwrap();
+        }
+    }
+    let report = lookalike::retrieval::evaluate(&world.config(&[]), &dir).unwrap();
+    assert_eq!((report.queries, report.catalogue_items, report.embedding.as_str()), (12, 12, "combined"));
+    assert!(report.recall_at_5 >= 0.9 && report.recall_at_1 >= 0.5, "R@1 {} R@5 {}", report.recall_at_1, report.recall_at_5);
+    assert!(report.recall_at_1 <= report.recall_at_5 && report.vote_accuracy >= 0.75, "{report:?}");
+    let categories: Vec<(&str, usize)> = report.per_category.iter().map(|c| (c.category.as_str(), c.queries)).collect();
+    assert_eq!(categories, [("cool", 6), ("warm", 6)]);
+    assert!(report.search_share > 0.0 && report.search_share < 1.0);
+    assert!(lookalike::retrieval::render(&report).contains("per category"));
+}
+
 #[test]
 fn a_killed_reindex_always_leaves_a_loadable_index() {
     let world = World::new(6);

@@ -21,7 +21,7 @@ fn train_resume_vote_and_eval() {
     std::fs::write(data.join("warm/broken.jpg"), b"\xFF\xD8\xFF\xE0 truncated jpeg").unwrap();
     std::fs::write(data.join("cool/readme.txt"), b"not an image").unwrap();
     let mut backbones = kit_backbones();
-    let mut options = TrainOptions { epochs: 3, augmented_views: 1, fine_tune_epochs: 1, ..train_options(&data, &out, &scratch.path().join("cache")) };
+    let mut options = TrainOptions { epochs: 3, augmented_views: 1, fine_tune_epochs: 1, metric_weight: 0.5, ..train_options(&data, &out, &scratch.path().join("cache")) };
     let first = train(&mut backbones, Profile::Kit, &options).unwrap();
     assert_eq!(first.classes, ["cool", "warm"]);
     assert_eq!(first.skipped.len(), 1, "{:?}", first.skipped);
@@ -62,7 +62,9 @@ fn train_resume_vote_and_eval() {
     assert_eq!(result.vote.backbones.len(), 3);
     // Three backbones' unit vectors, concatenated and scaled: one unit vector.
     assert_eq!((result.pooled.len(), result.penultimate.len()), (1280 + 512 + 768, 3 * 1024));
-    for embedding in [&result.pooled, &result.penultimate] {
+    let combined = result.embedding(lookalike::config::EmbeddingSource::Combined);
+    assert_eq!(combined.len(), 1280 + 512 + 768 + 3 * 1024);
+    for embedding in [&result.pooled, &result.penultimate, &combined] {
         assert!((embedding.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-4);
     }
     for backbone in &result.vote.backbones {

@@ -57,7 +57,7 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow:
     let mut per_backbone: Vec<Vec<(usize, usize)>> = vec![Vec::new(); backbone_count];
     let mut vote = Vec::new();
     let mut skipped = Vec::new();
-    let (mut pooled, mut penultimate, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pooled, mut penultimate, mut combined, mut labels) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for chunk in examples.chunks(32) {
         let mut images = Vec::new();
         let mut truths = Vec::new();
@@ -71,6 +71,7 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow:
             }
         }
         for (classification, truth) in ensemble.classify(&images)?.into_iter().zip(truths) {
+            combined.push(classification.embedding(EmbeddingSource::Combined));
             pooled.push(classification.pooled.clone());
             penultimate.push(classification.penultimate.clone());
             labels.push(truth as i64);
@@ -91,6 +92,7 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow:
         retrieval: vec![
             Retrieval { embedding: EmbeddingSource::Pooled, precision_at_5: precision_at_k(&pooled, &labels, 5) },
             Retrieval { embedding: EmbeddingSource::Head, precision_at_5: precision_at_k(&penultimate, &labels, 5) },
+            Retrieval { embedding: EmbeddingSource::Combined, precision_at_5: precision_at_k(&combined, &labels, 5) },
         ],
         skipped,
         seconds: started.elapsed().as_secs_f64(),

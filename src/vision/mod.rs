@@ -53,6 +53,17 @@ pub struct BackboneSpec {
     pub feature_dim: i64,
 }
 
+impl BackboneSpec {
+    /// Width of the retrieval descriptor: channels of the last feature map (VGG16's conv5 has
+    /// 512; the others' features are that map, average-pooled).
+    pub fn descriptor_dim(&self) -> i64 {
+        match self.architecture {
+            Architecture::Vgg16 => 512,
+            _ => self.feature_dim,
+        }
+    }
+}
+
 const IMAGENET_224: Preprocess = Preprocess { resize: 256, crop: 224, normalisation: Normalisation::ImageNet };
 
 /// The three backbones of a profile.
@@ -97,6 +108,9 @@ pub fn backbones(profile: Profile) -> [BackboneSpec; 3] {
 
 /// What a backbone computes for a batch.
 pub struct Outputs {
+    /// (N, C, h, w) the last feature map, the one `features` are pooled from (VGG16: conv5,
+    /// before its fully connected layers).
+    pub map: Tensor,
     /// (N, feature_dim) pooled features.
     pub features: Tensor,
     /// (N, 1000) ImageNet logits, where the weights include the classifier.
@@ -192,14 +206,14 @@ impl Backbone {
 
     /// Runs a (N, 3, H, W) batch, without gradients.
     pub fn forward(&self, images: &Tensor) -> Outputs {
-        let (features, logits) = tch::no_grad(|| (self.forward)(&images.to_device(self.device).to_kind(self.kind)));
-        Outputs { features: features.to_kind(Kind::Float), logits: logits.map(|l| l.to_kind(Kind::Float)) }
+        let Outputs { map, features, logits } = tch::no_grad(|| (self.forward)(&images.to_device(self.device).to_kind(self.kind)));
+        Outputs { map: map.to_kind(Kind::Float), features: features.to_kind(Kind::Float), logits: logits.map(|l| l.to_kind(Kind::Float)) }
     }
 
     /// Pooled features with gradients flowing into whatever layers [`Backbone::unfreeze_last`]
     /// opened; batch norm keeps its running statistics, as is usual when fine-tuning.
     pub fn forward_trainable(&self, images: &Tensor) -> Tensor {
-        (self.forward)(&images.to_device(self.device)).0
+        (self.forward)(&images.to_device(self.device)).features
     }
 
     /// Parameterised layers (weight-carrying modules) that shape the features, in the order

@@ -9,8 +9,8 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-/// A built network: images (N, 3, H, W) in, (features (N, D), logits (N, 1000) if any) out.
-pub type Forward = Box<dyn Fn(&Tensor) -> (Tensor, Option<Tensor>) + Send>;
+/// A built network: images (N, 3, H, W) in, its last feature map, pooled features and logits out.
+pub type Forward = Box<dyn Fn(&Tensor) -> super::Outputs + Send>;
 
 type Layer = Box<dyn Fn(&Tensor) -> Tensor + Send>;
 
@@ -149,23 +149,44 @@ pub fn vgg16(p: &nn::Path) -> Forward {
                 None => xs.max_pool2d_default(2),
             };
         }
-        let pooled = xs.adaptive_avg_pool2d([7, 7]).flatten(1, -1);
-        let features = pooled.apply(&fc0).relu().apply(&fc3).relu();
+        let features = xs.adaptive_avg_pool2d([7, 7]).flatten(1, -1).apply(&fc0).relu().apply(&fc3).relu();
         let logits = features.apply(&fc6);
-        (features, Some(logits))
+        super::Outputs { map: xs, features, logits: Some(logits) }
     })
 }
 
 // --------------------------------------------------------------------------------- ResNet50 --
 
-/// torchvision `resnet50` (tch's builder uses the same names): 2048-d pooled features.
+/// torchvision `resnet50`: bottleneck blocks (stride on the 3x3 convolution, as torchvision
+/// and tch build it), 2048-d pooled features of layer4.
 pub fn resnet50(p: &nn::Path) -> Forward {
-    let trunk = tch::vision::resnet::resnet50_no_final_layer(p);
+    const EPS: f64 = 1e-5;
+    let stem = conv_bn(&(p / "conv1"), &(p / "bn1"), Conv::new(3, 64, 7).stride(2), EPS, true, Act::Relu);
+    let mut blocks: Vec<Layer> = Vec::new();
+    let mut c_in = 64;
+    for (stage, (width, repeats, stride)) in [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)].into_iter().enumerate() {
+        for index in 0..repeats {
+            let b = p / format!("layer{}", stage + 1) / index;
+            let stride = if index == 0 { stride } else { 1 };
+            let c_out = 4 * width;
+            let conv1 = conv_bn(&(&b / "conv1"), &(&b / "bn1"), Conv::new(c_in, width, 1), EPS, true, Act::Relu);
+            let conv2 = conv_bn(&(&b / "conv2"), &(&b / "bn2"), Conv::new(width, width, 3).stride(stride), EPS, true, Act::Relu);
+            let conv3 = conv_bn(&(&b / "conv3"), &(&b / "bn3"), Conv::new(width, c_out, 1), EPS, true, Act::None);
+            let downsample = (index == 0).then(|| conv_bn(&(&b / "downsample" / 0), &(&b / "downsample" / 1), Conv::new(c_in, c_out, 1).stride(stride).valid(), EPS, true, Act::None));
+            blocks.push(Box::new(move |xs: &Tensor| {
+                let shortcut = downsample.as_ref().map_or_else(|| xs.shallow_clone(), |d| d(xs));
+                (conv3(&conv2(&conv1(xs))) + shortcut).relu()
+            }));
+            c_in = c_out;
+        }
+    }
     let fc = nn::linear(p / "fc", 2048, 1000, Default::default());
     Box::new(move |xs: &Tensor| {
-        let features = tch::nn::ModuleT::forward_t(&trunk, xs, false);
+        let start = stem(xs).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let map = blocks.iter().fold(start, |acc, block| block(&acc));
+        let features = global_pool(&map);
         let logits = features.apply(&fc);
-        (features, Some(logits))
+        super::Outputs { map, features, logits: Some(logits) }
     })
 }
 
@@ -333,7 +354,7 @@ pub fn inception_v3(root: &nn::Path, layout: InceptionLayout) -> Forward {
         let trunk = stem.iter().chain(&blocks).fold(xs.shallow_clone(), |acc, layer| layer(&acc));
         let features = global_pool(&trunk);
         let logits = fc.as_ref().map(|fc| features.apply(fc));
-        (features, logits)
+        super::Outputs { map: trunk, features, logits }
     })
 }
 
@@ -376,9 +397,10 @@ pub fn efficientnet_lite0(p: &nn::Path) -> Forward {
     let fc = nn::linear(p / "_fc", 1280, 1000, Default::default());
     Box::new(move |xs: &Tensor| {
         let trunk = blocks.iter().fold(stem(xs), |acc, block| block(&acc));
-        let features = global_pool(&head(&trunk));
+        let map = head(&trunk);
+        let features = global_pool(&map);
         let logits = features.apply(&fc);
-        (features, Some(logits))
+        super::Outputs { map, features, logits: Some(logits) }
     })
 }
 
@@ -418,6 +440,6 @@ pub fn squeezenet1_1(p: &nn::Path) -> Forward {
         let trunk = layers.iter().fold(conv1(xs).relu(), |acc, layer| layer(&acc));
         let features = global_pool(&trunk);
         let logits = global_pool(&conv10(&trunk).relu());
-        (features, Some(logits))
+        super::Outputs { map: trunk, features, logits: Some(logits) }
     })
 }

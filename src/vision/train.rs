@@ -39,6 +39,8 @@ pub struct TrainOptions {
     /// After the heads, also train the last N layers of each backbone (0: off).
     pub fine_tune_layers: usize,
     pub fine_tune_epochs: usize,
+    /// Weight of the metric loss beside the classification loss (0: classification alone).
+    pub metric_weight: f64,
 }
 
 /// Where `lookalike train` caches backbone features unless told otherwise.
@@ -61,6 +63,7 @@ impl TrainOptions {
             limits,
             fine_tune_layers: 0,
             fine_tune_epochs: 2,
+            metric_weight: METRIC_WEIGHT,
         }
     }
 }
@@ -170,7 +173,7 @@ fn cached_features(
         for start in (0..images.len()).step_by(16) {
             let end = (start + 16).min(images.len());
             let augmentation = (view > 0).then_some(&seeds[start..end]);
-            for (index, features) in backbone_features(backbones, &images[start..end], augmentation).into_iter().enumerate() {
+            for (index, features) in backbone_features(backbones, &images[start..end], augmentation).features.into_iter().enumerate() {
                 let features = features.to_device(Device::Cpu);
                 match named.iter_mut().find(|(name, _)| *name == format!("features{index}")) {
                     Some((_, all)) => *all = Tensor::cat(&[all.shallow_clone(), features], 0),
@@ -277,7 +280,8 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
         }
         let epoch_started = Instant::now();
         let active: Vec<bool> = state.stale_epochs.iter().map(|stale| *stale < options.patience).collect();
-        let batches = EpochBatches { rows: &train_rows, labels: &train_labels, views, batch_size: options.batch_size, seed: options.seed.wrapping_add(epoch as u64) };
+        let batches =
+            EpochBatches { rows: &train_rows, labels: &train_labels, views, batch_size: options.batch_size, seed: options.seed.wrapping_add(epoch as u64), metric_weight: options.metric_weight };
         let totals = train_epoch(&heads, &mut optimizers, &stacked, &active, &batches);
         let seconds = epoch_started.elapsed().as_secs_f64();
         let mut summary = Vec::new();
@@ -333,6 +337,22 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
 }
 
 /// Which examples an epoch visits, and how.
+/// Temperature of the metric loss's softmax over cosine similarities.
+const METRIC_TEMPERATURE: f64 = 0.1;
+/// Default weight of the metric loss (see `metric_loss`).
+pub const METRIC_WEIGHT: f64 = 0.0;
+
+/// The metric loss (InfoNCE, symmetric): row i of `a` and row i of `b` are two views of one
+/// image; each must be more similar to its own other view than to any other image's in the batch.
+/// It teaches the penultimate layer to keep what tells one catalogue item from another, where
+/// the classification loss alone blurs everything within a category.
+pub fn metric_loss(a: &Tensor, b: &Tensor) -> Tensor {
+    let unit = |t: &Tensor| t / t.norm_scalaropt_dim(2, [1], true).clamp_min(1e-6);
+    let similarity = unit(a).mm(&unit(b).tr()) / METRIC_TEMPERATURE;
+    let same = Tensor::arange(a.size()[0], (Kind::Int64, a.device()));
+    (similarity.cross_entropy_for_logits(&same) + similarity.tr().cross_entropy_for_logits(&same)) / 2.0
+}
+
 pub struct EpochBatches<'a> {
     /// Example indices that decoded.
     pub rows: &'a [i64],
@@ -341,11 +361,14 @@ pub struct EpochBatches<'a> {
     pub views: usize,
     pub batch_size: usize,
     pub seed: u64,
+    /// Weight of [`metric_loss`] between two different views of each example (needs 2+ views).
+    pub metric_weight: f64,
 }
 
 /// One pass over the training examples for every active head: shuffled minibatches, each
-/// example in its plain view or one of its augmented views, picked at random. `stacked[b]` is
-/// backbone b's (views, N, D) features. Returns per head (summed loss, correct, seen).
+/// example in its plain view or one of its augmented views, picked at random (and, with a metric
+/// loss, a second, different view beside it). `stacked[b]` is backbone b's (views, N, D)
+/// features. Returns per head (summed loss, correct, seen).
 pub fn train_epoch(heads: &[Head], optimizers: &mut [tch::nn::Optimizer], stacked: &[Tensor], active: &[bool], batches: &EpochBatches) -> Vec<(f64, usize, usize)> {
     let device = stacked.first().map_or(Device::Cpu, Tensor::device);
     let mut order = batches.rows.to_vec();
@@ -355,12 +378,24 @@ pub fn train_epoch(heads: &[Head], optimizers: &mut [tch::nn::Optimizer], stacke
     let flattened: Vec<Tensor> = stacked.iter().map(|s| s.flatten(0, 1)).collect();
     let mut totals = vec![(0.0f64, 0usize, 0usize); heads.len()];
     for batch in order.chunks(batches.batch_size) {
-        let rows: Vec<i64> = batch.iter().map(|&row| (data::splitmix64(&mut rng) % batches.views as u64) as i64 * examples + row).collect();
-        let rows = Tensor::from_slice(&rows).to_device(device);
+        let views = batches.views as u64;
+        let (rows, others): (Vec<i64>, Vec<i64>) = batch
+            .iter()
+            .map(|&row| {
+                let view = data::splitmix64(&mut rng) % views;
+                let other = (view + 1 + data::splitmix64(&mut rng) % views.saturating_sub(1).max(1)) % views;
+                (view as i64 * examples + row, other as i64 * examples + row)
+            })
+            .unzip();
+        let (rows, others) = (Tensor::from_slice(&rows).to_device(device), Tensor::from_slice(&others).to_device(device));
         let labels = Tensor::from_slice(&batch.iter().map(|&r| batches.labels[r as usize]).collect::<Vec<_>>()).to_device(device);
         for (index, head) in heads.iter().enumerate().filter(|(index, _)| active[*index]) {
-            let logits = head.forward_t(&flattened[index].index_select(0, &rows), true);
-            let loss = logits.cross_entropy_for_logits(&labels);
+            let hidden = head.penultimate_t(&flattened[index].index_select(0, &rows), true);
+            let logits = head.logits_t(&hidden, true);
+            let mut loss = logits.cross_entropy_for_logits(&labels);
+            if batches.metric_weight > 0.0 && views > 1 {
+                loss += batches.metric_weight * metric_loss(&hidden, &head.penultimate_t(&flattened[index].index_select(0, &others), true));
+            }
             optimizers[index].backward_step(&loss);
             let correct = logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]) as usize;
             totals[index].0 += loss.double_value(&[]) * batch.len() as f64;
@@ -484,4 +519,19 @@ pub fn render(report: &TrainReport) -> String {
     }
     out.push_str(&format!("heads, history.csv and training.png written to {}\n", report.out.display()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metric_loss_rewards_views_that_find_each_other() {
+        tch::manual_seed(3);
+        let a = Tensor::randn([16, 32], (Kind::Float, Device::Cpu));
+        let matched = metric_loss(&a, &(&a + 0.01 * Tensor::randn([16, 32], (Kind::Float, Device::Cpu)))).double_value(&[]);
+        let shuffled = metric_loss(&a, &a.roll([1], [0])).double_value(&[]);
+        assert!(matched < 0.1, "each view's nearest is its own other view: {matched}");
+        assert!(shuffled > 2.0, "each view's other view is someone else's: {shuffled}");
+    }
 }

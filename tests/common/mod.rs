@@ -57,6 +57,7 @@ pub fn train_options(data: &Path, out: &Path, cache: &Path) -> TrainOptions {
         limits: ImageLimits { max_bytes: 1 << 20, max_pixels: 1 << 20 },
         fine_tune_layers: 0,
         fine_tune_epochs: 0,
+        metric_weight: 0.0,
     }
 }
 
