@@ -129,6 +129,11 @@ pub struct TrainArgs {
     /// image); needs --views 1 or more. 0 trains for the categories alone.
     #[arg(long, default_value_t = train_defaults().metric_weight, value_name = "W")]
     pub metric_weight: f64,
+    /// Other pictures of the training images (DIR/<category>/<same file name>: another maker's
+    /// picture of the item, a shopper's photo): with --metric-weight, each image must match its
+    /// own other picture better than any other image's, instead of an augmented view of itself.
+    #[arg(long, value_name = "DIR")]
+    pub positives: Option<PathBuf>,
 }
 
 /// The library's training defaults, which `--help` shows.
@@ -405,6 +410,7 @@ fn train(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
         fine_tune_layers: args.fine_tune_layers,
         fine_tune_epochs: args.fine_tune_epochs,
         metric_weight: args.metric_weight.max(0.0),
+        positives: args.positives.clone(),
         ..vision::train::TrainOptions::new(args.data.clone(), args.out.clone().unwrap_or_else(|| config.models.heads_dir.clone()), ImageLimits::from_config(&config.limits))
     };
     let report = vision::train::run(options, &config.models)?;

@@ -115,25 +115,38 @@ fn search_service_end_to_end() {
     assert_eq!(after.generation, 2);
 }
 
-/// `eval --retrieval`: queries are other pictures of catalogue items (brighter, shifted by a
-/// few pixels), each under its item's name; the report finds them and counts per category.
+/// `eval --retrieval`: six items per category, each its category's picture with a mark of its
+/// own (a square of one colour in one place); queries are other pictures of them (a little
+/// brighter, a pixel off, through JPEG) under the item's name. The report finds them and counts
+/// per category.
 #[test]
 fn retrieval_eval_finds_other_pictures_of_the_same_items() {
     let world = World::new(6);
     let dir = world.root.join("pairs");
-    write_catalogue(&dir.join("catalogue"), 6, 0);
+    let marks = [([0, 0, 0], 4, 4), ([255, 255, 0], 44, 4), ([0, 200, 0], 4, 44), ([255, 0, 255], 44, 44), ([120, 60, 0], 24, 4), ([255, 255, 255], 24, 44)];
     for class in ["warm", "cool"] {
-        std::fs::create_dir_all(dir.join("queries").join(class)).unwrap();
-        for variant in 0..6u32 {
-            let item = image::imageops::brighten(&picture(class, variant), 25);
-            let shifted = image::RgbImage::from_fn(64, 64, |x, y| *item.get_pixel(x.saturating_sub(3), y.saturating_sub(2)));
-            shifted.save(dir.join("queries").join(class).join(format!("{variant:02}.png"))).unwrap();
+        for (variant, (colour, left, top)) in marks.into_iter().enumerate() {
+            let mut item = picture(class, 0);
+            for (x, y) in (left..left + 16).flat_map(|x| (top..top + 16).map(move |y| (x, y))) {
+                item.put_pixel(x, y, image::Rgb(colour));
+            }
+            let name = format!("{variant:02}.png");
+            std::fs::create_dir_all(dir.join("catalogue").join(class)).unwrap();
+            std::fs::create_dir_all(dir.join("queries").join(class)).unwrap();
+            item.save(dir.join("catalogue").join(class).join(&name)).unwrap();
+            let brighter = image::imageops::brighten(&item, 6);
+            let shifted = image::RgbImage::from_fn(64, 64, |x, y| *brighter.get_pixel(x.saturating_sub(1), y));
+            let mut jpeg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85).encode_image(&shifted).unwrap();
+            image::load_from_memory(&jpeg).unwrap().to_rgb8().save(dir.join("queries").join(class).join(&name)).unwrap();
         }
     }
     let report = lookalike::retrieval::evaluate(&world.config(&[]), &dir).unwrap();
     assert_eq!((report.queries, report.catalogue_items, report.embedding.as_str()), (12, 12, "combined"));
-    assert!(report.recall_at_5 >= 0.9 && report.recall_at_1 >= 0.5, "R@1 {} R@5 {}", report.recall_at_1, report.recall_at_5);
-    assert!(report.recall_at_1 <= report.recall_at_5 && report.vote_accuracy >= 0.75, "{report:?}");
+    assert!(report.recall_at_5 >= 0.9 && report.recall_at_1 >= 0.75, "R@1 {} R@5 {}", report.recall_at_1, report.recall_at_5);
+    // The tiny heads never saw the marks, so the vote is unsure (it is checked in tests/train.rs);
+    // the mass gate then searches both categories, and the vectors still find the item.
+    assert!(report.recall_at_1 <= report.recall_at_5 && report.categories_searched >= 1.0 && report.same_category_precision_at_5 >= 0.8, "{report:?}");
     let categories: Vec<(&str, usize)> = report.per_category.iter().map(|c| (c.category.as_str(), c.queries)).collect();
     assert_eq!(categories, [("cool", 6), ("warm", 6)]);
     assert!(report.search_share > 0.0 && report.search_share < 1.0);

@@ -179,7 +179,7 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
         let mut optimizers = heads.iter().map(|h| h.optimizer(1e-3)).collect::<anyhow::Result<Vec<_>>>()?;
         let mut epochs = Vec::new();
         for epoch in 0..rounds.max(3) {
-            let batches = EpochBatches { rows: &rows, labels: &labels, views: 1, batch_size: 64, seed: epoch as u64, metric_weight: 0.0 };
+            let batches = EpochBatches { rows: &rows, labels: &labels, views: 1, batch_size: 64, seed: epoch as u64, metric_weight: 0.0, positive_view: None };
             let started = Instant::now();
             train_epoch(&heads, &mut optimizers, &stacked, &[true, true, true], &batches);
             epochs.push(started.elapsed());

@@ -41,6 +41,10 @@ pub struct TrainOptions {
     pub fine_tune_epochs: usize,
     /// Weight of the metric loss beside the classification loss (0: classification alone).
     pub metric_weight: f64,
+    /// Other pictures of the training images, `DIR/<category>/<same file name>`: each is its
+    /// image's positive in the metric loss (another maker's picture of the item, a shopper's
+    /// photo), instead of an augmented view.
+    pub positives: Option<PathBuf>,
 }
 
 /// Where `lookalike train` caches backbone features unless told otherwise.
@@ -64,6 +68,7 @@ impl TrainOptions {
             fine_tune_layers: 0,
             fine_tune_epochs: 2,
             metric_weight: METRIC_WEIGHT,
+            positives: None,
         }
     }
 }
@@ -216,6 +221,17 @@ fn cached_features(
     Ok(Cached { features, decoded })
 }
 
+/// The positive of each training example: `dir/<category>/<file name>` where it exists, else
+/// the example itself (its metric loss then compares it with itself, and teaches nothing).
+fn positive_examples(dir: &Path, train: &[Example]) -> anyhow::Result<Vec<Example>> {
+    let found = |e: &Example| e.path.parent().and_then(Path::file_name).zip(e.path.file_name()).map(|(category, name)| dir.join(category).join(name)).filter(|p| p.is_file());
+    let positives: Vec<Example> = train.iter().map(|e| Example { path: found(e).unwrap_or_else(|| e.path.clone()), class: e.class }).collect();
+    let matched = train.iter().filter(|e| found(e).is_some()).count();
+    anyhow::ensure!(matched > 0, "no file in {} has the category and name of a training image: expected {}/<category>/<file name>", dir.display(), dir.display());
+    tracing::info!(matched, of = train.len(), "positives for the metric loss");
+    Ok(positives)
+}
+
 pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOptions) -> anyhow::Result<TrainReport> {
     // The heads' initial weights and dropout masks follow the seed too: the same run twice gives
     // the same heads.
@@ -230,13 +246,19 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
 
     // 1. Features, once per image and view.
     let started = Instant::now();
-    let views = 1 + options.augmented_views;
+    let positives = options.positives.as_deref().map(|dir| positive_examples(dir, &split.train)).transpose()?;
+    anyhow::ensure!(positives.is_none() || options.metric_weight > 0.0, "--positives pairs images for the metric loss: give --metric-weight above 0 too");
+    let views = 1 + options.augmented_views + usize::from(positives.is_some());
     let total = (split.train.len() * views + split.val.len()) as u64;
     let progress = crate::progress::bar(total, "features {bar:30} {pos}/{len} images, {per_sec}, eta {eta}");
     let mut skipped = Vec::new();
     let mut train_views = Vec::new();
-    for view in 0..views {
+    for view in 0..1 + options.augmented_views {
         train_views.push(cached_features(backbones, &split.train, view, &cache, options, &progress, &mut skipped)?);
+    }
+    // The positives come last, as they are (no augmentation).
+    if let Some(positives) = &positives {
+        train_views.push(cached_features(backbones, positives, 0, &cache, options, &progress, &mut skipped)?);
     }
     let val = cached_features(backbones, &split.val, 0, &cache, options, &progress, &mut skipped)?;
     progress.finish_and_clear();
@@ -280,8 +302,15 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
         }
         let epoch_started = Instant::now();
         let active: Vec<bool> = state.stale_epochs.iter().map(|stale| *stale < options.patience).collect();
-        let batches =
-            EpochBatches { rows: &train_rows, labels: &train_labels, views, batch_size: options.batch_size, seed: options.seed.wrapping_add(epoch as u64), metric_weight: options.metric_weight };
+        let batches = EpochBatches {
+            rows: &train_rows,
+            labels: &train_labels,
+            views,
+            batch_size: options.batch_size,
+            seed: options.seed.wrapping_add(epoch as u64),
+            metric_weight: options.metric_weight,
+            positive_view: positives.is_some().then_some(views - 1),
+        };
         let totals = train_epoch(&heads, &mut optimizers, &stacked, &active, &batches);
         let seconds = epoch_started.elapsed().as_secs_f64();
         let mut summary = Vec::new();
@@ -363,6 +392,9 @@ pub struct EpochBatches<'a> {
     pub seed: u64,
     /// Weight of [`metric_loss`] between two different views of each example (needs 2+ views).
     pub metric_weight: f64,
+    /// The view holding each example's positive (another picture of it): the metric loss pairs
+    /// one of the other views with it, and the classification loss reads the other views alone.
+    pub positive_view: Option<usize>,
 }
 
 /// One pass over the training examples for every active head: shuffled minibatches, each
@@ -382,8 +414,13 @@ pub fn train_epoch(heads: &[Head], optimizers: &mut [tch::nn::Optimizer], stacke
         let (rows, others): (Vec<i64>, Vec<i64>) = batch
             .iter()
             .map(|&row| {
-                let view = data::splitmix64(&mut rng) % views;
-                let other = (view + 1 + data::splitmix64(&mut rng) % views.saturating_sub(1).max(1)) % views;
+                let (view, other) = match batches.positive_view {
+                    Some(positive) => (data::splitmix64(&mut rng) % (positive as u64).max(1), positive as u64),
+                    None => {
+                        let view = data::splitmix64(&mut rng) % views;
+                        (view, (view + 1 + data::splitmix64(&mut rng) % views.saturating_sub(1).max(1)) % views)
+                    }
+                };
                 (view as i64 * examples + row, other as i64 * examples + row)
             })
             .unzip();
@@ -533,5 +570,23 @@ mod tests {
         let shuffled = metric_loss(&a, &a.roll([1], [0])).double_value(&[]);
         assert!(matched < 0.1, "each view's nearest is its own other view: {matched}");
         assert!(shuffled > 2.0, "each view's other view is someone else's: {shuffled}");
+    }
+
+    #[test]
+    fn positives_are_found_by_category_and_file_name() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (catalogue, positives) = (scratch.path().join("catalogue"), scratch.path().join("positives"));
+        for dir in [catalogue.join("cat"), positives.join("cat"), positives.join("dog")] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(positives.join("cat/a.png"), b"x").unwrap();
+        std::fs::write(positives.join("dog/b.png"), b"x").unwrap();
+        let train = [Example { path: catalogue.join("cat/a.png"), class: 0 }, Example { path: catalogue.join("cat/b.png"), class: 0 }];
+        let found = positive_examples(&positives, &train).unwrap();
+        assert_eq!(found[0].path, positives.join("cat/a.png"));
+        assert_eq!(found[1].path, catalogue.join("cat/b.png"), "dog/b.png is another category's: the image pairs with itself");
+        assert!(found.iter().all(|e| e.class == 0));
+        let none = positive_examples(&positives, &train[1..]).unwrap_err().to_string();
+        assert!(none.contains("<category>/<file name>"), "{none}");
     }
 }
