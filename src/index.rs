@@ -992,4 +992,13 @@ mod tests {
         let (_, summary) = reindex(&job, Some(&second), &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
         assert_eq!((summary.embedded, summary.unchanged), (4, 4));
     }
+
+    #[test]
+    fn a_key_written_before_gem_pooling_matches_no_gem_key() {
+        let mut old = serde_json::to_value(key(4)).unwrap();
+        old.as_object_mut().unwrap().remove("pooling");
+        let old: EmbeddingKey = serde_json::from_value(old).unwrap();
+        assert_eq!(old.pooling, "", "average-pooled vectors, from before the field existed");
+        assert_ne!(old, key(4), "so their index is re-embedded, never searched with GeM queries");
+    }
 }
