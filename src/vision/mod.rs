@@ -207,6 +207,7 @@ impl Backbone {
     /// Runs a (N, 3, H, W) batch, without gradients.
     pub fn forward(&self, images: &Tensor) -> Outputs {
         let Outputs { map, features, logits } = tch::no_grad(|| (self.forward)(&images.to_device(self.device).to_kind(self.kind)));
+        // The map too: GeM cubes it, and in f16 an activation above 40 would overflow.
         Outputs { map: map.to_kind(Kind::Float), features: features.to_kind(Kind::Float), logits: logits.map(|l| l.to_kind(Kind::Float)) }
     }
 

@@ -365,7 +365,6 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
     Ok(TrainReport { classes: split.classes, history: state.history, skipped, not_images: split.not_images, extraction_seconds, out: options.out.clone() })
 }
 
-/// Which examples an epoch visits, and how.
 /// Temperature of the metric loss's softmax over cosine similarities.
 const METRIC_TEMPERATURE: f64 = 0.1;
 /// Default weight of the metric loss (see `metric_loss`).
@@ -382,6 +381,7 @@ pub fn metric_loss(a: &Tensor, b: &Tensor) -> Tensor {
     (similarity.cross_entropy_for_logits(&same) + similarity.tr().cross_entropy_for_logits(&same)) / 2.0
 }
 
+/// Which examples an epoch visits, and how.
 pub struct EpochBatches<'a> {
     /// Example indices that decoded.
     pub rows: &'a [i64],
