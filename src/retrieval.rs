@@ -57,7 +57,7 @@ pub fn evaluate(config: &Config, dir: &Path) -> anyhow::Result<RetrievalReport> 
     service.warm_up()?;
     // On stderr: stdout carries the report (`--json` included).
     eprint!("{}", crate::index::render_summary(&crate::search::reindex_with_bar(&service)?, crate::index::Audience::Operator));
-    let catalogue_items = service.index()?.len();
+    let catalogue_items = service.generation_blocking()?.vectors();
 
     let runtime = tokio::runtime::Runtime::new()?;
     let progress = crate::progress::bar(examples.len() as u64, "queries {bar:30} {pos}/{len}, {per_sec}, eta {eta}");

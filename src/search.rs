@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -24,7 +24,7 @@ use crate::config::{Config, EmbeddingSource};
 use crate::decide::{decide, Decision, Gating, ImageVote};
 use crate::files::heads;
 use crate::imaging::{self, ImageError, ImageLimits};
-use crate::index::{self, EmbeddingKey, Hit, Index, Progress, ReindexError, ReindexJob, ReindexLock, ReindexSummary, Scope, SearchParams};
+use crate::index::{self, Backend, EmbeddingKey, Generation, Hit, IndexError, Progress, ReindexError, ReindexJob, ReindexSummary, Scope, SearchParams};
 use crate::text::{Intent, IntentReader, TextModelPaths, Vocabulary};
 use crate::vision;
 use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, GPU_BATCH_SIZES};
@@ -71,6 +71,8 @@ pub struct Timings {
     pub vision_ms: f64,
     pub text_ms: f64,
     pub search_ms: f64,
+    /// How the index found the hits: "exact", or "hnsw" (a large category in PostgreSQL).
+    pub search_method: &'static str,
     pub total_ms: f64,
     /// Queries classified together with this one (itself included).
     pub batch: usize,
@@ -103,6 +105,9 @@ pub enum SearchError {
     Image(#[from] ImageError),
     #[error("{0}")]
     NoIndex(String),
+    /// The catalogue database cannot be reached now; it may be back shortly.
+    #[error("the catalogue database is unreachable; try again shortly ({0})")]
+    Unavailable(String),
     #[error("unknown category `{0}`: the catalogue has {1}")]
     UnknownCategory(String, String),
     #[error("the search took longer than {0} ms and was abandoned; try again")]
@@ -118,6 +123,7 @@ impl SearchError {
             SearchError::Busy(..) => "busy",
             SearchError::Image(_) => "bad_image",
             SearchError::NoIndex(_) => "no_index",
+            SearchError::Unavailable(_) => "unavailable",
             SearchError::UnknownCategory(..) => "unknown_category",
             SearchError::Timeout(_) => "timeout",
             SearchError::Models(_) => "error",
@@ -145,8 +151,8 @@ struct Pending {
 
 pub struct SearchService {
     worker: ModelWorker<Models>,
-    /// The generation in memory, or why there is none to search.
-    index: RwLock<Result<Arc<Index>, String>>,
+    /// Where the catalogue's vectors are.
+    backend: Arc<dyn Backend>,
     key: EmbeddingKey,
     source: EmbeddingSource,
     settings: Settings,
@@ -219,13 +225,13 @@ impl SearchService {
             Ok(Models { ensemble, intent })
         })?;
         let reindex_chunk = worker.run_blocking(|models: &mut Models| models.ensemble.backbones.first().map_or(index::EMBED_CHUNK, |b| forward_batch(b.device).max(index::EMBED_CHUNK)))?;
-        let index = Self::open_index(&config.index.dir, &key);
-        if let Err(problem) = &index {
+        let backend = index::open(&config.index)?;
+        if let Err(problem) = served(backend.as_ref(), &key) {
             tracing::warn!("{problem}");
         }
         Ok(SearchService {
             worker,
-            index: RwLock::new(index),
+            backend,
             key,
             source,
             permits: Arc::new(tokio::sync::Semaphore::new(config.search.max_concurrent_queries.max(1))),
@@ -266,24 +272,16 @@ impl SearchService {
         })?
     }
 
-    fn open_index(dir: &Path, key: &EmbeddingKey) -> Result<Arc<Index>, String> {
-        match Index::open_latest(dir) {
-            Ok(Some((index, _))) if &index.manifest.key == key => Ok(Arc::new(index)),
-            Ok(Some((index, _))) => Err(format!(
-                "the index in {} was built with other models or heads ({} embeddings of {}, weights {}); re-index with `lookalike index`",
-                dir.display(),
-                index.manifest.key.source,
-                index.manifest.key.backbones.join(", "),
-                &index.manifest.key.weights_sha256[..12.min(index.manifest.key.weights_sha256.len())]
-            )),
-            Ok(None) => Err(format!("the catalogue has not been indexed yet (nothing in {}): run `lookalike index`", dir.display())),
-            Err(err) => Err(format!("{err:#}")),
-        }
+    /// The generation searches are answered from now (a database round trip for PostgreSQL,
+    /// so it runs on a blocking thread).
+    pub async fn generation(&self) -> Result<Arc<Generation>, SearchError> {
+        let (backend, key) = (self.backend.clone(), self.key.clone());
+        tokio::task::spawn_blocking(move || served(backend.as_ref(), &key)).await.map_err(|e| SearchError::Models(e.to_string()))?
     }
 
-    /// The generation queries are answered from, if there is one.
-    pub fn index(&self) -> Result<Arc<Index>, SearchError> {
-        self.index.read().expect("index lock").clone().map_err(SearchError::NoIndex)
+    /// [`generation`](Self::generation) for callers outside async code.
+    pub fn generation_blocking(&self) -> Result<Arc<Generation>, SearchError> {
+        served(self.backend.as_ref(), &self.key)
     }
 
     /// What the index's vectors must mean for these models.
@@ -298,11 +296,11 @@ impl SearchService {
             let seconds = self.last_total_ms.load(Ordering::Relaxed).div_ceil(1000).max(1);
             return Err(SearchError::Busy(self.settings.search.max_concurrent_queries, seconds));
         };
-        let index = self.index()?;
+        let generation = self.generation().await?;
         let search = &self.settings.search;
         let k = query.k.unwrap_or(search.default_k).clamp(1, search.max_k.max(1));
         if let Some(asked) = &query.categories {
-            let known: Vec<&str> = index.manifest.categories.iter().map(|c| c.name.as_str()).collect();
+            let known: Vec<&str> = generation.categories.iter().map(|c| c.name.as_str()).collect();
             if let Some(unknown) = asked.iter().find(|c| !known.contains(&c.as_str())) {
                 return Err(SearchError::UnknownCategory(unknown.clone(), known.join(", ")));
             }
@@ -334,11 +332,8 @@ impl SearchService {
             .enumerate()
             .map(|(position, (category, &bonus))| Scope { category: category.clone(), rank: if decision.ranked_together { 0 } else { position }, bonus })
             .collect();
-        let (embedding, searched) = (understood.embedding, index.clone());
-        let page = tokio::task::spawn_blocking(move || searched.search_scopes(&embedding, &scopes, &params))
-            .await
-            .map_err(|e| SearchError::Models(e.to_string()))?
-            .map_err(|e| SearchError::Models(e.to_string()))?;
+        let (embedding, searched, backend) = (understood.embedding, generation.clone(), self.backend.clone());
+        let page = tokio::task::spawn_blocking(move || backend.search(&searched, &embedding, &scopes, &params)).await.map_err(|e| SearchError::Models(e.to_string()))?.map_err(from_index)?;
         let total = started.elapsed();
         self.last_total_ms.store(total.as_millis() as u64, Ordering::Relaxed);
         Ok(SearchOutcome {
@@ -349,13 +344,14 @@ impl SearchService {
             page: query.page,
             k,
             more: page.more,
-            generation: index.generation(),
+            generation: generation.number,
             timings: Timings {
                 decode_ms,
                 queue_ms: understood.queue_ms,
                 vision_ms: understood.vision_ms,
                 text_ms: understood.text_ms,
                 search_ms: millis(search_started.elapsed()),
+                search_method: page.method,
                 total_ms: millis(total),
                 batch: understood.batch,
             },
@@ -376,17 +372,8 @@ impl SearchService {
     /// callers run it on a blocking thread. Refused while another re-index runs, here or in
     /// another process. Queries go on meanwhile and see the new generation once it is saved.
     pub fn reindex(&self, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
-        let dir = &self.settings.index.dir;
-        let _lock = ReindexLock::acquire(dir)?;
-        let in_memory = self.index.read().expect("index lock").clone().ok();
-        // Another process may have re-indexed since this one loaded; reuse whatever is newest.
-        let previous = match Index::open_latest(dir) {
-            Ok(Some((latest, _))) if in_memory.as_ref().is_none_or(|m| latest.generation() > m.generation()) => Some(Arc::new(latest)),
-            _ => in_memory,
-        };
         let metadata = MetadataTable::load(&self.settings.catalogue.metadata)?;
-        let job =
-            ReindexJob { index_dir: dir, catalogue: &self.settings.catalogue.dir, metadata: &metadata, key: &self.key, chunk: self.reindex_chunk, max_image_bytes: self.settings.limits.max_bytes };
+        let job = ReindexJob { catalogue: &self.settings.catalogue.dir, metadata: &metadata, key: &self.key, chunk: self.reindex_chunk, max_image_bytes: self.settings.limits.max_bytes };
         let (worker, source, limits) = (self.worker.clone(), self.source, self.settings.limits);
         let mut embed = move |paths: &[PathBuf]| -> Vec<Result<Vec<f32>, String>> {
             let decoded: Vec<Result<RgbImage, String>> = imaging::load_many(paths, limits).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
@@ -407,9 +394,30 @@ impl SearchService {
                 Err(err) => paths.iter().map(|_| Err(err.to_string())).collect(),
             }
         };
-        let (index, summary) = index::reindex(&job, previous.as_deref(), &mut embed, progress)?;
-        *self.index.write().expect("index lock") = Ok(Arc::new(index));
-        Ok(summary)
+        self.backend.reindex(&job, &mut embed, progress)
+    }
+}
+
+/// The backend's current generation, if its vectors mean what these models' do.
+fn served(backend: &dyn Backend, key: &EmbeddingKey) -> Result<Arc<Generation>, SearchError> {
+    match backend.current().map_err(from_index)? {
+        Some(generation) if &generation.key == key => Ok(generation),
+        Some(generation) => Err(SearchError::NoIndex(format!(
+            "the index in {} was built with other models or heads ({} embeddings of {}, weights {}); re-index with `lookalike index`",
+            backend.location(),
+            generation.key.source,
+            generation.key.backbones.join(", "),
+            &generation.key.weights_sha256[..12.min(generation.key.weights_sha256.len())]
+        ))),
+        None => Err(SearchError::NoIndex(format!("the catalogue has not been indexed yet (nothing in {}): run `lookalike index`", backend.location()))),
+    }
+}
+
+fn from_index(err: IndexError) -> SearchError {
+    match err {
+        IndexError::Unavailable(why) => SearchError::Unavailable(why),
+        IndexError::Unusable(why) => SearchError::NoIndex(why),
+        mismatch @ IndexError::DimensionMismatch { .. } => SearchError::Models(mismatch.to_string()),
     }
 }
 

@@ -14,7 +14,7 @@ pub(super) async fn button(bot: &Bot, ctx: &Context, component: &ComponentIntera
     let next = match (action, &component.data.kind) {
         ("more", _) => StoredQuery { page: stored.page + 1, ..stored.clone() },
         ("wrong", _) => {
-            let categories = bot.service.index().map(|i| i.manifest.categories.iter().map(|c| c.name.clone()).collect::<Vec<_>>()).unwrap_or_default();
+            let categories = bot.service.generation().await.map(|g| g.category_names()).unwrap_or_default();
             let message = CreateInteractionResponseMessage::new().content("Which category did you mean?").components(reply::category_menu(key, &categories, &stored.categories)).ephemeral(true);
             let _ = component.create_response(&ctx.http, CreateInteractionResponse::Message(message)).await;
             return;

@@ -6,17 +6,17 @@ pub(super) fn register() -> CreateCommand {
     CreateCommand::new("catalogue").description("Categories, item counts, last index time and models")
 }
 
-pub(super) fn catalogue_text(bot: &Bot) -> String {
+pub(super) async fn catalogue_text(bot: &Bot) -> String {
     let models = format!("models: `{}` profile ({} vectors)", bot.config.models.profile, bot.service.embedding_key().source);
-    match bot.service.index() {
-        Ok(index) => {
-            let counts: Vec<String> = index.category_counts().iter().map(|(name, count)| format!("• **{name}**: {count}")).collect();
+    match bot.service.generation().await {
+        Ok(generation) => {
+            let counts: Vec<String> = generation.categories.iter().map(|c| format!("• **{}**: {}", c.name, c.files)).collect();
             format!(
                 "**{} items** in {} categories (index generation {}, built <t:{}:R>)\n{}\n{models}",
-                index.category_counts().iter().map(|c| c.1).sum::<usize>(),
+                generation.files(),
                 counts.len(),
-                index.generation(),
-                index.manifest.created_unix_s,
+                generation.number,
+                generation.created_unix_s,
                 counts.join("\n")
             )
         }

@@ -10,6 +10,7 @@ pub(super) fn explain(error: &SearchError) -> String {
         SearchError::Image(err) => format!("I couldn't use that photo: {}.", describe_image_error(err)),
         SearchError::NoIndex(_) => "The catalogue has not been indexed yet: ask a moderator to run /reindex.".to_string(),
         SearchError::UnknownCategory(category, _) => format!("The catalogue has no category `{}` any more.", reply::escape(category, 50)),
+        SearchError::Unavailable(_) => "The catalogue database is unreachable right now; try again shortly.".to_string(),
         SearchError::Timeout(_) => "That search took too long; please try again.".to_string(),
         SearchError::Models(_) => "Something went wrong on my side; please try again.".to_string(),
     }
@@ -44,11 +45,12 @@ mod tests {
             (SearchError::NoIndex("no index in /srv/lookalike/runs/index".into()), "/reindex"),
             (SearchError::Models("tensor shape mismatch at src/vision/mod.rs:120".into()), "went wrong on my side"),
             (SearchError::Busy(8, 3), "try again in 3 s"),
+            (SearchError::Unavailable("cannot connect to postgres://lookalike@db.internal:5432/shop (index.postgres_url)".into()), "unreachable right now; try again shortly"),
         ];
         for (error, expected) in cases {
             let text = explain(&error);
             assert!(text.contains(expected), "{text}");
-            assert!(!text.contains("/srv") && !text.contains(".rs") && !text.contains("limits.") && !text.contains('{'), "{text}");
+            assert!(!text.contains("/srv") && !text.contains(".rs") && !text.contains("limits.") && !text.contains("index.") && !text.contains("postgres://") && !text.contains('{'), "{text}");
         }
     }
 }

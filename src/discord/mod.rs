@@ -104,7 +104,7 @@ impl EventHandler for Handler {
                 Interaction::Command(command) => match (command.data.kind, command.data.name.as_str()) {
                     (CommandType::ChatInput, "search") => search::slash_search(&bot, &ctx, &command).await,
                     (CommandType::Message, _) => search::find_similar(&bot, &ctx, &command).await,
-                    (_, "catalogue") => respond(&ctx, &command, catalogue::catalogue_text(&bot), false).await,
+                    (_, "catalogue") => respond(&ctx, &command, catalogue::catalogue_text(&bot).await, false).await,
                     (_, "help") => respond(&ctx, &command, help::HELP.to_string(), true).await,
                     (_, "reindex") => reindex::reindex(&bot, &ctx, &command).await,
                     (_, other) => tracing::warn!(command = other, "unknown command"),

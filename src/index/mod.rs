@@ -1,0 +1,199 @@
+//! The catalogue index behind one interface, [`Backend`], with two implementations:
+//! [`embedded`] (one contiguous matrix of unit vectors per category in this process's memory,
+//! generations as folders on disk; the default) and [`postgres`] (PostgreSQL + pgvector, shared
+//! by several bot processes, with read replicas and HNSW for large categories).
+//!
+//! Both share what makes them answer the same: the exact scoring and ranking ([`rank`]: both
+//! metrics on every hit, category scopes with bonuses, thresholds, near-duplicate folding,
+//! pages) and the incremental re-index plan ([`reindex`]: content hashes, duplicates stored
+//! once, only new and changed files embedded). No torch and no Discord: vectors come from an
+//! embedding function the caller passes in.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalogue::Metadata;
+use crate::config::{IndexBackend, IndexConfig, Metric};
+
+pub mod embedded;
+pub mod postgres;
+mod rank;
+mod reindex;
+
+pub use embedded::Index;
+pub use rank::dot;
+pub use reindex::{render_summary, Audience, Embedder, Progress, ReindexError, ReindexJob, ReindexSummary};
+
+/// Images per call of the embedding function (one progress event each) when the embedder
+/// asks for no other size; on a GPU it asks for its forward batch (64).
+pub const EMBED_CHUNK: usize = 16;
+
+/// What the vectors mean. An index built by other models or heads cannot answer queries
+/// embedded by these, so a mismatch re-embeds everything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingKey {
+    pub profile: String,
+    pub backbones: Vec<String>,
+    /// "pooled", "head" or "combined" (see `config::EmbeddingSource`).
+    pub source: String,
+    /// How the backbones' feature maps were pooled into descriptors ("gem3"); empty where the
+    /// vectors use none (head vectors), and in indexes written before GeM (average pooling).
+    #[serde(default)]
+    pub pooling: String,
+    /// sha256 over the weights the vectors depend on besides the backbones' published ones
+    /// (heads, fine-tuned backbone layers).
+    pub weights_sha256: String,
+    pub dim: usize,
+}
+
+/// One stored vector and the catalogue files it stands for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// `category/file name`.
+    pub id: String,
+    pub path: PathBuf,
+    pub category: String,
+    /// sha256 of the file's bytes.
+    pub hash: String,
+    pub size: u64,
+    pub modified_ns: i64,
+    /// Other files with the same bytes: stored once, under this item.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<String>,
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+}
+
+/// A catalogue file that could not be indexed, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub id: String,
+    pub reason: String,
+}
+
+/// One category of a generation: its stored vectors and the files they stand for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategoryCount {
+    pub name: String,
+    pub vectors: usize,
+    /// Duplicates included.
+    pub files: usize,
+}
+
+/// The generation a backend answers from: what its vectors mean and what it holds.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub number: u64,
+    pub key: EmbeddingKey,
+    /// Seconds since the Unix epoch.
+    pub created_unix_s: u64,
+    /// In index order.
+    pub categories: Vec<CategoryCount>,
+    /// Categories a database searches through an HNSW index rather than exactly.
+    pub approximate: Vec<String>,
+    /// The embedded backend's vectors; none for a database.
+    matrix: Option<Arc<Index>>,
+}
+
+impl Generation {
+    /// Stored vectors (one per distinct content).
+    pub fn vectors(&self) -> usize {
+        self.categories.iter().map(|c| c.vectors).sum()
+    }
+
+    /// Catalogue files, duplicates included.
+    pub fn files(&self) -> usize {
+        self.categories.iter().map(|c| c.files).sum()
+    }
+
+    pub fn category_names(&self) -> Vec<String> {
+        self.categories.iter().map(|c| c.name.clone()).collect()
+    }
+}
+
+/// One category to search, with its place in the order and a bonus added to its hits' scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scope {
+    pub category: String,
+    /// Scopes of a lower rank come first, whatever the scores.
+    pub rank: usize,
+    /// Added to the cosine (subtracted from the distance) of this category's hits.
+    pub bonus: f32,
+}
+
+/// How to rank and cut hits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchParams {
+    pub k: usize,
+    /// Hits to skip (pagination).
+    pub offset: usize,
+    pub metric: Metric,
+    pub min_similarity: f32,
+    pub near_duplicate_cosine: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    #[serde(flatten)]
+    pub item: Item,
+    pub cosine: f32,
+    pub euclidean: f32,
+    /// What the hit was ranked by among its category's peers: the cosine plus the category's
+    /// bonus (the vote's prior, when categories compete; else the cosine itself).
+    pub score: f32,
+    /// Near-duplicates (cosine at or above `near_duplicate_cosine` to this hit) folded into it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub collapsed: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page {
+    pub hits: Vec<Hit>,
+    /// Whether a next page has hits.
+    pub more: bool,
+    /// How the candidates were found: "exact" (every vector of the categories scored), or
+    /// "hnsw" where a database category was large enough for an approximate index.
+    pub method: &'static str,
+}
+
+/// Why the index could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The database cannot be reached now; it may come back by itself.
+    #[error("the catalogue database is unreachable: {0}")]
+    Unavailable(String),
+    #[error("the query vector has {got} dimensions, the index {expected}: the models and the index disagree; re-index with `lookalike index`")]
+    DimensionMismatch { expected: usize, got: usize },
+    /// The index is there but cannot be used (damaged, another schema version); says what to do.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+/// The index, wherever it lives. Every method blocks (a database round trip, or a scan of
+/// memory): async callers run them on a blocking thread.
+pub trait Backend: Send + Sync {
+    /// Where the index lives, for operators' messages (never a password).
+    fn location(&self) -> String;
+    /// The generation searches are answered from now; `None` when nothing was indexed yet.
+    fn current(&self) -> Result<Option<Arc<Generation>>, IndexError>;
+    /// The best hits for `query` in `generation`'s categories named by `scopes`: ranked by
+    /// (scope rank, then the metric plus the scope's bonus), hits under `min_similarity`
+    /// dropped, near-duplicates of a better hit folded into it. Categories the index does not
+    /// have contribute nothing.
+    fn search(&self, generation: &Generation, query: &[f32], scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError>;
+    /// Re-indexes the catalogue incrementally against the newest generation, then makes the new
+    /// generation visible in one step; readers go on with the previous one meanwhile. Refused
+    /// while another re-index runs, in this process or any other.
+    fn reindex(&self, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError>;
+}
+
+/// The backend `index.backend` names. A database that cannot be reached at start is an error
+/// naming the key; an embedded index that is missing or damaged is not (searches say what to do).
+pub fn open(config: &IndexConfig) -> anyhow::Result<Arc<dyn Backend>> {
+    Ok(match config.backend {
+        IndexBackend::Embedded => Arc::new(embedded::Embedded::open(&config.dir)),
+        IndexBackend::Postgres => Arc::new(postgres::Postgres::connect(&postgres::Settings::from_config(config)?)?),
+    })
+}

@@ -1,0 +1,477 @@
+//! The PostgreSQL + pgvector backend: one index shared by several bot processes (or machines),
+//! searches optionally from a read replica, re-indexed from anywhere.
+//!
+//! Schema (created and migrated by the program, version in `lookalike_schema`):
+//! `lookalike_generations` has a row per finished generation (its key, categories, the ones
+//! searched through HNSW); each generation's vectors are a table `lookalike_items_N` (row,
+//! category, item as JSON, `embedding vector(D)`), written whole before its generation row is
+//! inserted, so readers see a new generation in one step and never half of one. A re-index holds
+//! a session advisory lock, which the server releases when its connection ends however it ends;
+//! a killed re-index leaves an orphan table the next one drops.
+//!
+//! Candidates come from the database (an exact ORDER BY per category, or HNSW for categories of
+//! at least `index.hnsw_min_rows`), with their vectors; [`super::rank`] scores and ranks them
+//! again exactly as the embedded index does, so small categories give identical hits.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use pgvector::Vector;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::error::SqlState;
+use postgres::types::Type;
+use postgres::{Client, NoTls};
+
+use super::rank::{self, dot, Candidate};
+use super::reindex::{self, Previous};
+use super::{Backend, CategoryCount, Embedder, EmbeddingKey, Generation, IndexError, Item, Page, Progress, ReindexError, ReindexJob, ReindexSummary, Scope, SearchParams};
+use crate::config::{IndexConfig, Metric};
+
+/// Version of the tables this code reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+/// Generations kept: the newest and two that searches already under way may still read.
+const KEEP_GENERATIONS: i64 = 3;
+/// The advisory lock a re-index holds (any constant shared by every lookalike process).
+const REINDEX_LOCK: i64 = 0x6c6f_6f6b_616c_696b;
+/// pgvector's HNSW indexes `vector` up to 2,000 dimensions and `halfvec` up to 4,000; wider
+/// vectors are indexed by their binary quantisation (one bit a dimension) and re-ranked exactly.
+const HNSW_VECTOR_MAX_DIM: usize = 2000;
+const HNSW_HALFVEC_MAX_DIM: usize = 4000;
+/// pgvector's largest `hnsw.ef_search`.
+const MAX_EF_SEARCH: usize = 1000;
+
+/// The backend's settings (`index.postgres_*`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: String,
+    pub read_url: String,
+    pub hnsw_min_rows: usize,
+    pub ef_search: usize,
+}
+
+impl Settings {
+    pub fn from_config(config: &IndexConfig) -> anyhow::Result<Settings> {
+        anyhow::ensure!(
+            !config.postgres_url.trim().is_empty(),
+            "index.backend = \"postgres\" needs index.postgres_url (or LOOKALIKE__INDEX__POSTGRES_URL), e.g. postgres://lookalike@db.internal:5432/lookalike"
+        );
+        Ok(Settings { url: config.postgres_url.clone(), read_url: config.postgres_read_url.clone(), hnsw_min_rows: config.hnsw_min_rows, ef_search: config.hnsw_ef_search })
+    }
+}
+
+/// Connections to one server, opened when needed and kept while they work.
+struct Pool {
+    config: postgres::Config,
+    /// `postgres://user@host:port/db`, never the password.
+    shown: String,
+    key: &'static str,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl Pool {
+    fn new(url: &str, key: &'static str) -> anyhow::Result<Pool> {
+        let mut config: postgres::Config = url.parse().map_err(|err| anyhow::anyhow!("{key} is not a PostgreSQL URL ({err}); write it as postgres://USER@HOST:PORT/DATABASE"))?;
+        if config.get_password().is_none() {
+            if let Ok(password) = std::env::var("PGPASSWORD") {
+                config.password(password);
+            }
+        }
+        config.connect_timeout(Duration::from_secs(5)).application_name("lookalike");
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|host| match host {
+                postgres::config::Host::Tcp(name) => name.clone(),
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+        let shown = format!("postgres://{}@{}:{}/{}", config.get_user().unwrap_or(""), hosts.join(","), ports.join(","), config.get_dbname().unwrap_or(""));
+        Ok(Pool { config, shown, key, idle: Mutex::new(Vec::new()) })
+    }
+
+    fn connect(&self) -> Result<Client, IndexError> {
+        self.config.connect(NoTls).map_err(|err| IndexError::Unavailable(format!("cannot connect to {} ({}): {}", self.shown, self.key, cause(&err))))
+    }
+
+    /// Runs `work` on a pooled connection. A connection the server closed (a restart) is
+    /// replaced and the work tried once more, so a database that came back answers at once.
+    fn with<R>(&self, mut work: impl FnMut(&mut Client) -> Result<R, postgres::Error>) -> Result<R, IndexError> {
+        for attempt in 0..2 {
+            let pooled = self.idle.lock().expect("pool lock").pop();
+            let mut client = match pooled {
+                Some(client) => client,
+                None => self.connect()?,
+            };
+            match work(&mut client) {
+                Ok(answer) => {
+                    self.idle.lock().expect("pool lock").push(client);
+                    return Ok(answer);
+                }
+                Err(err) if client.is_closed() && attempt == 0 => tracing::info!("a connection to {} was closed ({}); reconnecting", self.shown, cause(&err)),
+                Err(err) => {
+                    if !client.is_closed() {
+                        self.idle.lock().expect("pool lock").push(client);
+                    }
+                    return Err(classify(&err, &self.shown));
+                }
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+}
+
+/// The innermost message of a database error (the driver's own says only "db error").
+fn cause(err: &postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => std::error::Error::source(err).map_or(err.to_string(), |source| source.to_string()),
+    }
+}
+
+/// Whether a failure is the database being away (worth retrying later) or something to fix.
+fn classify(err: &postgres::Error, shown: &str) -> IndexError {
+    let away = [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW, SqlState::CONNECTION_FAILURE];
+    match err.code() {
+        None => IndexError::Unavailable(format!("{shown}: {}", cause(err))),
+        Some(code) if away.contains(code) => IndexError::Unavailable(format!("{shown}: {}", cause(err))),
+        Some(_) => IndexError::Unusable(format!("the catalogue database {shown} refused a query: {}", cause(err))),
+    }
+}
+
+fn items_table(generation: u64) -> String {
+    format!("lookalike_items_{generation}")
+}
+
+/// A category name as an SQL literal (partial indexes match only literal predicates).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The expression HNSW indexes and orders by, for vectors of `dim` dimensions; `$1` is the
+/// query. The cosine operator: vectors are unit length, so it ranks as the Euclidean one does.
+fn hnsw_expression(dim: usize) -> (String, String, &'static str) {
+    if dim <= HNSW_VECTOR_MAX_DIM {
+        ("embedding".into(), "embedding <=> $1".into(), "vector_cosine_ops")
+    } else if dim <= HNSW_HALFVEC_MAX_DIM {
+        (format!("(embedding::halfvec({dim}))"), format!("embedding::halfvec({dim}) <=> $1::halfvec({dim})"), "halfvec_cosine_ops")
+    } else {
+        (format!("(binary_quantize(embedding)::bit({dim}))"), format!("binary_quantize(embedding)::bit({dim}) <~> binary_quantize($1)"), "bit_hamming_ops")
+    }
+}
+
+/// A candidate as the database returns it: the scope it answers, the item (JSON), its vector.
+struct Fetched {
+    scope: usize,
+    item: String,
+    vector: Vec<f32>,
+}
+
+/// The newest generation's row, as stored.
+struct Newest {
+    number: u64,
+    created_unix_s: u64,
+    key: String,
+    categories: String,
+    hnsw: String,
+}
+
+/// The PostgreSQL backend.
+pub struct Postgres {
+    settings: Settings,
+    write: Pool,
+    read: Pool,
+}
+
+impl Postgres {
+    /// Connects to the primary (and the read replica, if set) and checks the schema version,
+    /// so a wrong URL or a database from another lookalike fails at start, naming the key.
+    pub fn connect(settings: &Settings) -> anyhow::Result<Postgres> {
+        let write = Pool::new(&settings.url, "index.postgres_url")?;
+        let read = if settings.read_url.trim().is_empty() { Pool::new(&settings.url, "index.postgres_url")? } else { Pool::new(&settings.read_url, "index.postgres_read_url")? };
+        for pool in [&write, &read] {
+            let version = pool.with(schema_version).map_err(|err| anyhow::anyhow!("{err}; is the server running, and is {} right?", pool.key))?;
+            check_version(version, &pool.shown)?;
+        }
+        Ok(Postgres { settings: settings.clone(), write, read })
+    }
+
+    /// Each scope's best `depth` candidates (with their vectors), and the scopes that had more.
+    fn candidates(&self, generation: &Generation, approximate: &[String], query: &Vector, scopes: &[&Scope], depth: usize, metric: Metric) -> Result<Vec<Fetched>, IndexError> {
+        let table = items_table(generation.number);
+        let operator = match metric {
+            Metric::Cosine => "<=>",
+            Metric::Euclidean => "<->",
+        };
+        let (exact, hnsw): (Vec<_>, Vec<_>) = scopes.iter().enumerate().partition(|(_, scope)| !approximate.contains(&scope.category));
+        let exact_names: Vec<&str> = exact.iter().map(|(_, scope)| scope.category.as_str()).collect();
+        let (_, order, _) = hnsw_expression(generation.key.dim);
+        let ef_search = self.settings.ef_search.max(depth).min(MAX_EF_SEARCH) as i64;
+        self.read.with(|client| {
+            let mut found = Vec::new();
+            if !exact_names.is_empty() {
+                let sql = format!(
+                    "SELECT s.ord, t.item, t.embedding FROM unnest($1::text[]) WITH ORDINALITY AS s(category, ord) \
+                     CROSS JOIN LATERAL (SELECT item, embedding FROM {table} i WHERE i.category = s.category ORDER BY i.embedding {operator} $2 LIMIT $3) t"
+                );
+                for row in client.query(&sql, &[&exact_names, query, &(depth as i64)])? {
+                    let ord: i64 = row.get(0);
+                    found.push(Fetched { scope: exact[ord as usize - 1].0, item: row.get(1), vector: row.get::<_, Vector>(2).to_vec() });
+                }
+            }
+            if !hnsw.is_empty() {
+                let mut transaction = client.transaction()?;
+                transaction.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef_search}"))?;
+                for (position, scope) in &hnsw {
+                    let sql = format!("SELECT item, embedding FROM {table} WHERE category = {} ORDER BY {order} LIMIT $2", literal(&scope.category));
+                    for row in transaction.query(&sql, &[query, &(depth as i64)])? {
+                        found.push(Fetched { scope: *position, item: row.get(0), vector: row.get::<_, Vector>(1).to_vec() });
+                    }
+                }
+                transaction.commit()?;
+            }
+            Ok(found)
+        })
+    }
+}
+
+fn schema_version(client: &mut Client) -> Result<Option<i32>, postgres::Error> {
+    let exists: bool = client.query_one("SELECT to_regclass('lookalike_schema') IS NOT NULL", &[])?.get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(client.query_opt("SELECT version FROM lookalike_schema", &[])?.map(|row| row.get(0)))
+}
+
+fn check_version(version: Option<i32>, shown: &str) -> anyhow::Result<()> {
+    match version {
+        Some(version) if version != SCHEMA_VERSION => anyhow::bail!(
+            "the catalogue database {shown} holds lookalike schema version {version}; this lookalike reads version {SCHEMA_VERSION}: run the lookalike that wrote it, or point index.postgres_url at a new database and re-index"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Creates the extension and the tables on a database that has none; checks the version.
+fn migrate(client: &mut Client, shown: &str) -> anyhow::Result<()> {
+    client.batch_execute("CREATE EXTENSION IF NOT EXISTS vector").map_err(|err| {
+        anyhow::anyhow!(
+            "pgvector is not available in the catalogue database {shown} ({}): install the pgvector package on the server, then run `CREATE EXTENSION vector;` in that database as a superuser",
+            cause(&err)
+        )
+    })?;
+    let version = schema_version(client)?;
+    check_version(version, shown)?;
+    if version.is_none() {
+        let mut transaction = client.transaction()?;
+        transaction.batch_execute(
+            "CREATE TABLE IF NOT EXISTS lookalike_generations (
+                 generation bigint PRIMARY KEY,
+                 created_unix_s bigint NOT NULL,
+                 key text NOT NULL,
+                 catalogue text NOT NULL,
+                 categories text NOT NULL,
+                 hnsw text NOT NULL,
+                 failed text NOT NULL);
+             CREATE TABLE lookalike_schema (version integer NOT NULL);",
+        )?;
+        transaction.execute("INSERT INTO lookalike_schema VALUES ($1)", &[&SCHEMA_VERSION])?;
+        transaction.commit()?;
+    }
+    Ok(())
+}
+
+fn newest(client: &mut Client) -> Result<Option<Newest>, postgres::Error> {
+    let exists: bool = client.query_one("SELECT to_regclass('lookalike_generations') IS NOT NULL", &[])?.get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client.query_opt("SELECT generation, created_unix_s, key, categories, hnsw FROM lookalike_generations ORDER BY generation DESC LIMIT 1", &[])?;
+    Ok(row.map(|row| Newest { number: row.get::<_, i64>(0) as u64, created_unix_s: row.get::<_, i64>(1) as u64, key: row.get(2), categories: row.get(3), hnsw: row.get(4) }))
+}
+
+impl Backend for Postgres {
+    fn location(&self) -> String {
+        self.write.shown.clone()
+    }
+
+    fn current(&self) -> Result<Option<Arc<Generation>>, IndexError> {
+        let Some(Newest { number, created_unix_s, key, categories, hnsw }) = self.read.with(newest)? else { return Ok(None) };
+        let damaged = |what: &str, err: serde_json::Error| IndexError::Unusable(format!("generation {number} in {} has a damaged {what} ({err}): re-index", self.read.shown));
+        Ok(Some(Arc::new(Generation {
+            number,
+            key: serde_json::from_str(&key).map_err(|e| damaged("key", e))?,
+            created_unix_s,
+            categories: serde_json::from_str(&categories).map_err(|e| damaged("category list", e))?,
+            approximate: serde_json::from_str(&hnsw).map_err(|e| damaged("HNSW list", e))?,
+            matrix: None,
+        })))
+    }
+
+    fn search(&self, generation: &Generation, query: &[f32], scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError> {
+        let dim = generation.key.dim;
+        if query.len() != dim {
+            return Err(IndexError::DimensionMismatch { expected: dim, got: query.len() });
+        }
+        let scopes: Vec<&Scope> = scopes.iter().filter(|s| generation.categories.iter().any(|c| c.name == s.category)).collect();
+        let method = if scopes.iter().any(|s| generation.approximate.contains(&s.category)) { "hnsw" } else { "exact" };
+        let (query_vector, query_norm) = (Vector::from(query.to_vec()), dot(query, query).sqrt());
+        // Enough for the page even after near-duplicates fold; more if folding used them all.
+        let mut depth = 4 * (params.offset + params.k + 1) + 32;
+        loop {
+            let found = self.candidates(generation, &generation.approximate, &query_vector, &scopes, depth, params.metric)?;
+            let mut items = Vec::with_capacity(found.len());
+            let mut vectors = Vec::with_capacity(found.len());
+            let mut candidates = Vec::with_capacity(found.len());
+            let mut per_scope = vec![(0usize, None::<usize>); scopes.len()];
+            for (slot, Fetched { scope: position, item, vector }) in found.into_iter().enumerate() {
+                let item: Item = serde_json::from_str(&item).map_err(|err| IndexError::Unusable(format!("a damaged item in generation {}: {err}: re-index", generation.number)))?;
+                let norm = dot(&vector, &vector).sqrt();
+                if let Some(candidate) = Candidate::scored(slot, dot(&vector, query), norm, query_norm, scopes[position], params.min_similarity) {
+                    candidates.push(candidate);
+                }
+                per_scope[position] = (per_scope[position].0 + 1, Some(slot));
+                items.push(item);
+                vectors.push((vector, norm));
+            }
+            let ranked = rank::rank(candidates, params, method, |slot| &vectors[slot].0, |slot| vectors[slot].1, |slot| items[slot].clone());
+            // A scope cut at `depth` whose last candidate was needed may hold better ones further down.
+            let short = per_scope.iter().any(|&(count, last)| count >= depth && last.is_some_and(|last| ranked.consumed.contains(&last)));
+            if !short {
+                return Ok(ranked.page);
+            }
+            depth *= 4;
+        }
+    }
+
+    fn reindex(&self, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+        let shown = self.write.shown.clone();
+        let mut lock = self.write.connect().map_err(|err| anyhow::anyhow!("{err}; is the server running, and is index.postgres_url right?"))?;
+        let read_only: bool = lock.query_one("SELECT pg_is_in_recovery()", &[]).context("cannot query the catalogue database")?.get(0);
+        if read_only {
+            return Err(
+                anyhow::anyhow!("the catalogue database {shown} is a read-only replica: re-index against the primary (index.postgres_url), and point index.postgres_read_url at the replica").into()
+            );
+        }
+        let locked: bool = lock.query_one("SELECT pg_try_advisory_lock($1)", &[&REINDEX_LOCK]).context("cannot take the re-index lock")?.get(0);
+        if !locked {
+            return Err(ReindexError::AlreadyRunning(format!("in another process using {shown}")));
+        }
+        // `lock` keeps the advisory lock for as long as this function runs; the server drops it
+        // with the connection, however this process ends.
+        Ok(self.write_generation(&mut lock, job, embed, progress)?)
+    }
+}
+
+impl Postgres {
+    /// The re-index proper, under the lock held by `client`'s session.
+    fn write_generation(&self, client: &mut Client, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> anyhow::Result<ReindexSummary> {
+        let shown = &self.write.shown;
+        migrate(client, shown)?;
+        let previous = newest(client).context("cannot read the newest generation")?;
+        let previous = match previous {
+            Some(Newest { number, key, .. }) => {
+                let key: EmbeddingKey = serde_json::from_str(&key).context("the newest generation's key is damaged")?;
+                let items: Vec<Item> =
+                    client.query(&format!("SELECT item FROM {} ORDER BY row", items_table(number)), &[])?.iter().map(|row| serde_json::from_str(row.get::<_, &str>(0))).collect::<Result<_, _>>()?;
+                Some((number, key, items))
+            }
+            None => None,
+        };
+        let mut plan = reindex::plan(job, previous.as_ref().map(|(_, key, items)| Previous { key, items }), embed, progress)?;
+        reindex::sort_rows(&mut plan.rows);
+
+        let last: Option<i64> = client.query_one("SELECT max(generation) FROM lookalike_generations", &[])?.get(0);
+        let generation = last.unwrap_or(0) as u64 + 1;
+        let table = items_table(generation);
+        let dim = job.key.dim;
+        client.batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (row integer PRIMARY KEY, category text NOT NULL, item text NOT NULL, embedding vector({dim}) NOT NULL)"))?;
+        let (mut reused, mut fresh) = (Vec::new(), Vec::new());
+        for (row, (item, vector)) in plan.rows.iter().enumerate() {
+            match vector {
+                reindex::Vector::Reused(previous_row) => reused.push((row as i32, *previous_row as i32, item)),
+                reindex::Vector::Embedded(vector) => fresh.push((row as i32, item, vector)),
+            }
+        }
+        if let Some((previous_number, _, _)) = &previous {
+            let sql = format!(
+                "INSERT INTO {table} (row, category, item, embedding) SELECT t.row, t.category, t.item, p.embedding \
+                 FROM unnest($1::int4[], $2::int4[], $3::text[], $4::text[]) AS t(row, prev, category, item) JOIN {} p ON p.row = t.prev",
+                items_table(*previous_number)
+            );
+            for chunk in reused.chunks(5000) {
+                let rows: Vec<i32> = chunk.iter().map(|r| r.0).collect();
+                let previous_rows: Vec<i32> = chunk.iter().map(|r| r.1).collect();
+                let categories: Vec<&str> = chunk.iter().map(|r| r.2.category.as_str()).collect();
+                let items: Vec<String> = chunk.iter().map(|r| serde_json::to_string(r.2)).collect::<Result<_, _>>()?;
+                client.execute(&sql, &[&rows, &previous_rows, &categories, &items])?;
+            }
+        }
+        let vector_type = client.prepare("SELECT $1::vector")?.params()[0].clone();
+        let mut writer =
+            BinaryCopyInWriter::new(client.copy_in(&format!("COPY {table} (row, category, item, embedding) FROM STDIN (FORMAT binary)"))?, &[Type::INT4, Type::TEXT, Type::TEXT, vector_type]);
+        for (row, item, vector) in &fresh {
+            writer.write(&[row, &item.category, &serde_json::to_string(item)?, &Vector::from(vector.to_vec())])?;
+        }
+        writer.finish()?;
+
+        let mut categories: Vec<CategoryCount> = Vec::new();
+        for (item, _) in &plan.rows {
+            match categories.last_mut() {
+                Some(last) if last.name == item.category => {
+                    last.vectors += 1;
+                    last.files += 1 + item.duplicates.len();
+                }
+                _ => categories.push(CategoryCount { name: item.category.clone(), vectors: 1, files: 1 + item.duplicates.len() }),
+            }
+        }
+        let approximate: Vec<String> = categories.iter().filter(|c| c.vectors >= self.settings.hnsw_min_rows).map(|c| c.name.clone()).collect();
+        client.batch_execute(&format!("CREATE INDEX ON {table} (category)"))?;
+        if !approximate.is_empty() {
+            // The graph is built fastest when it fits in memory: ~2 bytes a dimension a row.
+            client.batch_execute("SET maintenance_work_mem = '2GB'")?;
+            let (indexed, _, operators) = hnsw_expression(dim);
+            for name in &approximate {
+                tracing::info!("building the HNSW index of {name} ({} rows)", categories.iter().find(|c| &c.name == name).map_or(0, |c| c.vectors));
+                client.batch_execute(&format!("CREATE INDEX ON {table} USING hnsw ({indexed} {operators}) WHERE category = {}", literal(name)))?;
+            }
+        }
+        client.batch_execute(&format!("ANALYZE {table}"))?;
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+        // One statement, one transaction: from here on every reader sees the new generation.
+        client.execute(
+            "INSERT INTO lookalike_generations (generation, created_unix_s, key, catalogue, categories, hnsw, failed) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &(generation as i64),
+                &created,
+                &serde_json::to_string(job.key)?,
+                &plan.catalogue.display().to_string(),
+                &serde_json::to_string(&categories)?,
+                &serde_json::to_string(&approximate)?,
+                &serde_json::to_string(&plan.failed)?,
+            ],
+        )?;
+        collect_garbage(client);
+        Ok(plan.summary(generation, format!("{shown} (table {table})")))
+    }
+}
+
+/// Drops generations past the newest few, and tables of re-indexes that never finished.
+fn collect_garbage(client: &mut Client) {
+    let result = (|| -> Result<(), postgres::Error> {
+        client.execute("DELETE FROM lookalike_generations WHERE generation <= (SELECT max(generation) FROM lookalike_generations) - $1", &[&KEEP_GENERATIONS])?;
+        let kept: Vec<i64> = client.query("SELECT generation FROM lookalike_generations", &[])?.iter().map(|row| row.get(0)).collect();
+        for row in client.query("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'lookalike\\_items\\_%'", &[])? {
+            let name: String = row.get(0);
+            let number = name.trim_start_matches("lookalike_items_").parse::<i64>().ok();
+            if number.is_some_and(|n| !kept.contains(&n)) {
+                client.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(err) = result {
+        tracing::warn!("cannot drop old index generations: {}", cause(&err));
+    }
+}

@@ -1,0 +1,304 @@
+//! The incremental re-index plan both backends follow: scan the catalogue, trust the content
+//! hash of a file whose size and time are unchanged, reuse the vector of content the newest
+//! generation already holds (under the same embedding key), embed the rest in chunks with
+//! progress, store duplicate files once. The backend then writes the rows as a new generation.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{EmbeddingKey, Failure, Item};
+use crate::catalogue::{self, MetadataTable};
+
+/// Why a re-index did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReindexError {
+    #[error("a re-index is already running ({0}); it must finish before another can start")]
+    AlreadyRunning(String),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// How far a re-index has come; `done` and `total` count images to embed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+    pub elapsed_s: f64,
+}
+
+impl Progress {
+    /// Images per second so far.
+    pub fn rate(&self) -> f64 {
+        if self.elapsed_s > 0.0 {
+            self.done as f64 / self.elapsed_s
+        } else {
+            0.0
+        }
+    }
+
+    /// Seconds left at the rate so far, if there is a rate yet.
+    pub fn eta_s(&self) -> Option<f64> {
+        let rate = self.rate();
+        (rate > 0.0).then(|| (self.total - self.done) as f64 / rate)
+    }
+}
+
+/// What a re-index did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReindexSummary {
+    pub generation: u64,
+    /// Where the generation was written: a folder, or a database table (no password).
+    pub location: String,
+    /// Files now in the index, duplicates included.
+    pub files: usize,
+    /// Stored vectors (one per distinct content).
+    pub vectors: usize,
+    /// Files the previous generation did not hold (including ones that failed then).
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    /// Images that went through the models this time.
+    pub embedded: usize,
+    /// Files whose bytes equal another file's, stored once.
+    pub duplicates: usize,
+    pub failed: Vec<Failure>,
+    pub not_images: Vec<PathBuf>,
+    pub seconds: f64,
+}
+
+/// What `lookalike index` (and the bot's /reindex) reports at the end.
+pub fn render_summary(summary: &ReindexSummary, audience: Audience) -> String {
+    let mut out = match audience {
+        Audience::Operator => format!("index generation {} written to {} in {:.1} s\n", summary.generation, summary.location, summary.seconds),
+        Audience::Chat => format!("index generation {} written in {:.1} s\n", summary.generation, summary.seconds),
+    };
+    out.push_str(&format!("  {} files, {} vectors ({} duplicate files stored once)\n", summary.files, summary.vectors, summary.duplicates));
+    out.push_str(&format!("  added {}, changed {}, removed {}, unchanged {}; {} images embedded\n", summary.added, summary.changed, summary.removed, summary.unchanged, summary.embedded));
+    if !summary.failed.is_empty() {
+        out.push_str(&format!("  {} files could not be indexed:\n", summary.failed.len()));
+        for failure in &summary.failed {
+            out.push_str(&format!("    {}: {}\n", failure.id, failure.reason));
+        }
+    }
+    if !summary.not_images.is_empty() {
+        out.push_str(&format!("  {} files skipped, not images by their extension:\n", summary.not_images.len()));
+        for path in &summary.not_images {
+            let shown = match audience {
+                Audience::Operator => path.display().to_string(),
+                // category/file, as item ids are: never where the catalogue lives.
+                Audience::Chat => path.iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<PathBuf>().display().to_string(),
+            };
+            out.push_str(&format!("    {shown}\n"));
+        }
+    }
+    out
+}
+
+/// Who reads a summary: operators see where files are; chat users never see a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    Operator,
+    Chat,
+}
+
+/// The catalogue to index and what the embedder produces.
+pub struct ReindexJob<'a> {
+    pub catalogue: &'a std::path::Path,
+    pub metadata: &'a MetadataTable,
+    pub key: &'a EmbeddingKey,
+    /// Images per call of the embedder.
+    pub chunk: usize,
+    /// Larger files are refused from their size, never read (`limits.max_image_mb`).
+    pub max_image_bytes: u64,
+}
+
+/// Embeds images by path, one result per path (a reason when the image is unusable).
+pub type Embedder<'a> = dyn FnMut(&[PathBuf]) -> Vec<Result<Vec<f32>, String>> + 'a;
+
+/// A file's (size, modification time in ns): unchanged, its hash can be trusted.
+type FileStat = (u64, i64);
+
+/// The newest generation, as the plan reads it: its key and its items in row order.
+pub(super) struct Previous<'a> {
+    pub key: &'a EmbeddingKey,
+    pub items: &'a [Item],
+}
+
+/// Where a new row's vector comes from.
+pub(super) enum Vector {
+    /// The previous generation's row of the same content (same embedding key).
+    Reused(usize),
+    Embedded(Vec<f32>),
+}
+
+/// The new generation's rows, in no particular order, and what the summary needs.
+pub(super) struct Plan {
+    pub rows: Vec<(Item, Vector)>,
+    pub catalogue: PathBuf,
+    pub failed: Vec<Failure>,
+    summary: ReindexSummary,
+    started: Instant,
+}
+
+impl Plan {
+    /// The summary, once the backend has written generation `generation` at `location`.
+    pub fn summary(&self, generation: u64, location: String) -> ReindexSummary {
+        ReindexSummary { generation, location, seconds: self.started.elapsed().as_secs_f64(), ..self.summary.clone() }
+    }
+}
+
+/// Plans the re-index of the catalogue against `previous`: files whose content hash is already
+/// indexed keep their vector, new and changed ones are embedded in chunks, removed ones are
+/// dropped. The caller holds its backend's re-index lock.
+pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> anyhow::Result<Plan> {
+    let started = Instant::now();
+    let scan = catalogue::scan(job.catalogue)?;
+    let reusable = previous.as_ref().is_some_and(|p| p.key == job.key);
+    if let (Some(previous), false) = (&previous, reusable) {
+        tracing::info!("the previous index was built with {:?}, now {:?}: every image is embedded again", previous.key, job.key);
+    }
+    // What the previous generation knew: hash by id (with size and time), row by hash.
+    // Duplicates are known by hash only, so they are hashed again.
+    let mut known_files: HashMap<&str, (&str, Option<FileStat>)> = HashMap::new();
+    let mut known_rows: HashMap<&str, usize> = HashMap::new();
+    for (row, item) in previous.as_ref().map_or(&[][..], |p| p.items).iter().enumerate() {
+        known_files.insert(&item.id, (&item.hash, Some((item.size, item.modified_ns))));
+        for duplicate in &item.duplicates {
+            known_files.insert(duplicate, (&item.hash, None));
+        }
+        known_rows.insert(&item.hash, row);
+    }
+
+    let mut failed = Vec::new();
+    let (mut added, mut changed, mut unchanged) = (0, 0, 0);
+    // Distinct contents, first file (by id) first; the others are its duplicates.
+    let mut by_hash: Vec<(String, Vec<catalogue::Entry>)> = Vec::new();
+    let mut hash_slot: HashMap<String, usize> = HashMap::new();
+    for entry in scan.entries {
+        if entry.size > job.max_image_bytes {
+            let reason = crate::imaging::ImageError::TooLarge { bytes: entry.size, max: job.max_image_bytes }.to_string();
+            failed.push(Failure { id: entry.id.clone(), reason });
+            continue;
+        }
+        let previous_file = known_files.get(entry.id.as_str()).copied();
+        let hash = match previous_file {
+            Some((hash, Some(stat))) if stat == (entry.size, entry.modified_ns) => hash.to_string(),
+            _ => match catalogue::content_hash(&entry.path) {
+                Ok(hash) => hash,
+                Err(err) => {
+                    failed.push(Failure { id: entry.id.clone(), reason: format!("cannot read: {err}") });
+                    continue;
+                }
+            },
+        };
+        match previous_file {
+            None => added += 1,
+            Some((old, _)) if old != hash => changed += 1,
+            Some(_) => unchanged += 1,
+        }
+        match hash_slot.get(&hash) {
+            Some(&slot) => by_hash[slot].1.push(entry),
+            None => {
+                hash_slot.insert(hash.clone(), by_hash.len());
+                by_hash.push((hash, vec![entry]));
+            }
+        }
+    }
+    let present: std::collections::HashSet<&str> = by_hash.iter().flat_map(|(_, entries)| entries.iter().map(|e| e.id.as_str())).collect();
+    let removed = known_files.keys().filter(|id| !present.contains(**id)).count();
+
+    // Vectors: reused by hash, or embedded.
+    let mut vectors: Vec<Option<Vector>> = by_hash.iter().map(|(hash, _)| known_rows.get(hash.as_str()).filter(|_| reusable).map(|&row| Vector::Reused(row))).collect();
+    let missing: Vec<usize> = (0..by_hash.len()).filter(|&slot| vectors[slot].is_none()).collect();
+    let embed_started = Instant::now();
+    let mut done = 0;
+    progress(&Progress { done, total: missing.len(), elapsed_s: 0.0 });
+    for chunk in missing.chunks(job.chunk.max(1)) {
+        let paths: Vec<PathBuf> = chunk.iter().map(|&slot| by_hash[slot].1[0].path.clone()).collect();
+        let results = embed(&paths);
+        anyhow::ensure!(results.len() == chunk.len(), "the embedder answered {} of {} images", results.len(), chunk.len());
+        for (&slot, result) in chunk.iter().zip(results) {
+            match result {
+                Ok(vector) if vector.len() == job.key.dim => vectors[slot] = Some(Vector::Embedded(vector)),
+                Ok(vector) => anyhow::bail!("the embedder returned a {}-d vector, expected {}", vector.len(), job.key.dim),
+                Err(reason) => failed.extend(by_hash[slot].1.iter().map(|e| Failure { id: e.id.clone(), reason: reason.clone() })),
+            }
+        }
+        done += chunk.len();
+        progress(&Progress { done, total: missing.len(), elapsed_s: embed_started.elapsed().as_secs_f64() });
+    }
+
+    let mut rows = Vec::with_capacity(by_hash.len());
+    let mut duplicates = 0;
+    for ((hash, entries), vector) in by_hash.into_iter().zip(vectors) {
+        let Some(vector) = vector else { continue };
+        let first = &entries[0];
+        duplicates += entries.len() - 1;
+        let item = Item {
+            id: first.id.clone(),
+            path: first.path.clone(),
+            category: first.category.clone(),
+            hash,
+            size: first.size,
+            modified_ns: first.modified_ns,
+            duplicates: entries[1..].iter().map(|e| e.id.clone()).collect(),
+            // The metadata file may name any of the identical files.
+            metadata: entries.iter().map(|e| job.metadata.get(&e.id)).find(|m| !m.is_empty()).unwrap_or_default(),
+        };
+        rows.push((item, vector));
+    }
+    let summary = ReindexSummary {
+        generation: 0,
+        location: String::new(),
+        files: rows.len() + duplicates,
+        vectors: rows.len(),
+        added,
+        changed,
+        removed,
+        unchanged,
+        embedded: missing.len(),
+        duplicates,
+        failed: failed.clone(),
+        not_images: scan.not_images,
+        seconds: 0.0,
+    };
+    Ok(Plan { rows, catalogue: scan.root, failed, summary, started })
+}
+
+/// Sorts rows by (category, id), the order both backends store them in, so each category's
+/// vectors are contiguous.
+pub(super) fn sort_rows<V>(rows: &mut [(Item, V)]) {
+    rows.sort_by(|a, b| (&a.0.category, &a.0.id).cmp(&(&b.0.category, &b.0.id)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_for_chat_names_no_path() {
+        let summary = ReindexSummary {
+            generation: 4,
+            location: "/srv/shop/index/gen-4".into(),
+            files: 2,
+            vectors: 2,
+            added: 1,
+            changed: 0,
+            removed: 0,
+            unchanged: 1,
+            embedded: 1,
+            duplicates: 0,
+            failed: vec![Failure { id: "bag/b.png".into(), reason: "the file is empty".into() }],
+            not_images: vec![PathBuf::from("/srv/shop/catalogue/bag/notes.txt")],
+            seconds: 1.5,
+        };
+        let chat = render_summary(&summary, Audience::Chat);
+        assert!(!chat.contains("/srv"), "{chat}");
+        assert!(chat.contains("generation 4") && chat.contains("bag/b.png: the file is empty") && chat.contains("bag/notes.txt"), "{chat}");
+        assert!(render_summary(&summary, Audience::Operator).contains("/srv/shop/index/gen-4"), "operators see where it went");
+    }
+}

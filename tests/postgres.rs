@@ -1,0 +1,449 @@
+//! The PostgreSQL backend against a real server (PostgreSQL 18 + pgvector 0.8, started by
+//! `tests/postgres/with-server`, which `make test` and .ci/run wrap `cargo test` in): the same
+//! hits as the embedded index, HNSW recall, a re-index killed at random moments, several
+//! processes sharing one database during a re-index, a read replica, a restart mid-run, and the
+//! errors an operator meets. Vectors come from a deterministic fake embedder (clustered like
+//! real embeddings), except in the end-to-end test, which runs the kit's real backbones.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lookalike::catalogue::MetadataTable;
+use lookalike::config::Metric;
+use lookalike::index::embedded::Embedded;
+use lookalike::index::postgres::{Postgres, Settings};
+use lookalike::index::{Backend, EmbeddingKey, IndexError, Page, ReindexError, ReindexJob, Scope, SearchParams};
+
+mod common;
+
+const DIM: usize = 48;
+const CATEGORIES: [&str; 3] = ["bags", "coats", "shoes"];
+
+/// The tests share one server: one at a time (one of them restarts it).
+static SERVER: Mutex<()> = Mutex::new(());
+
+/// (primary URL, replica URL, pg_ctl command) from `tests/postgres/with-server`.
+fn server() -> Option<(String, String, String)> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (var("LOOKALIKE_TEST_PG_URL"), var("LOOKALIKE_TEST_PG_READ_URL"), var("LOOKALIKE_TEST_PG_CTL")) {
+        (Some(url), Some(read), Some(ctl)) => Some((url, read, ctl)),
+        _ => {
+            assert!(std::env::var_os("LOOKALIKE_REQUIRE_POSTGRES").is_none(), "LOOKALIKE_REQUIRE_POSTGRES is set but no server is: run under tests/postgres/with-server");
+            eprintln!("SKIPPED: no PostgreSQL server; run `tests/postgres/with-server cargo test --test postgres` (make test does)");
+            None
+        }
+    }
+}
+
+/// A fresh database named `name` (pgvector created) on the test server; its URL.
+fn database(url: &str, name: &str) -> String {
+    let mut admin = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let url = with_database(url, name);
+    postgres::Client::connect(&url, postgres::NoTls).unwrap().batch_execute("CREATE EXTENSION vector").unwrap();
+    url
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    format!("{}/{name}", url.rsplit_once('/').unwrap().0)
+}
+
+fn settings(url: &str, read_url: &str, hnsw_min_rows: usize) -> Settings {
+    Settings { url: url.into(), read_url: read_url.into(), hnsw_min_rows, ef_search: 100 }
+}
+
+fn key() -> EmbeddingKey {
+    EmbeddingKey { profile: "kit".into(), backbones: vec!["fake".into()], source: "combined".into(), pooling: "gem3".into(), weights_sha256: String::new(), dim: DIM }
+}
+
+fn splitmix(state: &mut u64) -> f32 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+}
+
+/// A unit vector near category `category`'s centre, by seed: clustered as real embeddings are.
+fn vector(category: usize, seed: u64) -> Vec<f32> {
+    let (mut centre, mut noise) = (1000 + category as u64, seed.wrapping_mul(7919));
+    let v: Vec<f32> = (0..DIM).map(|_| splitmix(&mut centre) + 0.7 * splitmix(&mut noise)).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+/// Files whose text names their vector ("category seed"); `.png` so the scan takes them.
+fn write_catalogue(root: &Path, per_category: u64, version: u64) {
+    for (c, name) in CATEGORIES.iter().enumerate() {
+        std::fs::create_dir_all(root.join(name)).unwrap();
+        for i in 0..per_category {
+            std::fs::write(root.join(name).join(format!("{i:05}.png")), format!("{c} {}", i + version * 100_000)).unwrap();
+        }
+    }
+    // The same bytes twice: stored once. A near-twin: folded into its original in hits.
+    std::fs::write(root.join("bags/twin-copy.png"), "0 3").unwrap();
+    std::fs::write(root.join("bags/near-twin.png"), "0 3 near").unwrap();
+}
+
+fn fake_embed(paths: &[PathBuf]) -> Vec<Result<Vec<f32>, String>> {
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+            let mut words = text.split(' ');
+            let category: usize = words.next().unwrap().parse().unwrap();
+            let seed: u64 = words.next().unwrap().parse().unwrap();
+            let mut v = vector(category, seed);
+            if words.next() == Some("near") {
+                v[0] += 1e-4;
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+fn reindex(backend: &dyn Backend, catalogue: &Path) -> Result<lookalike::index::ReindexSummary, ReindexError> {
+    reindex_slowly(backend, catalogue, Duration::ZERO)
+}
+
+fn reindex_slowly(backend: &dyn Backend, catalogue: &Path, pause: Duration) -> Result<lookalike::index::ReindexSummary, ReindexError> {
+    let (metadata, key) = (MetadataTable::default(), key());
+    let job = ReindexJob { catalogue, metadata: &metadata, key: &key, chunk: 64, max_image_bytes: 1 << 20 };
+    let mut embed = |paths: &[PathBuf]| {
+        std::thread::sleep(pause);
+        fake_embed(paths)
+    };
+    backend.reindex(&job, &mut embed, &mut |_| {})
+}
+
+fn search(backend: &dyn Backend, query: &[f32], scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError> {
+    let generation = backend.current()?.expect("a generation");
+    backend.search(&generation, query, scopes, params)
+}
+
+fn params(k: usize) -> SearchParams {
+    SearchParams { k, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999 }
+}
+
+fn in_order(names: &[&str]) -> Vec<Scope> {
+    names.iter().enumerate().map(|(rank, name)| Scope { category: name.to_string(), rank, bonus: 0.0 }).collect()
+}
+
+fn ids(page: &Page) -> Vec<String> {
+    page.hits.iter().map(|h| h.item.id.clone()).collect()
+}
+
+#[test]
+fn the_same_hits_as_the_embedded_index_and_hnsw_for_large_categories() {
+    let Some((url, _, _)) = server() else { return };
+    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let url = database(&url, "same_hits");
+    let scratch = tempfile::tempdir().unwrap();
+    let catalogue = scratch.path().join("catalogue");
+    write_catalogue(&catalogue, 400, 0);
+    let embedded = Embedded::open(&scratch.path().join("index"));
+    let postgres = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
+    assert!(postgres.current().unwrap().is_none(), "an empty database is 'not indexed yet', not an error");
+    let (a, b) = (reindex(&embedded, &catalogue).unwrap(), reindex(&postgres, &catalogue).unwrap());
+    assert_eq!((a.files, a.vectors, a.duplicates, a.embedded), (b.files, b.vectors, b.duplicates, b.embedded));
+    assert_eq!((b.files, b.vectors, b.duplicates), (1202, 1201, 1));
+    assert_eq!(embedded.current().unwrap().unwrap().categories, postgres.current().unwrap().unwrap().categories);
+
+    let together = |bonuses: [f32; 3]| -> Vec<Scope> { CATEGORIES.iter().zip(bonuses).map(|(name, bonus)| Scope { category: name.to_string(), rank: 0, bonus }).collect() };
+    let variants: Vec<(Vec<Scope>, SearchParams)> = vec![
+        (in_order(&["bags", "coats"]), params(5)),
+        (in_order(&["coats", "shoes", "bags"]), SearchParams { offset: 5, ..params(5) }),
+        (together([0.0, -0.05, -0.3]), params(10)),
+        (in_order(&["shoes"]), SearchParams { min_similarity: 0.5, ..params(20) }),
+        (in_order(&["bags", "shoes"]), SearchParams { metric: Metric::Euclidean, ..params(5) }),
+        (in_order(&["bags", "no-such-category"]), SearchParams { offset: 395, ..params(10) }),
+    ];
+    for q in 0..30u64 {
+        let query = vector((q % 3) as usize, 900_000 + q);
+        for (scopes, params) in &variants {
+            let (want, got) = (search(&embedded, &query, scopes, params).unwrap(), search(&postgres, &query, scopes, params).unwrap());
+            assert_eq!(ids(&want), ids(&got), "query {q}, {scopes:?}, {params:?}");
+            for (w, g) in want.hits.iter().zip(&got.hits) {
+                assert_eq!((w.cosine.to_bits(), w.euclidean.to_bits(), &w.collapsed, &w.item), (g.cosine.to_bits(), g.euclidean.to_bits(), &g.collapsed, &g.item), "scores bit for bit");
+            }
+            assert_eq!((want.more, got.method), (got.more, "exact"));
+        }
+    }
+    // bags/00003.png (whose copy is stored with it, under its id) and its near-twin are one hit.
+    let twin = search(&postgres, &vector(0, 3), &in_order(&["bags"]), &params(3)).unwrap();
+    let mut stands_for: Vec<&str> = twin.hits[0].item.duplicates.iter().chain(&twin.hits[0].collapsed).map(String::as_str).chain([twin.hits[0].item.id.as_str()]).collect();
+    stands_for.sort();
+    assert_eq!(stands_for, ["bags/00003.png", "bags/near-twin.png"], "{:?}", twin.hits[0]);
+
+    // Nothing changed: nothing embedded, vectors copied inside the database.
+    let again = reindex(&postgres, &catalogue).unwrap();
+    assert_eq!((again.generation, again.embedded, again.unchanged), (2, 0, 1202));
+
+    // Categories of 300 rows and more go through HNSW: near-exact, and said so.
+    let approximate = Postgres::connect(&settings(&url, "", 300)).unwrap();
+    reindex(&approximate, &catalogue).unwrap();
+    assert_eq!(approximate.current().unwrap().unwrap().approximate, CATEGORIES.map(String::from));
+    let (mut same, mut total) = (0, 0);
+    for q in 0..100u64 {
+        let query = vector((q % 3) as usize, 800_000 + q);
+        let scopes = in_order(&[CATEGORIES[(q % 3) as usize]]);
+        let (want, got) = (search(&embedded, &query, &scopes, &params(5)).unwrap(), search(&approximate, &query, &scopes, &params(5)).unwrap());
+        assert_eq!(got.method, "hnsw");
+        same += ids(&got).iter().filter(|id| ids(&want).contains(id)).count();
+        total += 5;
+    }
+    assert!(same as f64 / total as f64 >= 0.95, "HNSW recall@5 {same}/{total}");
+}
+
+/// Run by the tests below in a process of its own (the test binary, started again).
+#[test]
+#[ignore = "a helper process of the tests in this file"]
+fn helper_process() {
+    let Ok(role) = std::env::var("HELPER_ROLE") else { return };
+    let url = std::env::var("HELPER_URL").unwrap();
+    let backend = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
+    match role.as_str() {
+        "reindex" => {
+            let pause = Duration::from_millis(std::env::var("HELPER_PAUSE_MS").unwrap().parse().unwrap());
+            reindex_slowly(&backend, Path::new(&std::env::var("HELPER_CATALOGUE").unwrap()), pause).unwrap();
+        }
+        "search" => {
+            // Searches until told to stop; every page is whole, from a generation that exists.
+            let until = Instant::now() + Duration::from_secs(std::env::var("HELPER_SECONDS").unwrap().parse().unwrap());
+            let mut seen = std::collections::BTreeSet::new();
+            let mut searches = 0;
+            while Instant::now() < until {
+                let generation = backend.current().unwrap().unwrap();
+                let query = vector(searches % 3, 700_000 + searches as u64);
+                let page = backend.search(&generation, &query, &in_order(&CATEGORIES), &params(10)).unwrap();
+                assert_eq!(page.hits.len(), 10, "generation {}", generation.number);
+                assert!(page.hits.iter().all(|h| h.item.category == CATEGORIES[0]), "category-first");
+                seen.insert(generation.number);
+                searches += 1;
+            }
+            println!("HELPER searches={searches} generations={seen:?}");
+        }
+        other => panic!("unknown helper role {other}"),
+    }
+}
+
+fn helper(role: &str, env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args(["--exact", "helper_process", "--ignored", "--nocapture", "--test-threads", "1"]).env("HELPER_ROLE", role).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+}
+
+fn tables(url: &str) -> Vec<String> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let mut names: Vec<String> = client.query("SELECT tablename FROM pg_tables WHERE tablename LIKE 'lookalike_items_%'", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    names.sort_by_key(|name| name.trim_start_matches("lookalike_items_").parse::<u64>().unwrap_or(0));
+    names
+}
+
+#[test]
+fn a_reindex_killed_at_random_moments_leaves_the_previous_generation_searchable() {
+    let Some((url, _, _)) = server() else { return };
+    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let url = database(&url, "killed");
+    let scratch = tempfile::tempdir().unwrap();
+    let (catalogue, changed) = (scratch.path().join("catalogue"), scratch.path().join("changed"));
+    write_catalogue(&catalogue, 300, 0);
+    write_catalogue(&changed, 300, 1);
+    let backend = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
+    reindex(&backend, &catalogue).unwrap();
+    let query = vector(1, 424_242);
+    // Which catalogue the answering generation holds (they differ in every vector).
+    let holds = |backend: &Postgres| -> (u64, PathBuf) {
+        let page = search(backend, &query, &in_order(&["coats"]), &params(5)).unwrap();
+        assert_eq!(page.hits.len(), 5);
+        (backend.current().unwrap().unwrap().number, page.hits[0].item.path.parent().unwrap().parent().unwrap().to_path_buf())
+    };
+    let run = |target: &Path| helper("reindex", &[("HELPER_URL", url.clone()), ("HELPER_CATALOGUE", target.display().to_string()), ("HELPER_PAUSE_MS", "40".into())]);
+
+    // An undisturbed re-index in a process of its own, timed; then kills within that time.
+    let started = Instant::now();
+    let probe = run(&changed).output().unwrap();
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    let full = started.elapsed();
+    assert_eq!(holds(&backend), (2, changed.clone()));
+    let mut state = 77u64;
+    let (mut before_commit, mut after_commit) = (0, 0);
+    for round in 0..6 {
+        let (number, held) = holds(&backend);
+        let other = if held == catalogue { changed.clone() } else { catalogue.clone() };
+        let at = full.mul_f32(0.1 + 0.85 * (splitmix(&mut state) + 0.5));
+        let mut child = run(&other).spawn().unwrap();
+        std::thread::sleep(at);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Either the previous generation, untouched, or the new one, whole: never a mix.
+        let now = holds(&backend);
+        if now == (number, held.clone()) {
+            before_commit += 1;
+        } else {
+            assert_eq!(now, (number + 1, other), "round {round}, killed after {at:?}");
+            after_commit += 1;
+        }
+    }
+    assert!(before_commit >= 1, "at least one kill landed mid-re-index ({after_commit} after it)");
+    // The lock died with the killed processes; the next re-index drops what they left behind.
+    let summary = reindex(&backend, &catalogue).unwrap();
+    assert_eq!(holds(&backend).1, catalogue);
+    let generations: Vec<String> = (summary.generation - 2..=summary.generation).map(|n| format!("lookalike_items_{n}")).collect();
+    assert_eq!(tables(&url), generations, "three generations kept, no orphan tables");
+}
+
+#[test]
+fn two_processes_search_one_database_while_a_third_reindexes() {
+    let Some((url, _, _)) = server() else { return };
+    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let url = database(&url, "shared");
+    let scratch = tempfile::tempdir().unwrap();
+    let catalogue = scratch.path().join("catalogue");
+    write_catalogue(&catalogue, 200, 0);
+    let backend = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
+    reindex(&backend, &catalogue).unwrap();
+    let searchers: Vec<_> = (0..2).map(|_| helper("search", &[("HELPER_URL", url.clone()), ("HELPER_SECONDS", "6".into())]).spawn().unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut generations = Vec::new();
+    for version in 1..=3 {
+        write_catalogue(&catalogue, 200, version);
+        // A second re-index while this one runs is refused, here as in any process.
+        generations.push(reindex(&backend, &catalogue).unwrap().generation);
+    }
+    for searcher in searchers {
+        let output = searcher.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        // libtest writes its own "test helper_process ... " before the helper's line.
+        let line = stdout.lines().find_map(|l| l.split_once("HELPER ").map(|(_, line)| line)).expect("the searcher's report");
+        let searches: usize = line.split_whitespace().next().unwrap().trim_start_matches("searches=").parse().unwrap();
+        assert!(searches > 20 && line.contains(", "), "searched across generations: {line}");
+    }
+    assert_eq!(generations, [2, 3, 4]);
+}
+
+#[test]
+fn a_second_reindex_is_refused_while_one_runs() {
+    let Some((url, _, _)) = server() else { return };
+    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let url = database(&url, "locked");
+    let scratch = tempfile::tempdir().unwrap();
+    let catalogue = scratch.path().join("catalogue");
+    write_catalogue(&catalogue, 100, 0);
+    let backend = Arc::new(Postgres::connect(&settings(&url, "", 1_000_000)).unwrap());
+    let running = {
+        let (backend, catalogue) = (backend.clone(), catalogue.clone());
+        std::thread::spawn(move || reindex_slowly(backend.as_ref(), &catalogue, Duration::from_millis(200)))
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    let refused = reindex(backend.as_ref(), &catalogue).unwrap_err();
+    assert!(matches!(refused, ReindexError::AlreadyRunning(_)) && refused.to_string().contains("already running"), "{refused}");
+    running.join().unwrap().unwrap();
+    reindex(backend.as_ref(), &catalogue).unwrap();
+}
+
+#[test]
+fn a_read_replica_answers_searches_and_refuses_writes() {
+    let Some((url, read_url, _)) = server() else { return };
+    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let url = database(&url, "replicated");
+    let read_url = with_database(&read_url, "replicated");
+    let scratch = tempfile::tempdir().unwrap();
+    let catalogue = scratch.path().join("catalogue");
+    write_catalogue(&catalogue, 100, 0);
+    let primary = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
+    let summary = reindex(&primary, &catalogue).unwrap();
+    // Searches from the replica once it has replayed the new generation.
+    let replicated = (0..300)
+        .find_map(|attempt| {
+            let connected = Postgres::connect(&settings(&url, &read_url, 1_000_000));
+            let current = connected.as_ref().map_err(|e| e.to_string()).map(|b| b.current().map_err(|e| e.to_string()));
+            match current {
+                Ok(Ok(Some(g))) if g.number == summary.generation => connected.ok(),
+                other => {
+                    if attempt % 20 == 19 {
+                        eprintln!("replica not there yet: {other:?}");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                }
+            }
+        })
+        .expect("the replica replays the generation within 30 s");
+    let query = vector(2, 31_337);
+    assert_eq!(ids(&search(&replicated, &query, &in_order(&["shoes"]), &params(5)).unwrap()), ids(&search(&primary, &query, &in_order(&["shoes"]), &params(5)).unwrap()));
+    // Writes go to the primary; a re-index aimed at the replica says so.
+    let misdirected = Postgres::connect(&settings(&read_url, "", 1_000_000)).unwrap();
+    let refused = reindex(&misdirected, &catalogue).unwrap_err().to_string();
+    assert!(refused.contains("read-only replica") && refused.contains("index.postgres_read_url"), "{refused}");
+}
+
+#[test]
+fn a_database_restart_fails_searches_clearly_then_recovers_by_itself() {
+    let Some((url, _, ctl)) = server() else { return };
+    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let url = database(&url, "restarted");
+    let scratch = tempfile::tempdir().unwrap();
+    let catalogue = scratch.path().join("catalogue");
+    write_catalogue(&catalogue, 50, 0);
+    let backend = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
+    reindex(&backend, &catalogue).unwrap();
+    let query = vector(0, 5);
+    let before = ids(&search(&backend, &query, &in_order(&["bags"]), &params(3)).unwrap());
+    let pg_ctl = |action: &str| assert!(Command::new("sh").arg("-c").arg(format!("{ctl} {action}")).stdout(Stdio::null()).status().unwrap().success(), "pg_ctl {action}");
+
+    pg_ctl("stop");
+    let down = search(&backend, &query, &in_order(&["bags"]), &params(3)).unwrap_err();
+    assert!(matches!(down, IndexError::Unavailable(_)), "{down}");
+    assert!(down.to_string().contains("unreachable") && !down.to_string().contains("password"), "{down}");
+    let at_start = Postgres::connect(&settings(&url, "", 1_000_000)).err().expect("a database down at start is an error").to_string();
+    assert!(at_start.contains("index.postgres_url") && at_start.contains("is the server running"), "{at_start}");
+    pg_ctl("start");
+    // The same backend, not restarted: its closed connections are replaced.
+    assert_eq!(ids(&search(&backend, &query, &in_order(&["bags"]), &params(3)).unwrap()), before);
+}
+
+#[test]
+fn wrong_urls_and_schema_versions_are_clear_errors() {
+    let Some((url, _, _)) = server() else { return };
+    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let err = Postgres::connect(&settings("mysql://shop", "", 1)).err().unwrap().to_string();
+    assert!(err.contains("index.postgres_url is not a PostgreSQL URL"), "{err}");
+    let url = database(&url, "versioned");
+    let scratch = tempfile::tempdir().unwrap();
+    write_catalogue(&scratch.path().join("catalogue"), 10, 0);
+    reindex(&Postgres::connect(&settings(&url, "", 1)).unwrap(), &scratch.path().join("catalogue")).unwrap();
+    postgres::Client::connect(&url, postgres::NoTls).unwrap().batch_execute("UPDATE lookalike_schema SET version = 99").unwrap();
+    let err = Postgres::connect(&settings(&url, "", 1)).err().unwrap().to_string();
+    assert!(err.contains("schema version 99") && err.contains("reads version 1"), "{err}");
+}
+
+#[test]
+fn the_search_service_answers_alike_from_postgres_with_the_real_backbones() {
+    let Some((url, _, _)) = server() else { return };
+    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let url = database(&url, "service");
+    let world = common::World::new(6);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut pages = Vec::new();
+    for backend in [vec![], vec![("LOOKALIKE__INDEX__BACKEND", "postgres"), ("LOOKALIKE__INDEX__POSTGRES_URL", url.as_str())]] {
+        let service = lookalike::search::SearchService::start(&world.config(&backend)).unwrap();
+        service.reindex(&mut |_| {}).unwrap();
+        let mut hits = Vec::new();
+        for (class, variant) in [("warm", 40), ("cool", 41), ("warm", 42)] {
+            let query = lookalike::search::Query { image: common::png(&common::picture(class, variant)), k: Some(4), ..Default::default() };
+            let outcome = runtime.block_on(service.search(query)).unwrap();
+            assert_eq!(outcome.timings.search_method, "exact");
+            hits.push(outcome.hits.iter().map(|h| (h.item.id.clone(), h.cosine.to_bits())).collect::<Vec<_>>());
+        }
+        pages.push(hits);
+    }
+    assert_eq!(pages[0], pages[1], "the same hits and scores from both backends");
+}
