@@ -242,6 +242,13 @@ pub struct BenchArgs {
     /// table a few thousand, so that indexing runs long enough to time.
     #[arg(long)]
     pub catalogue_size: Option<usize>,
+    /// Vectors in the PostgreSQL comparison (`--only postgres`, and `--only index` when
+    /// index.postgres_url is set).
+    #[arg(long, default_value_t = 100_000)]
+    pub rows: usize,
+    /// Print the PostgreSQL comparison as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -253,6 +260,9 @@ pub enum BenchPart {
     /// Exact search over 10,000 and 100,000 vectors; indexing and querying a 1,000-image catalogue against
     /// the chapter's method; indexing against a python torchvision pipeline.
     Index,
+    /// The PostgreSQL backend (exact and HNSW) beside the embedded index: p50/p99 at concurrency 1
+    /// and 8, recall@5, ingest rate; needs index.postgres_url (a server with pgvector).
+    Postgres,
     /// CUDA against the CPU for both profiles (features, vote probabilities, top-5 hits), in f32
     /// and f16; needs a GPU.
     Device,
@@ -309,7 +319,15 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Bench(args) => match args.only {
             Some(BenchPart::Intent) => bench::intent(config, args.rounds),
             Some(BenchPart::Vision) => bench::vision(config, args.rounds),
-            Some(BenchPart::Index) => bench::index(config, args.rounds, args.catalogue_size.unwrap_or(1000), !args.no_python),
+            Some(BenchPart::Index) => {
+                bench::index(config, args.rounds, args.catalogue_size.unwrap_or(1000), !args.no_python)?;
+                if config.index.postgres_url.is_empty() {
+                    println!("(PostgreSQL columns skipped: set index.postgres_url, or run `lookalike bench --only postgres`)");
+                    return Ok(());
+                }
+                bench::postgres(config, args.rows, 200, args.json)
+            }
+            Some(BenchPart::Postgres) => bench::postgres(config, args.rows, 200, args.json),
             Some(BenchPart::Device) => bench::device(config, args.catalogue_size.unwrap_or(200), 4 * args.rounds.max(5)),
             None => bench::suite(config, args.rounds, &args.profile, args.catalogue_size.unwrap_or(100), !args.no_python),
         },

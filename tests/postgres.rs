@@ -309,13 +309,13 @@ fn two_processes_search_one_database_while_a_third_reindexes() {
     write_catalogue(&catalogue, 200, 0);
     let backend = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
     reindex(&backend, &catalogue).unwrap();
-    let searchers: Vec<_> = (0..2).map(|_| helper("search", &[("HELPER_URL", url.clone()), ("HELPER_SECONDS", "6".into())]).spawn().unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(500));
+    let searchers: Vec<_> = (0..2).map(|_| helper("search", &[("HELPER_URL", url.clone()), ("HELPER_SECONDS", "10".into())]).spawn().unwrap()).collect();
+    // Time for the searchers to start; then three re-indexes of about a second each.
+    std::thread::sleep(Duration::from_millis(1500));
     let mut generations = Vec::new();
     for version in 1..=3 {
         write_catalogue(&catalogue, 200, version);
-        // A second re-index while this one runs is refused, here as in any process.
-        generations.push(reindex(&backend, &catalogue).unwrap().generation);
+        generations.push(reindex_slowly(&backend, &catalogue, Duration::from_millis(100)).unwrap().generation);
     }
     for searcher in searchers {
         let output = searcher.wait_with_output().unwrap();

@@ -133,8 +133,10 @@ fn cause(err: &postgres::Error) -> String {
 /// Whether a failure is the database being away (worth retrying later) or something to fix.
 fn classify(err: &postgres::Error, shown: &str) -> IndexError {
     let away = [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW, SqlState::CONNECTION_FAILURE];
+    let io = std::error::Error::source(err).is_some_and(|source| source.is::<std::io::Error>());
     match err.code() {
-        None => IndexError::Unavailable(format!("{shown}: {}", cause(err))),
+        None if err.is_closed() || io => IndexError::Unavailable(format!("{shown}: {}", cause(err))),
+        None => IndexError::Unusable(format!("the catalogue database {shown} answered what this lookalike cannot read: {}", cause(err))),
         Some(code) if away.contains(code) => IndexError::Unavailable(format!("{shown}: {}", cause(err))),
         Some(_) => IndexError::Unusable(format!("the catalogue database {shown} refused a query: {}", cause(err))),
     }
@@ -155,9 +157,9 @@ fn hnsw_expression(dim: usize) -> (String, String, &'static str) {
     if dim <= HNSW_VECTOR_MAX_DIM {
         ("embedding".into(), "embedding <=> $1".into(), "vector_cosine_ops")
     } else if dim <= HNSW_HALFVEC_MAX_DIM {
-        (format!("(embedding::halfvec({dim}))"), format!("embedding::halfvec({dim}) <=> $1::halfvec({dim})"), "halfvec_cosine_ops")
+        (format!("(embedding::halfvec({dim}))"), format!("embedding::halfvec({dim}) <=> ($1::vector)::halfvec({dim})"), "halfvec_cosine_ops")
     } else {
-        (format!("(binary_quantize(embedding)::bit({dim}))"), format!("binary_quantize(embedding)::bit({dim}) <~> binary_quantize($1)"), "bit_hamming_ops")
+        (format!("(binary_quantize(embedding)::bit({dim}))"), format!("binary_quantize(embedding)::bit({dim}) <~> binary_quantize($1::vector)"), "bit_hamming_ops")
     }
 }
 
