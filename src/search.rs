@@ -502,8 +502,8 @@ pub fn render(outcome: &SearchOutcome) -> String {
     }
     let t = &outcome.timings;
     out.push_str(&format!(
-        "time: decode {:.1} ms, queue {:.1} ms, vision {:.1} ms (batch of {}), text {:.1} ms, search {:.2} ms; total {:.1} ms (index generation {})\n",
-        t.decode_ms, t.queue_ms, t.vision_ms, t.batch, t.text_ms, t.search_ms, t.total_ms, outcome.generation
+        "time: decode {:.1} ms, queue {:.1} ms, vision {:.1} ms (batch of {}), text {:.1} ms, search {:.2} ms ({}); total {:.1} ms (index generation {})\n",
+        t.decode_ms, t.queue_ms, t.vision_ms, t.batch, t.text_ms, t.search_ms, t.search_method, t.total_ms, outcome.generation
     ));
     out
 }
