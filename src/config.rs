@@ -411,6 +411,18 @@ mod tests {
     }
 
     #[test]
+    fn a_database_password_comes_only_from_the_environment() {
+        for url in ["postgres://shop:hunter2@db:5432/shop", "host=db user=shop password=hunter2"] {
+            let message = parse(&format!("[index]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n"), &[]).unwrap_err().to_string();
+            assert!(message.contains("index.postgres_url holds a password") && !message.contains("hunter2"), "{message}");
+        }
+        let file = parse("[index]\nbackend = \"postgres\"\npostgres_url = \"postgres://shop@db:5432/shop\"\n", &[]).unwrap();
+        assert_eq!((file.index.backend, file.index.postgres_url.as_str()), (IndexBackend::Postgres, "postgres://shop@db:5432/shop"));
+        let env = parse("", &[("LOOKALIKE__INDEX__POSTGRES_URL", "postgres://shop:hunter2@db:5432/shop")]).unwrap();
+        assert_eq!(env.index.postgres_url, "postgres://shop:hunter2@db:5432/shop", "from the environment it is allowed");
+    }
+
+    #[test]
     fn committed_default_parses_and_uses_the_offline_kit() {
         let config = parse(DEFAULT_TOML, &[]).expect("config/lookalike.toml must parse");
         assert_eq!(config.models.profile, Profile::Kit);
