@@ -47,6 +47,33 @@ fn database(url: &str, name: &str) -> String {
     url
 }
 
+/// One test's share of the server: the server to itself, its own database, a scratch catalogue.
+struct Fixture {
+    url: String,
+    read_url: String,
+    ctl: String,
+    scratch: tempfile::TempDir,
+    catalogue: PathBuf,
+    _server: std::sync::MutexGuard<'static, ()>,
+}
+
+/// A fresh database `name` and a catalogue of `per_category` files a category; `None` (the test
+/// skips, saying so) without a server.
+fn fixture(name: &str, per_category: u64) -> Option<Fixture> {
+    let (url, read_url, ctl) = server()?;
+    let server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let url = database(&url, name);
+    let scratch = tempfile::tempdir().unwrap();
+    let catalogue = scratch.path().join("catalogue");
+    write_catalogue(&catalogue, per_category, 0);
+    Some(Fixture { url, read_url: with_database(&read_url, name), ctl, scratch, catalogue, _server: server })
+}
+
+/// The backend on `url`, every category searched exactly.
+fn exact(url: &str) -> Postgres {
+    Postgres::connect(&settings(url, "", 1_000_000)).unwrap()
+}
+
 fn with_database(url: &str, name: &str) -> String {
     format!("{}/{name}", url.rsplit_once('/').unwrap().0)
 }
@@ -138,16 +165,12 @@ fn ids(page: &Page) -> Vec<String> {
 
 #[test]
 fn the_same_hits_as_the_embedded_index_and_hnsw_for_large_categories() {
-    let Some((url, _, _)) = server() else { return };
-    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    let url = database(&url, "same_hits");
-    let scratch = tempfile::tempdir().unwrap();
-    let catalogue = scratch.path().join("catalogue");
-    write_catalogue(&catalogue, 400, 0);
+    let Some(fixture) = fixture("same_hits", 400) else { return };
+    let Fixture { url, scratch, catalogue, .. } = &fixture;
     let embedded = Embedded::open(&scratch.path().join("index"));
-    let postgres = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
+    let postgres = exact(url);
     assert!(postgres.current().unwrap().is_none(), "an empty database is 'not indexed yet', not an error");
-    let (a, b) = (reindex(&embedded, &catalogue).unwrap(), reindex(&postgres, &catalogue).unwrap());
+    let (a, b) = (reindex(&embedded, catalogue).unwrap(), reindex(&postgres, catalogue).unwrap());
     assert_eq!((a.files, a.vectors, a.duplicates, a.embedded), (b.files, b.vectors, b.duplicates, b.embedded));
     assert_eq!((b.files, b.vectors, b.duplicates), (1202, 1201, 1));
     assert_eq!(embedded.current().unwrap().unwrap().categories, postgres.current().unwrap().unwrap().categories);
@@ -179,12 +202,12 @@ fn the_same_hits_as_the_embedded_index_and_hnsw_for_large_categories() {
     assert_eq!(stands_for, ["bags/00003.png", "bags/near-twin.png"], "{:?}", twin.hits[0]);
 
     // Nothing changed: nothing embedded, vectors copied inside the database.
-    let again = reindex(&postgres, &catalogue).unwrap();
+    let again = reindex(&postgres, catalogue).unwrap();
     assert_eq!((again.generation, again.embedded, again.unchanged), (2, 0, 1202));
 
     // Categories of 300 rows and more go through HNSW: near-exact, and said so.
-    let approximate = Postgres::connect(&settings(&url, "", 300)).unwrap();
-    reindex(&approximate, &catalogue).unwrap();
+    let approximate = Postgres::connect(&settings(url, "", 300)).unwrap();
+    reindex(&approximate, catalogue).unwrap();
     assert_eq!(approximate.current().unwrap().unwrap().approximate, CATEGORIES.map(String::from));
     let (mut same, mut total) = (0, 0);
     for q in 0..100u64 {
@@ -204,7 +227,7 @@ fn the_same_hits_as_the_embedded_index_and_hnsw_for_large_categories() {
 fn helper_process() {
     let Ok(role) = std::env::var("HELPER_ROLE") else { return };
     let url = std::env::var("HELPER_URL").unwrap();
-    let backend = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
+    let backend = exact(&url);
     match role.as_str() {
         "reindex" => {
             let pause = Duration::from_millis(std::env::var("HELPER_PAUSE_MS").unwrap().parse().unwrap());
@@ -248,15 +271,12 @@ fn tables(url: &str) -> Vec<String> {
 
 #[test]
 fn a_reindex_killed_at_random_moments_leaves_the_previous_generation_searchable() {
-    let Some((url, _, _)) = server() else { return };
-    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    let url = database(&url, "killed");
-    let scratch = tempfile::tempdir().unwrap();
-    let (catalogue, changed) = (scratch.path().join("catalogue"), scratch.path().join("changed"));
-    write_catalogue(&catalogue, 300, 0);
+    let Some(fixture) = fixture("killed", 300) else { return };
+    let Fixture { url, scratch, catalogue, .. } = &fixture;
+    let changed = scratch.path().join("changed");
     write_catalogue(&changed, 300, 1);
-    let backend = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
-    reindex(&backend, &catalogue).unwrap();
+    let backend = exact(url);
+    reindex(&backend, catalogue).unwrap();
     let query = vector(1, 424_242);
     // Which catalogue the answering generation holds (they differ in every vector).
     let holds = |backend: &Postgres| -> (u64, PathBuf) {
@@ -276,7 +296,7 @@ fn a_reindex_killed_at_random_moments_leaves_the_previous_generation_searchable(
     let (mut before_commit, mut after_commit) = (0, 0);
     for round in 0..6 {
         let (number, held) = holds(&backend);
-        let other = if held == catalogue { changed.clone() } else { catalogue.clone() };
+        let other = if held == *catalogue { changed.clone() } else { catalogue.clone() };
         let at = full.mul_f32(0.1 + 0.85 * (splitmix(&mut state) + 0.5));
         let mut child = run(&other).spawn().unwrap();
         std::thread::sleep(at);
@@ -293,29 +313,25 @@ fn a_reindex_killed_at_random_moments_leaves_the_previous_generation_searchable(
     }
     assert!(before_commit >= 1, "at least one kill landed mid-re-index ({after_commit} after it)");
     // The lock died with the killed processes; the next re-index drops what they left behind.
-    let summary = reindex(&backend, &catalogue).unwrap();
-    assert_eq!(holds(&backend).1, catalogue);
+    let summary = reindex(&backend, catalogue).unwrap();
+    assert_eq!(&holds(&backend).1, catalogue);
     let generations: Vec<String> = (summary.generation - 2..=summary.generation).map(|n| format!("lookalike_items_{n}")).collect();
-    assert_eq!(tables(&url), generations, "three generations kept, no orphan tables");
+    assert_eq!(tables(url), generations, "three generations kept, no orphan tables");
 }
 
 #[test]
 fn two_processes_search_one_database_while_a_third_reindexes() {
-    let Some((url, _, _)) = server() else { return };
-    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    let url = database(&url, "shared");
-    let scratch = tempfile::tempdir().unwrap();
-    let catalogue = scratch.path().join("catalogue");
-    write_catalogue(&catalogue, 200, 0);
-    let backend = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
-    reindex(&backend, &catalogue).unwrap();
+    let Some(fixture) = fixture("shared", 200) else { return };
+    let Fixture { url, catalogue, .. } = &fixture;
+    let backend = exact(url);
+    reindex(&backend, catalogue).unwrap();
     let searchers: Vec<_> = (0..2).map(|_| helper("search", &[("HELPER_URL", url.clone()), ("HELPER_SECONDS", "10".into())]).spawn().unwrap()).collect();
     // Time for the searchers to start; then three re-indexes of about a second each.
     std::thread::sleep(Duration::from_millis(1500));
     let mut generations = Vec::new();
     for version in 1..=3 {
-        write_catalogue(&catalogue, 200, version);
-        generations.push(reindex_slowly(&backend, &catalogue, Duration::from_millis(100)).unwrap().generation);
+        write_catalogue(catalogue, 200, version);
+        generations.push(reindex_slowly(&backend, catalogue, Duration::from_millis(100)).unwrap().generation);
     }
     for searcher in searchers {
         let output = searcher.wait_with_output().unwrap();
@@ -331,39 +347,30 @@ fn two_processes_search_one_database_while_a_third_reindexes() {
 
 #[test]
 fn a_second_reindex_is_refused_while_one_runs() {
-    let Some((url, _, _)) = server() else { return };
-    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    let url = database(&url, "locked");
-    let scratch = tempfile::tempdir().unwrap();
-    let catalogue = scratch.path().join("catalogue");
-    write_catalogue(&catalogue, 100, 0);
-    let backend = Arc::new(Postgres::connect(&settings(&url, "", 1_000_000)).unwrap());
+    let Some(fixture) = fixture("locked", 100) else { return };
+    let Fixture { url, catalogue, .. } = &fixture;
+    let backend = Arc::new(exact(url));
     let running = {
         let (backend, catalogue) = (backend.clone(), catalogue.clone());
         std::thread::spawn(move || reindex_slowly(backend.as_ref(), &catalogue, Duration::from_millis(200)))
     };
     std::thread::sleep(Duration::from_millis(400));
-    let refused = reindex(backend.as_ref(), &catalogue).unwrap_err();
+    let refused = reindex(backend.as_ref(), catalogue).unwrap_err();
     assert!(matches!(refused, ReindexError::AlreadyRunning(_)) && refused.to_string().contains("already running"), "{refused}");
     running.join().unwrap().unwrap();
-    reindex(backend.as_ref(), &catalogue).unwrap();
+    reindex(backend.as_ref(), catalogue).unwrap();
 }
 
 #[test]
 fn a_read_replica_answers_searches_and_refuses_writes() {
-    let Some((url, read_url, _)) = server() else { return };
-    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    let url = database(&url, "replicated");
-    let read_url = with_database(&read_url, "replicated");
-    let scratch = tempfile::tempdir().unwrap();
-    let catalogue = scratch.path().join("catalogue");
-    write_catalogue(&catalogue, 100, 0);
-    let primary = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
-    let summary = reindex(&primary, &catalogue).unwrap();
+    let Some(fixture) = fixture("replicated", 100) else { return };
+    let Fixture { url, read_url, catalogue, .. } = &fixture;
+    let primary = exact(url);
+    let summary = reindex(&primary, catalogue).unwrap();
     // Searches from the replica once it has replayed the new generation.
     let replicated = (0..300)
         .find_map(|attempt| {
-            let connected = Postgres::connect(&settings(&url, &read_url, 1_000_000));
+            let connected = Postgres::connect(&settings(url, read_url, 1_000_000));
             let current = connected.as_ref().map_err(|e| e.to_string()).map(|b| b.current().map_err(|e| e.to_string()));
             match current {
                 Ok(Ok(Some(g))) if g.number == summary.generation => connected.ok(),
@@ -380,21 +387,17 @@ fn a_read_replica_answers_searches_and_refuses_writes() {
     let query = vector(2, 31_337);
     assert_eq!(ids(&search(&replicated, &query, &in_order(&["shoes"]), &params(5)).unwrap()), ids(&search(&primary, &query, &in_order(&["shoes"]), &params(5)).unwrap()));
     // Writes go to the primary; a re-index aimed at the replica says so.
-    let misdirected = Postgres::connect(&settings(&read_url, "", 1_000_000)).unwrap();
-    let refused = reindex(&misdirected, &catalogue).unwrap_err().to_string();
+    let misdirected = exact(read_url);
+    let refused = reindex(&misdirected, catalogue).unwrap_err().to_string();
     assert!(refused.contains("read-only replica") && refused.contains("index.postgres_read_url"), "{refused}");
 }
 
 #[test]
 fn a_database_restart_fails_searches_clearly_then_recovers_by_itself() {
-    let Some((url, _, ctl)) = server() else { return };
-    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    let url = database(&url, "restarted");
-    let scratch = tempfile::tempdir().unwrap();
-    let catalogue = scratch.path().join("catalogue");
-    write_catalogue(&catalogue, 50, 0);
-    let backend = Postgres::connect(&settings(&url, "", 1_000_000)).unwrap();
-    reindex(&backend, &catalogue).unwrap();
+    let Some(fixture) = fixture("restarted", 50) else { return };
+    let Fixture { url, ctl, catalogue, .. } = &fixture;
+    let backend = exact(url);
+    reindex(&backend, catalogue).unwrap();
     let query = vector(0, 5);
     let before = ids(&search(&backend, &query, &in_order(&["bags"]), &params(3)).unwrap());
     let pg_ctl = |action: &str| assert!(Command::new("sh").arg("-c").arg(format!("{ctl} {action}")).stdout(Stdio::null()).status().unwrap().success(), "pg_ctl {action}");
@@ -403,7 +406,7 @@ fn a_database_restart_fails_searches_clearly_then_recovers_by_itself() {
     let down = search(&backend, &query, &in_order(&["bags"]), &params(3)).unwrap_err();
     assert!(matches!(down, IndexError::Unavailable(_)), "{down}");
     assert!(down.to_string().contains("unreachable") && !down.to_string().contains("password"), "{down}");
-    let at_start = Postgres::connect(&settings(&url, "", 1_000_000)).err().expect("a database down at start is an error").to_string();
+    let at_start = Postgres::connect(&settings(url, "", 1_000_000)).err().expect("a database down at start is an error").to_string();
     assert!(at_start.contains("index.postgres_url") && at_start.contains("is the server running"), "{at_start}");
     pg_ctl("start");
     // The same backend, not restarted: its closed connections are replaced.
@@ -412,24 +415,20 @@ fn a_database_restart_fails_searches_clearly_then_recovers_by_itself() {
 
 #[test]
 fn wrong_urls_and_schema_versions_are_clear_errors() {
-    let Some((url, _, _)) = server() else { return };
-    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fixture) = fixture("versioned", 10) else { return };
+    let Fixture { url, catalogue, .. } = &fixture;
     let err = Postgres::connect(&settings("mysql://shop", "", 1)).err().unwrap().to_string();
     assert!(err.contains("index.postgres_url is not a PostgreSQL URL"), "{err}");
-    let url = database(&url, "versioned");
-    let scratch = tempfile::tempdir().unwrap();
-    write_catalogue(&scratch.path().join("catalogue"), 10, 0);
-    reindex(&Postgres::connect(&settings(&url, "", 1)).unwrap(), &scratch.path().join("catalogue")).unwrap();
-    postgres::Client::connect(&url, postgres::NoTls).unwrap().batch_execute("UPDATE lookalike_schema SET version = 99").unwrap();
-    let err = Postgres::connect(&settings(&url, "", 1)).err().unwrap().to_string();
+    reindex(&Postgres::connect(&settings(url, "", 1)).unwrap(), catalogue).unwrap();
+    postgres::Client::connect(url, postgres::NoTls).unwrap().batch_execute("UPDATE lookalike_schema SET version = 99").unwrap();
+    let err = Postgres::connect(&settings(url, "", 1)).err().unwrap().to_string();
     assert!(err.contains("schema version 99") && err.contains("reads version 1"), "{err}");
 }
 
 #[test]
 fn the_search_service_answers_alike_from_postgres_with_the_real_backbones() {
-    let Some((url, _, _)) = server() else { return };
-    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    let url = database(&url, "service");
+    let Some(fixture) = fixture("service", 0) else { return };
+    let Fixture { url, .. } = &fixture;
     let world = common::World::new(6);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut pages = Vec::new();

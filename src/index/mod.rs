@@ -23,7 +23,6 @@ mod rank;
 mod reindex;
 
 pub use embedded::Index;
-pub use rank::dot;
 pub use reindex::{render_summary, Audience, Embedder, Progress, ReindexError, ReindexJob, ReindexSummary};
 
 /// Images per call of the embedding function (one progress event each) when the embedder

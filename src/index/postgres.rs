@@ -25,7 +25,7 @@ use postgres::{Client, NoTls};
 
 use super::rank::{self, dot, Candidate};
 use super::reindex::{self, Previous};
-use super::{Backend, CategoryCount, Embedder, EmbeddingKey, Generation, IndexError, Item, Page, Progress, ReindexError, ReindexJob, ReindexSummary, Scope, SearchParams};
+use super::{Backend, Embedder, EmbeddingKey, Generation, IndexError, Item, Page, Progress, ReindexError, ReindexJob, ReindexSummary, Scope, SearchParams};
 use crate::config::{IndexConfig, Metric};
 
 /// Version of the tables this code reads and writes.
@@ -136,9 +136,9 @@ fn classify(err: &postgres::Error, shown: &str) -> IndexError {
     let io = std::error::Error::source(err).is_some_and(|source| source.is::<std::io::Error>());
     match err.code() {
         None if err.is_closed() || io => IndexError::Unavailable(format!("{shown}: {}", cause(err))),
-        None => IndexError::Unusable(format!("the catalogue database {shown} answered what this lookalike cannot read: {}", cause(err))),
+        None => IndexError::Unusable(format!("the catalogue database {shown} answered what this lookalike cannot read ({}): re-index with `lookalike index`", cause(err))),
         Some(code) if away.contains(code) => IndexError::Unavailable(format!("{shown}: {}", cause(err))),
-        Some(_) => IndexError::Unusable(format!("the catalogue database {shown} refused a query: {}", cause(err))),
+        Some(_) => IndexError::Unusable(format!("the catalogue database {shown} refused a query ({}): see the server's log; a re-index (`lookalike index`) rebuilds lookalike's tables", cause(err))),
     }
 }
 
@@ -200,13 +200,13 @@ impl Postgres {
     }
 
     /// Each scope's best `depth` candidates (with their vectors), and the scopes that had more.
-    fn candidates(&self, generation: &Generation, approximate: &[String], query: &Vector, scopes: &[&Scope], depth: usize, metric: Metric) -> Result<Vec<Fetched>, IndexError> {
+    fn candidates(&self, generation: &Generation, query: &Vector, scopes: &[&Scope], depth: usize, metric: Metric) -> Result<Vec<Fetched>, IndexError> {
         let table = items_table(generation.number);
         let operator = match metric {
             Metric::Cosine => "<=>",
             Metric::Euclidean => "<->",
         };
-        let (exact, hnsw): (Vec<_>, Vec<_>) = scopes.iter().enumerate().partition(|(_, scope)| !approximate.contains(&scope.category));
+        let (exact, hnsw): (Vec<_>, Vec<_>) = scopes.iter().enumerate().partition(|(_, scope)| !generation.approximate.contains(&scope.category));
         let exact_names: Vec<&str> = exact.iter().map(|(_, scope)| scope.category.as_str()).collect();
         let (_, order, _) = hnsw_expression(generation.key.dim);
         let ef_search = self.settings.ef_search.max(depth).min(MAX_EF_SEARCH) as i64;
@@ -325,7 +325,7 @@ impl Backend for Postgres {
         // Enough for the page even after near-duplicates fold; more if folding used them all.
         let mut depth = 4 * (params.offset + params.k + 1) + 32;
         loop {
-            let found = self.candidates(generation, &generation.approximate, &query_vector, &scopes, depth, params.metric)?;
+            let found = self.candidates(generation, &query_vector, &scopes, depth, params.metric)?;
             let mut items = Vec::with_capacity(found.len());
             let mut vectors = Vec::with_capacity(found.len());
             let mut candidates = Vec::with_capacity(found.len());
@@ -421,16 +421,7 @@ impl Postgres {
         }
         writer.finish()?;
 
-        let mut categories: Vec<CategoryCount> = Vec::new();
-        for (item, _) in &plan.rows {
-            match categories.last_mut() {
-                Some(last) if last.name == item.category => {
-                    last.vectors += 1;
-                    last.files += 1 + item.duplicates.len();
-                }
-                _ => categories.push(CategoryCount { name: item.category.clone(), vectors: 1, files: 1 + item.duplicates.len() }),
-            }
-        }
+        let categories = reindex::count_categories(plan.rows.iter().map(|(item, _)| item));
         let approximate: Vec<String> = categories.iter().filter(|c| c.vectors >= self.settings.hnsw_min_rows).map(|c| c.name.clone()).collect();
         client.batch_execute(&format!("CREATE INDEX ON {table} (category)"))?;
         if !approximate.is_empty() {

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{EmbeddingKey, Failure, Item};
+use super::{CategoryCount, EmbeddingKey, Failure, Item};
 use crate::catalogue::{self, MetadataTable};
 
 /// Why a re-index did not run.
@@ -267,6 +267,21 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
         seconds: 0.0,
     };
     Ok(Plan { rows, catalogue: scan.root, failed, summary, started })
+}
+
+/// Each category's vectors and files (duplicates included), from items in row order.
+pub(super) fn count_categories<'a>(items: impl IntoIterator<Item = &'a Item>) -> Vec<CategoryCount> {
+    let mut categories: Vec<CategoryCount> = Vec::new();
+    for item in items {
+        match categories.last_mut() {
+            Some(last) if last.name == item.category => {
+                last.vectors += 1;
+                last.files += 1 + item.duplicates.len();
+            }
+            _ => categories.push(CategoryCount { name: item.category.clone(), vectors: 1, files: 1 + item.duplicates.len() }),
+        }
+    }
+    categories
 }
 
 /// Sorts rows by (category, id), the order both backends store them in, so each category's

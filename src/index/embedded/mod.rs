@@ -100,8 +100,7 @@ impl Index {
 
     /// Categories with their vectors and files (duplicates included), in index order.
     pub fn category_counts(&self) -> Vec<CategoryCount> {
-        let files = |c: &CategoryRows| self.manifest.items[c.first_row..c.first_row + c.rows].iter().map(|i| 1 + i.duplicates.len()).sum();
-        self.manifest.categories.iter().map(|c| CategoryCount { name: c.name.clone(), vectors: c.rows, files: files(c) }).collect()
+        reindex::count_categories(&self.manifest.items)
     }
 
     /// The best hits for `query` in `categories`, searched in order: every hit of the first
