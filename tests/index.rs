@@ -214,7 +214,7 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
         // It answers: a stored vector finds its own item first.
         let categories: Vec<String> = index.manifest.categories.iter().map(|c| c.name.clone()).collect();
         let params = lookalike::index::SearchParams { k: 1, offset: 0, metric: lookalike::config::Metric::Cosine, min_similarity: 0.0, near_duplicate_cosine: 1.1 };
-        let page = index.search(index.vector(0), &categories, &params).unwrap();
+        let page = index.search(&index.vectors(&[0]).unwrap(), &categories, &params).unwrap();
         assert_eq!(page.hits[0].item.id, index.manifest.items[0].id, "round {round}");
     }
     eprintln!("12 kills: {old} left the old generation, {new} the new one, {mid_write} interrupted the writing of a generation (a run takes {:.1} s)", full_run.as_secs_f64());

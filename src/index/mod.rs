@@ -19,7 +19,7 @@ use crate::config::{IndexBackend, IndexConfig, Metric};
 
 pub mod embedded;
 pub mod postgres;
-mod rank;
+pub(crate) mod rank;
 mod reindex;
 
 pub use embedded::Index;

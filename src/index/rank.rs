@@ -35,7 +35,7 @@ fn dot4(rows: [&[f32]; 4], query: &[f32]) -> [f32; 4] {
 }
 
 /// Every row of `matrix` against `query`, into `out`.
-fn score_rows(matrix: &[f32], dim: usize, query: &[f32], out: &mut [f32]) {
+pub(crate) fn score_rows(matrix: &[f32], dim: usize, query: &[f32], out: &mut [f32]) {
     let mut blocks = matrix.chunks_exact(4 * dim);
     let mut slots = out.chunks_exact_mut(4);
     for (block, slot) in (&mut blocks).zip(&mut slots) {
@@ -47,7 +47,7 @@ fn score_rows(matrix: &[f32], dim: usize, query: &[f32], out: &mut [f32]) {
 }
 
 /// `query` against every row of `matrix`, split over the machine's cores when it is large.
-pub(super) fn scores(matrix: &[f32], dim: usize, query: &[f32]) -> Vec<f32> {
+pub(crate) fn scores(matrix: &[f32], dim: usize, query: &[f32]) -> Vec<f32> {
     let rows = matrix.len() / dim;
     let mut out = vec![0f32; rows];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -77,9 +77,24 @@ pub(super) struct Candidate {
 impl Candidate {
     /// Both metrics from the dot product and the norms; `None` under `min_similarity`.
     pub fn scored(slot: usize, dot_product: f32, norm: f32, query_norm: f32, scope: &Scope, min_similarity: f32) -> Option<Candidate> {
+        Candidate { slot, cosine: 0.0, euclidean: 0.0, rank: scope.rank, bonus: scope.bonus }.rescored(slot, dot_product, norm, query_norm, min_similarity)
+    }
+
+    /// The same scope's candidate with another slot and dot product.
+    pub fn rescored(self, slot: usize, dot_product: f32, norm: f32, query_norm: f32, min_similarity: f32) -> Option<Candidate> {
         let cosine = dot_product / (norm * query_norm).max(1e-12);
         let euclidean = (norm * norm + query_norm * query_norm - 2.0 * dot_product).max(0.0).sqrt();
-        (cosine >= min_similarity).then_some(Candidate { slot, cosine, euclidean, rank: scope.rank, bonus: scope.bonus })
+        (cosine >= min_similarity).then_some(Candidate { slot, cosine, euclidean, ..self })
+    }
+}
+
+/// The order hits rank in: scope rank first, then the metric plus the scope's bonus.
+pub(super) fn better(metric: Metric) -> impl Fn(&Candidate, &Candidate) -> std::cmp::Ordering + Copy {
+    move |a, b| {
+        a.rank.cmp(&b.rank).then_with(|| match metric {
+            Metric::Cosine => (b.cosine + b.bonus).total_cmp(&(a.cosine + a.bonus)),
+            Metric::Euclidean => (a.euclidean - a.bonus).total_cmp(&(b.euclidean - b.bonus)),
+        })
     }
 }
 
@@ -101,12 +116,7 @@ pub(super) fn rank<'a>(
     item: impl Fn(usize) -> Item,
 ) -> Ranked {
     let wanted = params.offset + params.k + 1;
-    let better = |a: &Candidate, b: &Candidate| {
-        a.rank.cmp(&b.rank).then_with(|| match params.metric {
-            Metric::Cosine => (b.cosine + b.bonus).total_cmp(&(a.cosine + a.bonus)),
-            Metric::Euclidean => (a.euclidean - a.bonus).total_cmp(&(b.euclidean - b.bonus)),
-        })
-    };
+    let better = better(params.metric);
     let mut accepted: Vec<(usize, Hit)> = Vec::new();
     // Only the best few need sorting; near-duplicates may use up more, so widen if so.
     let mut sorted = 0;

@@ -1,32 +1,75 @@
 //! Generations on disk and the re-index lock of the embedded index.
 //!
 //! `index.dir` holds generations `gen-000001/`, `gen-000002/`, ... each with `vectors.f32` (rows
-//! of little-endian f32, grouped by category) and `manifest.json` (what the vectors mean, every
-//! item, the vectors' sha256). A generation is written into `gen-N.partial/`, flushed, then
-//! renamed to `gen-N/` (one atomic step), so a crash leaves either the old generation or the new
-//! one. Loading takes the newest generation that verifies and falls back, with a warning, past
-//! damaged ones.
+//! of little-endian f32, grouped by category), `codes.q4` (the 4-bit codes searches scan, see
+//! `codes`) and `manifest.json` (what the vectors mean, every item, how the codes encode, both
+//! files' sha256). A generation is written into `gen-N.partial/`, flushed, then renamed to
+//! `gen-N/` (one atomic step), so a crash leaves either the old generation or the new one.
+//! Loading takes the newest generation that verifies and falls back, with a warning, past
+//! damaged ones. Once loaded, only the codes and the norms stay in memory: searches read the
+//! few full-precision rows they re-rank from `vectors.f32` by position.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use super::codes::Codes;
+use crate::index::rank::dot;
 use super::{Index, Manifest};
-use crate::index::ReindexError;
+use crate::index::{IndexError, ReindexError};
 
-/// Version of the on-disk layout.
-pub const FORMAT: u32 = 1;
+/// Version of the on-disk layout: 2 added the codes. A format 1 generation still loads (its
+/// vectors stay in memory and its codes are derived) until the next re-index writes format 2.
+pub const FORMAT: u32 = 2;
 pub(super) const MANIFEST: &str = "manifest.json";
 pub(super) const VECTORS: &str = "vectors.f32";
+pub(super) const CODES: &str = "codes.q4";
 pub(super) const LOCK: &str = "reindex.lock";
 /// Generations kept on disk: the newest and two to fall back to.
 const KEEP_GENERATIONS: usize = 3;
+/// Rows hashed and converted per read while a generation loads or saves.
+const CHUNK_ROWS: usize = 4096;
+
+/// Where a generation's full-precision vectors are.
+#[derive(Debug)]
+pub(super) enum Rows {
+    /// While a generation is built (and for a format 1 generation).
+    Memory(Vec<f32>),
+    /// Its `vectors.f32`, read by position.
+    File(std::fs::File),
+}
+
+impl Rows {
+    /// The vectors of `rows`, one after another.
+    pub fn read(&self, rows: &[usize], dim: usize) -> Result<Vec<f32>, IndexError> {
+        let mut out = Vec::with_capacity(rows.len() * dim);
+        match self {
+            Rows::Memory(matrix) => {
+                for &row in rows {
+                    out.extend_from_slice(&matrix[row * dim..(row + 1) * dim]);
+                }
+            }
+            Rows::File(file) => {
+                let mut bytes = vec![0u8; dim * 4];
+                for &row in rows {
+                    file.read_exact_at(&mut bytes, (row * dim * 4) as u64).map_err(|err| {
+                        IndexError::Unusable(format!("cannot read the index's vectors ({err}): the generation on disk changed under this process; re-index with `lookalike index`"))
+                    })?;
+                    out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
 
 impl Index {
     /// Writes this index as generation `self.generation()` under `dir`: into a partial folder,
     /// flushed, then renamed into place; older generations beyond the last few are removed.
+    /// From then on its full-precision vectors are read from there, no longer kept in memory.
     pub fn save(&mut self, dir: &Path) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create the index folder {}", dir.display()))?;
         let name = generation_name(self.generation());
@@ -36,16 +79,27 @@ impl Index {
             std::fs::remove_dir_all(&partial)?;
         }
         std::fs::create_dir(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-        let mut bytes = Vec::with_capacity(self.vectors.len() * 4);
-        for value in &self.vectors {
-            bytes.extend_from_slice(&value.to_le_bytes());
+        let Rows::Memory(matrix) = &self.rows else { anyhow::bail!("generation {} is saved already", self.generation()) };
+        let path = partial.join(VECTORS);
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?);
+        let mut hasher = Sha256::new();
+        let mut bytes = Vec::with_capacity(CHUNK_ROWS * self.manifest.key.dim * 4);
+        for chunk in matrix.chunks(CHUNK_ROWS * self.manifest.key.dim.max(1)) {
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|value| value.to_le_bytes()));
+            hasher.update(&bytes);
+            file.write_all(&bytes).with_context(|| format!("cannot write {}", path.display()))?;
         }
-        self.manifest.vectors_sha256 = hex::encode(Sha256::digest(&bytes));
-        write_synced(&partial.join(VECTORS), &bytes)?;
+        file.into_inner().map_err(|err| err.into_error()).and_then(|file| file.sync_all()).with_context(|| format!("cannot flush {}", path.display()))?;
+        self.manifest.vectors_sha256 = hex::encode(hasher.finalize());
+        self.manifest.codes_sha256 = hex::encode(Sha256::digest(&self.codes.bytes));
+        self.manifest.quantizer = Some(self.codes.quantizer.clone());
+        write_synced(&partial.join(CODES), &self.codes.bytes)?;
         write_synced(&partial.join(MANIFEST), &serde_json::to_vec_pretty(&self.manifest)?)?;
         sync_dir(&partial)?;
         std::fs::rename(&partial, &finished).with_context(|| format!("cannot move {} into place", finished.display()))?;
         sync_dir(dir)?;
+        self.rows = Rows::File(std::fs::File::open(finished.join(VECTORS)).with_context(|| format!("cannot open {}", finished.join(VECTORS).display()))?);
         for (_, old) in generations(dir)?.into_iter().skip(KEEP_GENERATIONS) {
             if let Err(err) = std::fs::remove_dir_all(&old) {
                 tracing::warn!("cannot remove the old index generation {}: {err}", old.display());
@@ -54,18 +108,44 @@ impl Index {
         Ok(finished)
     }
 
-    /// Loads one generation folder, verifying the vectors against the manifest's sha256.
+    /// Loads one generation folder, verifying the vectors and the codes against the
+    /// manifest's sha256; the vectors are read once, in chunks, and left on disk.
     pub fn load(path: &Path) -> anyhow::Result<Index> {
         let text = std::fs::read(path.join(MANIFEST)).with_context(|| format!("cannot read {}", path.join(MANIFEST).display()))?;
         let manifest: Manifest = serde_json::from_slice(&text).with_context(|| format!("{} is damaged", path.join(MANIFEST).display()))?;
-        anyhow::ensure!(manifest.format == FORMAT, "{} has index format {}, this lookalike reads {FORMAT}: re-index", path.display(), manifest.format);
-        let bytes = std::fs::read(path.join(VECTORS)).with_context(|| format!("cannot read {}", path.join(VECTORS).display()))?;
+        anyhow::ensure!(manifest.format <= FORMAT, "{} has index format {}, this lookalike reads up to {FORMAT}: re-index", path.display(), manifest.format);
+        let dim = manifest.key.dim.max(1);
+        let vectors = path.join(VECTORS);
+        let mut file = std::fs::File::open(&vectors).with_context(|| format!("cannot read {}", vectors.display()))?;
         let expected = manifest.items.len() * manifest.key.dim * 4;
-        anyhow::ensure!(bytes.len() == expected, "{} has {} bytes, the manifest says {expected}", path.join(VECTORS).display(), bytes.len());
-        let actual = hex::encode(Sha256::digest(&bytes));
-        anyhow::ensure!(actual == manifest.vectors_sha256, "{} is damaged: sha256 {actual}, the manifest says {}", path.join(VECTORS).display(), manifest.vectors_sha256);
-        let vectors = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        Ok(Index::from_parts(manifest, vectors))
+        let size = file.metadata()?.len();
+        anyhow::ensure!(size == expected as u64, "{} has {size} bytes, the manifest says {expected}", vectors.display());
+        let (mut hasher, mut norms, mut kept) = (Sha256::new(), Vec::with_capacity(manifest.items.len()), Vec::new());
+        let mut bytes = vec![0u8; CHUNK_ROWS * dim * 4];
+        let mut left = expected;
+        while left > 0 {
+            let chunk = &mut bytes[..left.min(CHUNK_ROWS * dim * 4)];
+            file.read_exact(chunk).with_context(|| format!("cannot read {}", vectors.display()))?;
+            hasher.update(&*chunk);
+            let floats: Vec<f32> = chunk.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            norms.extend(floats.chunks_exact(dim).map(|row| dot(row, row).sqrt()));
+            if manifest.format == 1 {
+                kept.extend_from_slice(&floats);
+            }
+            left -= chunk.len();
+        }
+        let actual = hex::encode(hasher.finalize());
+        anyhow::ensure!(actual == manifest.vectors_sha256, "{} is damaged: sha256 {actual}, the manifest says {}", vectors.display(), manifest.vectors_sha256);
+        if manifest.format == 1 {
+            return Ok(Index::in_memory(manifest, kept));
+        }
+        let quantizer = manifest.quantizer.clone().with_context(|| format!("{} has no quantizer", path.join(MANIFEST).display()))?;
+        anyhow::ensure!(quantizer.dim() == manifest.key.dim, "{} has a quantizer for {} dimensions, not {}", path.join(MANIFEST).display(), quantizer.dim(), manifest.key.dim);
+        let codes = std::fs::read(path.join(CODES)).with_context(|| format!("cannot read {}", path.join(CODES).display()))?;
+        anyhow::ensure!(codes.len() == manifest.items.len() * quantizer.stride(), "{} has {} bytes, the manifest says {}", path.join(CODES).display(), codes.len(), manifest.items.len() * quantizer.stride());
+        let actual = hex::encode(Sha256::digest(&codes));
+        anyhow::ensure!(actual == manifest.codes_sha256, "{} is damaged: sha256 {actual}, the manifest says {}", path.join(CODES).display(), manifest.codes_sha256);
+        Ok(Index { manifest, codes: Codes { quantizer, bytes: codes }, norms, rows: Rows::File(file) })
     }
 
     /// The newest generation under `dir` that loads and verifies, with a warning for each newer
