@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench::SearchSizes;
 use crate::config::{Config, Profile, TextMethod};
 use crate::imaging::ImageLimits;
 use crate::search::{self, Query, SearchService};
@@ -246,7 +247,15 @@ pub struct BenchArgs {
     /// index.postgres_url is set).
     #[arg(long, default_value_t = 100_000)]
     pub rows: usize,
-    /// Print the PostgreSQL comparison as JSON.
+    /// Index sizes the search benchmark (`--only search`, `--only index`) runs at; a size is
+    /// skipped when its f32 matrix does not fit in free memory.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000, 1_000_000], value_name = "N,..")]
+    pub search_rows: Vec<usize>,
+    /// Queries per size in the search benchmark (recall@5 and the index's latencies).
+    #[arg(long, default_value_t = 1000)]
+    pub queries: usize,
+    /// Print one JSON object on stdout (`--only index`, `--only search`, `--only postgres`); the
+    /// lines go to stderr.
     #[arg(long)]
     pub json: bool,
 }
@@ -257,9 +266,13 @@ pub enum BenchPart {
     Intent,
     /// The ensemble per image against the bare forward passes; one head-training epoch.
     Vision,
-    /// Exact search over 10,000 and 100,000 vectors; indexing and querying a 1,000-image catalogue against
-    /// the chapter's method; indexing against a python torchvision pipeline.
+    /// Indexing and querying a 1,000-image catalogue against the chapter's method; indexing
+    /// against a python torchvision pipeline; then `search`.
     Index,
+    /// The embedded index's search over 100,000 and 1,000,000 vectors (real head vectors of
+    /// Fashion-MNIST images and perturbed copies; needs `lookalike demo` run once) against the
+    /// f32 scan and libtorch: p50/p99, recall@5, resident memory, build time.
+    Search,
     /// The PostgreSQL backend (exact and HNSW) beside the embedded index: p50/p99 at concurrency 1
     /// and 8, recall@5, ingest rate; needs index.postgres_url (a server with pgvector).
     Postgres,
@@ -320,12 +333,22 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             Some(BenchPart::Intent) => bench::intent(config, args.rounds),
             Some(BenchPart::Vision) => bench::vision(config, args.rounds),
             Some(BenchPart::Index) => {
-                bench::index(config, args.rounds, args.catalogue_size.unwrap_or(1000), !args.no_python)?;
+                let sizes = SearchSizes { rows: args.search_rows.clone(), queries: args.queries };
+                bench::index(config, args.rounds, args.catalogue_size.unwrap_or(1000), !args.no_python, args.json, &sizes)?;
                 if config.index.postgres_url.is_empty() {
-                    println!("(PostgreSQL columns skipped: set index.postgres_url, or run `lookalike bench --only postgres`)");
+                    eprintln!("(PostgreSQL columns skipped: set index.postgres_url, or run `lookalike bench --only postgres`)");
                     return Ok(());
                 }
                 bench::postgres(config, args.rows, 200, args.json)
+            }
+            Some(BenchPart::Search) => {
+                let say = |line: String| if args.json { eprintln!("{line}") } else { println!("{line}") };
+                say(format!("search, {}", bench::machine()));
+                let report = bench::search(config, &SearchSizes { rows: args.search_rows.clone(), queries: args.queries }, &say)?;
+                if args.json {
+                    println!("{report:#}");
+                }
+                Ok(())
             }
             Some(BenchPart::Postgres) => bench::postgres(config, args.rows, 200, args.json),
             Some(BenchPart::Device) => bench::device(config, args.catalogue_size.unwrap_or(200), 4 * args.rounds.max(5)),

@@ -71,7 +71,8 @@ pub struct Timings {
     pub vision_ms: f64,
     pub text_ms: f64,
     pub search_ms: f64,
-    /// How the index found the hits: "exact", or "hnsw" (a large category in PostgreSQL).
+    /// How the index found the hits: the embedded index's "int4 scan + exact re-rank"; in
+    /// PostgreSQL "exact", or "hnsw" (a large category).
     pub search_method: &'static str,
     pub total_ms: f64,
     /// Queries classified together with this one (itself included).

@@ -1,91 +1,48 @@
-//! `lookalike bench --only index`: exact search over 10,000 and 100,000 vectors against libtorch's
-//! matrix-vector product; indexing a 1,000-image catalogue and querying it, against the
-//! chapter's method (re-embedding the catalogue for every query); and indexing with the chapter
-//! profile against a python torchvision pipeline doing the same forward passes.
+//! `lookalike bench --only index`: indexing a 1,000-image catalogue and querying it, against the
+//! chapter's method (re-embedding the catalogue for every query); indexing with the chapter
+//! profile against a python torchvision pipeline doing the same forward passes; then the search
+//! over 100,000 and 1,000,000 vectors ([`super::search`]).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::search::SearchSizes;
 use super::{machine, millis, percentile};
-use crate::config::{Config, Metric, Profile};
-use crate::index::{EmbeddingKey, Index, Item, SearchParams};
+use crate::config::{Config, Profile};
 use crate::search::{Query, SearchService};
-use crate::vision::data::{export_fashion_mnist, labelled, splitmix64, FashionMnistExport, FASHION_MNIST_CLASSES};
+use crate::vision::data::{export_fashion_mnist, labelled, FashionMnistExport, FASHION_MNIST_CLASSES};
 use crate::vision::ensemble::{forward_batch, Ensemble, Head, HeadsInfo};
 use crate::vision::{self, Backbone};
 
-/// Vectors in the exact-search measurement.
-/// Catalogue sizes the exact search is timed at: the retrieval target's and a large shop's.
-const SEARCH_ROWS: [usize; 2] = [10_000, 100_000];
 /// Images the chapter profile indexes on each side of the python comparison.
 const PYTHON_IMAGES: usize = 24;
 
-pub fn index(config: &Config, rounds: usize, catalogue_size: usize, python: bool) -> anyhow::Result<()> {
+/// Prints a line per figure (to stderr with `json`, where stdout gets one JSON object).
+pub fn index(config: &Config, rounds: usize, catalogue_size: usize, python: bool, json: bool, search: &SearchSizes) -> anyhow::Result<()> {
     let rounds = rounds.max(1);
-    println!("index and search, {}", machine());
+    let say = |line: String| if json { eprintln!("{line}") } else { println!("{line}") };
+    say(format!("index and search, {}", machine()));
     let scratch = tempfile::tempdir()?;
     let images = scratch.path().join("fashion-mnist");
     let per_class = catalogue_size.div_ceil(10).max(PYTHON_IMAGES.div_ceil(10));
     export_fashion_mnist(&images, FashionMnistExport { train_per_class: 0, val_per_class: 0, test_per_class: per_class })?;
     let (_, examples, _) = labelled(&images.join("test"), None)?;
 
-    kit_catalogue(config, scratch.path(), &examples.iter().map(|e| e.path.as_path()).collect::<Vec<_>>(), catalogue_size, rounds)?;
+    kit_catalogue(config, scratch.path(), &examples.iter().map(|e| e.path.as_path()).collect::<Vec<_>>(), catalogue_size, rounds, &say)?;
     if python {
         let sample: Vec<&Path> = examples.iter().step_by(examples.len() / PYTHON_IMAGES).take(PYTHON_IMAGES).map(|e| e.path.as_path()).collect();
-        chapter_against_python(config, scratch.path(), &sample)?;
+        chapter_against_python(config, scratch.path(), &sample, &say)?;
     } else {
-        println!("(python baseline skipped: --no-python)");
+        say("(python baseline skipped: --no-python)".into());
     }
-    // Last: its 1.2 GB matrix would otherwise sit in memory during the model timings.
-    SEARCH_ROWS.iter().try_for_each(|&rows| exact_search(config, rows, rounds))
-}
-
-fn exact_search(config: &Config, count: usize, rounds: usize) -> anyhow::Result<()> {
-    let dim = vision::ensemble::embedding_dim(config.index.embedding, config.models.profile);
-    let mut state = 7u64;
-    let unit = |state: &mut u64| {
-        let v: Vec<f32> = (0..dim).map(|_| (splitmix64(state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.into_iter().map(|x| x / norm).collect::<Vec<f32>>()
-    };
-    let rows: Vec<(Item, Vec<f32>)> = (0..count)
-        .map(|n| {
-            let item =
-                Item { id: format!("all/{n}"), path: Default::default(), category: "all".into(), hash: n.to_string(), size: 0, modified_ns: 0, duplicates: Vec::new(), metadata: Default::default() };
-            (item, unit(&mut state))
-        })
-        .collect();
-    let matrix = tch::Tensor::from_slice(&rows.iter().flat_map(|(_, v)| v.iter().copied()).collect::<Vec<f32>>()).view([count as i64, dim as i64]);
-    let key = EmbeddingKey { profile: "bench".into(), backbones: Vec::new(), source: "random".into(), pooling: String::new(), weights_sha256: String::new(), dim };
-    let index = Index::build(key, Default::default(), 1, rows, Vec::new())?;
-    let params = SearchParams { k: 5, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: config.index.near_duplicate_cosine };
-    let categories = ["all".to_string()];
-    let (mut ours, mut torch) = (Vec::new(), Vec::new());
-    for round in 0..rounds.max(5) * 4 {
-        let query = unit(&mut state);
-        let started = Instant::now();
-        let page = index.search(&query, &categories, &params)?;
-        ours.push(started.elapsed());
-        let tensor = tch::Tensor::from_slice(&query);
-        let started = Instant::now();
-        let (_, best) = matrix.mv(&tensor).topk(5, 0, true, true);
-        torch.push(started.elapsed());
-        if round == 0 {
-            anyhow::ensure!(best.int64_value(&[0]) as usize == page.hits[0].item.id[4..].parse::<usize>()?, "the exact search and libtorch disagree on the nearest vector");
-        }
+    // Last: its matrices would otherwise sit in memory during the model timings.
+    let mut report = super::search::search(config, search, &say)?;
+    report["machine"] = machine().into();
+    if json {
+        println!("{report:#}");
     }
-    ours.sort();
-    torch.sort();
-    println!(
-        "exact top-5 over {count} x {dim} vectors ({} vectors): p50 {:.1} ms, p99 {:.1} ms; libtorch mv + topk on the same matrix p50 {:.1} ms (ratio {:.2})",
-        config.index.embedding.as_str(),
-        millis(percentile(&ours, 0.5)),
-        millis(percentile(&ours, 0.99)),
-        millis(percentile(&torch, 0.5)),
-        percentile(&ours, 0.5).as_secs_f64() / percentile(&torch, 0.5).as_secs_f64()
-    );
     Ok(())
 }
 
@@ -125,14 +82,14 @@ pub(super) fn timed_reindex(service: &SearchService) -> anyhow::Result<(usize, f
     Ok((summary.embedded, embedding, summary.seconds))
 }
 
-fn kit_catalogue(config: &Config, scratch: &Path, images: &[&Path], size: usize, rounds: usize) -> anyhow::Result<()> {
+fn kit_catalogue(config: &Config, scratch: &Path, images: &[&Path], size: usize, rounds: usize, say: &dyn Fn(String)) -> anyhow::Result<()> {
     let root = scratch.join("kit");
     let size = size.min(images.len());
     copy_catalogue(&images[..size], &root.join("catalogue"))?;
     let (models_dir, placement) = (config.models.dir.clone(), vision::placement(&config.models)?);
     let service = service(config, &root, Profile::Kit, move || vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &models_dir, placement)).collect())?;
     let (embedded, embedding_s, total_s) = timed_reindex(&service)?;
-    println!("indexing the kit profile: {embedded} Fashion-MNIST images in {total_s:.1} s = {:.1} images/s (embedding {:.1} images/s)", embedded as f64 / total_s, embedded as f64 / embedding_s);
+    say(format!("indexing the kit profile: {embedded} Fashion-MNIST images in {total_s:.1} s = {:.1} images/s (embedding {:.1} images/s)", embedded as f64 / total_s, embedded as f64 / embedding_s));
 
     let runtime = tokio::runtime::Runtime::new()?;
     let mut latencies = Vec::new();
@@ -146,17 +103,17 @@ fn kit_catalogue(config: &Config, scratch: &Path, images: &[&Path], size: usize,
     // The chapter's method embeds every catalogue image again for each query, then compares:
     // its query costs the embedding time just measured, plus one query's own work.
     let chapter = Duration::from_secs_f64(embedding_s) + percentile(&latencies, 0.5);
-    println!(
+    say(format!(
         "query at {size} catalogue images: p50 {:.1} ms, p99 {:.1} ms; the chapter's method (re-embedding the catalogue per query) {:.1} s: {:.0}x slower",
         millis(percentile(&latencies, 0.5)),
         millis(percentile(&latencies, 0.99)),
         chapter.as_secs_f64(),
         chapter.as_secs_f64() / percentile(&latencies, 0.5).as_secs_f64()
-    );
+    ));
     Ok(())
 }
 
-fn chapter_against_python(config: &Config, scratch: &Path, images: &[&Path]) -> anyhow::Result<()> {
+fn chapter_against_python(config: &Config, scratch: &Path, images: &[&Path], say: &dyn Fn(String)) -> anyhow::Result<()> {
     let root = scratch.join("chapter");
     let weights = root.join("weights");
     let python_rate = python_baseline(&root, &weights, images, vision::device(config.models.device)?)?.rate();
@@ -164,10 +121,10 @@ fn chapter_against_python(config: &Config, scratch: &Path, images: &[&Path]) -> 
     let service = service(config, &root, Profile::Chapter, chapter_backbones(config, weights)?)?;
     let (embedded, _, total_s) = timed_reindex(&service)?;
     let rate = embedded as f64 / total_s;
-    println!(
+    say(format!(
         "indexing the chapter profile (VGG16 + ResNet50 + InceptionV3, random weights), {embedded} images: lookalike {rate:.2} images/s, python torchvision eager {python_rate:.2} images/s: {:.2}x  (target >= 1.0x)",
         rate / python_rate
-    );
+    ));
     Ok(())
 }
 

@@ -8,12 +8,14 @@ use crate::config::Config;
 mod device;
 mod index;
 mod postgres;
+mod search;
 mod suite;
 use crate::text::{Embedding, IntentReader, TextModelPaths, Vocabulary};
 use crate::worker::ModelWorker;
 pub use device::device;
 pub use index::index;
 pub use postgres::postgres;
+pub use search::{search, SearchSizes};
 pub use suite::suite;
 
 /// Sentences timed when no labelled file is at hand: a mix the lexical path decides and ones it

@@ -65,6 +65,14 @@ pub struct Item {
     pub metadata: Metadata,
 }
 
+impl Item {
+    /// An item with only an id and a category (no file behind it): benchmarks and evaluations
+    /// index vectors they made.
+    pub fn bare(id: String, category: &str) -> Item {
+        Item { id, path: PathBuf::new(), category: category.into(), hash: String::new(), size: 0, modified_ns: 0, duplicates: Vec::new(), metadata: Metadata::default() }
+    }
+}
+
 /// A catalogue file that could not be indexed, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
@@ -152,8 +160,9 @@ pub struct Page {
     pub hits: Vec<Hit>,
     /// Whether a next page has hits.
     pub more: bool,
-    /// How the candidates were found: "exact" (every vector of the categories scored), or
-    /// "hnsw" where a database category was large enough for an approximate index.
+    /// How the candidates were found: the embedded index's [`embedded::METHOD`] (4-bit codes
+    /// scanned, the best re-scored exactly); in a database "exact" (every vector scored), or
+    /// "hnsw" where a category was large enough for an approximate index.
     pub method: &'static str,
 }
 

@@ -17,8 +17,8 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use super::codes::Codes;
-use crate::index::rank::dot;
 use super::{Index, Manifest};
+use crate::index::rank::dot;
 use crate::index::{IndexError, ReindexError};
 
 /// Version of the on-disk layout: 2 added the codes. A format 1 generation still loads (its
@@ -55,9 +55,8 @@ impl Rows {
             Rows::File(file) => {
                 let mut bytes = vec![0u8; dim * 4];
                 for &row in rows {
-                    file.read_exact_at(&mut bytes, (row * dim * 4) as u64).map_err(|err| {
-                        IndexError::Unusable(format!("cannot read the index's vectors ({err}): the generation on disk changed under this process; re-index with `lookalike index`"))
-                    })?;
+                    file.read_exact_at(&mut bytes, (row * dim * 4) as u64)
+                        .map_err(|err| IndexError::Unusable(format!("cannot read the index's vectors ({err}): the generation on disk changed under this process; re-index with `lookalike index`")))?;
                     out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
                 }
             }
@@ -142,7 +141,13 @@ impl Index {
         let quantizer = manifest.quantizer.clone().with_context(|| format!("{} has no quantizer", path.join(MANIFEST).display()))?;
         anyhow::ensure!(quantizer.dim() == manifest.key.dim, "{} has a quantizer for {} dimensions, not {}", path.join(MANIFEST).display(), quantizer.dim(), manifest.key.dim);
         let codes = std::fs::read(path.join(CODES)).with_context(|| format!("cannot read {}", path.join(CODES).display()))?;
-        anyhow::ensure!(codes.len() == manifest.items.len() * quantizer.stride(), "{} has {} bytes, the manifest says {}", path.join(CODES).display(), codes.len(), manifest.items.len() * quantizer.stride());
+        anyhow::ensure!(
+            codes.len() == manifest.items.len() * quantizer.stride(),
+            "{} has {} bytes, the manifest says {}",
+            path.join(CODES).display(),
+            codes.len(),
+            manifest.items.len() * quantizer.stride()
+        );
         let actual = hex::encode(Sha256::digest(&codes));
         anyhow::ensure!(actual == manifest.codes_sha256, "{} is damaged: sha256 {actual}, the manifest says {}", path.join(CODES).display(), manifest.codes_sha256);
         Ok(Index { manifest, codes: Codes { quantizer, bytes: codes }, norms, rows: Rows::File(file) })
