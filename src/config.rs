@@ -186,7 +186,8 @@ pub struct SearchConfig {
     pub max_categories: usize,
     /// How the image vote picks categories when the text names none.
     pub gate: Gate,
-    /// The mass gate searches the most probable categories until they hold this share of the vote.
+    /// The mass gate searches the most probable categories until they hold this share of the vote
+    /// (1.0: every category).
     pub category_mass: f32,
     /// Under the mass gate a hit scores cosine + this x ln p(its category).
     pub category_prior_weight: f32,

@@ -164,7 +164,8 @@ pub fn decide(vote: &ImageVote, intent: Option<&Intent>, gating: &Gating) -> Dec
                 categories.push(name(index));
                 bonuses.push(gating.prior_weight * mean.max(1e-6).ln());
                 held += mean;
-                if held >= gating.mass {
+                // A mass of 1 means every category, even where the vote's sum rounds to 1 early.
+                if held >= gating.mass && gating.mass < 1.0 {
                     break;
                 }
             }
@@ -262,6 +263,9 @@ mod tests {
         let decision = decide(&vote(&[("sandal", 0.6), ("sandal", 0.5), ("sneaker", 0.7)]), None, &mass);
         assert!(decision.ranked_together && decision.reasons.iter().any(|r| r.contains("ranked by cosine + 0.1 x ln p")), "{:?}", decision.reasons);
         assert!(decision.bonuses.windows(2).all(|w| w[0] >= w[1]), "more probable categories get the larger bonus: {:?}", decision.bonuses);
+        let sure = &[("sandal", 1.0), ("sandal", 1.0), ("sandal", 1.0)];
+        let every = decide(&vote(sure), None, &Gating { mass: 1.0, ..mass });
+        assert_eq!(every.categories, ["sandal", "sneaker", "dress", "coat"], "mass 1 searches every category, however sure the vote");
         let named = decide(&vote(&[("sandal", 0.6), ("sandal", 0.5), ("sneaker", 0.7)]), Some(&intent(Some("coat"), &[])), &mass);
         assert!(!named.ranked_together, "a category the shopper names is searched first, as before");
     }
