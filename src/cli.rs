@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bench::SearchSizes;
 use crate::config::{Config, Profile, TextMethod};
+use crate::feedback::{FeedbackStore, Trust};
 use crate::imaging::ImageLimits;
 use crate::search::{self, Query, SearchService};
 use crate::text::{self, IntentReader, TextModelPaths, Vocabulary};
@@ -68,6 +69,25 @@ pub enum Command {
     Demo,
     /// Time every stage of a query, indexing and concurrency, against python baselines.
     Bench(BenchArgs),
+    /// The corrections shoppers and moderators picked under "Wrong category?" (feedback.dir).
+    #[command(subcommand)]
+    Feedback(FeedbackCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeedbackCommand {
+    /// Every photo with corrections: the category they agree on, and whether training may use
+    /// it (a moderator's pick, or feedback.min_agreeing_users distinct shoppers).
+    List {
+        /// Print JSON (every correction, and each photo's label) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the trusted corrections' photos into DIR/<category>/, the layout `train` reads.
+    Export {
+        #[arg(value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -301,6 +321,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(models::fetch_chapter(&manifest, &config.models.dir))
         }
+        Command::Feedback(command) => feedback(command, config),
         Command::Train(args) => train(&args, config),
         Command::Eval(args) => eval(&args, config),
         Command::Dataset(args) => {
@@ -487,4 +508,42 @@ fn eval(args: &EvalArgs, config: &Config) -> anyhow::Result<()> {
         println!("confusion matrix drawn to {}", args.png.display());
     }
     Ok(())
+}
+
+fn feedback(command: FeedbackCommand, config: &Config) -> anyhow::Result<()> {
+    let store = FeedbackStore::open(&config.feedback);
+    match command {
+        FeedbackCommand::List { json } => {
+            let (corrections, unreadable) = store.list()?;
+            let labels = store.labels(&corrections);
+            if unreadable > 0 {
+                eprintln!("warning: {unreadable} line(s) of {} could not be read (a write cut short) and are skipped", config.feedback.dir.join("corrections.jsonl").display());
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "corrections": corrections, "labels": labels }))?);
+                return Ok(());
+            }
+            if corrections.is_empty() {
+                println!("no corrections yet in {} (shoppers make them with \"Wrong category?\" under an answer)", config.feedback.dir.display());
+                return Ok(());
+            }
+            println!("{} corrections of {} photos in {}", corrections.len(), labels.len(), config.feedback.dir.display());
+            println!("{:<18} {:<14} {:<12} {:>11}  trust", "photo", "label", "searched", "corrections");
+            for label in &labels {
+                let searched = corrections.iter().rev().find(|c| c.image == label.image).map_or(String::new(), |c| c.searched.join(","));
+                let trust = match label.trust {
+                    Trust::Moderator => "trusted: a moderator picked it".to_string(),
+                    Trust::Agreed(users) => format!("trusted: {users} shoppers agree"),
+                    Trust::Pending(users) => format!("waiting: {users} of {} shoppers", config.feedback.min_agreeing_users),
+                };
+                println!("{:<18} {:<14} {:<12} {:>11}  {trust}", &label.image[..16], label.category, searched, label.corrections);
+            }
+            Ok(())
+        }
+        FeedbackCommand::Export { out } => {
+            let exported = store.export(&out)?;
+            println!("{exported} trusted photos written under {} (one folder per category)", out.display());
+            Ok(())
+        }
+    }
 }

@@ -36,6 +36,20 @@ pub struct Config {
     pub text: TextConfig,
     pub limits: LimitsConfig,
     pub discord: DiscordConfig,
+    pub feedback: FeedbackConfig,
+}
+
+/// Corrections under "Wrong category?" ([`crate::feedback`]).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackConfig {
+    /// Folder of `corrections.jsonl` and the corrected photos.
+    pub dir: PathBuf,
+    /// Corrections kept at most; the oldest go first.
+    pub max_corrections: usize,
+    /// Distinct shoppers who must pick the same category for a photo before training uses it
+    /// (a moderator's pick counts at once).
+    pub min_agreeing_users: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -324,6 +338,8 @@ impl Config {
         check(text.nli_template.contains("{}"), "text.nli_template", &text.nli_template, "must contain `{}` where the category name goes")?;
         check(self.limits.max_image_mb >= 1, "limits.max_image_mb", self.limits.max_image_mb, "must be at least 1")?;
         check(self.limits.max_image_megapixels >= 1, "limits.max_image_megapixels", self.limits.max_image_megapixels, "must be at least 1")?;
+        check(self.feedback.max_corrections >= 1, "feedback.max_corrections", self.feedback.max_corrections, "must be at least 1")?;
+        check(self.feedback.min_agreeing_users >= 1, "feedback.min_agreeing_users", self.feedback.min_agreeing_users, "must be at least 1")?;
         let proxy = &self.discord.api_proxy;
         check(proxy.is_empty() || proxy.starts_with("http://") || proxy.starts_with("https://"), "discord.api_proxy", proxy, "must be empty or an origin such as http://127.0.0.1:8080")?;
         Ok(())

@@ -21,6 +21,7 @@
 //! | [`index`]  | the catalogue index behind one `Backend` trait: exact ranking and the incremental re-index plan both backends share; `embedded` (4-bit codes scanned in memory, the best candidates re-scored exactly from the vectors on disk; generations: checksummed, swapped atomically, fallback past damage; an OS re-index lock) and `postgres` (pgvector tables per generation made visible in one insert, an advisory re-index lock, HNSW for large categories, a read replica) | torch, Discord |
 //! | [`search`] | `SearchService`, the one entry point of the CLI and the bot: decode, micro-batched models, decide, search, timings; re-index while serving. Its model thread is private (the bench has one named hook) | Discord |
 //! | [`retrieval`] | `eval --retrieval`: R@1, R@5, vote accuracy and same-category precision@5 of pictures of the same items, through the whole search | Discord |
+//! | [`feedback`] | corrections picked under "Wrong category?": stored bounded on disk (each photo once), trusted when a moderator or enough distinct shoppers agree, exported as training folders | torch, Discord |
 //! | [`decide`] | image vote + text intent -> ordered categories to search, with reasons (pure) | torch, Discord |
 //! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out | Discord |
 //! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run | Discord |
@@ -44,6 +45,7 @@ pub mod config;
 pub mod decide;
 pub mod demo;
 pub mod discord;
+pub mod feedback;
 pub mod files;
 pub mod imaging;
 pub mod index;

@@ -83,7 +83,7 @@ fn the_bot_answers_through_a_fake_discord() {
             ("LOOKALIKE__DISCORD__USER_COOLDOWN_S", "0"),
             ("LOOKALIKE__LIMITS__MAX_IMAGE_MB", "1"),
         ]);
-        let start = config.clone();
+        let (start, config_for_feedback) = (config.clone(), config.clone());
         let service = Arc::new(tokio::task::spawn_blocking(move || lookalike::search::SearchService::start(&start)).await.unwrap().unwrap());
         let indexer = service.clone();
         tokio::task::spawn_blocking(move || indexer.reindex(&mut |_| {})).await.unwrap().unwrap();
@@ -228,6 +228,26 @@ fn the_bot_answers_through_a_fake_discord() {
         let picked = discord.wait_for(WAIT, is_reply_to(&token)).await;
         assert!(hit_categories(&picked).iter().all(|c| c == "cool") && embeds(&picked)[0]["title"] == "Searched: cool", "{}", picked.body);
         eprintln!("scenario, Wrong category? -> menu -> cool: ok");
+
+        // The pick is a correction, kept for training; a moderator's pick of the same photo
+        // makes it trusted at once (one shopper alone does not).
+        let feedback = lookalike::feedback::FeedbackStore::open(&config_for_feedback.feedback);
+        let (corrections, _) = feedback.list().unwrap();
+        let photo = std::fs::read(scratch.join("catalogue/warm/02.png")).unwrap();
+        assert_eq!(corrections.len(), 1, "{corrections:?}");
+        let shopper = &corrections[0];
+        assert_eq!((shopper.picked.as_str(), shopper.searched.clone(), shopper.user, shopper.moderator), ("cool", vec!["warm".to_string()], SHOPPER, false));
+        assert_eq!(std::fs::read(feedback.image_path(shopper)).unwrap(), photo, "the query photo is kept");
+        assert!(!feedback.labels(&corrections)[0].trust.trusted(), "one shopper is not enough");
+        let token = format!("token-pick-{}", discord.next_id());
+        let menu_id = select["custom_id"].as_str().unwrap();
+        let bot_message = message(discord.next_id(), user(BOT_USER, "lookalike", true), "", vec![], vec![]);
+        discord.dispatch("INTERACTION_CREATE", select_interaction(discord.next_id(), &token, menu_id, &["cool"], bot_message, member(SHOPPER + 1, MANAGE_GUILD, &[])));
+        discord.wait_for(WAIT, is_reply_to(&token)).await;
+        let (corrections, _) = feedback.list().unwrap();
+        let labels = feedback.labels(&corrections);
+        assert_eq!((corrections.len(), corrections[1].moderator, labels.len(), labels[0].trust.clone()), (2, true, 1, lookalike::feedback::Trust::Moderator));
+        eprintln!("scenario, corrections recorded: a shopper's pick waits, a moderator's is trusted: ok");
 
         // "Find similar" on a message with a photo, /catalogue and /help.
         let target_id = discord.next_id();

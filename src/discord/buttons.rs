@@ -19,7 +19,10 @@ pub(super) async fn button(bot: &Bot, ctx: &Context, component: &ComponentIntera
             let _ = component.create_response(&ctx.http, CreateInteractionResponse::Message(message)).await;
             return;
         }
-        ("category", ComponentInteractionDataKind::StringSelect { values }) => StoredQuery { page: 0, categories: values.clone(), ..stored.clone() },
+        ("category", ComponentInteractionDataKind::StringSelect { values }) => {
+            record_correction(bot, component, &stored, values).await;
+            StoredQuery { page: 0, categories: values.clone(), ..stored.clone() }
+        }
         _ => return,
     };
     // A new message under the reply, "thinking" until the search answers.
@@ -28,4 +31,18 @@ pub(super) async fn button(bot: &Bot, ctx: &Context, component: &ComponentIntera
     }
     let answer = bot.answer(StoredQuery { created: stored.created, ..next }, key, Asker { kind: "button", user: component.user.id }).await;
     deliver(ctx, &component.token, answer).await;
+}
+
+/// Keeps the pick as a correction for training (`lookalike feedback`); a failure to record it
+/// is logged, and the search goes on.
+async fn record_correction(bot: &Bot, component: &ComponentInteraction, stored: &StoredQuery, picked: &[String]) {
+    let Some(picked) = picked.first().cloned() else { return };
+    let moderator = reindex::is_moderator(component.member.as_ref(), bot.config.discord.moderator_role_id);
+    let (feedback, image, searched, user) = (bot.feedback.clone(), stored.image.clone(), stored.categories.clone(), component.user.id.get());
+    let recorded = tokio::task::spawn_blocking(move || feedback.record(&image, &searched, &picked, user, moderator)).await;
+    match recorded {
+        Ok(Ok(correction)) => tracing::info!(picked = %correction.picked, searched = ?correction.searched, moderator, "correction recorded"),
+        Ok(Err(err)) => tracing::warn!(cause = %format!("{err:#}"), "cannot record a correction"),
+        Err(err) => tracing::warn!(cause = %err, "recording a correction failed"),
+    }
 }

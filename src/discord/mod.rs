@@ -23,13 +23,14 @@ use dashmap::DashMap;
 use serenity::all::{
     async_trait, Client, ClientBuilder, Command, CommandInteraction, CommandOptionType, CommandType, ComponentInteraction, ComponentInteractionDataKind, Context, CreateCommand, CreateCommandOption,
     CreateInteractionResponse, CreateInteractionResponseFollowup, CreateInteractionResponseMessage, CreateMessage, EditInteractionResponse, EventHandler, GatewayIntents, GuildId, HttpBuilder,
-    Interaction, Message, Permissions, Ready, ResolvedValue, RoleId, UserId,
+    Interaction, Member, Message, Permissions, Ready, ResolvedValue, RoleId, UserId,
 };
 
 use attachment::{check_declared, has_image_extension, Declared};
 use queries::{RecentQueries, StoredQuery};
 
 use crate::config::Config;
+use crate::feedback::FeedbackStore;
 use crate::imaging::{self, ImageError};
 use crate::index::{render_summary, Audience, Progress, ReindexError};
 use crate::search::{Query, SearchError, SearchService};
@@ -43,6 +44,8 @@ struct Bot {
     downloads: reqwest::Client,
     cooldowns: Cooldowns,
     queries: RecentQueries,
+    /// Where the picks under "Wrong category?" are recorded.
+    feedback: Arc<FeedbackStore>,
     me: OnceLock<UserId>,
 }
 
@@ -70,7 +73,8 @@ pub async fn client(config: Config, service: Arc<SearchService>, token: &str) ->
     let intents = GatewayIntents::GUILDS | GatewayIntents::GUILD_MESSAGES | GatewayIntents::DIRECT_MESSAGES | GatewayIntents::MESSAGE_CONTENT;
     let downloads = reqwest::Client::builder().connect_timeout(Duration::from_millis(config.discord.download_timeout_ms)).build()?;
     let cooldowns = Cooldowns { gap: Duration::from_secs(config.discord.user_cooldown_s), last: DashMap::new() };
-    let bot = Bot { service, config, downloads, cooldowns, queries: RecentQueries::default(), me: OnceLock::new() };
+    let feedback = Arc::new(FeedbackStore::open(&config.feedback));
+    let bot = Bot { service, config, downloads, cooldowns, queries: RecentQueries::default(), feedback, me: OnceLock::new() };
     ClientBuilder::new_with_http(http.build(), intents).event_handler(Handler { bot: Arc::new(bot) }).await.map_err(|e| anyhow::anyhow!("cannot build the Discord client: {e}"))
 }
 

@@ -10,8 +10,8 @@ pub(super) fn register() -> CreateCommand {
 }
 
 /// Manage Server (or Administrator), or the configured moderator role: checked at every call.
-pub(super) fn is_moderator(command: &CommandInteraction, moderator_role: u64) -> bool {
-    command.member.as_ref().is_some_and(|member| {
+pub(super) fn is_moderator(member: Option<&Member>, moderator_role: u64) -> bool {
+    member.is_some_and(|member| {
         let permissions = member.permissions.unwrap_or_else(Permissions::empty);
         permissions.manage_guild() || permissions.administrator() || (moderator_role != 0 && member.roles.contains(&RoleId::new(moderator_role)))
     })
@@ -25,7 +25,7 @@ pub(super) fn progress_text(progress: &Progress) -> String {
 }
 
 pub(super) async fn reindex(bot: &Bot, ctx: &Context, command: &CommandInteraction) {
-    if !is_moderator(command, bot.config.discord.moderator_role_id) {
+    if !is_moderator(command.member.as_deref(), bot.config.discord.moderator_role_id) {
         return respond(ctx, command, "Only moderators (Manage Server, or the moderator role) can re-index the catalogue.".into(), true).await;
     }
     if let Err(err) = command.defer(&ctx.http).await {

@@ -117,6 +117,7 @@ impl World {
             ("LOOKALIKE__CATALOGUE__DIR".to_string(), path(&catalogue)),
             ("LOOKALIKE__INDEX__DIR".to_string(), path(&index)),
             ("LOOKALIKE__TEXT__VOCABULARY".to_string(), path(&root.join("categories.toml"))),
+            ("LOOKALIKE__FEEDBACK__DIR".to_string(), path(&root.join("feedback"))),
         ];
         World { _scratch: scratch, root, catalogue, index, env }
     }
