@@ -25,6 +25,8 @@ Examples:
   lookalike search --image bed.jpg --text \"but wooden\" --sheet hits.png
   lookalike intent \"a bed like this, but wooden\"  which category does a sentence name?
   DISCORD_TOKEN=... lookalike serve               run the Discord bot
+  lookalike feedback list                         corrections shoppers picked, and which training trusts
+  lookalike train --data photos/ --with-feedback  retrain with the trusted corrections
 
 Configuration: config/lookalike.toml, or --config FILE naming only the keys it changes; any
 key can be overridden as LOOKALIKE__SECTION__KEY, e.g. LOOKALIKE__INDEX__METRIC=euclidean.
@@ -155,6 +157,10 @@ pub struct TrainArgs {
     /// own other picture better than any other image's, instead of an augmented view of itself.
     #[arg(long, value_name = "DIR")]
     pub positives: Option<PathBuf>,
+    /// Add the trusted corrections from "Wrong category?" (`lookalike feedback list`) to the
+    /// training images: moderators' picks, and shoppers' that feedback.min_agreeing_users agree on.
+    #[arg(long)]
+    pub with_feedback: bool,
 }
 
 /// The library's training defaults, which `--help` shows.
@@ -221,6 +227,9 @@ pub struct EvalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also measure the vote on the trusted corrections from "Wrong category?" (with --data).
+    #[arg(long)]
+    pub with_feedback: bool,
     /// Where the vote's confusion matrix is drawn.
     #[arg(long, value_name = "OUT.png", default_value = "runs/confusion.png")]
     pub png: PathBuf,
@@ -460,8 +469,22 @@ fn intent_eval(path: &std::path::Path, methods: &[TextMethod], json: bool, confi
     Ok(())
 }
 
+/// The trusted corrections written as `<category>/` folders in a scratch folder (kept while
+/// the returned handle lives), and how many; none when `wanted` is false.
+fn trusted_corrections(config: &Config, wanted: bool) -> anyhow::Result<Option<(tempfile::TempDir, usize)>> {
+    if !wanted {
+        return Ok(None);
+    }
+    let scratch = tempfile::tempdir()?;
+    let exported = FeedbackStore::open(&config.feedback).export(scratch.path())?;
+    eprintln!("{exported} trusted corrections from {} (`lookalike feedback list` shows them all)", config.feedback.dir.display());
+    Ok(Some((scratch, exported)))
+}
+
 fn train(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
+    let feedback = trusted_corrections(config, args.with_feedback)?;
     let options = vision::train::TrainOptions {
+        extra_train: feedback.as_ref().filter(|(_, count)| *count > 0).map(|(dir, _)| dir.path().to_path_buf()),
         cache: args.cache.clone(),
         epochs: args.epochs,
         augmented_views: args.views,
@@ -495,17 +518,30 @@ fn eval(args: &EvalArgs, config: &Config) -> anyhow::Result<()> {
     let (profile, models) = (config.models.profile, config.models.clone());
     let worker = ModelWorker::spawn(move || vision::ensemble::Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::placement(&models)?))?;
     let limits = ImageLimits::from_config(&config.limits);
-    let report = worker.run_blocking(move |ensemble| vision::eval::evaluate(ensemble, &data, limits))??;
+    let feedback = trusted_corrections(config, args.with_feedback)?.filter(|(_, count)| *count > 0).map(|(dir, _)| dir);
+    let corrections = feedback.as_ref().map(|dir| dir.path().to_path_buf());
+    let (report, on_corrections) = worker.run_blocking(move |ensemble| -> anyhow::Result<_> {
+        let on_corrections = corrections.map(|dir| vision::eval::evaluate(ensemble, &dir, limits)).transpose()?;
+        Ok((vision::eval::evaluate(ensemble, &data, limits)?, on_corrections))
+    })??;
     if let Some(parent) = args.png.parent() {
         std::fs::create_dir_all(parent)?;
     }
     let title = format!("vote: {:.1}% of {} images right", 100.0 * report.vote.accuracy, report.images);
     crate::plot::confusion_matrix(&args.png, &title, &report.classes, &report.vote.confusion)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        if let Some(corrections) = &on_corrections {
+            json["trusted_corrections"] = serde_json::to_value(corrections)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", vision::eval::render(&report));
         println!("confusion matrix drawn to {}", args.png.display());
+        if let Some(corrections) = &on_corrections {
+            let per_backbone: Vec<String> = corrections.backbones.iter().map(|b| format!("{} {:.1} %", b.name, 100.0 * b.accuracy)).collect();
+            println!("on the {} trusted corrections: vote {:.1} % right ({})", corrections.images, 100.0 * corrections.vote.accuracy, per_backbone.join(", "));
+        }
     }
     Ok(())
 }

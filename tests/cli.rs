@@ -70,7 +70,7 @@ fn help_teaches_every_subcommand_and_the_overrides() {
     let output = lookalike(&["--help"], &[]);
     assert!(output.status.success());
     let help = text(&output.stdout);
-    for command in ["models", "train", "index", "search", "eval", "intent", "serve", "demo", "bench"] {
+    for command in ["models", "train", "index", "search", "eval", "intent", "serve", "demo", "bench", "feedback"] {
         assert!(help.contains(&format!("\n  {command} ")), "--help lacks `{command}`:\n{help}");
     }
     assert!(help.contains("LOOKALIKE__SECTION__KEY") && help.contains("Examples:"), "{help}");
@@ -294,4 +294,34 @@ fn search_refuses_a_bad_image_before_loading_any_model() {
     std::fs::File::create(&huge).unwrap().set_len(4 << 30).unwrap();
     let output = lookalike(&["search", "--image", huge.to_str().unwrap()], &[heads]);
     assert!(text(&output.stderr).contains("the image is 4096 MB; the limit is 8 MB"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn feedback_lists_corrections_with_their_trust_and_exports_the_trusted_ones() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("feedback");
+    let env = [("LOOKALIKE__FEEDBACK__DIR", dir.to_str().unwrap())];
+    let empty = lookalike(&["feedback", "list"], &env);
+    assert!(empty.status.success() && text(&empty.stdout).contains("no corrections yet"), "{}", text(&empty.stderr));
+
+    let config = lookalike::config::FeedbackConfig { dir: dir.clone(), max_corrections: 100, min_agreeing_users: 3 };
+    let store = lookalike::feedback::FeedbackStore::open(&config);
+    let photo = |n: u8| {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(4, 4, image::Rgb([n, 9, 9])).write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        bytes.into_inner()
+    };
+    store.record(&photo(1), &["coat".into()], "shirt", 11, false).unwrap();
+    store.record(&photo(2), &["coat".into()], "pullover", 12, true).unwrap();
+    let list = lookalike(&["feedback", "list"], &env);
+    let out = text(&list.stdout);
+    assert!(out.contains("2 corrections of 2 photos") && out.contains("waiting: 1 of 3 shoppers") && out.contains("trusted: a moderator picked it"), "{out}");
+    let json: serde_json::Value = serde_json::from_slice(&lookalike(&["feedback", "list", "--json"], &env).stdout).unwrap();
+    assert_eq!(json["corrections"].as_array().unwrap().len(), 2);
+
+    let export = scratch.path().join("export");
+    let exported = lookalike(&["feedback", "export", export.to_str().unwrap()], &env);
+    assert!(text(&exported.stdout).contains("1 trusted photos written"), "{}", text(&exported.stderr));
+    assert_eq!(files_under(&export).len(), 1);
+    assert!(files_under(&export)[0].starts_with(export.join("pullover")));
 }

@@ -21,9 +21,21 @@ fn train_resume_vote_and_eval() {
     std::fs::write(data.join("warm/broken.jpg"), b"\xFF\xD8\xFF\xE0 truncated jpeg").unwrap();
     std::fs::write(data.join("cool/readme.txt"), b"not an image").unwrap();
     let mut backbones = kit_backbones();
+    // Two more warm pictures for the training split only, as `train --with-feedback` adds the
+    // trusted corrections; a category the data lacks is refused.
+    let corrections = scratch.path().join("corrections");
+    write_catalogue(&corrections, 2, 40);
+    std::fs::remove_dir_all(corrections.join("cool")).unwrap();
     let mut options = TrainOptions { epochs: 3, augmented_views: 1, fine_tune_epochs: 1, metric_weight: 0.5, ..train_options(&data, &out, &scratch.path().join("cache")) };
+    std::fs::create_dir_all(corrections.join("plaid")).unwrap();
+    let unknown = train(&mut backbones, Profile::Kit, &TrainOptions { extra_train: Some(corrections.clone()), ..options.clone() }).unwrap_err();
+    assert!(format!("{unknown:#}").contains("category `plaid`"), "{unknown:#}");
+    std::fs::remove_dir_all(corrections.join("plaid")).unwrap();
+    options.extra_train = Some(corrections);
     let first = train(&mut backbones, Profile::Kit, &options).unwrap();
     assert_eq!(first.classes, ["cool", "warm"]);
+    let split = vision::data::split(&data, options.seed).unwrap();
+    assert_eq!((first.images, first.extra_images), ((split.train.len() + 2, split.val.len()), 2));
     assert_eq!(first.skipped.len(), 1, "{:?}", first.skipped);
     assert!(first.skipped[0].0.ends_with("broken.jpg"));
     assert_eq!(first.not_images.len(), 1);

@@ -45,6 +45,9 @@ pub struct TrainOptions {
     /// image's positive in the metric loss (another maker's picture of the item, a shopper's
     /// photo), instead of an augmented view.
     pub positives: Option<PathBuf>,
+    /// More labelled images for the training split only, `DIR/<category>/` (with
+    /// `--with-feedback`, the trusted corrections).
+    pub extra_train: Option<PathBuf>,
 }
 
 /// Where `lookalike train` caches backbone features unless told otherwise.
@@ -69,6 +72,7 @@ impl TrainOptions {
             fine_tune_epochs: 2,
             metric_weight: METRIC_WEIGHT,
             positives: None,
+            extra_train: None,
         }
     }
 }
@@ -100,8 +104,13 @@ struct Cached {
     decoded: Vec<bool>,
 }
 
+#[derive(Debug)]
 pub struct TrainReport {
     pub classes: Vec<String>,
+    /// Training and validation images (the training ones with any `extra_train`, of which
+    /// `extra_images`).
+    pub images: (usize, usize),
+    pub extra_images: usize,
     pub history: Vec<EpochRecord>,
     pub skipped: Vec<(PathBuf, String)>,
     pub not_images: Vec<PathBuf>,
@@ -236,7 +245,13 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
     // The heads' initial weights and dropout masks follow the seed too: the same run twice gives
     // the same heads.
     tch::manual_seed(options.seed as i64);
-    let split = data::split(&options.data, options.seed)?;
+    let mut split = data::split(&options.data, options.seed)?;
+    let mut extra_images = 0;
+    if let Some(dir) = &options.extra_train {
+        let (_, extra, _) = data::labelled(dir, Some(&split.classes)).with_context(|| format!("cannot add the training images in {}", dir.display()))?;
+        extra_images = extra.len();
+        split.train.extend(extra);
+    }
     anyhow::ensure!(split.classes.len() >= 2, "training needs at least two categories in {}", options.data.display());
     anyhow::ensure!(!split.train.is_empty() && !split.val.is_empty(), "{} has too few images for a training and a validation set", options.data.display());
     std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
@@ -362,7 +377,8 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
     write_atomically(&heads::info_path(&options.out), &serde_json::to_vec_pretty(&info)?)?;
     write_atomically(&options.out.join("history.csv"), history_csv(&state.history).as_bytes())?;
     crate::plot::training_curves(&options.out.join("training.png"), &state.history)?;
-    Ok(TrainReport { classes: split.classes, history: state.history, skipped, not_images: split.not_images, extraction_seconds, out: options.out.clone() })
+    let images = (split.train.len(), split.val.len());
+    Ok(TrainReport { classes: split.classes, images, extra_images, history: state.history, skipped, not_images: split.not_images, extraction_seconds, out: options.out.clone() })
 }
 
 /// Temperature of the metric loss's softmax over cosine similarities.
@@ -531,7 +547,10 @@ fn history_csv(history: &[EpochRecord]) -> String {
 
 /// The summary `lookalike train` prints.
 pub fn render(report: &TrainReport) -> String {
-    let mut out = format!("{} categories: {}\nfeatures extracted or read from cache in {:.1} s\n", report.classes.len(), report.classes.join(", "), report.extraction_seconds);
+    let mut out = format!("{} categories: {}\n", report.classes.len(), report.classes.join(", "));
+    let extra = if report.extra_images > 0 { format!(" ({} of them trusted corrections)", report.extra_images) } else { String::new() };
+    out.push_str(&format!("{} training images{extra}, {} validation images\n", report.images.0, report.images.1));
+    out.push_str(&format!("features extracted or read from cache in {:.1} s\n", report.extraction_seconds));
     let mut backbones: Vec<&str> = report.history.iter().map(|r| r.backbone.as_str()).collect();
     backbones.dedup();
     backbones.sort();

@@ -59,6 +59,7 @@ pub fn train_options(data: &Path, out: &Path, cache: &Path) -> TrainOptions {
         fine_tune_epochs: 0,
         metric_weight: 0.0,
         positives: None,
+        extra_train: None,
     }
 }
 
