@@ -25,6 +25,7 @@ Examples:
   lookalike search --image bed.jpg --text \"but wooden\" --sheet hits.png
   lookalike intent \"a bed like this, but wooden\"  which category does a sentence name?
   DISCORD_TOKEN=... lookalike serve               run the Discord bot
+  lookalike catalogue add --image tote.jpg --category bag --title \"Canvas tote\"
   lookalike feedback list                         corrections shoppers picked, and which training trusts
   lookalike train --data photos/ --with-feedback  retrain with the trusted corrections
 
@@ -74,6 +75,44 @@ pub enum Command {
     /// The corrections shoppers and moderators picked under "Wrong category?" (feedback.dir).
     #[command(subcommand)]
     Feedback(FeedbackCommand),
+    /// Add, remove and list catalogue items one at a time; the index follows at once.
+    #[command(subcommand)]
+    Catalogue(CatalogueCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogueCommand {
+    /// Store a photo in catalogue.dir/<category>/ (named by its content) with its metadata row,
+    /// then index it (only it is embedded).
+    Add {
+        #[arg(long, value_name = "FILE")]
+        image: PathBuf,
+        /// One of the catalogue's categories (a new one needs re-trained heads).
+        #[arg(long)]
+        category: String,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        price: Option<String>,
+        /// The product page.
+        #[arg(long, value_name = "URL")]
+        link: Option<String>,
+    },
+    /// Remove an item (its id `category/file`, file name or stem) and its metadata row; the
+    /// index drops it.
+    Remove {
+        #[arg(value_name = "ITEM")]
+        item: String,
+    },
+    /// Every item with its metadata.
+    List {
+        /// Only this category.
+        #[arg(long)]
+        category: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -331,6 +370,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             runtime.block_on(models::fetch_chapter(&manifest, &config.models.dir))
         }
         Command::Feedback(command) => feedback(command, config),
+        Command::Catalogue(command) => catalogue(command, config),
         Command::Train(args) => train(&args, config),
         Command::Eval(args) => eval(&args, config),
         Command::Dataset(args) => {
@@ -582,4 +622,49 @@ fn feedback(command: FeedbackCommand, config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn catalogue(command: CatalogueCommand, config: &Config) -> anyhow::Result<()> {
+    let (root, metadata_file) = (&config.catalogue.dir, &config.catalogue.metadata);
+    let edited = match command {
+        CatalogueCommand::List { category, json } => {
+            let scan = crate::catalogue::scan(root)?;
+            let table = crate::catalogue::MetadataTable::load(metadata_file)?;
+            let items: Vec<serde_json::Value> = scan
+                .entries
+                .iter()
+                .filter(|e| category.as_ref().is_none_or(|c| *c == e.category))
+                .map(|e| serde_json::json!({ "id": e.id, "category": e.category, "bytes": e.size, "metadata": table.get(&e.id) }))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                for item in &items {
+                    let metadata: crate::catalogue::Metadata = serde_json::from_value(item["metadata"].clone())?;
+                    let shown = [metadata.title, metadata.price, metadata.link].into_iter().flatten().collect::<Vec<_>>().join("  ");
+                    println!("{:<40} {shown}", item["id"].as_str().unwrap_or_default());
+                }
+                println!("{} items in {}", items.len(), root.display());
+            }
+            return Ok(());
+        }
+        CatalogueCommand::Add { image, category, title, price, link } => {
+            let limits = ImageLimits::from_config(&config.limits);
+            let photo = crate::imaging::read(&image, limits).map_err(|err| anyhow::anyhow!("{}: {err}", image.display()))?;
+            let metadata = crate::catalogue::Metadata { title, price, link, image_url: None };
+            let id = crate::catalogue::add(root, metadata_file, &photo, limits, &category, &metadata)?;
+            println!("added {id}");
+            id
+        }
+        CatalogueCommand::Remove { item } => {
+            let id = crate::catalogue::remove(root, metadata_file, &item)?;
+            println!("removed {id}");
+            id
+        }
+    };
+    let service = SearchService::start(config)?;
+    let summary = search::reindex_with_bar(&service)?;
+    print!("{}", crate::index::render_summary(&summary, crate::index::Audience::Operator));
+    tracing::info!(item = %edited, generation = summary.generation, "catalogue edited");
+    Ok(())
 }

@@ -393,7 +393,7 @@ fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), C
     let section = table
         .get_mut(&path[0])
         .and_then(toml::Value::as_table_mut)
-        .ok_or_else(|| bad(format!("there is no config section `{}`; sections are models, catalogue, index, search, text, limits, discord", path[0])))?;
+        .ok_or_else(|| bad(format!("there is no config section `{}`; sections are models, catalogue, index, search, text, limits, discord, feedback", path[0])))?;
     section.insert(path[1].clone(), value);
     Ok(())
 }

@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 
 use crate::vision::data;
 
+mod edit;
+pub use edit::{add, remove};
+
 /// What a reply shows about an item besides its picture. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {

@@ -1,0 +1,173 @@
+//! Catalogue edits (`lookalike catalogue add / remove`, `/catalogue add / remove`): one image
+//! file and its metadata row at a time, each file written whole or not at all. The index picks
+//! an edit up with an incremental re-index, which embeds only the new image.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+
+use super::{scan, Metadata};
+use crate::files::write_atomically;
+use crate::imaging::{self, ImageLimits};
+
+/// Stores `photo` as `category/<first 16 hex digits of its sha256>.<format>` under `root`, and
+/// its metadata (when any field is given) in `metadata_file`. Returns the new item's id.
+pub fn add(root: &Path, metadata_file: &Path, photo: &[u8], limits: ImageLimits, category: &str, metadata: &Metadata) -> anyhow::Result<String> {
+    let catalogue = scan(root)?;
+    if !catalogue.categories.iter().any(|c| c == category) {
+        bail!(
+            "there is no category `{category}`: the catalogue has {}. A new category is a re-train: add a folder of its images to the training data, run `lookalike train`, then add items",
+            catalogue.categories.join(", ")
+        );
+    }
+    imaging::decode(photo, limits).context("the photo cannot be added")?;
+    let extension = image::guess_format(photo).ok().and_then(|f| f.extensions_str().first().copied()).unwrap_or("png");
+    let id = format!("{category}/{}.{extension}", &hex::encode(Sha256::digest(photo))[..16]);
+    if root.join(&id).exists() {
+        bail!("this photo is already in the catalogue as {id}");
+    }
+    if !metadata.is_empty() {
+        anyhow::ensure!(!metadata_file.as_os_str().is_empty(), "a title, price or link needs a metadata file: set catalogue.metadata (a .jsonl or .csv file)");
+        let mut rows = read_rows(metadata_file)?;
+        rows.retain(|(key, _)| !names(key, &id));
+        rows.push((id.clone(), metadata.clone()));
+        write_rows(metadata_file, &rows)?;
+    }
+    write_atomically(&root.join(&id), photo)?;
+    Ok(id)
+}
+
+/// Removes the item `item` (its id `category/file`, file name or file stem) and its metadata
+/// rows. Returns its id.
+pub fn remove(root: &Path, metadata_file: &Path, item: &str) -> anyhow::Result<String> {
+    let catalogue = scan(root)?;
+    let found: Vec<_> = catalogue.entries.iter().filter(|e| names(item, &e.id)).collect();
+    let entry = match found.as_slice() {
+        [one] => *one,
+        [] => bail!("no catalogue item `{item}`: `lookalike catalogue list` shows the ids"),
+        many => bail!("`{item}` names {} items ({}): give the whole id", many.len(), many.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", ")),
+    };
+    if !metadata_file.as_os_str().is_empty() && metadata_file.exists() {
+        let mut rows = read_rows(metadata_file)?;
+        let before = rows.len();
+        rows.retain(|(key, _)| !names(key, &entry.id));
+        if rows.len() != before {
+            write_rows(metadata_file, &rows)?;
+        }
+    }
+    std::fs::remove_file(&entry.path).with_context(|| format!("cannot remove {}", entry.path.display()))?;
+    Ok(entry.id.clone())
+}
+
+/// Whether `key` (an id, a file name or a file stem, as metadata rows and commands give them)
+/// names the item `id`.
+fn names(key: &str, id: &str) -> bool {
+    let file = id.rsplit('/').next().unwrap_or(id);
+    let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
+    key == id || key == file || key == stem
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "jsonl" || e == "json")
+}
+
+/// Every row of the metadata file in order (none when it does not exist yet).
+fn read_rows(path: &Path) -> anyhow::Result<Vec<(String, Metadata)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if is_json(path) {
+        #[derive(serde::Deserialize)]
+        struct Line {
+            path: Option<String>,
+            id: Option<String>,
+            #[serde(flatten)]
+            metadata: Metadata,
+        }
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                let line: Line = serde_json::from_str(line).with_context(|| format!("{} is not valid catalogue metadata", path.display()))?;
+                Ok((line.path.or(line.id).unwrap_or_default(), line.metadata))
+            })
+            .collect()
+    } else {
+        let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+        let headers: Vec<String> = reader.headers()?.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let column = |name: &str| headers.iter().position(|h| h == name);
+        let key = column("path").or_else(|| column("id")).context("the header row needs a `path` or `id` column")?;
+        reader
+            .records()
+            .map(|record| {
+                let record = record?;
+                let field = |name: &str| column(name).and_then(|i| record.get(i)).filter(|v| !v.is_empty()).map(str::to_string);
+                Ok((record.get(key).unwrap_or_default().to_string(), Metadata { title: field("title"), price: field("price"), link: field("link"), image_url: field("image_url") }))
+            })
+            .collect()
+    }
+}
+
+/// Writes the rows back (JSON lines, or CSV with every column), whole or not at all.
+fn write_rows(path: &Path, rows: &[(String, Metadata)]) -> anyhow::Result<()> {
+    let mut text = Vec::new();
+    if is_json(path) {
+        for (id, metadata) in rows {
+            let mut line = serde_json::to_value(metadata)?;
+            line["id"] = id.clone().into();
+            text.extend(serde_json::to_vec(&line)?);
+            text.push(b'\n');
+        }
+    } else {
+        let mut writer = csv::Writer::from_writer(&mut text);
+        writer.write_record(["id", "title", "price", "link", "image_url"])?;
+        for (id, m) in rows {
+            let cell = |v: &Option<String>| v.clone().unwrap_or_default();
+            writer.write_record([id.clone(), cell(&m.title), cell(&m.price), cell(&m.link), cell(&m.image_url)])?;
+        }
+        writer.flush()?;
+        drop(writer);
+    }
+    write_atomically(path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::MetadataTable;
+
+    fn png(shade: u8) -> Vec<u8> {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(8, 8, image::Rgb([shade, 0, 0])).write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        bytes.into_inner()
+    }
+
+    #[test]
+    fn add_and_remove_keep_files_and_metadata_in_step() {
+        let limits = ImageLimits { max_bytes: 1 << 20, max_pixels: 1 << 20 };
+        for metadata_name in ["items.csv", "items.jsonl"] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("catalogue");
+            std::fs::create_dir_all(root.join("bag")).unwrap();
+            std::fs::write(root.join("bag/old.png"), png(1)).unwrap();
+            let metadata_file = dir.path().join(metadata_name);
+            let tote = Metadata { title: Some("Tote, canvas".into()), price: Some("19.99".into()), ..Metadata::default() };
+            let id = add(&root, &metadata_file, &png(2), limits, "bag", &tote).unwrap();
+            assert!(id.starts_with("bag/") && id.ends_with(".png") && root.join(&id).exists(), "{id}");
+            assert_eq!(MetadataTable::load(&metadata_file).unwrap().get(&id), tote, "{metadata_name}");
+
+            let unknown = format!("{:#}", add(&root, &metadata_file, &png(3), limits, "lamp", &tote).unwrap_err());
+            assert!(unknown.contains("no category `lamp`") && unknown.contains("the catalogue has bag") && unknown.contains("re-train"), "{unknown}");
+            assert!(format!("{:#}", add(&root, &metadata_file, &png(2), limits, "bag", &tote).unwrap_err()).contains("already in the catalogue"));
+            assert!(add(&root, &metadata_file, b"\x89PNG\r\n\x1a\n broken", limits, "bag", &tote).is_err(), "a corrupt photo is refused");
+            assert_eq!(std::fs::read_dir(root.join("bag")).unwrap().count(), 2, "nothing half-added");
+
+            let stem = id.trim_start_matches("bag/").trim_end_matches(".png");
+            assert_eq!(remove(&root, &metadata_file, stem).unwrap(), id);
+            assert!(!root.join(&id).exists() && MetadataTable::load(&metadata_file).unwrap().get(&id).is_empty());
+            assert!(format!("{:#}", remove(&root, &metadata_file, "nothing").unwrap_err()).contains("no catalogue item `nothing`"));
+        }
+    }
+}
