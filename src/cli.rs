@@ -630,19 +630,15 @@ fn catalogue(command: CatalogueCommand, config: &Config) -> anyhow::Result<()> {
         CatalogueCommand::List { category, json } => {
             let scan = crate::catalogue::scan(root)?;
             let table = crate::catalogue::MetadataTable::load(metadata_file)?;
-            let items: Vec<serde_json::Value> = scan
-                .entries
-                .iter()
-                .filter(|e| category.as_ref().is_none_or(|c| *c == e.category))
-                .map(|e| serde_json::json!({ "id": e.id, "category": e.category, "bytes": e.size, "metadata": table.get(&e.id) }))
-                .collect();
+            let items: Vec<(&crate::catalogue::Entry, crate::catalogue::Metadata)> =
+                scan.entries.iter().filter(|e| category.as_ref().is_none_or(|c| *c == e.category)).map(|e| (e, table.get(&e.id))).collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&items)?);
+                let rows: Vec<serde_json::Value> = items.iter().map(|(e, metadata)| serde_json::json!({ "id": e.id, "category": e.category, "bytes": e.size, "metadata": metadata })).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                for item in &items {
-                    let metadata: crate::catalogue::Metadata = serde_json::from_value(item["metadata"].clone())?;
-                    let shown = [metadata.title, metadata.price, metadata.link].into_iter().flatten().collect::<Vec<_>>().join("  ");
-                    println!("{:<40} {shown}", item["id"].as_str().unwrap_or_default());
+                for (entry, metadata) in &items {
+                    let shown = [&metadata.title, &metadata.price, &metadata.link].into_iter().flatten().cloned().collect::<Vec<_>>().join("  ");
+                    println!("{:<40} {shown}", entry.id);
                 }
                 println!("{} items in {}", items.len(), root.display());
             }

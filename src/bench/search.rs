@@ -63,8 +63,8 @@ pub fn search(config: &Config, sizes: &SearchSizes, say: &dyn Fn(String)) -> any
 fn one_size(bases: &Tensor, rows: usize, queries: usize, sweep: bool, say: &dyn Fn(String)) -> anyhow::Result<Value> {
     let dim = bases.size()[1] as usize;
     let started = Instant::now();
-    let matrix = perturbed(bases, rows, 1);
-    let query_rows = perturbed(bases, queries, 2);
+    let matrix = perturbed(bases, rows, true, 1);
+    let query_rows = perturbed(bases, queries, false, 2);
     let query = |q: usize| &query_rows[q * dim..(q + 1) * dim];
     say(format!("{rows} x {dim}: vectors made in {:.1} s", started.elapsed().as_secs_f64()));
 
@@ -182,15 +182,15 @@ fn head_vectors(config: &Config) -> anyhow::Result<Tensor> {
     }))
 }
 
-/// `count` unit vectors: the bases first (as far as they go), then each a random base with
+/// `count` unit vectors: the bases first (as far as they go, `with_bases`), then each a random base with
 /// Gaussian noise of 0.3 to 0.8 times each dimension's spread, clipped at 0 as the heads'
 /// ReLU outputs are. At 20,000 such vectors, half have a neighbour within cosine 0.92.
-fn perturbed(bases: &Tensor, count: usize, seed: i64) -> Vec<f32> {
+fn perturbed(bases: &Tensor, count: usize, with_bases: bool, seed: i64) -> Vec<f32> {
     tch::manual_seed(seed);
     let (n, dim) = (bases.size()[0], bases.size()[1]);
     let spread = bases.std_dim(0, false, false);
     let mut out = Vec::with_capacity(count * dim as usize);
-    let first = if seed == 1 { (n as usize).min(count) } else { 0 };
+    let first = if with_bases { (n as usize).min(count) } else { 0 };
     out.extend(Vec::<f32>::try_from(bases.narrow(0, 0, first as i64).flatten(0, -1)).expect("f32 bases"));
     for start in (first..count).step_by(20_000) {
         let take = (count - start).min(20_000) as i64;

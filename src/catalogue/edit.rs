@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-use super::{scan, Metadata};
+use super::{is_json_lines, keys, parse_rows, scan, Metadata};
 use crate::files::write_atomically;
 use crate::imaging::{self, ImageLimits};
 
@@ -48,7 +48,10 @@ pub fn remove(root: &Path, metadata_file: &Path, item: &str) -> anyhow::Result<S
         [] => bail!("no catalogue item `{item}`: `lookalike catalogue list` shows the ids"),
         many => bail!("`{item}` names {} items ({}): give the whole id", many.len(), many.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", ")),
     };
-    if !metadata_file.as_os_str().is_empty() && metadata_file.exists() {
+    // The file first: a crash before the rows are rewritten leaves a row naming nothing, which
+    // no reply shows, never an item without its row.
+    std::fs::remove_file(&entry.path).with_context(|| format!("cannot remove {}", entry.path.display()))?;
+    if !metadata_file.as_os_str().is_empty() {
         let mut rows = read_rows(metadata_file)?;
         let before = rows.len();
         rows.retain(|(key, _)| !names(key, &entry.id));
@@ -56,64 +59,28 @@ pub fn remove(root: &Path, metadata_file: &Path, item: &str) -> anyhow::Result<S
             write_rows(metadata_file, &rows)?;
         }
     }
-    std::fs::remove_file(&entry.path).with_context(|| format!("cannot remove {}", entry.path.display()))?;
     Ok(entry.id.clone())
 }
 
 /// Whether `key` (an id, a file name or a file stem, as metadata rows and commands give them)
 /// names the item `id`.
 fn names(key: &str, id: &str) -> bool {
-    let file = id.rsplit('/').next().unwrap_or(id);
-    let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
-    key == id || key == file || key == stem
-}
-
-fn is_json(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "jsonl" || e == "json")
+    keys(id).contains(&key)
 }
 
 /// Every row of the metadata file in order (none when it does not exist yet).
 fn read_rows(path: &Path) -> anyhow::Result<Vec<(String, Metadata)>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
-    };
-    if is_json(path) {
-        #[derive(serde::Deserialize)]
-        struct Line {
-            path: Option<String>,
-            id: Option<String>,
-            #[serde(flatten)]
-            metadata: Metadata,
-        }
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|line| {
-                let line: Line = serde_json::from_str(line).with_context(|| format!("{} is not valid catalogue metadata", path.display()))?;
-                Ok((line.path.or(line.id).unwrap_or_default(), line.metadata))
-            })
-            .collect()
-    } else {
-        let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
-        let headers: Vec<String> = reader.headers()?.iter().map(|h| h.to_ascii_lowercase()).collect();
-        let column = |name: &str| headers.iter().position(|h| h == name);
-        let key = column("path").or_else(|| column("id")).context("the header row needs a `path` or `id` column")?;
-        reader
-            .records()
-            .map(|record| {
-                let record = record?;
-                let field = |name: &str| column(name).and_then(|i| record.get(i)).filter(|v| !v.is_empty()).map(str::to_string);
-                Ok((record.get(key).unwrap_or_default().to_string(), Metadata { title: field("title"), price: field("price"), link: field("link"), image_url: field("image_url") }))
-            })
-            .collect()
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_rows(path, &text),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
 /// Writes the rows back (JSON lines, or CSV with every column), whole or not at all.
 fn write_rows(path: &Path, rows: &[(String, Metadata)]) -> anyhow::Result<()> {
     let mut text = Vec::new();
-    if is_json(path) {
+    if is_json_lines(path) {
         for (id, metadata) in rows {
             let mut line = serde_json::to_value(metadata)?;
             line["id"] = id.clone().into();

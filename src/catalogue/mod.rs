@@ -97,58 +97,71 @@ impl MetadataTable {
             return Ok(MetadataTable::default());
         }
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the catalogue metadata {} (config catalogue.metadata)", path.display()))?;
-        let json = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
-        let rows = if json { Self::parse_json_lines(&text) } else { Self::parse_csv(&text) };
-        rows.with_context(|| format!("{} is not valid catalogue metadata", path.display())).map(|rows| MetadataTable { rows })
-    }
-
-    fn parse_csv(text: &str) -> anyhow::Result<HashMap<String, Metadata>> {
-        let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
-        let headers: Vec<String> = reader.headers()?.iter().map(|h| h.to_ascii_lowercase()).collect();
-        let column = |name: &str| headers.iter().position(|h| h == name);
-        let key = column("path").or_else(|| column("id")).context("the header row needs a `path` or `id` column")?;
-        let known = ["path", "id", "title", "price", "link", "image_url"];
-        if let Some(unknown) = headers.iter().find(|h| !known.contains(&h.as_str())) {
-            anyhow::bail!("unknown column `{unknown}`: the columns are {}", known.join(", "));
-        }
-        let mut rows = HashMap::new();
-        for (line, record) in reader.records().enumerate() {
-            let record = record.with_context(|| format!("row {}", line + 2))?;
-            let field = |name: &str| column(name).and_then(|i| record.get(i)).filter(|v| !v.is_empty()).map(str::to_string);
-            let metadata = Metadata { title: field("title"), price: field("price"), link: field("link"), image_url: field("image_url") };
-            rows.insert(record.get(key).unwrap_or_default().to_string(), metadata);
-        }
-        Ok(rows)
-    }
-
-    fn parse_json_lines(text: &str) -> anyhow::Result<HashMap<String, Metadata>> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Line {
-            path: Option<String>,
-            id: Option<String>,
-            #[serde(flatten)]
-            metadata: Metadata,
-        }
-        let mut rows = HashMap::new();
-        for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let line: Line = serde_json::from_str(line).with_context(|| format!("line {}", number + 1))?;
-            let key = line.path.or(line.id).with_context(|| format!("line {} has neither `path` nor `id`", number + 1))?;
-            rows.insert(key, line.metadata);
-        }
-        Ok(rows)
+        Ok(MetadataTable { rows: parse_rows(path, &text)?.into_iter().collect() })
     }
 
     /// The metadata of the item `id` (`category/file`), if any row names it.
     pub fn get(&self, id: &str) -> Metadata {
-        let file = id.rsplit('/').next().unwrap_or(id);
-        let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
-        [id, file, stem].iter().find_map(|key| self.rows.get(*key)).cloned().unwrap_or_default()
+        keys(id).iter().find_map(|key| self.rows.get(*key)).cloned().unwrap_or_default()
     }
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
+}
+
+/// What a metadata row (or a command) may call the item `id`: the id, its file name, its stem.
+fn keys(id: &str) -> [&str; 3] {
+    let file = id.rsplit('/').next().unwrap_or(id);
+    let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
+    [id, file, stem]
+}
+
+fn is_json_lines(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "jsonl" || e == "json")
+}
+
+/// The rows of a metadata file, in file order: (the key its `path` or `id` holds, metadata).
+fn parse_rows(path: &Path, text: &str) -> anyhow::Result<Vec<(String, Metadata)>> {
+    let rows = if is_json_lines(path) { parse_json_lines(text) } else { parse_csv(text) };
+    rows.with_context(|| format!("{} is not valid catalogue metadata", path.display()))
+}
+
+fn parse_csv(text: &str) -> anyhow::Result<Vec<(String, Metadata)>> {
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+    let headers: Vec<String> = reader.headers()?.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let column = |name: &str| headers.iter().position(|h| h == name);
+    let key = column("path").or_else(|| column("id")).context("the header row needs a `path` or `id` column")?;
+    let known = ["path", "id", "title", "price", "link", "image_url"];
+    if let Some(unknown) = headers.iter().find(|h| !known.contains(&h.as_str())) {
+        anyhow::bail!("unknown column `{unknown}`: the columns are {}", known.join(", "));
+    }
+    let mut rows = Vec::new();
+    for (line, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("row {}", line + 2))?;
+        let field = |name: &str| column(name).and_then(|i| record.get(i)).filter(|v| !v.is_empty()).map(str::to_string);
+        let metadata = Metadata { title: field("title"), price: field("price"), link: field("link"), image_url: field("image_url") };
+        rows.push((record.get(key).unwrap_or_default().to_string(), metadata));
+    }
+    Ok(rows)
+}
+
+fn parse_json_lines(text: &str) -> anyhow::Result<Vec<(String, Metadata)>> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        path: Option<String>,
+        id: Option<String>,
+        #[serde(flatten)]
+        metadata: Metadata,
+    }
+    let mut rows = Vec::new();
+    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let line: Line = serde_json::from_str(line).with_context(|| format!("line {}", number + 1))?;
+        let key = line.path.or(line.id).with_context(|| format!("line {} has neither `path` nor `id`", number + 1))?;
+        rows.push((key, line.metadata));
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
