@@ -113,6 +113,15 @@ pub enum CatalogueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The last edits, corrections and swaps of heads, with who and when (catalogue.audit_log).
+    Log {
+        /// How many, newest last.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        last: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -644,23 +653,29 @@ fn catalogue(command: CatalogueCommand, config: &Config) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        CatalogueCommand::Log { last, json } => {
+            for event in crate::audit::AuditLog::open(&config.catalogue.audit_log).last(last)? {
+                match json {
+                    true => println!("{}", serde_json::to_string(&event)?),
+                    false => println!("{event}"),
+                }
+            }
+            return Ok(());
+        }
         CatalogueCommand::Add { image, category, title, price, link } => {
             let limits = ImageLimits::from_config(&config.limits);
             let photo = crate::imaging::read(&image, limits).map_err(|err| anyhow::anyhow!("{}: {err}", image.display()))?;
-            let metadata = crate::catalogue::Metadata { title, price, link, image_url: None };
-            let id = crate::catalogue::add(root, metadata_file, &photo, limits, &category, &metadata)?;
-            println!("added {id}");
-            id
+            search::Edit::Add { photo, category, metadata: crate::catalogue::Metadata { title, price, link, image_url: None } }
         }
-        CatalogueCommand::Remove { item } => {
-            let id = crate::catalogue::remove(root, metadata_file, &item)?;
-            println!("removed {id}");
-            id
-        }
+        CatalogueCommand::Remove { item } => search::Edit::Remove { item },
     };
     let service = SearchService::start(config)?;
-    let summary = search::reindex_with_bar(&service)?;
+    let (id, summary) = search::with_bar(|progress| service.edit_catalogue(edited.clone(), crate::audit::Who::cli(), progress))?;
+    match edited {
+        search::Edit::Add { .. } => println!("added {id}"),
+        search::Edit::Remove { .. } => println!("removed {id}"),
+    }
     print!("{}", crate::index::render_summary(&summary, crate::index::Audience::Operator));
-    tracing::info!(item = %edited, generation = summary.generation, "catalogue edited");
+    tracing::info!(item = %id, generation = summary.generation, "catalogue edited");
     Ok(())
 }

@@ -117,6 +117,8 @@ pub struct CatalogueConfig {
     pub dir: PathBuf,
     /// Optional CSV or JSON-lines file with title, price and link per image; empty for none.
     pub metadata: PathBuf,
+    /// Every catalogue edit, correction and swap of heads, with who and when (JSON lines); empty for none.
+    pub audit_log: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

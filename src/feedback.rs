@@ -9,7 +9,6 @@
 //! so one user cannot teach the heads alone.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -97,20 +96,7 @@ impl FeedbackStore {
         if !image.exists() {
             files::write_atomically(&image, photo)?;
         }
-        // One write of a whole line in append mode, flushed: a crash leaves at most a torn last
-        // line, which `list` skips.
-        let mut log = std::fs::OpenOptions::new().create(true).read(true).append(true).open(self.log()).with_context(|| format!("cannot open {}", self.log().display()))?;
-        let length = log.metadata()?.len();
-        let mut last = [b'\n'];
-        if length > 0 {
-            std::os::unix::fs::FileExt::read_exact_at(&log, &mut last, length - 1)?;
-        }
-        // After a torn line, a line of its own.
-        let mut line = if last[0] == b'\n' { Vec::new() } else { vec![b'\n'] };
-        line.extend(serde_json::to_vec(&correction)?);
-        line.push(b'\n');
-        log.write_all(&line)?;
-        log.sync_data()?;
+        files::append_line(&self.log(), &serde_json::to_vec(&correction)?)?;
         let (kept, _) = self.list()?;
         if kept.len() > self.max_corrections {
             self.compact(&kept[kept.len() - self.max_corrections..])?;
@@ -137,14 +123,7 @@ impl FeedbackStore {
 
     /// Every correction, oldest first, and how many lines could not be read (a torn last line).
     pub fn list(&self) -> anyhow::Result<(Vec<Correction>, usize)> {
-        let text = match std::fs::read_to_string(self.log()) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-            Err(err) => return Err(err).with_context(|| format!("cannot read {}", self.log().display())),
-        };
-        let mut unreadable = 0;
-        let corrections = text.lines().filter(|l| !l.trim().is_empty()).filter_map(|line| serde_json::from_str(line).map_err(|_| unreadable += 1).ok()).collect();
-        Ok((corrections, unreadable))
+        files::read_json_lines(&self.log())
     }
 
     /// One label per photo that has corrections: a moderator's latest pick, else the category
@@ -245,7 +224,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(scratch.path().join("images")).unwrap().count(), 3, "dropped corrections' photos are deleted");
         // A crash mid-append leaves a torn line: it is counted and skipped, the rest survives.
         let mut log = std::fs::OpenOptions::new().append(true).open(scratch.path().join("corrections.jsonl")).unwrap();
-        log.write_all(b"{\"image\":\"ab").unwrap();
+        std::io::Write::write_all(&mut log, b"{\"image\":\"ab").unwrap();
         let (corrections, unreadable) = feedback.list().unwrap();
         assert_eq!((corrections.len(), unreadable), (3, 1));
         // A store reopened (a restart) reads the same, and goes on after the torn line.

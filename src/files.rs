@@ -1,4 +1,5 @@
-//! Files written whole or not at all, and where trained heads live. A leaf: it knows nothing
+//! Files written whole or not at all, JSON-lines logs appended a whole line at a time, and
+//! where trained heads live. A leaf: it knows nothing
 //! of the modules that use it.
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,41 @@ pub fn persist(partial: tempfile::NamedTempFile, path: &Path) -> anyhow::Result<
     std::fs::File::open(partial.path())?.sync_all().with_context(|| format!("cannot flush {}", path.display()))?;
     partial.persist(path).with_context(|| format!("cannot move the new {} into place", path.display()))?;
     Ok(())
+}
+
+/// Appends `line` (one JSON value, no newline) to a JSON-lines log in one flushed write. A crash
+/// leaves at most a torn last line, which [`read_json_lines`] skips; the next line starts on a
+/// line of its own.
+pub fn append_line(path: &Path, line: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mut log = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let length = log.metadata()?.len();
+    let mut last = [b'\n'];
+    if length > 0 {
+        std::os::unix::fs::FileExt::read_exact_at(&log, &mut last, length - 1)?;
+    }
+    let mut whole = if last[0] == b'\n' { Vec::new() } else { vec![b'\n'] };
+    whole.extend_from_slice(line);
+    whole.push(b'\n');
+    log.write_all(&whole).with_context(|| format!("cannot write {}", path.display()))?;
+    log.sync_data().with_context(|| format!("cannot flush {}", path.display()))?;
+    Ok(())
+}
+
+/// Every readable line of a JSON-lines log, oldest first (none when the file does not exist),
+/// and how many lines could not be read (a torn last line).
+pub fn read_json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<(Vec<T>, usize)> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut unreadable = 0;
+    let values = text.lines().filter(|l| !l.trim().is_empty()).filter_map(|line| serde_json::from_str(line).map_err(|_| unreadable += 1).ok()).collect();
+    Ok((values, unreadable))
 }
 
 /// The heads folder (`lookalike train --out`): what was trained, and one file per backbone.

@@ -22,6 +22,7 @@
 //! | [`search`] | `SearchService`, the one entry point of the CLI and the bot: decode, micro-batched models, decide, search, timings; re-index while serving. Its model thread is private (the bench has one named hook) | Discord |
 //! | [`retrieval`] | `eval --retrieval`: R@1, R@5, vote accuracy and same-category precision@5 of pictures of the same items, through the whole search | Discord |
 //! | [`feedback`] | corrections picked under "Wrong category?": stored bounded on disk (each photo once), trusted when a moderator or enough distinct shoppers agree, exported as training folders | torch, Discord |
+//! | [`audit`] | the audit log: every catalogue edit, correction and swap of heads, with who and when | torch, Discord |
 //! | [`decide`] | image vote + text intent -> ordered categories to search, with reasons (pure) | torch, Discord |
 //! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out | Discord |
 //! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run | Discord |
@@ -38,6 +39,7 @@
 //!   flushed, then renamed into place.
 //! - The Discord token never appears in a config file, a log line or an error message.
 
+pub mod audit;
 pub mod bench;
 pub mod catalogue;
 pub mod cli;

@@ -12,7 +12,7 @@ use common::{picture, png, write_catalogue, World};
 
 #[path = "common/fake_discord.rs"]
 mod fake_discord;
-use fake_discord::{attachment, button_interaction, command_interaction, member, message, select_interaction, user, FakeDiscord, Invocation, Recorded, BOT_USER};
+use fake_discord::{attachment, autocomplete_interaction, button_interaction, command_interaction, member, message, select_interaction, user, FakeDiscord, Invocation, Recorded, BOT_USER};
 
 const WAIT: Duration = Duration::from_secs(60);
 const SHOPPER: u64 = 910_000_000_000_000_777;
@@ -41,6 +41,20 @@ fn slash_search(discord: &FakeDiscord, name: &str, bytes: Vec<u8>, content_type:
     let resolved = json!({ "attachments": { attachment_id.to_string(): attachment(attachment_id, name, size, content_type, &url) } });
     discord.dispatch("INTERACTION_CREATE", command_interaction(id, &token, "search", Invocation::Slash(json!(options)), resolved, member(SHOPPER, 0, &[])));
     token
+}
+
+/// A `/catalogue...` command with `options` (and the photo `resolved`, for `catalogue-add`)
+/// from `member`; returns the interaction token.
+fn catalogue_command(discord: &FakeDiscord, name: &str, options: Value, resolved: Value, member: Value) -> String {
+    let id = discord.next_id();
+    let token = format!("token-catalogue-{id}");
+    discord.dispatch("INTERACTION_CREATE", command_interaction(id, &token, name, Invocation::Slash(options), resolved, member));
+    token
+}
+
+/// The edited original response whose content starts with `prefix`.
+fn answer_starting<'a>(token: &'a str, prefix: &'static str) -> impl Fn(&Recorded) -> bool + 'a {
+    move |r| r.method == "PATCH" && r.path.contains(token) && r.body["content"].as_str().is_some_and(|c| c.starts_with(prefix))
 }
 
 fn is_reply_to(token: &str) -> impl Fn(&Recorded) -> bool + '_ {
@@ -73,6 +87,9 @@ fn the_bot_answers_through_a_fake_discord() {
     tracing::subscriber::set_global_default(subscriber).unwrap();
     let world = World::new(8);
     let scratch = world.root.clone();
+    let metadata_file = scratch.join("items.jsonl");
+    std::fs::write(&metadata_file, "").unwrap();
+    let cli_env = world.env.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
         let discord = FakeDiscord::start().await;
@@ -82,6 +99,7 @@ fn the_bot_answers_through_a_fake_discord() {
             ("LOOKALIKE__DISCORD__GUILD_ID", "900000000000000002"),
             ("LOOKALIKE__DISCORD__USER_COOLDOWN_S", "0"),
             ("LOOKALIKE__LIMITS__MAX_IMAGE_MB", "1"),
+            ("LOOKALIKE__CATALOGUE__METADATA", metadata_file.to_str().unwrap()),
         ]);
         let (start, config_for_feedback) = (config.clone(), config.clone());
         let service = Arc::new(tokio::task::spawn_blocking(move || lookalike::search::SearchService::start(&start)).await.unwrap().unwrap());
@@ -93,7 +111,7 @@ fn the_bot_answers_through_a_fake_discord() {
         // Start-up: the gateway handshake, then the commands registered in the guild.
         let registered = discord.wait_for(WAIT, |r| r.method == "PUT" && r.path.contains("/guilds/900000000000000002/commands")).await;
         let names: Vec<&str> = registered.body.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["search", "catalogue", "help", "reindex", "Find similar"]);
+        assert_eq!(names, ["search", "catalogue", "catalogue-add", "catalogue-remove", "help", "reindex", "Find similar"]);
         eprintln!("scenario: READY and command registration: ok ({} identify)", discord.identified());
 
         // 1. /search with a photo: deferred at once, then the hits.
@@ -247,7 +265,18 @@ fn the_bot_answers_through_a_fake_discord() {
         let (corrections, _) = feedback.list().unwrap();
         let labels = feedback.labels(&corrections);
         assert_eq!((corrections.len(), corrections[1].moderator, labels.len(), labels[0].trust.clone()), (2, true, 1, lookalike::feedback::Trust::Moderator));
-        eprintln!("scenario, corrections recorded: a shopper's pick waits, a moderator's is trusted: ok");
+        assert_eq!(corrections[1].searched, ["warm"], "what the bot decided, not the category the earlier pick searched");
+        let token = format!("token-pick-{}", discord.next_id());
+        let bot_message = message(discord.next_id(), user(BOT_USER, "lookalike", true), "", vec![], vec![]);
+        discord.dispatch("INTERACTION_CREATE", select_interaction(discord.next_id(), &token, menu_id, &["cool"], bot_message, member(SHOPPER + 2, 0, &[])));
+        discord.wait_for(WAIT, is_reply_to(&token)).await;
+        // `lookalike feedback list`, as an operator runs it: three corrections of the photo, trusted.
+        let listed = std::process::Command::new(env!("CARGO_BIN_EXE_lookalike")).args(["feedback", "list"]).envs(cli_env.iter().cloned()).output().unwrap();
+        let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+        assert!(listed.contains("3 corrections of 1 photos") && listed.contains("trusted: a moderator picked it") && listed.contains("cool"), "{listed}");
+        eprintln!("scenario, corrections recorded: a shopper's pick waits, a moderator's is trusted; feedback list:\n{listed}");
+
+        catalogue_edits(&discord).await;
 
         // "Find similar" on a message with a photo, /catalogue and /help.
         let target_id = discord.next_id();
@@ -282,4 +311,74 @@ fn the_bot_answers_through_a_fake_discord() {
 
         assert!(discord.unrouted().is_empty(), "calls the fake does not know: {:?}", discord.unrouted());
     });
+}
+
+/// `/catalogue-add` and `/catalogue-remove`: a shopper is refused; a moderator's new item is
+/// found first by a search with its photo, is offered by autocomplete, and is gone once removed;
+/// `/catalogue` lists the edits.
+async fn catalogue_edits(discord: &FakeDiscord) {
+    let photo = png(&picture("warm", 77));
+    let add_options = |attachment_id: u64| {
+        json!([
+            { "name": "image", "type": 11, "value": attachment_id.to_string() },
+            { "name": "category", "type": 3, "value": "warm" },
+            { "name": "title", "type": 3, "value": "Warm blob lamp" },
+            { "name": "price", "type": 3, "value": "12.50" },
+        ])
+    };
+    let url = discord.host("new-item.png", photo.clone(), 0);
+    let attachment_id = discord.next_id();
+    let resolved = json!({ "attachments": { attachment_id.to_string(): attachment(attachment_id, "new-item.png", photo.len(), "image/png", &url) } });
+
+    let token = catalogue_command(discord, "catalogue-add", add_options(attachment_id), resolved.clone(), member(SHOPPER, 0, &[]));
+    let refusal = discord.wait_for(WAIT, callback_of(&token)).await;
+    assert!(refusal.body["data"]["content"].as_str().unwrap().contains("Only moderators") && refusal.body["data"]["flags"] == 64, "{}", refusal.body);
+    assert_eq!(discord.served("new-item.png"), None, "a refused add downloads nothing");
+
+    let moderator = || member(SHOPPER + 1, MANAGE_GUILD, &[]);
+    let token = catalogue_command(discord, "catalogue-add", add_options(attachment_id), resolved.clone(), moderator());
+    let added = discord.wait_for(WAIT, answer_starting(&token, "Added")).await;
+    let content = added.body["content"].as_str().unwrap().to_string();
+    assert!(content.contains("to **warm**; a search with this photo now finds it first"), "{}", added.body);
+    let hit = &embeds(&added)[0];
+    assert_eq!(hit["title"], "1. Warm blob lamp", "{}", added.body);
+    assert!(hit["fields"].as_array().unwrap().iter().any(|f| f["name"] == "Price" && f["value"] == "12.50"), "{hit}");
+    assert_eq!(added.files.len(), 1, "the item's picture is attached");
+    let id = content.split("**").nth(1).unwrap().replace('\\', "");
+    assert!(id.starts_with("warm/") && id.ends_with(".png"), "{id}");
+
+    let token = slash_search(discord, "again.png", photo.clone(), "image/png", None, None);
+    let found = discord.wait_for(WAIT, is_reply_to(&token)).await;
+    assert_eq!(embeds(&found)[1]["title"], "1. Warm blob lamp", "a search with the photo finds the new item first: {}", found.body);
+    let token = catalogue_command(discord, "catalogue-add", add_options(attachment_id), resolved, moderator());
+    let twice = discord.wait_for(WAIT, answer_starting(&token, "Not added")).await;
+    assert!(twice.body["content"].as_str().unwrap().contains("already in the catalogue"), "{}", twice.body);
+    eprintln!("scenario, /catalogue-add: shopper refused; moderator added {id}, found first by its photo; a second add refused: ok");
+
+    let token = format!("token-complete-{}", discord.next_id());
+    let typing = json!([{ "name": "item", "type": 3, "value": "blob", "focused": true }]);
+    discord.dispatch("INTERACTION_CREATE", autocomplete_interaction(discord.next_id(), &token, "catalogue-remove", typing, moderator()));
+    let offered = discord.wait_for(WAIT, callback_of(&token)).await;
+    assert_eq!(offered.body["type"], 8, "autocomplete result");
+    assert_eq!(offered.body["data"]["choices"], json!([{ "name": format!("Warm blob lamp ({id})"), "value": id }]), "{}", offered.body);
+
+    let remove = |item: &str| json!([{ "name": "item", "type": 3, "value": item }]);
+    let token = catalogue_command(discord, "catalogue-remove", remove(&id), json!({}), member(SHOPPER, 0, &[]));
+    assert!(discord.wait_for(WAIT, callback_of(&token)).await.body["data"]["content"].as_str().unwrap().contains("Only moderators"));
+    let token = catalogue_command(discord, "catalogue-remove", remove(&id), json!({}), moderator());
+    let removed = discord.wait_for(WAIT, answer_starting(&token, "Removed")).await;
+    assert!(removed.body["content"].as_str().unwrap().contains("index generation"), "{}", removed.body);
+    let token = slash_search(discord, "gone.png", photo, "image/png", None, None);
+    let after = discord.wait_for(WAIT, is_reply_to(&token)).await;
+    assert!(embeds(&after)[1..].iter().all(|e| e["title"] != "1. Warm blob lamp" && !e["title"].as_str().unwrap().contains(&id)), "{}", after.body);
+    let token = catalogue_command(discord, "catalogue-remove", remove(&id), json!({}), moderator());
+    let missing = discord.wait_for(WAIT, answer_starting(&token, "Not removed")).await;
+    assert!(missing.body["content"].as_str().unwrap().contains("no catalogue item"), "{}", missing.body);
+
+    let token = catalogue_command(discord, "catalogue", json!([]), json!({}), member(SHOPPER, 0, &[]));
+    let show = discord.wait_for(WAIT, callback_of(&token)).await;
+    let text = show.body["data"]["content"].as_str().unwrap();
+    let edits = text.split("**Last edits**").nth(1).unwrap_or_else(|| panic!("{text}"));
+    assert!(edits.contains(&format!("<@{}>: added {}", SHOPPER + 1, id)) && edits.contains("removed") && edits.contains("corrected photo"), "{text}");
+    eprintln!("scenario, /catalogue-remove (autocompleted) by a moderator: no longer found; /catalogue:\n{text}");
 }

@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lookalike::catalogue::MetadataTable;
 use lookalike::config::Metric;
 use lookalike::index::embedded::Embedded;
 use lookalike::index::postgres::{Postgres, Settings};
@@ -137,8 +136,8 @@ fn reindex(backend: &dyn Backend, catalogue: &Path) -> Result<lookalike::index::
 }
 
 fn reindex_slowly(backend: &dyn Backend, catalogue: &Path, pause: Duration) -> Result<lookalike::index::ReindexSummary, ReindexError> {
-    let (metadata, key) = (MetadataTable::default(), key());
-    let job = ReindexJob { catalogue, metadata: &metadata, key: &key, chunk: 64, max_image_bytes: 1 << 20 };
+    let key = key();
+    let job = ReindexJob { catalogue, metadata: std::path::Path::new(""), key: &key, chunk: 64, max_image_bytes: 1 << 20, edit: None };
     let mut embed = |paths: &[PathBuf]| {
         std::thread::sleep(pause);
         fake_embed(paths)

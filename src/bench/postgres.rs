@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{machine, millis, percentile};
-use crate::catalogue::MetadataTable;
 use crate::config::{Config, Metric};
 use crate::index::embedded::Embedded;
 use crate::index::postgres::{Postgres, Settings};
@@ -67,9 +66,8 @@ fn embed(paths: &[PathBuf]) -> Vec<Result<Vec<f32>, String>> {
 
 /// Re-indexes `catalogue` into `backend`; the seconds spent outside the (synthetic) embedder.
 fn ingest(backend: &dyn Backend, catalogue: &Path) -> anyhow::Result<f64> {
-    let (metadata, key) =
-        (MetadataTable::default(), EmbeddingKey { profile: "bench".into(), backbones: vec![], source: "clustered".into(), pooling: String::new(), weights_sha256: String::new(), dim: DIM });
-    let job = ReindexJob { catalogue, metadata: &metadata, key: &key, chunk: 4096, max_image_bytes: 1 << 20 };
+    let key = EmbeddingKey { profile: "bench".into(), backbones: vec![], source: "clustered".into(), pooling: String::new(), weights_sha256: String::new(), dim: DIM };
+    let job = ReindexJob { catalogue, metadata: Path::new(""), key: &key, chunk: 4096, max_image_bytes: 1 << 20, edit: None };
     let mut embedding = 0.0;
     let started = Instant::now();
     backend.reindex(&job, &mut embed, &mut |p| embedding = p.elapsed_s)?;

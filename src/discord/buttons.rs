@@ -38,10 +38,16 @@ pub(super) async fn button(bot: &Bot, ctx: &Context, component: &ComponentIntera
 async fn record_correction(bot: &Bot, component: &ComponentInteraction, stored: &StoredQuery, picked: &[String]) {
     let Some(picked) = picked.first().cloned() else { return };
     let moderator = reindex::is_moderator(component.member.as_ref(), bot.config.discord.moderator_role_id);
-    let (feedback, image, searched, user) = (bot.feedback.clone(), stored.image.clone(), stored.categories.clone(), component.user.id.get());
+    let (feedback, image, searched, user) = (bot.feedback.clone(), stored.image.clone(), stored.decided.clone(), component.user.id.get());
     let recorded = tokio::task::spawn_blocking(move || feedback.record(&image, &searched, &picked, user, moderator)).await;
     match recorded {
-        Ok(Ok(correction)) => tracing::info!(picked = %correction.picked, searched = ?correction.searched, moderator, "correction recorded"),
+        Ok(Ok(correction)) => {
+            tracing::info!(picked = %correction.picked, searched = ?correction.searched, moderator, "correction recorded");
+            let who = crate::audit::Who::Discord { user, name: component.user.name.clone() };
+            let action = crate::audit::Action::Corrected { image: correction.image, searched: correction.searched, picked: correction.picked, moderator };
+            let service = bot.service.clone();
+            let _ = tokio::task::spawn_blocking(move || service.log(who, action)).await;
+        }
         Ok(Err(err)) => tracing::warn!(cause = %format!("{err:#}"), "cannot record a correction"),
         Err(err) => tracing::warn!(cause = %err, "recording a correction failed"),
     }

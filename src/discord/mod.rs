@@ -3,7 +3,7 @@
 //!
 //! Ways to ask: `/search image:<attachment> [text] [k]`; mentioning the bot (or replying to it)
 //! with a photo and a sentence; the "Find similar" message menu; `/catalogue`, `/help`; and for
-//! moderators `/reindex`. Every handler runs in its own task: a panic fails that request only.
+//! moderators `/reindex`, `/catalogue-add` and `/catalogue-remove`. Every handler runs in its own task: a panic fails that request only.
 
 mod attachment;
 mod buttons;
@@ -80,7 +80,10 @@ pub async fn client(config: Config, service: Arc<SearchService>, token: &str) ->
 
 /// Every command, each registered beside its handler.
 fn commands() -> Vec<CreateCommand> {
-    vec![search::register(), catalogue::register(), help::register(), reindex::register(), search::register_find_similar()]
+    let mut commands = vec![search::register()];
+    commands.extend(catalogue::register());
+    commands.extend([help::register(), reindex::register(), search::register_find_similar()]);
+    commands
 }
 
 struct Handler {
@@ -109,11 +112,13 @@ impl EventHandler for Handler {
                     (CommandType::ChatInput, "search") => search::slash_search(&bot, &ctx, &command).await,
                     (CommandType::Message, _) => search::find_similar(&bot, &ctx, &command).await,
                     (_, "catalogue") => respond(&ctx, &command, catalogue::catalogue_text(&bot).await, false).await,
+                    (_, "catalogue-add" | "catalogue-remove") => catalogue::edit(&bot, &ctx, &command).await,
                     (_, "help") => respond(&ctx, &command, help::HELP.to_string(), true).await,
                     (_, "reindex") => reindex::reindex(&bot, &ctx, &command).await,
                     (_, other) => tracing::warn!(command = other, "unknown command"),
                 },
                 Interaction::Component(component) => buttons::button(&bot, &ctx, &component).await,
+                Interaction::Autocomplete(command) => catalogue::autocomplete(&bot, &ctx, &command).await,
                 _ => {}
             }
         })
@@ -202,7 +207,7 @@ impl Bot {
                 return Err(err.to_string());
             }
         };
-        let stored = StoredQuery { image: Arc::new(image), text, k, page: 0, categories: Vec::new(), created: Instant::now() };
+        let stored = StoredQuery { image: Arc::new(image), text, k, page: 0, categories: Vec::new(), decided: Vec::new(), created: Instant::now() };
         self.answer(stored, key, asker).await
     }
 
@@ -247,7 +252,8 @@ impl Bot {
         let outcome = self.service.search(query).await?;
         let reply = reply::render(&outcome, stored.text.as_deref(), key).await;
         // "More" continues in the categories this search decided on.
-        self.remember(key, StoredQuery { categories: outcome.decision.categories.clone(), ..stored });
+        let decided = if stored.categories.is_empty() { outcome.decision.categories.clone() } else { stored.decided.clone() };
+        self.remember(key, StoredQuery { categories: outcome.decision.categories.clone(), decided, ..stored });
         Ok((reply, outcome))
     }
 }
@@ -288,7 +294,12 @@ mod tests {
     fn commands_register_with_discords_shapes() {
         let json = serde_json::to_value(commands()).unwrap();
         assert_eq!(json[0]["options"][0]["type"], 11, "attachment option");
-        assert_eq!(json[3]["default_member_permissions"], "32", "Manage Server");
-        assert_eq!(json[4]["type"], 3, "message context menu");
+        let names: Vec<&str> = json.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["search", "catalogue", "catalogue-add", "catalogue-remove", "help", "reindex", "Find similar"]);
+        for moderators_only in [2, 3, 5] {
+            assert_eq!(json[moderators_only]["default_member_permissions"], "32", "Manage Server: {}", names[moderators_only]);
+        }
+        assert_eq!(json[2]["options"][1]["autocomplete"], true, "category");
+        assert_eq!(json[6]["type"], 3, "message context menu");
     }
 }

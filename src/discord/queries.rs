@@ -22,6 +22,8 @@ pub struct StoredQuery {
     pub k: usize,
     pub page: usize,
     pub categories: Vec<String>,
+    /// The categories the bot's own decision searched first (what a correction corrects).
+    pub decided: Vec<String>,
     pub created: Instant,
 }
 
@@ -72,7 +74,7 @@ mod tests {
     use super::*;
 
     fn query(bytes: usize, created: Instant) -> StoredQuery {
-        StoredQuery { image: Arc::new(vec![0; bytes]), text: None, k: 5, page: 0, categories: Vec::new(), created }
+        StoredQuery { image: Arc::new(vec![0; bytes]), text: None, k: 5, page: 0, categories: Vec::new(), decided: Vec::new(), created }
     }
 
     #[test]

@@ -33,8 +33,9 @@ pub(super) async fn reindex(bot: &Bot, ctx: &Context, command: &CommandInteracti
     }
     let (events, mut progress) = tokio::sync::mpsc::unbounded_channel::<Progress>();
     let service = bot.service.clone();
+    let who = crate::audit::Who::Discord { user: command.user.id.get(), name: command.user.name.clone() };
     let job = tokio::task::spawn_blocking(move || {
-        service.reindex(&mut |p| {
+        service.reindex_by(who, &mut |p| {
             let _ = events.send(*p);
         })
     });

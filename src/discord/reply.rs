@@ -8,6 +8,7 @@ use serenity::all::{
     ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateAttachment, CreateButton, CreateEmbed, CreateEmbedFooter, CreateSelectMenu, CreateSelectMenuKind, CreateSelectMenuOption,
 };
 
+use crate::index::Hit;
 use crate::search::SearchOutcome;
 
 /// Discord allows ten embeds per message: one summary and up to nine hits.
@@ -80,35 +81,9 @@ pub async fn render(outcome: &SearchOutcome, said: Option<&str>, key: u64) -> Re
     let mut embeds = vec![summary];
     let mut files = Vec::new();
     for (rank, hit) in outcome.hits.iter().take(MAX_HITS).enumerate() {
-        let number = outcome.page * outcome.k + rank + 1;
-        let metadata = &hit.item.metadata;
-        let title = metadata.title.clone().unwrap_or_else(|| hit.item.id.clone());
-        let mut embed = CreateEmbed::new().colour(BRAND).title(cut(&format!("{number}. {title}"), 256)).field("Similarity", format!("{:.1} %", 100.0 * hit.cosine.max(0.0)), true).field(
-            "Category",
-            hit.item.category.clone(),
-            true,
-        );
-        if let Some(price) = &metadata.price {
-            embed = embed.field("Price", cut(price, 1024), true);
-        }
-        if let Some(link) = metadata.link.as_ref().filter(|l| l.starts_with("https://") || l.starts_with("http://")) {
-            embed = embed.url(link);
-        }
-        match &metadata.image_url {
-            Some(url) => embed = embed.image(url),
-            None => {
-                let extension = hit.item.path.extension().and_then(|e| e.to_str()).unwrap_or("png");
-                let name = format!("hit-{number}.{extension}");
-                match tokio::fs::read(&hit.item.path).await {
-                    Ok(bytes) => {
-                        files.push(CreateAttachment::bytes(bytes, name.clone()));
-                        embed = embed.image(format!("attachment://{name}"));
-                    }
-                    Err(err) => tracing::warn!(path = %hit.item.path.display(), cause = %err, "catalogue image unreadable; sent without its picture"),
-                }
-            }
-        }
+        let (embed, file) = hit_embed(outcome.page * outcome.k + rank + 1, hit).await;
         embeds.push(embed);
+        files.extend(file);
     }
     if outcome.hits.is_empty() {
         embeds[0] = embeds[0].clone().field("No hits", "Nothing in these categories is similar enough. Try another photo or name the category.", false);
@@ -118,6 +93,36 @@ pub async fn render(outcome: &SearchOutcome, said: Option<&str>, key: u64) -> Re
         CreateButton::new(format!("wrong:{key}")).label("Wrong category?").style(ButtonStyle::Secondary),
     ];
     Reply { embeds, files, components: vec![CreateActionRow::Buttons(buttons)] }
+}
+
+/// Hit number `number` as an embed: title, similarity, category, price, link, and its picture
+/// (linked when the catalogue has URLs, else attached: the attachment is returned).
+pub async fn hit_embed(number: usize, hit: &Hit) -> (CreateEmbed, Option<CreateAttachment>) {
+    let metadata = &hit.item.metadata;
+    let title = metadata.title.clone().unwrap_or_else(|| hit.item.id.clone());
+    let mut embed = CreateEmbed::new().colour(BRAND).title(cut(&format!("{number}. {title}"), 256)).field("Similarity", format!("{:.1} %", 100.0 * hit.cosine.max(0.0)), true).field(
+        "Category",
+        hit.item.category.clone(),
+        true,
+    );
+    if let Some(price) = &metadata.price {
+        embed = embed.field("Price", cut(price, 1024), true);
+    }
+    if let Some(link) = metadata.link.as_ref().filter(|l| l.starts_with("https://") || l.starts_with("http://")) {
+        embed = embed.url(link);
+    }
+    if let Some(url) = &metadata.image_url {
+        return (embed.image(url), None);
+    }
+    let extension = hit.item.path.extension().and_then(|e| e.to_str()).unwrap_or("png");
+    let name = format!("hit-{number}.{extension}");
+    match tokio::fs::read(&hit.item.path).await {
+        Ok(bytes) => (embed.image(format!("attachment://{name}")), Some(CreateAttachment::bytes(bytes, name))),
+        Err(err) => {
+            tracing::warn!(path = %hit.item.path.display(), cause = %err, "catalogue image unreadable; sent without its picture");
+            (embed, None)
+        }
+    }
 }
 
 /// The select menu "Wrong category?" answers with: every category but those searched.

@@ -68,6 +68,8 @@ pub struct ReindexSummary {
     pub failed: Vec<Failure>,
     pub not_images: Vec<PathBuf>,
     pub seconds: f64,
+    /// New heads were loaded from the heads folder before this re-index (the service sets it).
+    pub new_heads: bool,
 }
 
 /// What `lookalike index` (and the bot's /reindex) reports at the end.
@@ -77,6 +79,9 @@ pub fn render_summary(summary: &ReindexSummary, audience: Audience) -> String {
         Audience::Chat => format!("index generation {} written in {:.1} s\n", summary.generation, summary.seconds),
     };
     out.push_str(&format!("  {} files, {} vectors ({} duplicate files stored once)\n", summary.files, summary.vectors, summary.duplicates));
+    if summary.new_heads {
+        out.push_str("  new heads loaded from the heads folder and swapped in\n");
+    }
     out.push_str(&format!("  added {}, changed {}, removed {}, unchanged {}; {} images embedded\n", summary.added, summary.changed, summary.removed, summary.unchanged, summary.embedded));
     if !summary.failed.is_empty() {
         out.push_str(&format!("  {} files could not be indexed:\n", summary.failed.len()));
@@ -108,12 +113,16 @@ pub enum Audience {
 /// The catalogue to index and what the embedder produces.
 pub struct ReindexJob<'a> {
     pub catalogue: &'a std::path::Path,
-    pub metadata: &'a MetadataTable,
+    /// The metadata file (`catalogue.metadata`; empty for none), read after `edit`.
+    pub metadata: &'a std::path::Path,
     pub key: &'a EmbeddingKey,
     /// Images per call of the embedder.
     pub chunk: usize,
     /// Larger files are refused from their size, never read (`limits.max_image_mb`).
     pub max_image_bytes: u64,
+    /// A catalogue edit made under the re-index lock, before the catalogue is read: no other
+    /// re-index, in this process or another, sees it half-made.
+    pub edit: Option<&'a (dyn Fn() -> anyhow::Result<()> + 'a)>,
 }
 
 /// Embeds images by path, one result per path (a reason when the image is unusable).
@@ -156,6 +165,10 @@ impl Plan {
 /// dropped. The caller holds its backend's re-index lock.
 pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> anyhow::Result<Plan> {
     let started = Instant::now();
+    if let Some(edit) = job.edit {
+        edit()?;
+    }
+    let metadata = MetadataTable::load(job.metadata)?;
     let scan = catalogue::scan(job.catalogue)?;
     let reusable = previous.as_ref().is_some_and(|p| p.key == job.key);
     if let (Some(previous), false) = (&previous, reusable) {
@@ -247,7 +260,7 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
             modified_ns: first.modified_ns,
             duplicates: entries[1..].iter().map(|e| e.id.clone()).collect(),
             // The metadata file may name any of the identical files.
-            metadata: entries.iter().map(|e| job.metadata.get(&e.id)).find(|m| !m.is_empty()).unwrap_or_default(),
+            metadata: entries.iter().map(|e| metadata.get(&e.id)).find(|m| !m.is_empty()).unwrap_or_default(),
         };
         rows.push((item, vector));
     }
@@ -265,6 +278,7 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
         failed: failed.clone(),
         not_images: scan.not_images,
         seconds: 0.0,
+        new_heads: false,
     };
     Ok(Plan { rows, catalogue: scan.root, failed, summary, started })
 }
@@ -310,9 +324,10 @@ mod tests {
             failed: vec![Failure { id: "bag/b.png".into(), reason: "the file is empty".into() }],
             not_images: vec![PathBuf::from("/srv/shop/catalogue/bag/notes.txt")],
             seconds: 1.5,
+            new_heads: true,
         };
         let chat = render_summary(&summary, Audience::Chat);
-        assert!(!chat.contains("/srv"), "{chat}");
+        assert!(!chat.contains("/srv") && chat.contains("new heads loaded"), "{chat}");
         assert!(chat.contains("generation 4") && chat.contains("bag/b.png: the file is empty") && chat.contains("bag/notes.txt"), "{chat}");
         assert!(render_summary(&summary, Audience::Operator).contains("/srv/shop/index/gen-4"), "operators see where it went");
     }

@@ -353,11 +353,19 @@ pub enum Invocation {
 /// An INTERACTION_CREATE for an application command.
 pub fn command_interaction(id: u64, token: &str, name: &str, invocation: Invocation, resolved: Value, member: Value) -> Value {
     let data = match invocation {
+        // Discord leaves `options` out when none were given.
+        Invocation::Slash(options) if options == json!([]) => json!({ "id": "910000000000000999", "name": name, "type": 1, "resolved": resolved }),
         Invocation::Slash(options) => json!({ "id": "910000000000000999", "name": name, "type": 1, "resolved": resolved, "options": options }),
         // Message commands carry a target and no options.
         Invocation::MessageMenu(target) => json!({ "id": "910000000000000999", "name": name, "type": 3, "resolved": resolved, "target_id": target.to_string() }),
     };
     interaction(id, token, 2, data, member)
+}
+
+/// An INTERACTION_CREATE asking for autocomplete choices while a user types: `options` as
+/// Discord sends them, the option being typed marked `"focused": true`.
+pub fn autocomplete_interaction(id: u64, token: &str, name: &str, options: Value, member: Value) -> Value {
+    interaction(id, token, 4, json!({ "id": "910000000000000999", "name": name, "type": 1, "options": options }), member)
 }
 
 fn interaction(id: u64, token: &str, kind: u8, data: Value, member: Value) -> Value {

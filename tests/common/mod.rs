@@ -119,6 +119,7 @@ impl World {
             ("LOOKALIKE__INDEX__DIR".to_string(), path(&index)),
             ("LOOKALIKE__TEXT__VOCABULARY".to_string(), path(&root.join("categories.toml"))),
             ("LOOKALIKE__FEEDBACK__DIR".to_string(), path(&root.join("feedback"))),
+            ("LOOKALIKE__CATALOGUE__AUDIT_LOG".to_string(), path(&root.join("audit.jsonl"))),
         ];
         World { _scratch: scratch, root, catalogue, index, env }
     }

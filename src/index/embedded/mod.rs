@@ -303,7 +303,7 @@ impl Backend for Embedded {
 mod tests {
     use super::store::{CODES, LOCK, MANIFEST, VECTORS};
     use super::*;
-    use crate::catalogue::{Metadata, MetadataTable};
+    use crate::catalogue::Metadata;
     use crate::config::Metric;
     use crate::index::EMBED_CHUNK;
 
@@ -564,8 +564,8 @@ mod tests {
         write_files(&catalogue, &[("bag/a.png", b"\x00a")]);
         // Sparse: 4 GiB on paper, nothing on disk; hashing it would read all of it.
         std::fs::File::create(catalogue.join("bag/huge.png")).unwrap().set_len(4 << 30).unwrap();
-        let (metadata, key) = (MetadataTable::default(), key(4));
-        let job = ReindexJob { catalogue: &catalogue, metadata: &metadata, key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20 };
+        let key = key(4);
+        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None };
         let mut calls = Vec::new();
         let summary = Embedded::open(&index_dir).reindex(&job, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
         assert_eq!(summary.vectors, 1);
@@ -578,9 +578,8 @@ mod tests {
         let scratch = tempfile::tempdir().unwrap();
         let (catalogue, index_dir) = (scratch.path().join("shop"), scratch.path().join("index"));
         write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("bag/a-copy.png", b"\x00a"), ("coat/c.png", b"\x02c"), ("coat/broken.png", b"bad"), ("coat/notes.txt", b"x")]);
-        let metadata = MetadataTable::default();
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: &metadata, key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20 };
+        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None };
         let backend = Embedded::open(&index_dir);
         let served = |backend: &Embedded| backend.current().unwrap().unwrap().matrix.clone().unwrap();
         let mut calls = Vec::new();

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,7 +19,7 @@ use image::RgbImage;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::catalogue::MetadataTable;
+use crate::audit::AuditLog;
 use crate::config::{Config, EmbeddingSource};
 use crate::decide::{decide, Decision, Gating, ImageVote};
 use crate::files::heads;
@@ -30,10 +30,27 @@ use crate::vision;
 use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, GPU_BATCH_SIZES};
 use crate::worker::ModelWorker;
 
+mod upkeep;
+pub use upkeep::{reindex_with_bar, with_bar, Edit};
+
 /// Everything the model thread owns; nothing outside this module reaches it.
 struct Models {
-    ensemble: Ensemble,
+    /// The ensembles loaded, each with the embedding key its vectors match. Usually one; while
+    /// a re-index embeds the catalogue for new heads, the new ones too (see [`upkeep`]).
+    ensembles: Vec<(EmbeddingKey, Ensemble)>,
     intent: IntentReader,
+}
+
+impl Models {
+    /// The ensemble queries are answered with (the newest, once a swap is done).
+    fn current(&self) -> &Ensemble {
+        &self.ensembles[0].1
+    }
+
+    /// The ensemble whose vectors match `key`, or why there is none.
+    fn matching(&self, key: &EmbeddingKey) -> Result<&Ensemble, String> {
+        self.ensembles.iter().find(|(k, _)| k == key).map(|(_, e)| e).ok_or_else(|| "the heads were replaced during this search: search again".to_string())
+    }
 }
 
 /// The parts of the config a running service reads: how to search and index, where the
@@ -147,6 +164,8 @@ struct Pending {
     image: RgbImage,
     text: Option<String>,
     queued: Instant,
+    /// The key of the generation the query searches: its image goes through the ensemble that matches it.
+    key: EmbeddingKey,
     answer: tokio::sync::oneshot::Sender<Result<Understood, SearchError>>,
 }
 
@@ -154,7 +173,9 @@ pub struct SearchService {
     worker: ModelWorker<Models>,
     /// Where the catalogue's vectors are.
     backend: Arc<dyn Backend>,
-    key: EmbeddingKey,
+    /// The keys of the ensembles on the model thread, the current one first: a generation is
+    /// searched when its key is one of them.
+    keys: RwLock<Vec<EmbeddingKey>>,
     source: EmbeddingSource,
     settings: Settings,
     permits: Arc<tokio::sync::Semaphore>,
@@ -163,26 +184,41 @@ pub struct SearchService {
     last_total_ms: AtomicU64,
     /// Images per re-index job: the models' forward batch on their device.
     reindex_chunk: usize,
+    /// Where new heads come from at a re-index; none for ensembles built in code (the bench).
+    heads: Option<upkeep::HeadsSource>,
+    audit: AuditLog,
+    /// One re-index, edit or swap at a time in this process (the backends lock across processes).
+    upkeep: Mutex<()>,
 }
 
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// sha256 over the weights the vectors depend on beyond the published backbones: fine-tuned
-/// backbone layers, and for embeddings with a head part the heads.
-fn weights_fingerprint(heads_dir: &Path, backbones: &[String], source: EmbeddingSource) -> anyhow::Result<String> {
+/// What the vectors of `config`'s models, with the heads now in `models.heads_dir`, mean: the
+/// sha256 covers the weights they depend on beyond the published backbones (fine-tuned backbone
+/// layers, and for embeddings with a head part the heads).
+fn embedding_key(config: &Config) -> anyhow::Result<EmbeddingKey> {
+    let source = config.index.embedding;
+    let backbones: Vec<String> = vision::backbones(config.models.profile).iter().map(|s| s.id.to_string()).collect();
     let mut hasher = Sha256::new();
-    for backbone in backbones {
-        let mut files = vec![heads::tuned_backbone_path(heads_dir, backbone)];
+    for backbone in &backbones {
+        let mut files = vec![heads::tuned_backbone_path(&config.models.heads_dir, backbone)];
         if source != EmbeddingSource::Pooled {
-            files.push(heads::head_path(heads_dir, backbone));
+            files.push(heads::head_path(&config.models.heads_dir, backbone));
         }
         for file in files.into_iter().filter(|f| f.exists()) {
             hasher.update(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
         }
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(EmbeddingKey {
+        profile: config.models.profile.to_string(),
+        weights_sha256: hex::encode(hasher.finalize()),
+        backbones,
+        source: source.as_str().to_string(),
+        pooling: if source == EmbeddingSource::Head { String::new() } else { format!("gem{}", vision::ensemble::GEM_P) },
+        dim: vision::ensemble::embedding_dim(source, config.models.profile),
+    })
 }
 
 impl SearchService {
@@ -190,63 +226,56 @@ impl SearchService {
     /// generation. A missing, damaged or outdated index is not fatal: searches say what to do
     /// and a re-index fixes it.
     pub fn start(config: &Config) -> anyhow::Result<SearchService> {
-        let heads = HeadsInfo::load(&config.models.heads_dir)?;
-        anyhow::ensure!(
-            heads.profile == config.models.profile,
-            "the heads in {} were trained for the {} profile, the config runs {}: train again or change models.profile",
-            config.models.heads_dir.display(),
-            heads.profile,
-            config.models.profile
-        );
-        let (profile, models_dir, heads_dir, models) = (config.models.profile, config.models.dir.clone(), config.models.heads_dir.clone(), config.models.clone());
-        SearchService::with_ensemble(config, move || Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::placement(&models)?))
+        let heads = upkeep::HeadsSource::new(config)?;
+        SearchService::build(config, heads.loader(), Some(heads))
     }
 
     /// As [`start`](Self::start), with the ensemble built by `ensemble` on the model thread (the
-    /// benchmarks use random heads and weights).
+    /// benchmarks use random heads and weights); a re-index never swaps it.
     pub fn with_ensemble(config: &Config, ensemble: impl FnOnce() -> anyhow::Result<Ensemble> + Send + 'static) -> anyhow::Result<SearchService> {
-        let specs = vision::backbones(config.models.profile);
+        SearchService::build(config, ensemble, None)
+    }
+
+    fn build(config: &Config, ensemble: impl FnOnce() -> anyhow::Result<Ensemble> + Send + 'static, heads: Option<upkeep::HeadsSource>) -> anyhow::Result<SearchService> {
         let source = config.index.embedding;
-        let dim = vision::ensemble::embedding_dim(source, config.models.profile);
-        let backbones: Vec<String> = specs.iter().map(|s| s.id.to_string()).collect();
-        let key = EmbeddingKey {
-            profile: config.models.profile.to_string(),
-            weights_sha256: weights_fingerprint(&config.models.heads_dir, &backbones, source)?,
-            backbones,
-            source: source.as_str().to_string(),
-            pooling: if source == EmbeddingSource::Head { String::new() } else { format!("gem{}", vision::ensemble::GEM_P) },
-            dim,
-        };
+        let key = embedding_key(config)?;
         let vocabulary = Vocabulary::load(&config.text.vocabulary)?;
         let text = config.text.clone();
         let paths = TextModelPaths::new(&config.models.dir, &config.text);
+        let loaded = key.clone();
         let worker = ModelWorker::spawn(move || {
             let ensemble = ensemble()?;
             let intent = IntentReader::load(vocabulary, &text, &text.methods, &paths)?;
-            Ok(Models { ensemble, intent })
+            Ok(Models { ensembles: vec![(loaded, ensemble)], intent })
         })?;
-        let reindex_chunk = worker.run_blocking(|models: &mut Models| models.ensemble.backbones.first().map_or(index::EMBED_CHUNK, |b| forward_batch(b.device).max(index::EMBED_CHUNK)))?;
+        let reindex_chunk = worker.run_blocking(|models: &mut Models| models.current().backbones.first().map_or(index::EMBED_CHUNK, |b| forward_batch(b.device).max(index::EMBED_CHUNK)))?;
         let backend = index::open(&config.index)?;
-        if let Err(problem) = served(backend.as_ref(), &key) {
+        if let Err(problem) = served(backend.as_ref(), std::slice::from_ref(&key)) {
             tracing::warn!("{problem}");
         }
         Ok(SearchService {
             worker,
             backend,
-            key,
+            keys: RwLock::new(vec![key]),
             source,
             permits: Arc::new(tokio::sync::Semaphore::new(config.search.max_concurrent_queries.max(1))),
             settings: Settings { search: config.search.clone(), index: config.index.clone(), catalogue: config.catalogue.clone(), limits: ImageLimits::from_config(&config.limits) },
             pending: Arc::default(),
             last_total_ms: AtomicU64::new(1000),
             reindex_chunk,
+            heads,
+            audit: AuditLog::open(&config.catalogue.audit_log),
+            upkeep: Mutex::new(()),
         })
     }
 
     /// For `lookalike bench` alone: runs `probe` on the model thread with the ensemble and the
     /// sentence reader, so that it can time single stages the way a query runs them.
     pub fn bench_probe<R: Send + 'static>(&self, probe: impl FnOnce(&Ensemble, &mut IntentReader) -> R + Send + 'static) -> anyhow::Result<R> {
-        self.worker.run_blocking(move |models: &mut Models| probe(&models.ensemble, &mut models.intent))
+        self.worker.run_blocking(move |models: &mut Models| {
+            let Models { ensembles, intent } = models;
+            probe(&ensembles[0].1, intent)
+        })
     }
 
     /// What an image may cost here (`limits`).
@@ -257,7 +286,7 @@ impl SearchService {
     /// The backbones' pooled features of `images`, each as one unit vector (the GPU check
     /// compares devices by them).
     pub fn pooled_features(&self, images: Vec<RgbImage>) -> anyhow::Result<Vec<Vec<f32>>> {
-        self.worker.run_blocking(move |models: &mut Models| Ok(models.ensemble.classify(&images)?.into_iter().map(|c| c.pooled).collect()))?
+        self.worker.run_blocking(move |models: &mut Models| Ok(models.current().classify(&images)?.into_iter().map(|c| c.pooled).collect()))?
     }
 
     /// Runs every network once on a blank image, so the first query or re-index does not pay
@@ -265,9 +294,9 @@ impl SearchService {
     pub fn warm_up(&self) -> anyhow::Result<()> {
         self.worker.run_blocking(|models: &mut Models| {
             // On a GPU, every batch size it will ever run (see GPU_BATCH_SIZES).
-            let on_gpu = models.ensemble.backbones.first().is_some_and(|b| b.device.is_cuda());
+            let on_gpu = models.current().backbones.first().is_some_and(|b| b.device.is_cuda());
             for &size in if on_gpu { &GPU_BATCH_SIZES[..] } else { &[1] } {
-                models.ensemble.classify(&vec![RgbImage::new(64, 64); size])?;
+                models.current().classify(&vec![RgbImage::new(64, 64); size])?;
             }
             anyhow::Ok(())
         })?
@@ -276,18 +305,23 @@ impl SearchService {
     /// The generation searches are answered from now (a database round trip for PostgreSQL,
     /// so it runs on a blocking thread).
     pub async fn generation(&self) -> Result<Arc<Generation>, SearchError> {
-        let (backend, key) = (self.backend.clone(), self.key.clone());
-        tokio::task::spawn_blocking(move || served(backend.as_ref(), &key)).await.map_err(|e| SearchError::Models(e.to_string()))?
+        let (backend, keys) = (self.backend.clone(), self.keys.read().expect("keys lock").clone());
+        tokio::task::spawn_blocking(move || served(backend.as_ref(), &keys)).await.map_err(|e| SearchError::Models(e.to_string()))?
     }
 
     /// [`generation`](Self::generation) for callers outside async code.
     pub fn generation_blocking(&self) -> Result<Arc<Generation>, SearchError> {
-        served(self.backend.as_ref(), &self.key)
+        served(self.backend.as_ref(), &self.keys.read().expect("keys lock"))
     }
 
-    /// What the index's vectors must mean for these models.
-    pub fn embedding_key(&self) -> &EmbeddingKey {
-        &self.key
+    /// What the index's vectors must mean for the models queries are answered with.
+    pub fn embedding_key(&self) -> EmbeddingKey {
+        self.keys.read().expect("keys lock")[0].clone()
+    }
+
+    /// Where catalogue edits, corrections and swaps of heads are logged.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// Runs one query; see the module documentation for concurrency.
@@ -312,7 +346,7 @@ impl SearchService {
         let decode_ms = millis(started.elapsed());
 
         let timeout = Duration::from_millis(search.query_timeout_ms);
-        let understood = tokio::time::timeout(timeout, self.understand(image, query.text)).await.map_err(|_| SearchError::Timeout(search.query_timeout_ms))??;
+        let understood = tokio::time::timeout(timeout, self.understand(image, query.text, generation.key.clone())).await.map_err(|_| SearchError::Timeout(search.query_timeout_ms))??;
         let decision = match query.categories {
             Some(categories) => Decision::chosen(categories.clone(), format!("searching the category asked for: {}", categories.join(", "))),
             None => decide(&understood.vote, understood.intent.as_ref(), &Gating::from_config(search)),
@@ -361,48 +395,19 @@ impl SearchService {
 
     /// Queues the image for the model thread; whichever job runs first takes every queued image
     /// and classifies them as one batch.
-    async fn understand(&self, image: RgbImage, text: Option<String>) -> Result<Understood, SearchError> {
+    async fn understand(&self, image: RgbImage, text: Option<String>, key: EmbeddingKey) -> Result<Understood, SearchError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        self.pending.lock().expect("queue lock").push(Pending { image, text, queued: Instant::now(), answer });
+        self.pending.lock().expect("queue lock").push(Pending { image, text, queued: Instant::now(), key, answer });
         let (pending, source) = (self.pending.clone(), self.source);
         self.worker.submit(move |models| classify_pending(models, &pending, source)).map_err(|e| SearchError::Models(e.to_string()))?;
         answered.await.map_err(|_| SearchError::Models("the model thread failed on this query (see the log)".into()))?
     }
-
-    /// Re-indexes the catalogue (`catalogue.dir`), incrementally; blocks until done, so async
-    /// callers run it on a blocking thread. Refused while another re-index runs, here or in
-    /// another process. Queries go on meanwhile and see the new generation once it is saved.
-    pub fn reindex(&self, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
-        let metadata = MetadataTable::load(&self.settings.catalogue.metadata)?;
-        let job = ReindexJob { catalogue: &self.settings.catalogue.dir, metadata: &metadata, key: &self.key, chunk: self.reindex_chunk, max_image_bytes: self.settings.limits.max_bytes };
-        let (worker, source, limits) = (self.worker.clone(), self.source, self.settings.limits);
-        let mut embed = move |paths: &[PathBuf]| -> Vec<Result<Vec<f32>, String>> {
-            let decoded: Vec<Result<RgbImage, String>> = imaging::load_many(paths, limits).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
-            let (images, reasons): (Vec<_>, Vec<_>) = decoded
-                .into_iter()
-                .map(|d| match d {
-                    Ok(image) => (Some(image), None),
-                    Err(reason) => (None, Some(reason)),
-                })
-                .unzip();
-            let images: Vec<RgbImage> = images.into_iter().flatten().collect();
-            let embedded = worker.run_blocking(move |models: &mut Models| Ok(models.ensemble.classify(&images)?.into_iter().map(|c| c.embedding(source)).collect::<Vec<_>>())).and_then(|r| r);
-            match embedded {
-                Ok(vectors) => {
-                    let mut vectors = vectors.into_iter();
-                    reasons.into_iter().map(|reason| reason.map_or_else(|| vectors.next().ok_or_else(|| "no vector came back".to_string()), Err)).collect()
-                }
-                Err(err) => paths.iter().map(|_| Err(err.to_string())).collect(),
-            }
-        };
-        self.backend.reindex(&job, &mut embed, progress)
-    }
 }
 
 /// The backend's current generation, if its vectors mean what these models' do.
-fn served(backend: &dyn Backend, key: &EmbeddingKey) -> Result<Arc<Generation>, SearchError> {
+fn served(backend: &dyn Backend, keys: &[EmbeddingKey]) -> Result<Arc<Generation>, SearchError> {
     match backend.current().map_err(from_index)? {
-        Some(generation) if &generation.key == key => Ok(generation),
+        Some(generation) if keys.contains(&generation.key) => Ok(generation),
         Some(generation) => Err(SearchError::NoIndex(format!(
             "the index in {} was built with other models or heads ({} embeddings of {}, weights {}); re-index with `lookalike index`",
             backend.location(),
@@ -422,35 +427,33 @@ fn from_index(err: IndexError) -> SearchError {
     }
 }
 
-/// Re-indexes `catalogue.dir` with a progress bar; returns what changed.
-pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<ReindexSummary> {
-    let bar = crate::progress::bar(0, "index {bar:30} {pos}/{len} images to embed, {msg}");
-    let summary = service.reindex(&mut |progress| {
-        bar.set_length(progress.total as u64);
-        bar.set_position(progress.done as u64);
-        let eta = progress.eta_s().map_or("eta -".to_string(), |s| format!("eta {s:.0} s"));
-        bar.set_message(format!("{:.1} images/s, {eta}", progress.rate()));
-    })?;
-    bar.finish_and_clear();
-    Ok(summary)
+/// Runs on the model thread: classifies every queued image in one batch (one per ensemble
+/// while new heads are being swapped in), then reads each sentence, and answers each query.
+fn classify_pending(models: &mut Models, pending: &Mutex<Vec<Pending>>, source: EmbeddingSource) {
+    let mut batch = std::mem::take(&mut *pending.lock().expect("queue lock"));
+    // An earlier job may have taken every query into its batch: then there is nothing to do.
+    while let Some(key) = batch.first().map(|p| p.key.clone()) {
+        let (group, rest): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| p.key == key);
+        batch = rest;
+        classify_group(models, group, &key, source);
+    }
 }
 
-/// Runs on the model thread: classifies every queued image in one batch, then reads each
-/// sentence, and answers each query.
-fn classify_pending(models: &mut Models, pending: &Mutex<Vec<Pending>>, source: EmbeddingSource) {
-    let batch = std::mem::take(&mut *pending.lock().expect("queue lock"));
-    if batch.is_empty() {
-        return; // an earlier job took these queries into its batch
-    }
+fn classify_group(models: &mut Models, group: Vec<Pending>, key: &EmbeddingKey, source: EmbeddingSource) {
     let started = Instant::now();
-    let size = batch.len();
-    let (images, rest): (Vec<RgbImage>, Vec<_>) = batch.into_iter().map(|p| (p.image, (p.text, p.queued, p.answer))).unzip();
-    let classified = match models.ensemble.classify(&images) {
+    let size = group.len();
+    let (images, rest): (Vec<RgbImage>, Vec<_>) = group.into_iter().map(|p| (p.image, (p.text, p.queued, p.answer))).unzip();
+    let classified = models.matching(key).and_then(|ensemble| {
+        ensemble.classify(&images).map_err(|err| {
+            tracing::error!(cause = %format!("{err:#}"), batch = size, "the models failed on a batch");
+            "the models failed on this image (see the log)".to_string()
+        })
+    });
+    let classified = match classified {
         Ok(classified) => classified,
         Err(err) => {
-            tracing::error!(cause = %format!("{err:#}"), batch = size, "the models failed on a batch");
             for (_, _, answer) in rest {
-                let _ = answer.send(Err(SearchError::Models("the models failed on this image (see the log)".into())));
+                let _ = answer.send(Err(SearchError::Models(err.clone())));
             }
             return;
         }

@@ -1,0 +1,245 @@
+//! Keeping a running service current while queries go on: re-indexing the catalogue, editing it
+//! one item at a time, and swapping in heads trained since the service started.
+//!
+//! New heads: a re-index first looks at the heads folder; when its files changed since they
+//! were loaded, the new ensemble is loaded on the model thread beside the old one. If the index's
+//! vectors depend on the heads (`index.embedding` "combined" or "head"), the catalogue is
+//! embedded again with the new ensemble while the old one goes on answering queries from the old
+//! generation: each query goes through the ensemble whose key matches the generation it
+//! searches, so none mixes the two. Once the new generation is saved the old ensemble is dropped;
+//! if the re-index fails, the new one is. With "pooled" vectors the new heads replace the old at
+//! once (only the vote changes) and nothing is embedded again.
+
+use super::*;
+use crate::audit::{Action, Who};
+use crate::catalogue::{self, Metadata};
+
+/// One catalogue edit.
+#[derive(Debug, Clone)]
+pub enum Edit {
+    /// Store a photo under a category (named by its content) with its metadata row.
+    Add { photo: Vec<u8>, category: String, metadata: Metadata },
+    /// Remove an item by id (`category/file`), file name or file stem.
+    Remove { item: String },
+}
+
+/// Where the service's heads come from, and what was last loaded from there.
+pub(super) struct HeadsSource {
+    config: Config,
+    /// [`folder_fingerprint`] of the heads folder when its heads were loaded.
+    loaded: Mutex<String>,
+}
+
+impl HeadsSource {
+    pub(super) fn new(config: &Config) -> anyhow::Result<HeadsSource> {
+        check_profile(config)?;
+        Ok(HeadsSource { config: config.clone(), loaded: Mutex::new(folder_fingerprint(&config.models.heads_dir)?) })
+    }
+
+    /// Loads the ensemble from the heads folder (run it on the model thread).
+    pub(super) fn loader(&self) -> impl Fn() -> anyhow::Result<Ensemble> + Send + 'static {
+        let models = self.config.models.clone();
+        move || Ensemble::load(&vision::backbones(models.profile), &models.dir, &models.heads_dir, vision::placement(&models)?)
+    }
+}
+
+fn check_profile(config: &Config) -> anyhow::Result<()> {
+    let heads = HeadsInfo::load(&config.models.heads_dir)?;
+    anyhow::ensure!(
+        heads.profile == config.models.profile,
+        "the heads in {} were trained for the {} profile, the config runs {}: train again or change models.profile",
+        config.models.heads_dir.display(),
+        heads.profile,
+        config.models.profile
+    );
+    Ok(())
+}
+
+/// sha256 over the names and bytes of the heads folder's files (`heads.json`, `*.safetensors`):
+/// it changes whenever `lookalike train` writes new heads there.
+fn folder_fingerprint(dir: &Path) -> anyhow::Result<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the heads folder {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "safetensors") || path.file_name().is_some_and(|n| n == "heads.json"))
+        .collect();
+    files.sort();
+    let mut hasher = Sha256::new();
+    for file in files {
+        hasher.update(file.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        hasher.update(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// New heads loaded beside the running ones, until the re-index for them ends.
+struct Staged {
+    key: EmbeddingKey,
+    fingerprint: String,
+    /// The vectors depend on the heads: the catalogue is embedded again.
+    re_embed: bool,
+}
+
+impl SearchService {
+    /// Re-indexes the catalogue (`catalogue.dir`), incrementally, first loading new heads if the
+    /// heads folder changed (see the module documentation); blocks until done, so async callers
+    /// run it on a blocking thread. Refused while another re-index runs, here or in another
+    /// process. Queries go on meanwhile and see the new generation once it is saved.
+    pub fn reindex(&self, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+        self.reindex_by(Who::cli(), progress)
+    }
+
+    /// [`reindex`](Self::reindex) asked for by `who` (whom the audit log names if heads are swapped).
+    pub fn reindex_by(&self, who: Who, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+        let _one = self.upkeep.try_lock().map_err(|_| ReindexError::AlreadyRunning("in this process".into()))?;
+        let Some(staged) = self.stage_new_heads()? else {
+            return self.reindex_as(&self.embedding_key(), None, progress);
+        };
+        let result = self.reindex_as(&staged.key, None, progress);
+        self.finish_swap(staged, result, who)
+    }
+
+    /// Adds or removes one item under the re-index lock, then re-indexes (only a new photo is
+    /// embedded), and logs the edit as `who`'s. Returns the item's id. If the re-index fails, an
+    /// added photo is taken out again.
+    pub fn edit_catalogue(&self, edit: Edit, who: Who, progress: &mut dyn FnMut(&Progress)) -> Result<(String, ReindexSummary), ReindexError> {
+        let _one = self.upkeep.try_lock().map_err(|_| ReindexError::AlreadyRunning("in this process".into()))?;
+        let (settings, limits) = (&self.settings.catalogue, self.settings.limits);
+        let edited: Mutex<Option<String>> = Mutex::new(None);
+        let apply = || -> anyhow::Result<()> {
+            let id = match &edit {
+                Edit::Add { photo, category, metadata } => catalogue::add(&settings.dir, &settings.metadata, photo, limits, category, metadata)?,
+                Edit::Remove { item } => catalogue::remove(&settings.dir, &settings.metadata, item)?,
+            };
+            *edited.lock().expect("edit lock") = Some(id);
+            Ok(())
+        };
+        let result = self.reindex_as(&self.embedding_key(), Some(&apply), progress);
+        let Some(id) = edited.into_inner().expect("edit lock") else {
+            return Err(result.err().unwrap_or_else(|| anyhow::anyhow!("the edit did not run").into()));
+        };
+        let not_embedded = result.as_ref().ok().and_then(|s| s.failed.iter().find(|f| f.id == id)).map(|f| f.reason.clone());
+        match (&edit, result, not_embedded) {
+            (Edit::Add { category, .. }, Ok(summary), None) => {
+                self.log(who, Action::Added { item: id.clone(), category: category.clone() });
+                Ok((id, summary))
+            }
+            (Edit::Add { .. }, result, reason) => {
+                let why = reason.map_or_else(|| result.err().map(|e| e.to_string()).unwrap_or_default(), |r| format!("it could not be embedded: {r}"));
+                catalogue::remove(&settings.dir, &settings.metadata, &id).context("cannot take the photo out again")?;
+                Err(anyhow::anyhow!("the photo was not added: {why}").into())
+            }
+            (Edit::Remove { .. }, Ok(summary), _) => {
+                self.log(who, Action::Removed { item: id.clone() });
+                Ok((id, summary))
+            }
+            (Edit::Remove { .. }, Err(err), _) => Err(anyhow::anyhow!("{id} was removed from the catalogue folder, but the index keeps it until the next re-index: {err}").into()),
+        }
+    }
+
+    /// Appends to the audit log; a failure to is logged, and the edit stands.
+    pub(crate) fn log(&self, who: Who, action: Action) {
+        if let Err(err) = self.audit.record(who, action) {
+            tracing::warn!(cause = %format!("{err:#}"), "cannot write the audit log");
+        }
+    }
+
+    /// The re-index proper, embedding with the ensemble whose vectors `key` describes.
+    fn reindex_as(&self, key: &EmbeddingKey, edit: Option<&dyn Fn() -> anyhow::Result<()>>, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+        let catalogue = &self.settings.catalogue;
+        let job = ReindexJob { catalogue: &catalogue.dir, metadata: &catalogue.metadata, key, chunk: self.reindex_chunk, max_image_bytes: self.settings.limits.max_bytes, edit };
+        let (worker, source, limits, key) = (self.worker.clone(), self.source, self.settings.limits, key.clone());
+        let mut embed = move |paths: &[PathBuf]| -> Vec<Result<Vec<f32>, String>> {
+            let decoded: Vec<Result<RgbImage, String>> = imaging::load_many(paths, limits).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
+            let (images, reasons): (Vec<_>, Vec<_>) = decoded
+                .into_iter()
+                .map(|d| match d {
+                    Ok(image) => (Some(image), None),
+                    Err(reason) => (None, Some(reason)),
+                })
+                .unzip();
+            let images: Vec<RgbImage> = images.into_iter().flatten().collect();
+            let key = key.clone();
+            let embedded = worker
+                .run_blocking(move |models: &mut Models| {
+                    let ensemble = models.matching(&key).map_err(anyhow::Error::msg)?;
+                    Ok(ensemble.classify(&images)?.into_iter().map(|c| c.embedding(source)).collect::<Vec<_>>())
+                })
+                .and_then(|r| r);
+            match embedded {
+                Ok(vectors) => {
+                    let mut vectors = vectors.into_iter();
+                    reasons.into_iter().map(|reason| reason.map_or_else(|| vectors.next().ok_or_else(|| "no vector came back".to_string()), Err)).collect()
+                }
+                Err(err) => paths.iter().map(|_| Err(err.to_string())).collect(),
+            }
+        };
+        self.backend.reindex(&job, &mut embed, progress)
+    }
+
+    /// Loads the heads folder's ensemble beside the running one when the folder changed since the
+    /// last load; none when it did not (or the service was built in code).
+    fn stage_new_heads(&self) -> Result<Option<Staged>, ReindexError> {
+        let Some(heads) = &self.heads else { return Ok(None) };
+        let fingerprint = folder_fingerprint(&heads.config.models.heads_dir)?;
+        if *heads.loaded.lock().expect("heads lock") == fingerprint {
+            return Ok(None);
+        }
+        check_profile(&heads.config)?;
+        let (key, current) = (embedding_key(&heads.config)?, self.embedding_key());
+        let (load, staged_key) = (heads.loader(), key.clone());
+        let started = Instant::now();
+        self.worker
+            .run_blocking(move |models: &mut Models| -> anyhow::Result<()> {
+                let ensemble = load()?;
+                match models.ensembles.iter_mut().find(|(k, _)| *k == staged_key) {
+                    // The vectors do not depend on the heads: the vote changes now, the index stays.
+                    Some(slot) => slot.1 = ensemble,
+                    None => models.ensembles.push((staged_key, ensemble)),
+                }
+                Ok(())
+            })
+            .and_then(|r| r)
+            .context("cannot load the new heads; the running ones stay")?;
+        let re_embed = key != current;
+        if re_embed {
+            self.keys.write().expect("keys lock").push(key.clone());
+        }
+        tracing::info!(heads_dir = %heads.config.models.heads_dir.display(), re_embed, load_ms = millis(started.elapsed()), "new heads loaded");
+        Ok(Some(Staged { key, fingerprint, re_embed }))
+    }
+
+    /// After the re-index for new heads: the new ensemble alone stays if it succeeded (or did not
+    /// need to embed anything again), else the old one.
+    fn finish_swap(&self, staged: Staged, result: Result<ReindexSummary, ReindexError>, who: Who) -> Result<ReindexSummary, ReindexError> {
+        let swapped = result.is_ok() || !staged.re_embed;
+        let keep = if swapped { staged.key.clone() } else { self.embedding_key() };
+        let kept = keep.clone();
+        self.worker.run_blocking(move |models: &mut Models| models.ensembles.retain(|(k, _)| *k == kept))?;
+        *self.keys.write().expect("keys lock") = vec![keep];
+        if swapped {
+            let heads = self.heads.as_ref().expect("staged heads have a source");
+            *heads.loaded.lock().expect("heads lock") = staged.fingerprint;
+            self.log(who, Action::HeadsSwapped { heads_dir: heads.config.models.heads_dir.display().to_string(), re_embedded: staged.re_embed });
+        }
+        result.map(|summary| ReindexSummary { new_heads: true, ..summary })
+    }
+}
+
+/// Runs a re-index or edit with a progress bar; returns what it returned.
+pub fn with_bar<T>(job: impl FnOnce(&mut dyn FnMut(&Progress)) -> Result<T, ReindexError>) -> anyhow::Result<T> {
+    let bar = crate::progress::bar(0, "index {bar:30} {pos}/{len} images to embed, {msg}");
+    let done = job(&mut |progress| {
+        bar.set_length(progress.total as u64);
+        bar.set_position(progress.done as u64);
+        let eta = progress.eta_s().map_or("eta -".to_string(), |s| format!("eta {s:.0} s"));
+        bar.set_message(format!("{:.1} images/s, {eta}", progress.rate()));
+    })?;
+    bar.finish_and_clear();
+    Ok(done)
+}
+
+/// Re-indexes `catalogue.dir` with a progress bar; returns what changed.
+pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<ReindexSummary> {
+    with_bar(|progress| service.reindex(progress))
+}
