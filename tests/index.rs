@@ -247,3 +247,61 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
     assert!(outcome["generation"].as_u64().unwrap() < newest.generation());
     assert_eq!(outcome["hits"][0]["id"], "cool/03.png");
 }
+
+/// New heads written over the heads folder (as `lookalike train --out` does) are picked up by
+/// the next re-index of a running service: the catalogue is embedded again with them while
+/// searches go on being answered, then they answer. Damaged heads are refused and the running
+/// ones stay.
+#[test]
+fn a_reindex_swaps_in_new_heads_while_searches_go_on() {
+    let world = World::new(8);
+    let config = world.config(&[]);
+    let service = Arc::new(SearchService::start(&config).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    assert_eq!(service.reindex(&mut |_| {}).unwrap().embedded, 16);
+    let before = service.embedding_key();
+
+    // Other heads (another seed), trained elsewhere from the same cached features.
+    let other = world.root.join("other-heads");
+    let mut options = common::train_options(&world.catalogue, &other, &world.root.join("cache"));
+    options.seed = 7;
+    lookalike::vision::train::train(&mut common::kit_backbones(), lookalike::config::Profile::Kit, &options).unwrap();
+    let heads = config.models.heads_dir.clone();
+    let installed = lookalike::files::heads::head_path(&heads, "squeezenet1_1");
+
+    std::fs::write(&installed, b"not a safetensors file").unwrap();
+    let refused = format!("{:#}", service.reindex(&mut |_| {}).unwrap_err());
+    assert!(refused.contains("cannot load the new heads; the running ones stay"), "{refused}");
+    assert_eq!(service.embedding_key(), before);
+    runtime.block_on(service.search(Query { image: png(&picture("warm", 50)), ..Query::default() })).expect("the old heads still answer");
+
+    for entry in std::fs::read_dir(&other).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, heads.join(path.file_name().unwrap())).unwrap();
+    }
+    let searcher = service.clone();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let searches = runtime.spawn(async move {
+        let mut answered = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let outcome = searcher.search(Query { image: png(&picture("cool", 51)), ..Query::default() }).await.expect("every search during the swap is answered");
+            answered.push(outcome.generation);
+        }
+        answered
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let swapped = service.reindex(&mut |_| {}).unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = runtime.block_on(searches).unwrap();
+    assert!(swapped.new_heads && swapped.embedded == 16, "every image embedded again with the new heads: {swapped:?}");
+    assert!(!answered.is_empty() && answered.contains(&1), "searches were answered from the old generation during the swap: {answered:?}");
+    assert_ne!(service.embedding_key().weights_sha256, before.weights_sha256);
+    let after = runtime.block_on(service.search(Query { image: png(&picture("cool", 52)), ..Query::default() })).unwrap();
+    assert!(after.generation == swapped.generation && !after.hits.is_empty(), "{after:?}");
+    let log = std::fs::read_to_string(world.root.join("audit.jsonl")).unwrap();
+    assert!(log.contains("\"action\":\"heads_swapped\"") && log.contains("\"re_embedded\":true"), "{log}");
+
+    let again = service.reindex(&mut |_| {}).unwrap();
+    assert!(!again.new_heads && again.embedded == 0, "{again:?}");
+}

@@ -33,7 +33,7 @@ pub(super) struct HeadsSource {
 impl HeadsSource {
     pub(super) fn new(config: &Config) -> anyhow::Result<HeadsSource> {
         check_profile(config)?;
-        Ok(HeadsSource { config: config.clone(), loaded: Mutex::new(folder_fingerprint(&config.models.heads_dir)?) })
+        Ok(HeadsSource { config: config.clone(), loaded: Mutex::new(folder_fingerprint(config)?) })
     }
 
     /// Loads the ensemble from the heads folder (run it on the model thread).
@@ -55,17 +55,17 @@ fn check_profile(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// sha256 over the names and bytes of the heads folder's files (`heads.json`, `*.safetensors`):
-/// it changes whenever `lookalike train` writes new heads there.
-fn folder_fingerprint(dir: &Path) -> anyhow::Result<String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the heads folder {}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|e| e == "safetensors") || path.file_name().is_some_and(|n| n == "heads.json"))
-        .collect();
-    files.sort();
+/// sha256 over the names and bytes of the files an ensemble loads from the heads folder
+/// (`heads.json`, each backbone's head and fine-tuned layers): it changes whenever
+/// `lookalike train` writes new heads there, and not when it writes a checkpoint.
+fn folder_fingerprint(config: &Config) -> anyhow::Result<String> {
+    let dir = &config.models.heads_dir;
+    let mut files = vec![heads::info_path(dir)];
+    for spec in vision::backbones(config.models.profile) {
+        files.extend([heads::head_path(dir, spec.id), heads::tuned_backbone_path(dir, spec.id)]);
+    }
     let mut hasher = Sha256::new();
-    for file in files {
+    for file in files.into_iter().filter(|f| f.exists()) {
         hasher.update(file.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
         hasher.update(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
     }
@@ -181,7 +181,7 @@ impl SearchService {
     /// last load; none when it did not (or the service was built in code).
     fn stage_new_heads(&self) -> Result<Option<Staged>, ReindexError> {
         let Some(heads) = &self.heads else { return Ok(None) };
-        let fingerprint = folder_fingerprint(&heads.config.models.heads_dir)?;
+        let fingerprint = folder_fingerprint(&heads.config)?;
         if *heads.loaded.lock().expect("heads lock") == fingerprint {
             return Ok(None);
         }
