@@ -15,15 +15,32 @@ use crate::vision::train::TrainOptions;
 use crate::{models, plot};
 
 /// Where the demo's Fashion-MNIST images are exported (train/, val/, test/).
-const DATA: &str = "runs/demo-data";
+pub const DATA: &str = "runs/demo-data";
 /// Catalogue images per category, from Fashion-MNIST's test set.
 const CATALOGUE_PER_CLASS: usize = 30;
+/// Fashion-MNIST images per category the demo takes: the first of the training file for
+/// training, the next for validation, the first of the test file for the catalogue and queries.
+pub const TRAIN_PER_CLASS: usize = 100;
+pub const VAL_PER_CLASS: usize = 10;
+pub const TEST_PER_CLASS: usize = CATALOGUE_PER_CLASS + 10;
 /// Where the contact sheet of the demo's queries goes.
 pub const SHEET: &str = "runs/demo-sheet.png";
 
 /// The demo's queries: a held-out test image of a category, and what the shopper says.
 const QUERIES: [(&str, Option<&str>); 4] =
     [("sneaker", None), ("sneaker", Some("like this, but a sandal")), ("pullover", Some("a coat like this")), ("shirt", Some("not a t-shirt, something like this"))];
+
+/// How the demo trains its heads on `DATA`: the library's defaults, but no augmented views and
+/// more epochs (on 2 CPU cores each view costs as much feature extraction as the plain images).
+pub fn train_options(out: PathBuf, limits: &crate::config::LimitsConfig) -> TrainOptions {
+    TrainOptions { epochs: 30, augmented_views: 0, ..TrainOptions::new(PathBuf::from(DATA), out, ImageLimits::from_config(limits)) }
+}
+
+/// Exports the demo's Fashion-MNIST folders (`DATA`: train, val, test), keeping what exists;
+/// returns how many images were written.
+pub fn export_data() -> anyhow::Result<usize> {
+    export_fashion_mnist(Path::new(DATA), FashionMnistExport { train_per_class: TRAIN_PER_CLASS, val_per_class: VAL_PER_CLASS, test_per_class: TEST_PER_CLASS })
+}
 
 pub fn run(config: &Config) -> anyhow::Result<()> {
     let manifest = models::Manifest::load(&config.models.dir)?;
@@ -34,7 +51,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
 
     // 1. The catalogue: 30 Fashion-MNIST test images per category, with titles.
     let data = Path::new(DATA);
-    let written = export_fashion_mnist(data, FashionMnistExport { train_per_class: 100, val_per_class: 10, test_per_class: CATALOGUE_PER_CLASS + 10 })?;
+    let written = export_data()?;
     if written > 0 {
         println!("exported {written} Fashion-MNIST images to {DATA}");
     }
@@ -56,9 +73,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         );
     } else {
         println!("no trained heads in {}: training them on {DATA}/train (first run only; features are cached)", config.models.heads_dir.display());
-        // The library's defaults, but no augmented views and more epochs: on 2 CPU cores each
-        // view costs as much feature extraction as the plain images.
-        let options = TrainOptions { epochs: 30, augmented_views: 0, ..TrainOptions::new(data.to_path_buf(), config.models.heads_dir.clone(), ImageLimits::from_config(&config.limits)) };
+        let options = train_options(config.models.heads_dir.clone(), &config.limits);
         let report = crate::vision::train::run(options, &config.models)?;
         print!("{}", crate::vision::train::render(&report));
     }

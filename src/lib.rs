@@ -19,7 +19,7 @@
 //! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; negation; "none" | index, Discord |
 //! | [`catalogue`] | the catalogue folders (one sub-folder per category), content hashes, metadata (CSV / JSON lines); adding and removing one item with its metadata row | torch, Discord |
 //! | [`index`]  | the catalogue index behind one `Backend` trait: exact ranking and the incremental re-index plan both backends share; `embedded` (4-bit codes scanned in memory, the best candidates re-scored exactly from the vectors on disk; generations: checksummed, swapped atomically, fallback past damage; an OS re-index lock) and `postgres` (pgvector tables per generation made visible in one insert, an advisory re-index lock, HNSW for large categories, a read replica) | torch, Discord |
-//! | [`search`] | `SearchService`, the one entry point of the CLI and the bot: decode, micro-batched models, decide, search, timings; re-index while serving. Its model thread is private (the bench has one named hook) | Discord |
+//! | [`search`] | `SearchService`, the one entry point of the CLI and the bot: decode, micro-batched models, decide, search, timings; re-index while serving, catalogue edits under the re-index lock, new heads swapped in (`upkeep`). Its model thread is private (the bench has one named hook) | Discord |
 //! | [`retrieval`] | `eval --retrieval`: R@1, R@5, vote accuracy and same-category precision@5 of pictures of the same items, through the whole search | Discord |
 //! | [`feedback`] | corrections picked under "Wrong category?": stored bounded on disk (each photo once), trusted when a moderator or enough distinct shoppers agree, exported as training folders | torch, Discord |
 //! | [`audit`] | the audit log: every catalogue edit, correction and swap of heads, with who and when | torch, Discord |
@@ -27,7 +27,7 @@
 //! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out | Discord |
 //! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run | Discord |
 //! | [`demo`]   | `lookalike demo`: the Fashion-MNIST catalogue, heads if missing, index, queries, contact sheet | Discord |
-//! | [`discord`] | the bot: serenity client (optionally through `discord.api_proxy`); one file per command or interaction (`search`, `mention`, `buttons`, `catalogue`, `help`, `reindex`); `explain`, the one place that words failures for users; attachment checks; the bounded store of recent searches; rendering a `SearchOutcome` as embeds | torch, index internals |
+//! | [`discord`] | the bot: serenity client (optionally through `discord.api_proxy`); one file per command or interaction (`search`, `mention`, `buttons`, `catalogue` (with the moderators' edits), `help`, `reindex`); `explain`, the one place that words failures for users; attachment checks; the bounded store of recent searches; rendering a `SearchOutcome` as embeds | torch, index internals |
 //! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it. Nothing calls back into it | Discord |
 //!
 //! # Invariants

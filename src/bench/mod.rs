@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 
 mod device;
+mod feedback;
 mod index;
 mod postgres;
 mod search;
@@ -13,6 +14,7 @@ mod suite;
 use crate::text::{Embedding, IntentReader, TextModelPaths, Vocabulary};
 use crate::worker::ModelWorker;
 pub use device::device;
+pub use feedback::feedback;
 pub use index::index;
 pub use postgres::postgres;
 pub use search::{search, SearchSizes};
@@ -183,7 +185,7 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
         let mut optimizers = heads.iter().map(|h| h.optimizer(1e-3)).collect::<anyhow::Result<Vec<_>>>()?;
         let mut epochs = Vec::new();
         for epoch in 0..rounds.max(3) {
-            let batches = EpochBatches { rows: &rows, labels: &labels, views: 1, batch_size: 64, seed: epoch as u64, metric_weight: 0.0, positive_view: None };
+            let batches = EpochBatches { rows: &rows, labels: &labels, views: 1, batch_size: 64, seed: epoch as u64, metric_weight: 0.0, positive_view: None, class_weights: None };
             let started = Instant::now();
             train_epoch(&heads, &mut optimizers, &stacked, &[true, true, true], &batches);
             epochs.push(started.elapsed());

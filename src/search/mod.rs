@@ -9,7 +9,7 @@
 //! batch (micro-batching); a re-index embeds its images in small jobs on the same thread, so
 //! queries slip in between them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};

@@ -124,13 +124,44 @@ pub struct FashionMnistExport {
 /// images) and `out/test/...` from the separate test set, the first images of each category.
 /// Returns the number of images written; existing files are kept.
 pub fn export_fashion_mnist(out: &Path, sizes: FashionMnistExport) -> anyhow::Result<usize> {
-    let source = Path::new(FASHION_MNIST_DIR);
-    let (train_images, train_labels) = (read_idx(&source.join("train-images-idx3-ubyte.gz"))?, read_idx(&source.join("train-labels-idx1-ubyte.gz"))?);
-    let (test_images, test_labels) = (read_idx(&source.join("t10k-images-idx3-ubyte.gz"))?, read_idx(&source.join("t10k-labels-idx1-ubyte.gz"))?);
-    let mut written = 0;
-    let mut emit = |split: &str, images: &[u8], labels: &[u8], skip: usize, count: usize| -> anyhow::Result<()> {
-        for (class, name) in FASHION_MNIST_CLASSES.iter().enumerate() {
-            let folder = out.join(split).join(name);
+    let dataset = FashionMnist::load()?;
+    let all = &FASHION_MNIST_CLASSES[..];
+    Ok(dataset.export(&out.join("train"), FashionMnistSet::Train, 0, sizes.train_per_class, all)?
+        + dataset.export(&out.join("val"), FashionMnistSet::Train, sizes.train_per_class, sizes.val_per_class, all)?
+        + dataset.export(&out.join("test"), FashionMnistSet::Test, 0, sizes.test_per_class, all)?)
+}
+
+/// Fashion-MNIST's 60,000 training and 10,000 test images (28 x 28 grey) with their labels.
+pub struct FashionMnist {
+    train: (Vec<u8>, Vec<u8>),
+    test: (Vec<u8>, Vec<u8>),
+}
+
+/// One of Fashion-MNIST's two files of images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FashionMnistSet {
+    Train,
+    Test,
+}
+
+impl FashionMnist {
+    /// Reads Debian's copy (`make setup` installs it).
+    pub fn load() -> anyhow::Result<FashionMnist> {
+        let source = Path::new(FASHION_MNIST_DIR);
+        let read = |images: &str, labels: &str| -> anyhow::Result<(Vec<u8>, Vec<u8>)> { Ok((read_idx(&source.join(images))?, read_idx(&source.join(labels))?)) };
+        Ok(FashionMnist { train: read("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")?, test: read("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")? })
+    }
+
+    /// Writes `folder/<category>/<index>.png` for the images `skip..skip + count` of each of
+    /// `classes` in `set` (file order); returns how many were written (existing files are kept).
+    pub fn export(&self, folder: &Path, set: FashionMnistSet, skip: usize, count: usize, classes: &[&str]) -> anyhow::Result<usize> {
+        let (images, labels) = match set {
+            FashionMnistSet::Train => &self.train,
+            FashionMnistSet::Test => &self.test,
+        };
+        let mut written = 0;
+        for (class, name) in FASHION_MNIST_CLASSES.iter().enumerate().filter(|(_, name)| classes.contains(name)) {
+            let folder = folder.join(name);
             std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
             let indices = labels.iter().enumerate().filter(|(_, l)| **l as usize == class).map(|(i, _)| i).skip(skip).take(count);
             for index in indices {
@@ -142,12 +173,8 @@ pub fn export_fashion_mnist(out: &Path, sizes: FashionMnistExport) -> anyhow::Re
                 }
             }
         }
-        Ok(())
-    };
-    emit("train", &train_images, &train_labels, 0, sizes.train_per_class)?;
-    emit("val", &train_images, &train_labels, sizes.train_per_class, sizes.val_per_class)?;
-    emit("test", &test_images, &test_labels, 0, sizes.test_per_class)?;
-    Ok(written)
+        Ok(written)
+    }
 }
 
 /// The payload of a gzipped IDX file (images or labels), after its header.

@@ -48,6 +48,9 @@ pub struct TrainOptions {
     /// More labelled images for the training split only, `DIR/<category>/` (with
     /// `--with-feedback`, the trusted corrections).
     pub extra_train: Option<PathBuf>,
+    /// Weigh every category alike in the loss when the training images are uneven
+    /// ([`balanced_class_weights`]).
+    pub balance_classes: bool,
 }
 
 /// Where `lookalike train` caches backbone features unless told otherwise.
@@ -73,6 +76,7 @@ impl TrainOptions {
             metric_weight: METRIC_WEIGHT,
             positives: None,
             extra_train: None,
+            balance_classes: true,
         }
     }
 }
@@ -309,6 +313,11 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
     let val_features: Vec<Tensor> = val.features.iter().map(|f| f.index_select(0, &val_rows).to_device(device)).collect();
     let val_labels = val_labels.to_device(device);
 
+    let usable_labels: Vec<i64> = train_rows.iter().map(|&row| train_labels[row as usize]).collect();
+    let class_weights = balanced_class_weights(&usable_labels, split.classes.len()).filter(|_| options.balance_classes).map(|w| Tensor::from_slice(&w).to_device(device));
+    if let Some(weights) = &class_weights {
+        tracing::info!(weights = ?Vec::<f32>::try_from(weights.to_device(Device::Cpu)).unwrap_or_default(), "categories are uneven: the loss weighs each alike");
+    }
     let progress = crate::progress::bar(options.epochs as u64, "epochs {bar:30} {pos}/{len}, eta {eta} {msg}");
     progress.set_position(state.epochs_done as u64);
     for epoch in state.epochs_done + 1..=options.epochs {
@@ -325,6 +334,7 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
             seed: options.seed.wrapping_add(epoch as u64),
             metric_weight: options.metric_weight,
             positive_view: positives.is_some().then_some(views - 1),
+            class_weights: class_weights.as_ref(),
         };
         let totals = train_epoch(&heads, &mut optimizers, &stacked, &active, &batches);
         let seconds = epoch_started.elapsed().as_secs_f64();
@@ -411,6 +421,26 @@ pub struct EpochBatches<'a> {
     /// The view holding each example's positive (another picture of it): the metric loss pairs
     /// one of the other views with it, and the classification loss reads the other views alone.
     pub positive_view: Option<usize>,
+    /// Per-class weights of the classification loss ([`balanced_class_weights`]); none: all 1.
+    pub class_weights: Option<&'a Tensor>,
+}
+
+/// Loss weights that make every category count alike, N / (K n_c), when the training images are
+/// not spread evenly across the `classes`; none when they are. Trusted corrections add images of
+/// the categories the vote gets wrong: on Fashion-MNIST, 200 shirts on top of 100 per category
+/// raised shirt recall 50 -> 84 % but, unweighted, shifted the vote's prior towards shirt
+/// (shirt precision 61 -> 49 %, pullover recall 82 -> 70 %); README "Teaching the bot".
+pub fn balanced_class_weights(labels: &[i64], classes: usize) -> Option<Vec<f32>> {
+    let mut counts = vec![0usize; classes];
+    for &label in labels {
+        counts[label as usize] += 1;
+    }
+    let present: Vec<usize> = counts.iter().copied().filter(|&c| c > 0).collect();
+    if present.iter().min() == present.iter().max() {
+        return None;
+    }
+    let share = labels.len() as f64 / present.len() as f64;
+    Some(counts.iter().map(|&c| if c == 0 { 0.0 } else { (share / c as f64) as f32 }).collect())
 }
 
 /// One pass over the training examples for every active head: shuffled minibatches, each
@@ -445,7 +475,10 @@ pub fn train_epoch(heads: &[Head], optimizers: &mut [tch::nn::Optimizer], stacke
         for (index, head) in heads.iter().enumerate().filter(|(index, _)| active[*index]) {
             let hidden = head.penultimate_t(&flattened[index].index_select(0, &rows), true);
             let logits = head.logits_t(&hidden, true);
-            let mut loss = logits.cross_entropy_for_logits(&labels);
+            let mut loss = match batches.class_weights {
+                Some(weights) => logits.log_softmax(-1, Kind::Float).g_nll_loss(&labels, Some(weights), tch::Reduction::Mean, -100),
+                None => logits.cross_entropy_for_logits(&labels),
+            };
             if batches.metric_weight > 0.0 && views > 1 {
                 loss += batches.metric_weight * metric_loss(&hidden, &head.penultimate_t(&flattened[index].index_select(0, &others), true));
             }
@@ -589,6 +622,21 @@ mod tests {
         let shuffled = metric_loss(&a, &a.roll([1], [0])).double_value(&[]);
         assert!(matched < 0.1, "each view's nearest is its own other view: {matched}");
         assert!(shuffled > 2.0, "each view's other view is someone else's: {shuffled}");
+    }
+
+    #[test]
+    fn uneven_categories_are_weighed_alike() {
+        assert_eq!(balanced_class_weights(&[0, 0, 1, 1, 2, 2], 3), None, "even: plain loss");
+        assert_eq!(balanced_class_weights(&[0, 0, 2, 2], 3), None, "an absent category does not make it uneven");
+        // 3 shirts (class 1) against 1 of each other: each category's weights sum to the same.
+        let weights = balanced_class_weights(&[0, 1, 1, 1, 2], 3).unwrap();
+        assert_eq!(weights, [5.0 / 3.0, 5.0 / 9.0, 5.0 / 3.0]);
+        // The weighted loss of a batch that always answers "1" is worse than the plain one.
+        let logits = Tensor::from_slice(&[0.0f32, 3.0, 0.0]).repeat([5, 1]);
+        let labels = Tensor::from_slice(&[0i64, 1, 1, 1, 2]);
+        let plain = logits.cross_entropy_for_logits(&labels).double_value(&[]);
+        let weighted = logits.log_softmax(-1, Kind::Float).g_nll_loss(&labels, Some(Tensor::from_slice(&weights)), tch::Reduction::Mean, -100).double_value(&[]);
+        assert!(weighted > plain + 0.5, "{weighted} vs {plain}");
     }
 
     #[test]

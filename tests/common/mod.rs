@@ -60,6 +60,7 @@ pub fn train_options(data: &Path, out: &Path, cache: &Path) -> TrainOptions {
         metric_weight: 0.0,
         positives: None,
         extra_train: None,
+        balance_classes: true,
     }
 }
 
