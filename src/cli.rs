@@ -533,22 +533,26 @@ fn intent_eval(path: &std::path::Path, methods: &[TextMethod], json: bool, confi
     Ok(())
 }
 
-/// The trusted corrections written as `<category>/` folders in a scratch folder (kept while
-/// the returned handle lives), and how many; none when `wanted` is false.
-fn trusted_corrections(config: &Config, wanted: bool) -> anyhow::Result<Option<(tempfile::TempDir, usize)>> {
+/// The trusted corrections written afresh as `<category>/` folders in `feedback.dir/training-set`
+/// (where an operator can look at what a training run was given), and how many; none when
+/// `wanted` is false.
+fn trusted_corrections(config: &Config, wanted: bool) -> anyhow::Result<Option<(PathBuf, usize)>> {
     if !wanted {
         return Ok(None);
     }
-    let scratch = tempfile::tempdir()?;
-    let exported = FeedbackStore::open(&config.feedback).export(scratch.path())?;
-    eprintln!("{exported} trusted corrections from {} (`lookalike feedback list` shows them all)", config.feedback.dir.display());
-    Ok(Some((scratch, exported)))
+    let folder = config.feedback.dir.join("training-set");
+    if folder.exists() {
+        std::fs::remove_dir_all(&folder).with_context(|| format!("cannot clear {}", folder.display()))?;
+    }
+    let exported = FeedbackStore::open(&config.feedback).export(&folder)?;
+    eprintln!("{exported} trusted corrections from {}, copied to {} (`lookalike feedback list` shows them all)", config.feedback.dir.display(), folder.display());
+    Ok(Some((folder, exported)))
 }
 
 fn train(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
     let feedback = trusted_corrections(config, args.with_feedback)?;
     let options = vision::train::TrainOptions {
-        extra_train: feedback.as_ref().filter(|(_, count)| *count > 0).map(|(dir, _)| dir.path().to_path_buf()),
+        extra_train: feedback.filter(|(_, count)| *count > 0).map(|(dir, _)| dir),
         cache: args.cache.clone(),
         epochs: args.epochs,
         augmented_views: args.views,
@@ -583,8 +587,7 @@ fn eval(args: &EvalArgs, config: &Config) -> anyhow::Result<()> {
     let (profile, models) = (config.models.profile, config.models.clone());
     let worker = ModelWorker::spawn(move || vision::ensemble::Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::placement(&models)?))?;
     let limits = ImageLimits::from_config(&config.limits);
-    let feedback = trusted_corrections(config, args.with_feedback)?.filter(|(_, count)| *count > 0).map(|(dir, _)| dir);
-    let corrections = feedback.as_ref().map(|dir| dir.path().to_path_buf());
+    let corrections = trusted_corrections(config, args.with_feedback)?.filter(|(_, count)| *count > 0).map(|(dir, _)| dir);
     let (report, on_corrections) = worker.run_blocking(move |ensemble| -> anyhow::Result<_> {
         let on_corrections = corrections.map(|dir| vision::eval::evaluate(ensemble, &dir, limits)).transpose()?;
         Ok((vision::eval::evaluate(ensemble, &data, limits)?, on_corrections))

@@ -325,3 +325,22 @@ fn feedback_lists_corrections_with_their_trust_and_exports_the_trusted_ones() {
     assert_eq!(files_under(&export).len(), 1);
     assert!(files_under(&export)[0].starts_with(export.join("pullover")));
 }
+
+#[test]
+fn catalogue_log_prints_the_newest_edits_with_who_and_when() {
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join("audit.jsonl");
+    let env = [("LOOKALIKE__CATALOGUE__AUDIT_LOG", path.to_str().unwrap())];
+    assert!(text(&lookalike(&["catalogue", "log"], &env).stdout).is_empty(), "no log yet: nothing to show");
+    let log = lookalike::audit::AuditLog::open(&path);
+    let moderator = lookalike::audit::Who::Discord { user: 42, name: "mod".into() };
+    for n in 0..3 {
+        log.record(moderator.clone(), lookalike::audit::Action::Added { item: format!("bag/{n}.png"), category: "bag".into() }).unwrap();
+    }
+    let out = lookalike(&["catalogue", "log", "-n", "2"], &env);
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].ends_with("mod (Discord 42)  added bag/2.png") && lines[1].starts_with("20"), "{lines:?}");
+    let json: serde_json::Value = serde_json::from_str(text(&lookalike(&["catalogue", "log", "--json", "-n", "1"], &env).stdout).trim()).unwrap();
+    assert_eq!((json["action"].as_str(), json["item"].as_str(), json["who"]["discord"]["user"].as_u64()), (Some("added"), Some("bag/2.png"), Some(42)));
+}
