@@ -13,14 +13,15 @@ TFJS := @tensorflow/tfjs-core@4.22.0 @tensorflow/tfjs-backend-cpu@4.22.0 @tensor
 
 # libtorch comes from PyPI's torch wheel (rust-bert 0.23 -> tch 0.17 -> libtorch 2.4.0 exactly);
 # torchvision and transformers (<5: 5.x needs torch 2.6) are the references parity tests compare
-# against. Then the offline kit, DejaVu Sans for chart labels, and TensorFlow.js (pure JS), the
+# against. Then the offline kit, DejaVu Sans for chart labels, WordNet 3.0 for the sentence
+# reader, and TensorFlow.js (pure JS), the
 # reference the nsfwjs InceptionV3 port is checked against.
 setup:
 	@$(PYTHON) -c "import sys; from importlib.metadata import version as v; sys.exit(v('torch').split('+')[0] != '$(TORCH)' or v('torchvision').split('+')[0] != '$(TORCHVISION)' or int(v('transformers').split('.')[0]) >= 5)" 2>/dev/null \
 		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check torch==$(TORCH) torchvision==$(TORCHVISION) "transformers<5"
 	@$(PYTHON) models/setup.py install
-	@test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf \
-		|| $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-dejavu-core
+	@test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf -a -f /usr/share/wordnet/data.noun \
+		|| $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-dejavu-core wordnet-base
 	@test -d models/cache/tfjs/node_modules/@tensorflow/tfjs-layers \
 		|| npm install --silent --no-audit --no-fund --prefix models/cache/tfjs $(TFJS)
 

@@ -477,7 +477,7 @@ fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
 
 /// Starts the model thread with the text methods `methods` (the config's when empty).
 pub fn intent_worker(config: &Config, methods: &[TextMethod]) -> anyhow::Result<ModelWorker<IntentReader>> {
-    let vocabulary = Vocabulary::load(&config.text.vocabulary)?;
+    let vocabulary = Vocabulary::from_config(&config.text)?;
     let text_config = config.text.clone();
     let paths = TextModelPaths::new(&config.models.dir, &config.text);
     let methods = if methods.is_empty() { config.text.methods.clone() } else { methods.to_vec() };

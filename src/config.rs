@@ -236,6 +236,8 @@ pub struct TextConfig {
     pub nli_template: String,
     /// Local folder of an MNLI model; empty uses rust-bert's remote BART-large-MNLI.
     pub nli_model_dir: PathBuf,
+    /// WordNet 3.0's dict folder: widens each category's words and tells typos from real words; empty: off.
+    pub wordnet_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]

@@ -17,7 +17,8 @@ fn config() -> Config {
 
 fn reader(methods: &[TextMethod]) -> IntentReader {
     let config = config();
-    let vocabulary = Vocabulary::load(&root().join(&config.text.vocabulary)).unwrap();
+    let text = lookalike::config::TextConfig { vocabulary: root().join(&config.text.vocabulary), ..config.text.clone() };
+    let vocabulary = Vocabulary::from_config(&text).unwrap();
     let paths = TextModelPaths::new(&root().join("models"), &config.text);
     IntentReader::load(vocabulary, &config.text, methods, &paths).expect("MiniLM is installed by `make setup`")
 }

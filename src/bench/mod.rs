@@ -74,7 +74,7 @@ pub fn machine() -> String {
 /// Intent extraction per sentence with the configured methods, against the bare MiniLM forward
 /// pass of the same sentence on the same thread.
 pub fn intent(config: &Config, rounds: usize) -> anyhow::Result<()> {
-    let vocabulary = Vocabulary::load(&config.text.vocabulary)?;
+    let vocabulary = Vocabulary::from_config(&config.text)?;
     let categories = vocabulary.category.len();
     let text_config = config.text.clone();
     let paths = TextModelPaths::new(&config.models.dir, &config.text);

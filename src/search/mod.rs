@@ -239,7 +239,7 @@ impl SearchService {
     fn build(config: &Config, ensemble: impl FnOnce() -> anyhow::Result<Ensemble> + Send + 'static, heads: Option<upkeep::HeadsSource>) -> anyhow::Result<SearchService> {
         let source = config.index.embedding;
         let key = embedding_key(config)?;
-        let vocabulary = Vocabulary::load(&config.text.vocabulary)?;
+        let vocabulary = Vocabulary::from_config(&config.text)?;
         let text = config.text.clone();
         let paths = TextModelPaths::new(&config.models.dir, &config.text);
         let loaded = key.clone();

@@ -17,11 +17,15 @@
 //! thread only (see [`crate::worker`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{TextConfig, TextMethod};
+
+pub mod wordnet;
+use wordnet::{Source, Term, WordNet};
 
 /// One catalogue category as the text side knows it.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -32,23 +36,71 @@ pub struct Category {
     /// Other words shoppers use for it, e.g. `chelsea boot`, `booties`.
     #[serde(default)]
     pub synonyms: Vec<String>,
-    /// One sentence describing it, for the embedding method.
+    /// One sentence describing it, for the embedding method (and to pick its WordNet sense).
     pub description: String,
+    /// Words WordNet would add that must not name this category (`categories --explain` lists them).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Every word or phrase that names it: the name, the file's synonyms, and WordNet's.
+    #[serde(skip)]
+    pub terms: Vec<Term>,
+    /// The WordNet sense of its name the description chose, when WordNet was read.
+    #[serde(skip)]
+    pub sense: Option<wordnet::Sense>,
 }
 
 /// The categories file (`text.vocabulary`): `[[category]]` tables.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vocabulary {
     pub category: Vec<Category>,
+    /// Read when `text.wordnet_dir` is set: widens the terms and tells typos from real words.
+    #[serde(skip)]
+    wordnet: Option<Arc<WordNet>>,
+}
+
+impl std::fmt::Debug for Vocabulary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vocabulary").field("category", &self.category).field("wordnet", &self.wordnet.is_some()).finish()
+    }
 }
 
 impl Vocabulary {
+    /// The file alone: each category named by its name and the file's synonyms.
     pub fn load(path: &Path) -> anyhow::Result<Vocabulary> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the category vocabulary {} (config key text.vocabulary)", path.display()))?;
-        let vocabulary: Vocabulary = toml::from_str(&text).with_context(|| format!("{} is not a valid category vocabulary", path.display()))?;
+        let mut vocabulary: Vocabulary = toml::from_str(&text).with_context(|| format!("{} is not a valid category vocabulary", path.display()))?;
         anyhow::ensure!(!vocabulary.category.is_empty(), "{} defines no [[category]]", path.display());
+        for category in &mut vocabulary.category {
+            category.terms = std::iter::once(Term { phrase: category.name.replace('-', " "), source: Source::Name })
+                .chain(category.synonyms.iter().map(|s| Term { phrase: s.clone(), source: Source::File }))
+                .collect();
+        }
         Ok(vocabulary)
+    }
+
+    /// `text.vocabulary`, widened by WordNet when `text.wordnet_dir` is set (see [`wordnet`]).
+    pub fn from_config(config: &TextConfig) -> anyhow::Result<Vocabulary> {
+        let mut vocabulary = Vocabulary::load(&config.vocabulary)?;
+        if !config.wordnet_dir.as_os_str().is_empty() {
+            vocabulary.widen(Arc::new(WordNet::load(&config.wordnet_dir)?));
+        }
+        Ok(vocabulary)
+    }
+
+    /// Adds WordNet's words to every category, each kept by one category only and never one
+    /// the file gives another, less the category's `exclude` list.
+    pub fn widen(&mut self, wordnet: Arc<WordNet>) {
+        let pairs: Vec<(&str, &str)> = self.category.iter().map(|c| (c.name.as_str(), c.description.as_str())).collect();
+        let expanded = wordnet.expand(&pairs);
+        let given: Vec<Vec<String>> = self.category.iter().map(|c| c.terms.iter().map(|t| t.phrase.to_lowercase()).collect()).collect();
+        let (senses, expansions): (Vec<_>, Vec<_>) = expanded.into_iter().unzip();
+        for ((category, sense), terms) in self.category.iter_mut().zip(senses).zip(wordnet::settle(expansions, &given)) {
+            category.sense = sense;
+            let excluded: Vec<String> = category.exclude.iter().map(|e| e.to_lowercase()).collect();
+            category.terms.extend(terms.into_iter().filter(|t| !excluded.contains(&t.phrase)));
+        }
+        self.wordnet = Some(wordnet);
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -138,37 +190,75 @@ fn stem(word: &str) -> &str {
     }
 }
 
-/// At most one edit (insert, delete, substitute, or swap of neighbours) between `a` and `b`.
-fn within_one_edit(a: &str, b: &str) -> bool {
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of
+/// neighbours ("kettel" is one edit from "kettle").
+fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    if a.len().abs_diff(b.len()) > 1 {
-        return false;
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
     }
-    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let (ra, rb) = (&a[prefix..], &b[prefix..]);
-    let suffix = ra.iter().rev().zip(rb.iter().rev()).take_while(|(x, y)| x == y).count();
-    let (ma, mb) = (ra.len() - suffix.min(ra.len()), rb.len() - suffix.min(rb.len()));
-    let swapped = ra.len() >= 2 && rb.len() >= 2 && ra[0] == rb[1] && ra[1] == rb[0] && ra[2..] == rb[2..];
-    (ma <= 1 && mb <= 1) || swapped
+    for j in 0..=b.len() {
+        rows[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1).min(rows[i][j - 1] + 1).min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
 }
 
-/// `said` matches `known` exactly (up to plural), or by one typo when `said` is no word of the
-/// vocabulary itself ("shirts" must not match "tshirt"). Typos are forgiven on long words only:
-/// "coat" and "boat" stay apart, and five-letter words allow only a missing or extra letter
-/// ("dres" is "dress", but "skirt" is not "shirt").
-fn words_match(said: &str, known: &str, vocabulary_words: &[String]) -> bool {
+/// The word with every doubled letter single: "pann" and "pan", "mirror" and "miror" meet.
+fn undoubled(word: &str) -> String {
+    let mut out = String::new();
+    for c in word.chars() {
+        if !out.ends_with(c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `said` matches `known` exactly (up to plural), or as a typo of it. A word of the vocabulary
+/// is never a typo of another ("shirts" is not "tshirt"). Without WordNet, one edit is forgiven
+/// on long words only ("coat" and "boat" stay apart; five-letter words allow only a missing or
+/// extra letter: "dres" is "dress", "skirt" is not "shirt"). With WordNet, a real English word is
+/// never a typo ("boat", "skirt", "bog"), so more is forgiven of the rest: doubled letters at any
+/// length, a swap of neighbours on short words ("bde"), one edit from four letters ("lmap",
+/// "chiar", "tabel"), two from nine ("bookcsea").
+fn words_match(said: &str, known: &str, vocabulary_words: &[String], wordnet: Option<&WordNet>) -> bool {
     if stem(said) == stem(known) {
         return true;
     }
     if vocabulary_words.iter().any(|w| w == stem(said)) {
         return false;
     }
-    // Compare raw and singular forms both ways: "dres" is a typo of "dress", not a plural.
-    [(said, known), (stem(said), stem(known))].iter().any(|(said, known)| match known.chars().count() {
-        0..=4 => false,
-        5 => said.chars().count() != 5 && within_one_edit(said, known),
-        _ => within_one_edit(said, known),
-    })
+    let pairs = [(said, known), (stem(said), stem(known))];
+    match wordnet {
+        Some(wordnet) if wordnet.is_word(said) || wordnet.is_word(stem(said)) => false,
+        Some(_) => pairs.iter().any(|(said, known)| {
+            let (said, known) = (undoubled(said), undoubled(known));
+            let distance = edit_distance(&said, &known);
+            said == known
+                || match known.chars().count() {
+                    0..=1 => false,
+                    2..=3 => distance == 1 && said.chars().count() == known.chars().count() && said.chars().collect::<std::collections::BTreeSet<_>>() == known.chars().collect(),
+                    4..=8 => distance <= 1,
+                    _ => distance <= 2,
+                }
+        }),
+        None => pairs.iter().any(|(said, known)| match known.chars().count() {
+            0..=4 => false,
+            5 => said.chars().count() != 5 && edit_distance(said, known) <= 1,
+            _ => edit_distance(said, known) <= 1,
+        }),
+    }
 }
 
 const NEGATIONS: [&str; 5] = ["not", "no", "never", "without", "except"];
@@ -180,18 +270,17 @@ const NEGATION_REACH: usize = 4;
 /// Finds every category phrase in `words`; a phrase inside a longer one ("shirt" inside
 /// "t shirt") yields only the longer one.
 pub fn mentions(words: &[String], vocabulary: &Vocabulary) -> Vec<Mention> {
-    let vocabulary_words: Vec<String> =
-        vocabulary.category.iter().flat_map(|c| std::iter::once(&c.name).chain(&c.synonyms)).flat_map(|phrase| tokens(phrase)).map(|word| stem(&word).to_string()).collect();
+    let vocabulary_words: Vec<String> = vocabulary.category.iter().flat_map(|c| &c.terms).flat_map(|term| tokens(&term.phrase)).map(|word| stem(&word).to_string()).collect();
+    let wordnet = vocabulary.wordnet.as_deref();
     let mut found = Vec::new();
     for (index, category) in vocabulary.category.iter().enumerate() {
-        let phrases = std::iter::once(&category.name).chain(&category.synonyms);
-        for phrase in phrases {
-            let phrase = tokens(phrase);
+        for term in &category.terms {
+            let phrase = tokens(&term.phrase);
             if phrase.is_empty() || phrase.len() > words.len() {
                 continue;
             }
             for start in 0..=words.len() - phrase.len() {
-                if phrase.iter().zip(&words[start..]).all(|(known, said)| words_match(said, known, &vocabulary_words)) {
+                if phrase.iter().zip(&words[start..]).all(|(known, said)| words_match(said, known, &vocabulary_words, wordnet)) {
                     found.push(Mention { category: index, start, end: start + phrase.len(), negated: false });
                 }
             }
@@ -661,16 +750,36 @@ mod tests {
     }
 
     #[test]
-    fn one_edit_distance() {
-        for (a, b, expected) in
-            [("sneekers", "sneakers", true), ("trowsers", "trousers", true), ("sandal", "sandla", true), ("coat", "boat", true), ("dress", "dresser", false), ("pullover", "pulover", true)]
+    fn typos_are_forgiven_by_length_and_never_for_real_words() {
+        for (a, b, distance) in
+            [("sneekers", "sneakers", 1), ("trowsers", "trousers", 1), ("sandal", "sandla", 1), ("coat", "boat", 1), ("dress", "dresser", 2), ("kettel", "kettle", 1), ("bookcsea", "bookcase", 2)]
         {
-            assert_eq!(within_one_edit(a, b), expected, "{a} {b}");
+            assert_eq!(edit_distance(a, b), distance, "{a} {b}");
         }
         let known = vec!["shirt".to_string(), "tshirt".to_string()];
-        assert!(!words_match("boat", "coat", &known), "short words need an exact match");
-        assert!(words_match("dres", "dress", &known) && !words_match("skirt", "shirt", &known));
-        assert!(!words_match("shirts", "tshirt", &known), "a vocabulary word is never a typo of another");
+        let wordnet = wordnet::WordNet::load(Path::new("/usr/share/wordnet")).expect("`make setup` installs Debian's wordnet-base");
+        // (said, known, without WordNet, with WordNet)
+        let table = [
+            ("boat", "coat", false, false),
+            ("dres", "dress", true, true),
+            ("skirt", "shirt", false, false),
+            ("shirts", "tshirt", false, false),
+            ("bde", "bed", false, true),
+            ("bog", "bag", false, false),
+            ("ruug", "rug", false, true),
+            ("pann", "pan", false, true),
+            ("lmap", "lamp", false, true),
+            ("chiar", "chair", false, true),
+            ("kettel", "kettle", true, true),
+            ("wardrobbe", "wardrobe", true, true),
+            ("tabel", "table", false, true),
+            ("bookcsea", "bookcase", false, false),
+            ("beds", "bed", true, true),
+        ];
+        for (said, known_word, plain, widened) in table {
+            assert_eq!(words_match(said, known_word, &known, None), plain, "{said} ~ {known_word} without WordNet");
+            assert_eq!(words_match(said, known_word, &known, Some(&wordnet)), widened, "{said} ~ {known_word} with WordNet");
+        }
     }
 
     #[test]
