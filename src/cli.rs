@@ -24,6 +24,7 @@ Examples:
   lookalike index --catalogue shop/               (re-)index a catalogue, incrementally
   lookalike search --image bed.jpg --text \"but wooden\" --sheet hits.png
   lookalike intent \"a bed like this, but wooden\"  which category does a sentence name?
+  lookalike categories --explain                  every word that names each category, and why
   DISCORD_TOKEN=... lookalike serve               run the Discord bot
   lookalike catalogue add --image tote.jpg --category bag --title \"Canvas tote\"
   lookalike feedback list                         corrections shoppers picked, and which training trusts
@@ -66,6 +67,16 @@ pub enum Command {
     Dataset(DatasetArgs),
     /// Show which category a shopper's sentence names, and how sure each method is.
     Intent(IntentArgs),
+    /// The categories the sentence reader knows (text.vocabulary), and with --explain every
+    /// word that names each one and where it came from (the file, or WordNet's sense and kinds).
+    Categories {
+        /// Every word of each category, its source, and the WordNet sense chosen.
+        #[arg(long)]
+        explain: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the Discord bot (token from DISCORD_TOKEN).
     Serve,
     /// The main job on the embedded default: Fashion-MNIST catalogue, training, index, queries.
@@ -403,6 +414,14 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Intent(args) => intent(&args, config),
+        Command::Categories { explain, json } => {
+            let vocabulary = Vocabulary::from_config(&config.text)?;
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&vocabulary.category)?),
+                false => print!("{}", crate::text::render_categories(&vocabulary, explain)),
+            }
+            Ok(())
+        }
         Command::Index(args) => {
             let mut config = config.clone();
             if let Some(dir) = args.catalogue {

@@ -344,3 +344,27 @@ fn catalogue_log_prints_the_newest_edits_with_who_and_when() {
     let json: serde_json::Value = serde_json::from_str(text(&lookalike(&["catalogue", "log", "--json", "-n", "1"], &env).stdout).trim()).unwrap();
     assert_eq!((json["action"].as_str(), json["item"].as_str(), json["who"]["discord"]["user"].as_u64()), (Some("added"), Some("bag/2.png"), Some(42)));
 }
+
+#[test]
+fn categories_explain_shows_each_words_source_and_honours_exclude() {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("categories.toml");
+    let categories = "[[category]]\nname = \"wardrobe\"\ndescription = \"a tall cupboard for hanging clothes\"\nexclude = [\"coat closet\"]\n\n[[category]]\nname = \"table\"\ndescription = \"a table for eating\"\n\n[[category]]\nname = \"desk\"\ndescription = \"a desk to work at\"\n";
+    std::fs::write(&file, categories).unwrap();
+    let env = [("LOOKALIKE__TEXT__VOCABULARY", file.to_str().unwrap())];
+    let out = lookalike(&["categories", "--explain"], &env);
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let wardrobe = shown.split("\ntable").next().unwrap();
+    assert!(
+        wardrobe.contains("WordNet synonyms: closet") && wardrobe.contains("armoire") && !wardrobe.contains("coat closet,") && wardrobe.contains("excluded (exclude = [...]): coat closet"),
+        "{shown}"
+    );
+    let table = shown.split("\ntable").nth(1).unwrap().split("\ndesk").next().unwrap();
+    assert!(table.contains("a piece of furniture") && table.contains("coffee table") && !table.contains("writing desk"), "the furniture sense; desks stay the desk's: {shown}");
+    let json: serde_json::Value = serde_json::from_slice(&lookalike(&["categories", "--json"], &env).stdout).unwrap();
+    assert_eq!(json[0]["name"], "wardrobe");
+    assert!(json[0]["terms"].as_array().unwrap().iter().any(|t| t["phrase"] == "closet" && t["source"] == "synonym"), "{json}");
+    let off = lookalike(&["categories", "--explain"], &[env[0], ("LOOKALIKE__TEXT__WORDNET_DIR", "")]);
+    assert!(text(&off.stdout).contains("WordNet off"), "{}", text(&off.stdout));
+}

@@ -16,8 +16,13 @@ fn config() -> Config {
 }
 
 fn reader(methods: &[TextMethod]) -> IntentReader {
+    reader_of(&root().join(config().text.vocabulary), methods)
+}
+
+/// A reader of the categories file `vocabulary`, widened by WordNet as the default config does.
+fn reader_of(vocabulary: &Path, methods: &[TextMethod]) -> IntentReader {
     let config = config();
-    let text = lookalike::config::TextConfig { vocabulary: root().join(&config.text.vocabulary), ..config.text.clone() };
+    let text = lookalike::config::TextConfig { vocabulary: vocabulary.to_path_buf(), ..config.text.clone() };
     let vocabulary = Vocabulary::from_config(&text).unwrap();
     let paths = TextModelPaths::new(&root().join("models"), &config.text);
     IntentReader::load(vocabulary, &config.text, methods, &paths).expect("MiniLM is installed by `make setup`")
@@ -41,6 +46,24 @@ fn offline_default_reads_the_labelled_sentences() {
     let paraphrases: Vec<_> = labelled.iter().filter(|(_, _, kind)| kind == "paraphrase").cloned().collect();
     let on_paraphrases = text::evaluate(&mut reader(&[TextMethod::Lexical, TextMethod::Embedding]), &paraphrases).unwrap();
     assert!(on_paraphrases.accuracy >= 0.7, "paraphrases {:.3}: {:#?}", on_paraphrases.accuracy, on_paraphrases.misses);
+}
+
+/// Another shop's categories, names and one line each (no synonyms), and 80 sentences written
+/// before any tuning: WordNet's synonyms and kinds and the typo rules read what the file does
+/// not list. Without them the same reader got 83.8 %.
+#[test]
+fn an_operators_own_categories_are_read_without_synonym_lists() {
+    let furniture = root().join("tests/data/furniture");
+    let labelled = text::labelled_sentences(&furniture.join("sentences.tsv")).unwrap();
+    let combined = text::evaluate(&mut reader_of(&furniture.join("categories.toml"), &[TextMethod::Lexical, TextMethod::Embedding]), &labelled).unwrap();
+    assert!(combined.accuracy >= 0.93, "furniture accuracy {:.3}; misses: {:#?}", combined.accuracy, combined.misses);
+    assert_eq!(combined.none_accuracy, 1.0, "{:#?}", combined.misses);
+    let of_kind = |kind: &str| labelled.iter().filter(|(_, _, k)| k == kind).map(|(s, _, _)| s.clone()).collect::<Vec<_>>();
+    let missed: Vec<&String> = combined.misses.iter().map(|m| &m.sentence).collect();
+    assert!(of_kind("typo").iter().all(|s| !missed.contains(&s)), "every typo read: {missed:?}");
+    assert!(of_kind("negation").iter().all(|s| !missed.contains(&s)), "every negation read: {missed:?}");
+    let synonyms_missed = of_kind("synonym").iter().filter(|s| missed.contains(s)).count();
+    assert!(synonyms_missed <= 1, "synonyms the file lacks: {missed:?}");
 }
 
 #[test]

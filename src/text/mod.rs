@@ -42,10 +42,10 @@ pub struct Category {
     #[serde(default)]
     pub exclude: Vec<String>,
     /// Every word or phrase that names it: the name, the file's synonyms, and WordNet's.
-    #[serde(skip)]
+    #[serde(skip_deserializing)]
     pub terms: Vec<Term>,
     /// The WordNet sense of its name the description chose, when WordNet was read.
-    #[serde(skip)]
+    #[serde(skip_deserializing)]
     pub sense: Option<wordnet::Sense>,
 }
 
@@ -57,6 +57,12 @@ pub struct Vocabulary {
     /// Read when `text.wordnet_dir` is set: widens the terms and tells typos from real words.
     #[serde(skip)]
     wordnet: Option<Arc<WordNet>>,
+    /// Every term as tokens, by category, and every word of them singular: worked out once
+    /// rather than per sentence.
+    #[serde(skip)]
+    phrases: Vec<(usize, Vec<String>)>,
+    #[serde(skip)]
+    words: Vec<String>,
 }
 
 impl std::fmt::Debug for Vocabulary {
@@ -76,6 +82,7 @@ impl Vocabulary {
                 .chain(category.synonyms.iter().map(|s| Term { phrase: s.clone(), source: Source::File }))
                 .collect();
         }
+        vocabulary.tokenize();
         Ok(vocabulary)
     }
 
@@ -94,13 +101,21 @@ impl Vocabulary {
         let pairs: Vec<(&str, &str)> = self.category.iter().map(|c| (c.name.as_str(), c.description.as_str())).collect();
         let expanded = wordnet.expand(&pairs);
         let given: Vec<Vec<String>> = self.category.iter().map(|c| c.terms.iter().map(|t| t.phrase.to_lowercase()).collect()).collect();
-        let (senses, expansions): (Vec<_>, Vec<_>) = expanded.into_iter().unzip();
+        let (senses, expansions): (Vec<_>, Vec<_>) = expanded.into_iter().map(|e| (e.sense, e.terms)).unzip();
         for ((category, sense), terms) in self.category.iter_mut().zip(senses).zip(wordnet::settle(expansions, &given)) {
             category.sense = sense;
             let excluded: Vec<String> = category.exclude.iter().map(|e| e.to_lowercase()).collect();
             category.terms.extend(terms.into_iter().filter(|t| !excluded.contains(&t.phrase)));
         }
         self.wordnet = Some(wordnet);
+        self.tokenize();
+    }
+
+    fn tokenize(&mut self) {
+        self.phrases = self.category.iter().enumerate().flat_map(|(index, c)| c.terms.iter().map(move |t| (index, tokens(&t.phrase)))).filter(|(_, p)| !p.is_empty()).collect();
+        self.words = self.phrases.iter().flat_map(|(_, phrase)| phrase.iter().map(|word| stem(word).to_string())).collect();
+        self.words.sort();
+        self.words.dedup();
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -198,8 +213,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in rows.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        rows[0][j] = j;
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -236,7 +251,7 @@ fn words_match(said: &str, known: &str, vocabulary_words: &[String], wordnet: Op
     if stem(said) == stem(known) {
         return true;
     }
-    if vocabulary_words.iter().any(|w| w == stem(said)) {
+    if vocabulary_words.binary_search_by(|w| w.as_str().cmp(stem(said))).is_ok() {
         return false;
     }
     let pairs = [(said, known), (stem(said), stem(known))];
@@ -270,19 +285,12 @@ const NEGATION_REACH: usize = 4;
 /// Finds every category phrase in `words`; a phrase inside a longer one ("shirt" inside
 /// "t shirt") yields only the longer one.
 pub fn mentions(words: &[String], vocabulary: &Vocabulary) -> Vec<Mention> {
-    let vocabulary_words: Vec<String> = vocabulary.category.iter().flat_map(|c| &c.terms).flat_map(|term| tokens(&term.phrase)).map(|word| stem(&word).to_string()).collect();
     let wordnet = vocabulary.wordnet.as_deref();
     let mut found = Vec::new();
-    for (index, category) in vocabulary.category.iter().enumerate() {
-        for term in &category.terms {
-            let phrase = tokens(&term.phrase);
-            if phrase.is_empty() || phrase.len() > words.len() {
-                continue;
-            }
-            for start in 0..=words.len() - phrase.len() {
-                if phrase.iter().zip(&words[start..]).all(|(known, said)| words_match(said, known, &vocabulary_words, wordnet)) {
-                    found.push(Mention { category: index, start, end: start + phrase.len(), negated: false });
-                }
+    for (index, phrase) in vocabulary.phrases.iter().filter(|(_, phrase)| phrase.len() <= words.len()) {
+        for start in 0..=words.len() - phrase.len() {
+            if phrase.iter().zip(&words[start..]).all(|(known, said)| words_match(said, known, &vocabulary.words, wordnet)) {
+                found.push(Mention { category: *index, start, end: start + phrase.len(), negated: false });
             }
         }
     }
@@ -607,6 +615,48 @@ impl IntentReader {
         }
         Ok(intent)
     }
+}
+
+/// `lookalike categories`: a line per category, and with `explain` every word that names it by
+/// source and the WordNet sense chosen.
+pub fn render_categories(vocabulary: &Vocabulary, explain: bool) -> String {
+    let mut out = String::new();
+    for category in &vocabulary.category {
+        out.push_str(&format!("{} ({} words): {}\n", category.name, category.terms.len(), category.description));
+        if !explain {
+            continue;
+        }
+        match &category.sense {
+            Some(sense) => {
+                out.push_str(&format!("  WordNet sense {} of {} ({}): {}\n", sense.rank + 1, sense.senses, sense.lemmas.join(", "), sense.gloss.split("; \"").next().unwrap_or(&sense.gloss)))
+            }
+            None if vocabulary.wordnet.is_some() => out.push_str("  not in WordNet: only the name and the file's synonyms\n"),
+            None => out.push_str("  WordNet off (text.wordnet_dir): only the name and the file's synonyms\n"),
+        }
+        let group = |wanted: fn(&Source) -> bool| category.terms.iter().filter(|t| wanted(&t.source)).map(|t| t.phrase.as_str()).collect::<Vec<_>>();
+        out.push_str(&format!("  from the file: {}\n", group(|s| matches!(s, Source::Name | Source::File)).join(", ")));
+        let synonyms = group(|s| matches!(s, Source::Synonym));
+        if !synonyms.is_empty() {
+            out.push_str(&format!("  WordNet synonyms: {}\n", synonyms.join(", ")));
+        }
+        let kinds: Vec<String> = category
+            .terms
+            .iter()
+            .filter_map(|t| match &t.source {
+                Source::Hyponym { depth: 1, .. } => Some(t.phrase.clone()),
+                Source::Hyponym { depth, via } => Some(format!("{} ({via}, {depth} levels down)", t.phrase)),
+                _ => None,
+            })
+            .collect();
+        if !kinds.is_empty() {
+            out.push_str(&format!("  WordNet kinds: {}\n", kinds.join(", ")));
+        }
+        if !category.exclude.is_empty() {
+            out.push_str(&format!("  excluded (exclude = [...]): {}\n", category.exclude.join(", ")));
+        }
+    }
+    out.push_str("A word WordNet adds wrongly: list it in the category's `exclude`; one it misses: add it to `synonyms`.\n");
+    out
 }
 
 /// `lookalike intent`'s table: each method's scores, then the answer.

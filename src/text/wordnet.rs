@@ -7,8 +7,10 @@
 //! so an artifact sense is preferred; then WordNet's frequency order), that sense's synonyms,
 //! and its hyponyms three levels down ("skillet" under "pan", "armchair" under "chair"). A
 //! lemma is taken only where this sense is among its commonest ("closet" yes, "press" no), and
-//! deeper than one level only where it is the commonest ("recliner"). Another category's sense
-//! and everything under it stay that category's ("desk" is a kind of table).
+//! deeper than one level only where it is the commonest ("recliner"); a kind that is also an
+//! adjective or adverb is left out ("counter"), and deeper down one that is also a verb
+//! ("lower" berth). Another category's sense and
+//! everything under it stay that category's ("desk" is a kind of table).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -37,6 +39,13 @@ pub struct Term {
     pub source: Source,
 }
 
+/// A category's chosen sense and its WordNet words, each with how far it sits from the sense
+/// (levels x 10 + its rank among the word's senses), before [`settle`].
+pub struct Expansion {
+    pub sense: Option<Sense>,
+    pub terms: Vec<(Term, usize)>,
+}
+
 /// The WordNet sense chosen for a category's name, and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sense {
@@ -61,6 +70,11 @@ pub struct WordNet {
     data: Vec<u8>,
     /// Every single-word lemma of every part of speech.
     words: HashSet<String>,
+    /// Single-word adjectives and adverbs: as a kind of a product they mislead ("lower" berth,
+    /// "counter"), so they are left out of the hyponyms.
+    modifiers: HashSet<String>,
+    /// Single-word verbs: left out of the hyponyms two or more levels down ("lower" berth).
+    verbs: HashSet<String>,
 }
 
 /// Words WordNet leaves out (it has only nouns, verbs, adjectives and adverbs) that are no typo.
@@ -199,6 +213,7 @@ impl WordNet {
             |name: &str| std::fs::read(dir.join(name)).with_context(|| format!("cannot read WordNet's {} in {} (text.wordnet_dir; `make setup` installs Debian's wordnet-base)", name, dir.display()));
         let mut nouns = HashMap::new();
         let mut words: HashSet<String> = FUNCTION_WORDS.iter().map(|w| w.to_string()).collect();
+        let (mut modifiers, mut verbs) = (HashSet::new(), HashSet::new());
         for part in ["noun", "verb", "adj", "adv"] {
             let index = read(&format!("index.{part}"))?;
             for line in String::from_utf8_lossy(&index).lines().filter(|l| !l.starts_with(' ')) {
@@ -206,6 +221,11 @@ impl WordNet {
                 let Some(lemma) = fields.first() else { continue };
                 if !lemma.contains('_') {
                     words.insert(lemma.to_string());
+                    match part {
+                        "adj" | "adv" => modifiers.insert(lemma.to_string()),
+                        "verb" => verbs.insert(lemma.to_string()),
+                        _ => false,
+                    };
                 }
                 if part == "noun" {
                     // lemma pos synset_cnt p_cnt [ptr_symbol x p_cnt] sense_cnt tagsense_cnt offsets...
@@ -216,7 +236,7 @@ impl WordNet {
             }
         }
         anyhow::ensure!(!nouns.is_empty(), "{} holds no WordNet nouns", dir.display());
-        Ok(WordNet { nouns, data: read("data.noun")?, words })
+        Ok(WordNet { nouns, data: read("data.noun")?, words, modifiers, verbs })
     }
 
     /// Whether `word` is an English word (any part of speech, any lemma WordNet knows).
@@ -246,10 +266,11 @@ impl WordNet {
         Some(Synset { lexicographer_file: fields.get(1)?.parse().ok()?, lemmas, hypernyms, hyponyms, gloss: gloss.trim().to_string() })
     }
 
-    /// The noun senses of `name` (spaces or hyphens as `_`; else its last word).
+    /// The noun senses of `name` (spaces as `_`, then hyphens too; else its last word).
     fn senses(&self, name: &str) -> Vec<u64> {
-        let joined = name.trim().to_lowercase().replace([' ', '-'], "_");
-        self.nouns.get(&joined).or_else(|| joined.rsplit('_').next().and_then(|last| self.nouns.get(last))).cloned().unwrap_or_default()
+        let lowered = name.trim().to_lowercase().replace(' ', "_");
+        let joined = lowered.replace('-', "_");
+        [lowered.as_str(), joined.as_str(), joined.rsplit('_').next().unwrap_or_default()].iter().find_map(|key| self.nouns.get(*key)).cloned().unwrap_or_default()
     }
 
     /// The sense of `name` that best fits `description` (and the file's synonyms).
@@ -282,13 +303,23 @@ impl WordNet {
 
     /// Each category's chosen sense and WordNet words (not yet cleared of clashes), given each
     /// category's (name, description).
-    pub fn expand(&self, categories: &[(&str, &str)]) -> Vec<(Option<Sense>, Vec<(Term, usize)>)> {
-        let chosen: Vec<Option<(u64, Sense)>> = categories.iter().map(|(name, description)| self.choose(name, description)).collect();
+    pub fn expand(&self, categories: &[(&str, &str)]) -> Vec<Expansion> {
+        let mut chosen: Vec<Option<(u64, Sense)>> = categories.iter().map(|(name, description)| self.choose(name, description)).collect();
+        // Two categories on one sense ("t-shirt" read as its last word, "shirt"): it is the one
+        // whose name is among the sense's lemmas.
+        for i in 0..chosen.len() {
+            let Some((offset, sense)) = &chosen[i] else { continue };
+            let named = |c: usize| chosen[c].as_ref().is_some_and(|(_, s)| s.lemmas.contains(&categories[c].0.to_lowercase().replace('-', " ")));
+            let rival = (0..chosen.len()).find(|&j| j != i && chosen[j].as_ref().is_some_and(|(o, _)| o == offset) && named(j));
+            if rival.is_some() && !sense.lemmas.contains(&categories[i].0.to_lowercase().replace('-', " ")) {
+                chosen[i] = None;
+            }
+        }
         let others: HashSet<u64> = chosen.iter().flatten().map(|(offset, _)| *offset).collect();
         chosen
             .into_iter()
             .map(|choice| {
-                let Some((root, sense)) = choice else { return (None, Vec::new()) };
+                let Some((root, sense)) = choice else { return Expansion { sense: None, terms: Vec::new() } };
                 let mut terms = Vec::new();
                 let synset = self.synset(root).expect("a chosen sense reads");
                 for lemma in &synset.lemmas {
@@ -306,13 +337,13 @@ impl WordNet {
                     let via = hyponym.lemmas.first().map(|l| l.replace('_', " ")).unwrap_or_default();
                     for lemma in &hyponym.lemmas {
                         let rank = self.rank(lemma, offset).unwrap_or(usize::MAX);
-                        if (depth <= 1 && rank <= 2) || rank == 0 {
+                        if ((depth <= 1 && rank <= 2) || rank == 0) && !self.modifiers.contains(lemma) && !(depth >= 2 && self.verbs.contains(lemma)) {
                             terms.push((Term { phrase: lemma.replace('_', " "), source: Source::Hyponym { depth, via: via.clone() } }, depth * 10 + rank));
                         }
                     }
                     queue.extend(hyponym.hyponyms.iter().map(|&h| (h, depth + 1)));
                 }
-                (Some(sense), terms)
+                Expansion { sense: Some(sense), terms }
             })
             .collect()
     }
@@ -366,10 +397,10 @@ mod tests {
         };
         let categories = [("table", "a table for eating or for the living room"), ("desk", "a desk to work or study at"), ("sofa", "an upholstered seat"), ("wardrobe", "a tall cupboard for clothes")];
         let expanded = wordnet.expand(&categories);
-        let (table, _) = &expanded[0];
-        assert!(table.as_ref().unwrap().gloss.contains("furniture"), "the furniture sense, not the table of data: {table:?}");
+        let table = expanded[0].sense.as_ref().unwrap();
+        assert!(table.gloss.contains("furniture"), "the furniture sense, not the table of data: {table:?}");
         let given: Vec<Vec<String>> = categories.iter().map(|(n, _)| vec![n.to_string()]).collect();
-        let settled = settle(expanded.into_iter().map(|(_, terms)| terms).collect(), &given);
+        let settled = settle(expanded.into_iter().map(|e| e.terms).collect(), &given);
         let phrases = |i: usize| settled[i].iter().map(|t| t.phrase.as_str()).collect::<Vec<_>>();
         assert!(phrases(0).contains(&"coffee table") && !phrases(0).contains(&"desk") && !phrases(0).contains(&"writing desk"), "a desk is the desk category's: {:?}", phrases(0));
         assert!(phrases(1).contains(&"writing desk") || phrases(1).contains(&"escritoire"), "{:?}", phrases(1));
