@@ -16,7 +16,7 @@
 //! | [`vision`] | backbone specs and networks, GeM descriptors, heads, augmentation, ensemble vote, training (classification and metric loss), evaluation | Discord, index |
 //! | [`plot`]   | PNG charts: training curves, confusion matrices, search contact sheets | torch, Discord |
 //! | [`progress`] | progress bars on a terminal, periodic progress lines elsewhere | everything else |
-//! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; negation; "none" | index, Discord |
+//! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; typos; negation; "none"; WordNet's words for each category (`wordnet`) | index, Discord |
 //! | [`catalogue`] | the catalogue folders (one sub-folder per category), content hashes, metadata (CSV / JSON lines); adding and removing one item with its metadata row | torch, Discord |
 //! | [`index`]  | the catalogue index behind one `Backend` trait: exact ranking and the incremental re-index plan both backends share; `embedded` (4-bit codes scanned in memory, the best candidates re-scored exactly from the vectors on disk; generations: checksummed, swapped atomically, fallback past damage; an OS re-index lock) and `postgres` (pgvector tables per generation made visible in one insert, an advisory re-index lock, HNSW for large categories, a read replica) | torch, Discord |
 //! | [`search`] | `SearchService`, the one entry point of the CLI and the bot: decode, micro-batched models, decide, search, timings; re-index while serving, catalogue edits under the re-index lock, new heads swapped in (`upkeep`). Its model thread is private (the bench has one named hook) | Discord |
