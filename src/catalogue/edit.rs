@@ -4,31 +4,46 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use super::{is_json_lines, keys, parse_rows, scan, Metadata};
 use crate::files::write_atomically;
 use crate::imaging::{self, ImageLimits};
 
+/// Why an edit was refused: the request cannot be done as asked (unknown category, duplicate,
+/// no such item, an unreadable photo). It names no path, so a chat may show it as it is; any
+/// other error is the machine's and goes to the log.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+fn refuse<T>(why: String) -> anyhow::Result<T> {
+    Err(Refused(why).into())
+}
+
 /// Stores `photo` as `category/<first 16 hex digits of its sha256>.<format>` under `root`, and
 /// its metadata (when any field is given) in `metadata_file`. Returns the new item's id.
 pub fn add(root: &Path, metadata_file: &Path, photo: &[u8], limits: ImageLimits, category: &str, metadata: &Metadata) -> anyhow::Result<String> {
     let catalogue = scan(root)?;
     if !catalogue.categories.iter().any(|c| c == category) {
-        bail!(
+        return refuse(format!(
             "there is no category `{category}`: the catalogue has {}. A new category is a re-train: add a folder of its images to the training data, run `lookalike train`, then add items",
             catalogue.categories.join(", ")
-        );
+        ));
     }
-    imaging::decode(photo, limits).context("the photo cannot be added")?;
+    if let Err(err) = imaging::decode(photo, limits) {
+        return refuse(format!("the photo cannot be added: {err}"));
+    }
     let extension = image::guess_format(photo).ok().and_then(|f| f.extensions_str().first().copied()).unwrap_or("png");
     let id = format!("{category}/{}.{extension}", &hex::encode(Sha256::digest(photo))[..16]);
     if root.join(&id).exists() {
-        bail!("this photo is already in the catalogue as {id}");
+        return refuse(format!("this photo is already in the catalogue as {id}"));
     }
     if !metadata.is_empty() {
-        anyhow::ensure!(!metadata_file.as_os_str().is_empty(), "a title, price or link needs a metadata file: set catalogue.metadata (a .jsonl or .csv file)");
+        if metadata_file.as_os_str().is_empty() {
+            return refuse("a title, price or link needs a metadata file: set catalogue.metadata (a .jsonl or .csv file)".into());
+        }
         let mut rows = read_rows(metadata_file)?;
         rows.retain(|(key, _)| !names(key, &id));
         rows.push((id.clone(), metadata.clone()));
@@ -45,8 +60,8 @@ pub fn remove(root: &Path, metadata_file: &Path, item: &str) -> anyhow::Result<S
     let found: Vec<_> = catalogue.entries.iter().filter(|e| names(item, &e.id)).collect();
     let entry = match found.as_slice() {
         [one] => *one,
-        [] => bail!("no catalogue item `{item}`: `lookalike catalogue list` shows the ids"),
-        many => bail!("`{item}` names {} items ({}): give the whole id", many.len(), many.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", ")),
+        [] => return refuse(format!("no catalogue item `{item}`: give its id (`category/file`, as `lookalike catalogue list` and the command's autocomplete show), file name or stem")),
+        many => return refuse(format!("`{item}` names {} items ({}): give the whole id", many.len(), many.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", "))),
     };
     // The file first: a crash before the rows are rewritten leaves a row naming nothing, which
     // no reply shows, never an item without its row.
@@ -125,7 +140,9 @@ mod tests {
             assert!(id.starts_with("bag/") && id.ends_with(".png") && root.join(&id).exists(), "{id}");
             assert_eq!(MetadataTable::load(&metadata_file).unwrap().get(&id), tote, "{metadata_name}");
 
-            let unknown = format!("{:#}", add(&root, &metadata_file, &png(3), limits, "lamp", &tote).unwrap_err());
+            let refused = add(&root, &metadata_file, &png(3), limits, "lamp", &tote).unwrap_err();
+            assert!(refused.downcast_ref::<Refused>().is_some(), "a refusal a chat may show: {refused:#}");
+            let unknown = format!("{refused:#}");
             assert!(unknown.contains("no category `lamp`") && unknown.contains("the catalogue has bag") && unknown.contains("re-train"), "{unknown}");
             assert!(format!("{:#}", add(&root, &metadata_file, &png(2), limits, "bag", &tote).unwrap_err()).contains("already in the catalogue"));
             assert!(add(&root, &metadata_file, b"\x89PNG\r\n\x1a\n broken", limits, "bag", &tote).is_err(), "a corrupt photo is refused");

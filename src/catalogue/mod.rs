@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::vision::data;
 
 mod edit;
-pub use edit::{add, remove};
+pub use edit::{add, remove, Refused};
 
 /// What a reply shows about an item besides its picture. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -116,11 +116,15 @@ async fn edit_blocking(bot: &Bot, edit: Edit, who: Who) -> Result<(String, crate
     match tokio::task::spawn_blocking(move || service.edit_catalogue(edit, who, &mut |_| {})).await {
         Ok(Ok(done)) => Ok(done),
         Ok(Err(ReindexError::AlreadyRunning(_))) => Err("a re-index is running; try again when it finishes.".into()),
-        // The edit's own refusals (unknown category, duplicate, no such item) say what to do.
-        Ok(Err(ReindexError::Failed(err))) => {
-            tracing::info!(cause = %format!("{err:#}"), "catalogue edit refused or failed");
-            Err(reply::escape(&format!("{err:#}"), 1500))
-        }
+        // The edit's own refusals (unknown category, duplicate, no such item) say what to do;
+        // anything else may name the server's paths, so it goes to the log only.
+        Ok(Err(ReindexError::Failed(err))) => match err.chain().find_map(|cause| cause.downcast_ref::<crate::catalogue::Refused>()) {
+            Some(refused) => Err(reply::escape(&refused.to_string(), 1500)),
+            None => {
+                tracing::error!(cause = %format!("{err:#}"), "catalogue edit failed");
+                Err("the edit failed; the bot's log says why.".into())
+            }
+        },
         Err(err) => {
             tracing::error!(cause = %err, "catalogue edit task failed");
             Err("the edit failed; the bot's log says why.".into())

@@ -201,24 +201,28 @@ fn millis(duration: Duration) -> f64 {
 fn embedding_key(config: &Config) -> anyhow::Result<EmbeddingKey> {
     let source = config.index.embedding;
     let backbones: Vec<String> = vision::backbones(config.models.profile).iter().map(|s| s.id.to_string()).collect();
-    let mut hasher = Sha256::new();
-    for backbone in &backbones {
-        let mut files = vec![heads::tuned_backbone_path(&config.models.heads_dir, backbone)];
-        if source != EmbeddingSource::Pooled {
-            files.push(heads::head_path(&config.models.heads_dir, backbone));
-        }
-        for file in files.into_iter().filter(|f| f.exists()) {
-            hasher.update(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
-        }
-    }
+    let dir = &config.models.heads_dir;
+    let files = backbones.iter().flat_map(|b| std::iter::once(heads::tuned_backbone_path(dir, b)).chain((source != EmbeddingSource::Pooled).then(|| heads::head_path(dir, b))));
     Ok(EmbeddingKey {
         profile: config.models.profile.to_string(),
-        weights_sha256: hex::encode(hasher.finalize()),
+        weights_sha256: sha256_of_files(files, false)?,
         backbones,
         source: source.as_str().to_string(),
         pooling: if source == EmbeddingSource::Head { String::new() } else { format!("gem{}", vision::ensemble::GEM_P) },
         dim: vision::ensemble::embedding_dim(source, config.models.profile),
     })
+}
+
+/// sha256 over the bytes of those of `files` that exist (and their names, with `named`).
+fn sha256_of_files(files: impl IntoIterator<Item = PathBuf>, named: bool) -> anyhow::Result<String> {
+    let mut hasher = Sha256::new();
+    for file in files.into_iter().filter(|f| f.exists()) {
+        if named {
+            hasher.update(file.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        }
+        hasher.update(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 impl SearchService {

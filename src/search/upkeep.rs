@@ -60,16 +60,8 @@ fn check_profile(config: &Config) -> anyhow::Result<()> {
 /// `lookalike train` writes new heads there, and not when it writes a checkpoint.
 fn folder_fingerprint(config: &Config) -> anyhow::Result<String> {
     let dir = &config.models.heads_dir;
-    let mut files = vec![heads::info_path(dir)];
-    for spec in vision::backbones(config.models.profile) {
-        files.extend([heads::head_path(dir, spec.id), heads::tuned_backbone_path(dir, spec.id)]);
-    }
-    let mut hasher = Sha256::new();
-    for file in files.into_iter().filter(|f| f.exists()) {
-        hasher.update(file.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
-        hasher.update(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    let files = vision::backbones(config.models.profile).into_iter().flat_map(|spec| [heads::head_path(dir, spec.id), heads::tuned_backbone_path(dir, spec.id)]);
+    sha256_of_files(std::iter::once(heads::info_path(dir)).chain(files), true)
 }
 
 /// New heads loaded beside the running ones, until the re-index for them ends.
@@ -125,7 +117,7 @@ impl SearchService {
                 Ok((id, summary))
             }
             (Edit::Add { .. }, result, reason) => {
-                let why = reason.map_or_else(|| result.err().map(|e| e.to_string()).unwrap_or_default(), |r| format!("it could not be embedded: {r}"));
+                let why = reason.map_or_else(|| result.err().map(|e| format!("{e:#}")).unwrap_or_default(), |r| format!("it could not be embedded: {r}"));
                 catalogue::remove(&settings.dir, &settings.metadata, &id).context("cannot take the photo out again")?;
                 Err(anyhow::anyhow!("the photo was not added: {why}").into())
             }
