@@ -348,6 +348,11 @@ pub struct BenchArgs {
     /// Queries per size in the search benchmark (recall@5 and the index's latencies).
     #[arg(long, default_value_t = 1000)]
     pub queries: usize,
+    /// Sentences the intent benchmark reads (`--only intent`): a labelled file such as
+    /// tests/data/furniture/sentences.tsv (with its categories in text.vocabulary); default:
+    /// eight clothing requests.
+    #[arg(long, value_name = "FILE")]
+    pub sentences: Option<PathBuf>,
     /// Corrections the feedback loop records (`--only feedback`).
     #[arg(long, default_value_t = 200)]
     pub corrections: usize,
@@ -442,7 +447,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             runtime.block_on(crate::discord::serve(config.clone(), service, token))
         }
         Command::Bench(args) => match args.only {
-            Some(BenchPart::Intent) => bench::intent(config, args.rounds),
+            Some(BenchPart::Intent) => bench::intent(config, args.rounds, args.sentences.as_deref()),
             Some(BenchPart::Vision) => bench::vision(config, args.rounds),
             Some(BenchPart::Index) => {
                 let sizes = SearchSizes { rows: args.search_rows.clone(), queries: args.queries };

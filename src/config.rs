@@ -228,8 +228,9 @@ pub struct TextConfig {
     pub methods: Vec<TextMethod>,
     /// Minimum calibrated score for a method to name a category.
     pub min_score: f32,
-    /// Softmax temperature that turns MiniLM cosines into scores.
-    pub embedding_temperature: f32,
+    /// Softmax temperature that turns MiniLM cosines into scores: a number, or "auto" to
+    /// calibrate it on the categories file at start.
+    pub embedding_temperature: Temperature,
     /// Cosine the best category must beat for the embedding method to name it at all.
     pub embedding_none_cosine: f32,
     /// NLI hypothesis; `{}` is replaced by the category name.
@@ -238,6 +239,39 @@ pub struct TextConfig {
     pub nli_model_dir: PathBuf,
     /// WordNet 3.0's dict folder: widens each category's words and tells typos from real words; empty: off.
     pub wordnet_dir: PathBuf,
+}
+
+/// `text.embedding_temperature`: `"auto"` or a number (also as a string, as environment
+/// variables give it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Temperature {
+    Auto,
+    Fixed(f32),
+}
+
+impl<'de> Deserialize<'de> for Temperature {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Temperature, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Number(f64),
+            Text(String),
+        }
+        match Given::deserialize(deserializer)? {
+            Given::Number(value) => Ok(Temperature::Fixed(value as f32)),
+            Given::Text(text) if text == "auto" => Ok(Temperature::Auto),
+            Given::Text(text) => text.parse().map(Temperature::Fixed).map_err(|_| serde::de::Error::custom(format!("expected \"auto\" or a number, got {text:?}"))),
+        }
+    }
+}
+
+impl Serialize for Temperature {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Temperature::Auto => serializer.serialize_str("auto"),
+            Temperature::Fixed(value) => serializer.serialize_f32(*value),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -337,7 +371,9 @@ impl Config {
         let text = &self.text;
         check(!text.methods.is_empty(), "text.methods", format!("{:?}", text.methods), "must name at least one of \"lexical\", \"embedding\", \"nli\"")?;
         check((0.0..=1.0).contains(&text.min_score), "text.min_score", text.min_score, "must be between 0.0 and 1.0")?;
-        check(text.embedding_temperature > 0.0 && text.embedding_temperature <= 1.0, "text.embedding_temperature", text.embedding_temperature, "must be above 0.0 and at most 1.0")?;
+        if let Temperature::Fixed(value) = text.embedding_temperature {
+            check(value > 0.0 && value <= 1.0, "text.embedding_temperature", value, "must be \"auto\", or above 0.0 and at most 1.0")?;
+        }
         check((-1.0..=1.0).contains(&text.embedding_none_cosine), "text.embedding_none_cosine", text.embedding_none_cosine, "must be a cosine between -1.0 and 1.0")?;
         check(text.nli_template.contains("{}"), "text.nli_template", &text.nli_template, "must contain `{}` where the category name goes")?;
         check(self.limits.max_image_mb >= 1, "limits.max_image_mb", self.limits.max_image_mb, "must be at least 1")?;
@@ -491,6 +527,20 @@ mod tests {
 
         let message = parse(DEFAULT_TOML, &[("LOOKALIKE__NOPE__KEY", "1")]).unwrap_err().to_string();
         assert!(message.contains("no config section `nope`"), "{message}");
+    }
+
+    #[test]
+    fn the_embedding_temperature_is_auto_or_a_number() {
+        assert_eq!(parse(DEFAULT_TOML, &[]).unwrap().text.embedding_temperature, Temperature::Auto);
+        let cases = [("embedding_temperature = 0.04", &[][..]), ("embedding_temperature = \"auto\"", &[("LOOKALIKE__TEXT__EMBEDDING_TEMPERATURE", "0.04")][..])];
+        for (line, env) in cases {
+            let config = parse(&DEFAULT_TOML.replace("embedding_temperature = \"auto\"", line), env).unwrap();
+            assert_eq!(config.text.embedding_temperature, Temperature::Fixed(0.04), "{line} {env:?}");
+        }
+        let hot = parse(&DEFAULT_TOML.replace("embedding_temperature = \"auto\"", "embedding_temperature = \"hot\""), &[]).unwrap_err().to_string();
+        assert!(hot.contains("\"auto\" or a number") && hot.contains("hot"), "{hot}");
+        let zero = parse(&DEFAULT_TOML.replace("embedding_temperature = \"auto\"", "embedding_temperature = 0"), &[]).unwrap_err().to_string();
+        assert!(zero.contains("text.embedding_temperature"), "{zero}");
     }
 
     #[test]

@@ -360,6 +360,8 @@ fn categories_explain_shows_each_words_source_and_honours_exclude() {
         wardrobe.contains("WordNet synonyms: closet") && wardrobe.contains("armoire") && !wardrobe.contains("coat closet,") && wardrobe.contains("excluded (exclude = [...]): coat closet"),
         "{shown}"
     );
+    // The embedding method's lines: an armoire's definition, not the excluded coat closet's.
+    assert!(wardrobe.contains("definitions") && wardrobe.contains("a large wardrobe or cabinet") && !wardrobe.contains("outerwear"), "{shown}");
     let table = shown.split("\ntable").nth(1).unwrap().split("\ndesk").next().unwrap();
     assert!(table.contains("a piece of furniture") && table.contains("coffee table") && !table.contains("writing desk"), "the furniture sense; desks stay the desk's: {shown}");
     let json: serde_json::Value = serde_json::from_slice(&lookalike(&["categories", "--json"], &env).stdout).unwrap();

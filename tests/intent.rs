@@ -35,7 +35,8 @@ fn offline_default_reads_the_labelled_sentences() {
     assert!(labelled.iter().filter(|(_, expected, _)| expected.is_none()).count() >= 15);
 
     let combined = text::evaluate(&mut reader(&[TextMethod::Lexical, TextMethod::Embedding]), &labelled).unwrap();
-    assert!(combined.accuracy >= 0.90, "offline default accuracy {:.3}; misses: {:#?}", combined.accuracy, combined.misses);
+    // 97.8 % (88 of 90) with the hand-set temperature and the description alone; no worse now.
+    assert!(combined.misses.len() <= 2, "offline default accuracy {:.3}; misses: {:#?}", combined.accuracy, combined.misses);
     assert_eq!(combined.none_accuracy, 1.0, "a sentence naming no category must not override the image: {:#?}", combined.misses);
 
     // The model does real work: alone, it still reads most paraphrases no keyword list catches.
@@ -50,13 +51,14 @@ fn offline_default_reads_the_labelled_sentences() {
 
 /// Another shop's categories, names and one line each (no synonyms), and 80 sentences written
 /// before any tuning: WordNet's synonyms and kinds and the typo rules read what the file does
-/// not list. Without them the same reader got 83.8 %.
+/// not list, and the embedding method compares with WordNet's definitions at a temperature
+/// calibrated on the file. Without them the same reader got 83.8 %.
 #[test]
 fn an_operators_own_categories_are_read_without_synonym_lists() {
     let furniture = root().join("tests/data/furniture");
     let labelled = text::labelled_sentences(&furniture.join("sentences.tsv")).unwrap();
     let combined = text::evaluate(&mut reader_of(&furniture.join("categories.toml"), &[TextMethod::Lexical, TextMethod::Embedding]), &labelled).unwrap();
-    assert!(combined.accuracy >= 0.93, "furniture accuracy {:.3}; misses: {:#?}", combined.accuracy, combined.misses);
+    assert!(combined.accuracy >= 0.95, "furniture accuracy {:.3}; misses: {:#?}", combined.accuracy, combined.misses);
     assert_eq!(combined.none_accuracy, 1.0, "{:#?}", combined.misses);
     let of_kind = |kind: &str| labelled.iter().filter(|(_, _, k)| k == kind).map(|(s, _, _)| s.clone()).collect::<Vec<_>>();
     let missed: Vec<&String> = combined.misses.iter().map(|m| &m.sentence).collect();
@@ -64,6 +66,8 @@ fn an_operators_own_categories_are_read_without_synonym_lists() {
     assert!(of_kind("negation").iter().all(|s| !missed.contains(&s)), "every negation read: {missed:?}");
     let synonyms_missed = of_kind("synonym").iter().filter(|s| missed.contains(s)).count();
     assert!(synonyms_missed <= 1, "synonyms the file lacks: {missed:?}");
+    let paraphrases_missed = of_kind("paraphrase").iter().filter(|s| missed.contains(s)).count();
+    assert!(paraphrases_missed <= 3, "paraphrases, the embedding method's part: {missed:?}");
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{TextConfig, TextMethod};
+use crate::config::{Temperature, TextConfig, TextMethod};
 
 pub mod wordnet;
 use wordnet::{Source, Term, WordNet};
@@ -47,6 +47,10 @@ pub struct Category {
     /// The WordNet sense of its name the description chose, when WordNet was read.
     #[serde(skip_deserializing)]
     pub sense: Option<wordnet::Sense>,
+    /// WordNet's definitions of that sense and of its kinds one level down that name it: more
+    /// lines for the embedding method to compare a sentence with than the description alone.
+    #[serde(skip_deserializing)]
+    pub definitions: Vec<String>,
 }
 
 /// The categories file (`text.vocabulary`): `[[category]]` tables.
@@ -101,11 +105,20 @@ impl Vocabulary {
         let pairs: Vec<(&str, &str)> = self.category.iter().map(|c| (c.name.as_str(), c.description.as_str())).collect();
         let expanded = wordnet.expand(&pairs);
         let given: Vec<Vec<String>> = self.category.iter().map(|c| c.terms.iter().map(|t| t.phrase.to_lowercase()).collect()).collect();
-        let (senses, expansions): (Vec<_>, Vec<_>) = expanded.into_iter().map(|e| (e.sense, e.terms)).unzip();
-        for ((category, sense), terms) in self.category.iter_mut().zip(senses).zip(wordnet::settle(expansions, &given)) {
-            category.sense = sense;
+        let (senses, expansions): (Vec<_>, Vec<_>) = expanded.into_iter().map(|e| ((e.sense, e.kinds), e.terms)).unzip();
+        for ((category, (sense, kinds)), terms) in self.category.iter_mut().zip(senses).zip(wordnet::settle(expansions, &given)) {
             let excluded: Vec<String> = category.exclude.iter().map(|e| e.to_lowercase()).collect();
             category.terms.extend(terms.into_iter().filter(|t| !excluded.contains(&t.phrase)));
+            // A kind whose words all went to another category, or were excluded, is not this one's.
+            let kept = |via: &String| category.terms.iter().any(|t| matches!(&t.source, Source::Hyponym { depth: 1, via: v } if v == via));
+            let kinds = kinds.into_iter().filter(|(via, _)| kept(via)).map(|(_, definition)| definition);
+            category.definitions.clear();
+            for definition in sense.iter().map(|s| wordnet::definition(&s.gloss).to_string()).chain(kinds) {
+                if !category.definitions.contains(&definition) {
+                    category.definitions.push(definition);
+                }
+            }
+            category.sense = sense;
         }
         self.wordnet = Some(wordnet);
         self.tokenize();
@@ -382,15 +395,30 @@ const GENERIC_REQUESTS: [&str; 10] = [
     "similar item please",
 ];
 
-/// Cosine similarity to category descriptions with all-MiniLM-L6-v2, calibrated into scores by
+/// Cosine similarity with all-MiniLM-L6-v2 to several lines per category, turned into scores by
 /// a temperature softmax over the categories and a "none" class.
 pub struct Embedding {
     model: rust_bert::pipelines::sentence_embeddings::SentenceEmbeddingsModel,
-    /// Per category, the unit vectors of its description and of each name and synonym.
+    /// Per category, the unit vectors of its [`prototype_texts`].
     prototypes: Vec<Vec<Vec<f32>>>,
     generic: Vec<Vec<f32>>,
-    temperature: f32,
+    /// `text.embedding_temperature`, or the one [`calibrate`] found for this categories file.
+    pub temperature: f32,
     none_floor: f32,
+}
+
+/// What a sentence is compared with for one category: its description, its name alone and in
+/// a few requests, the file's synonyms and WordNet's definitions. The first `sentences` of
+/// them (the description and the definitions) read like what a shopper writes, so
+/// [`calibrate`] asks them.
+fn prototype_texts(category: &Category) -> (Vec<String>, usize) {
+    let name = category.name.replace('-', " ");
+    let mut texts = vec![category.description.clone()];
+    texts.extend(category.definitions.iter().cloned());
+    let sentences = texts.len();
+    texts.extend([name.clone(), format!("a {name}"), format!("a {name} like this"), format!("I am looking for a {name}")]);
+    texts.extend(category.synonyms.iter().cloned());
+    (texts, sentences)
 }
 
 impl Embedding {
@@ -419,13 +447,21 @@ impl Embedding {
         };
         let model = SentenceEmbeddingsModel::new(config_rb).context("cannot load all-MiniLM-L6-v2")?;
         let mut prototypes = Vec::new();
+        let mut sentences = Vec::new();
         for category in &vocabulary.category {
-            let mut texts = vec![category.description.clone(), category.name.replace('-', " ")];
-            texts.extend(category.synonyms.iter().cloned());
+            let (texts, count) = prototype_texts(category);
             prototypes.push(unit_rows(model.encode(&texts)?));
+            sentences.push(count);
         }
         let generic = unit_rows(model.encode(&GENERIC_REQUESTS)?);
-        Ok(Embedding { model, prototypes, generic, temperature: config.embedding_temperature, none_floor: config.embedding_none_cosine })
+        let none_floor = config.embedding_none_cosine;
+        let (temperature, origin) = match config.embedding_temperature {
+            Temperature::Fixed(value) => (value, "text.embedding_temperature"),
+            Temperature::Auto => (calibrate(&prototypes, &sentences, &generic, none_floor), "calibrated on the categories file"),
+        };
+        let lines: usize = prototypes.iter().map(Vec::len).sum();
+        tracing::info!("the embedding method compares a sentence with {lines} lines for {} categories; temperature {temperature:.3} ({origin})", prototypes.len());
+        Ok(Embedding { model, prototypes, generic, temperature, none_floor })
     }
 
     /// The bare MiniLM forward pass for one sentence: the baseline the benchmark compares with.
@@ -455,6 +491,57 @@ fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
+/// Each category's best cosine with `query`, leaving out category `c`'s first `n` lines where
+/// `leave_out` is `Some((c, n))`.
+fn category_logits(prototypes: &[Vec<Vec<f32>>], query: &[f32], leave_out: Option<(usize, usize)>) -> Vec<f32> {
+    let best = |(category, rows): (usize, &Vec<Vec<f32>>)| {
+        let skip = leave_out.filter(|(c, _)| *c == category).map_or(0, |(_, n)| n);
+        rows.iter().skip(skip).map(|row| dot(row, query)).fold(f32::NEG_INFINITY, f32::max)
+    };
+    prototypes.iter().enumerate().map(best).collect()
+}
+
+/// The "none" class's logit: the best cosine with a generic request (leaving out `skip`), and
+/// never under `text.embedding_none_cosine`.
+fn none_logit(generic: &[Vec<f32>], query: &[f32], floor: f32, skip: Option<usize>) -> f32 {
+    generic.iter().enumerate().filter(|(line, _)| skip != Some(*line)).map(|(_, row)| dot(row, query)).fold(floor, f32::max)
+}
+
+/// Temperature scaling on the categories file itself, never on test sentences: the temperature
+/// under which the method's scores make the file's own sentences likeliest. Each description
+/// and definition (the first `sentences[c]` lines of category `c`) should name its category
+/// when that category keeps only its name, requests and synonyms; each generic request, left
+/// out of the others, should name none; the two sides weigh alike. The category's other
+/// sentences are left out too because they are near twins ("a lamp that stands on the floor",
+/// "a lamp that sits on a table"): leaving out only the one asked found 0.025 for both test
+/// files, sure of itself where a shopper's sentence shares no wording with any line; leaving
+/// out all of them finds 0.035 for both (the hand-set value was 0.05).
+fn calibrate(prototypes: &[Vec<Vec<f32>>], sentences: &[usize], generic: &[Vec<f32>], floor: f32) -> f32 {
+    let none = prototypes.len();
+    let named: Vec<(Vec<f32>, usize)> = (0..none)
+        .flat_map(|category| (0..sentences[category]).map(move |line| (category, line)))
+        .map(|(category, line)| {
+            let query = &prototypes[category][line];
+            let mut logits = category_logits(prototypes, query, Some((category, sentences[category])));
+            logits.push(none_logit(generic, query, floor, None));
+            (logits, category)
+        })
+        .collect();
+    let generic_requests: Vec<(Vec<f32>, usize)> = generic
+        .iter()
+        .enumerate()
+        .map(|(line, query)| {
+            let mut logits = category_logits(prototypes, query, None);
+            logits.push(none_logit(generic, query, floor, Some(line)));
+            (logits, none)
+        })
+        .collect();
+    let mean_log_likelihood =
+        |samples: &[(Vec<f32>, usize)], temperature: f32| samples.iter().map(|(logits, label)| softmax(logits, temperature)[*label].max(1e-9).ln()).sum::<f32>() / samples.len().max(1) as f32;
+    let fit = |temperature: f32| mean_log_likelihood(&named, temperature) + mean_log_likelihood(&generic_requests, temperature);
+    (1..=40).map(|step| step as f32 * 0.005).max_by(|a, b| fit(*a).total_cmp(&fit(*b))).expect("the grid is not empty")
+}
+
 impl IntentMethod for Embedding {
     fn kind(&self) -> TextMethod {
         TextMethod::Embedding
@@ -465,15 +552,11 @@ impl IntentMethod for Embedding {
             return Ok(vec![0.0; self.prototypes.len()]);
         }
         let query = unit_rows(vec![self.encode(&sentence.affirmative)?]).remove(0);
-        let negated: Vec<usize> = sentence.negated().collect();
-        let mut logits: Vec<f32> = self
-            .prototypes
-            .iter()
-            .enumerate()
-            .map(|(index, rows)| if negated.contains(&index) { f32::NEG_INFINITY } else { rows.iter().map(|row| dot(row, &query)).fold(f32::NEG_INFINITY, f32::max) })
-            .collect();
-        let generic = self.generic.iter().map(|row| dot(row, &query)).fold(self.none_floor, f32::max);
-        logits.push(generic);
+        let mut logits = category_logits(&self.prototypes, &query, None);
+        for negated in sentence.negated() {
+            logits[negated] = f32::NEG_INFINITY;
+        }
+        logits.push(none_logit(&self.generic, &query, self.none_floor, None));
         let mut scores = softmax(&logits, self.temperature);
         scores.pop(); // The "none" class: what is left for the categories is their evidence.
         Ok(scores)
@@ -627,9 +710,7 @@ pub fn render_categories(vocabulary: &Vocabulary, explain: bool) -> String {
             continue;
         }
         match &category.sense {
-            Some(sense) => {
-                out.push_str(&format!("  WordNet sense {} of {} ({}): {}\n", sense.rank + 1, sense.senses, sense.lemmas.join(", "), sense.gloss.split("; \"").next().unwrap_or(&sense.gloss)))
-            }
+            Some(sense) => out.push_str(&format!("  WordNet sense {} of {} ({}): {}\n", sense.rank + 1, sense.senses, sense.lemmas.join(", "), wordnet::definition(&sense.gloss))),
             None if vocabulary.wordnet.is_some() => out.push_str("  not in WordNet: only the name and the file's synonyms\n"),
             None => out.push_str("  WordNet off (text.wordnet_dir): only the name and the file's synonyms\n"),
         }
@@ -650,6 +731,9 @@ pub fn render_categories(vocabulary: &Vocabulary, explain: bool) -> String {
             .collect();
         if !kinds.is_empty() {
             out.push_str(&format!("  WordNet kinds: {}\n", kinds.join(", ")));
+        }
+        if let Some(kinds) = category.definitions.get(1..).filter(|k| !k.is_empty()) {
+            out.push_str(&format!("  kinds' definitions (the embedding method compares with these too): {}\n", kinds.join(" | ")));
         }
         if !category.exclude.is_empty() {
             out.push_str(&format!("  excluded (exclude = [...]): {}\n", category.exclude.join(", ")));
@@ -741,6 +825,7 @@ pub fn labelled_sentences(path: &Path) -> anyhow::Result<Vec<(String, Option<Str
         let expected = (fields[1] != "none").then(|| fields[1].to_string());
         out.push((fields[0].to_string(), expected, fields[2].to_string()));
     }
+    anyhow::ensure!(!out.is_empty(), "{} holds no labelled sentences (sentence<TAB>category-or-none<TAB>kind lines)", path.display());
     Ok(out)
 }
 
@@ -830,6 +915,22 @@ mod tests {
             assert_eq!(words_match(said, known_word, &known, None), plain, "{said} ~ {known_word} without WordNet");
             assert_eq!(words_match(said, known_word, &known, Some(&wordnet)), widened, "{said} ~ {known_word} with WordNet");
         }
+    }
+
+    /// Two categories of two lines each (a sentence, then a name), generic requests on a third
+    /// axis. `overlap` moves each category's sentence towards the other category's name.
+    fn calibrated(overlap: f32) -> f32 {
+        let line = |v: [f32; 3]| unit_rows(vec![v.to_vec()]).remove(0);
+        let prototypes = vec![vec![line([1.0, overlap, 0.0]), line([1.0, 0.0, 0.0])], vec![line([overlap, 1.0, 0.0]), line([0.0, 1.0, 0.0])]];
+        let generic = vec![line([0.0, 0.0, 1.0]), line([0.1, 0.1, 1.0])];
+        calibrate(&prototypes, &[1, 1], &generic, 0.35)
+    }
+
+    #[test]
+    fn calibration_warms_up_as_the_categories_overlap() {
+        let (apart, close, closer) = (calibrated(0.0), calibrated(0.6), calibrated(0.9));
+        assert!(apart < close && close < closer, "{apart} {close} {closer}");
+        assert!((0.005..=0.2).contains(&apart) && (0.005..=0.2).contains(&closer), "within the grid: {apart} {closer}");
     }
 
     #[test]

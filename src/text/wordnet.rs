@@ -44,6 +44,8 @@ pub struct Term {
 pub struct Expansion {
     pub sense: Option<Sense>,
     pub terms: Vec<(Term, usize)>,
+    /// The definition of each kind one level down, by the name its terms give as `via`.
+    pub kinds: Vec<(String, String)>,
 }
 
 /// The WordNet sense chosen for a category's name, and why.
@@ -319,8 +321,8 @@ impl WordNet {
         chosen
             .into_iter()
             .map(|choice| {
-                let Some((root, sense)) = choice else { return Expansion { sense: None, terms: Vec::new() } };
-                let mut terms = Vec::new();
+                let Some((root, sense)) = choice else { return Expansion { sense: None, terms: Vec::new(), kinds: Vec::new() } };
+                let (mut terms, mut kinds) = (Vec::new(), Vec::new());
                 let synset = self.synset(root).expect("a chosen sense reads");
                 for lemma in &synset.lemmas {
                     if self.rank(lemma, root).is_some_and(|r| r <= 2) {
@@ -335,6 +337,9 @@ impl WordNet {
                     }
                     let Some(hyponym) = self.synset(offset) else { continue };
                     let via = hyponym.lemmas.first().map(|l| l.replace('_', " ")).unwrap_or_default();
+                    if depth == 1 {
+                        kinds.push((via.clone(), definition(&hyponym.gloss).to_string()));
+                    }
                     for lemma in &hyponym.lemmas {
                         let rank = self.rank(lemma, offset).unwrap_or(usize::MAX);
                         if ((depth <= 1 && rank <= 2) || rank == 0) && !self.modifiers.contains(lemma) && !(depth >= 2 && self.verbs.contains(lemma)) {
@@ -343,10 +348,15 @@ impl WordNet {
                     }
                     queue.extend(hyponym.hyponyms.iter().map(|&h| (h, depth + 1)));
                 }
-                Expansion { sense: Some(sense), terms }
+                Expansion { sense: Some(sense), terms, kinds }
             })
             .collect()
     }
+}
+
+/// A gloss without its quoted examples: "a seat for one person, with a support for the back".
+pub fn definition(gloss: &str) -> &str {
+    gloss.split("; \"").next().unwrap_or(gloss).trim()
 }
 
 fn content_words(text: &str) -> HashSet<String> {
