@@ -77,7 +77,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the Discord bot (token from DISCORD_TOKEN).
+    /// Run the Discord bot (token from DISCORD_TOKEN or the file DISCORD_TOKEN_FILE names);
+    /// metrics and probes on serve.metrics_addr; SIGTERM or Ctrl-C stops it gracefully.
     Serve,
     /// The main job on the embedded default: Fashion-MNIST catalogue, training, index, queries.
     Demo,
@@ -441,10 +442,8 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Serve => {
             // Check the token first, so an operator learns of a missing one before anything else.
             let token = crate::config::discord_token()?;
-            let service = std::sync::Arc::new(SearchService::start(config)?);
-            service.warm_up()?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(crate::discord::serve(config.clone(), service, token))
+            runtime.block_on(crate::discord::serve(config.clone(), token))
         }
         Command::Bench(args) => match args.only {
             Some(BenchPart::Intent) => bench::intent(config, args.rounds, args.sentences.as_deref()),

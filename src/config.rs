@@ -37,6 +37,69 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub discord: DiscordConfig,
     pub feedback: FeedbackConfig,
+    pub serve: ServeConfig,
+}
+
+/// Running `lookalike serve` in production ([`crate::ops`]).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// `host:port` of `/metrics`, `/healthz` and `/readyz`; empty turns them off.
+    pub metrics_addr: String,
+    /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before the gateway closes.
+    pub shutdown_grace_s: u64,
+}
+
+/// `discord.shards`: Discord's recommended count, or this process's part of a fixed count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shards {
+    Auto,
+    /// Shards `first..=last` of `total`.
+    Range {
+        first: u32,
+        last: u32,
+        total: u32,
+    },
+}
+
+impl std::str::FromStr for Shards {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Shards, String> {
+        if text == "auto" {
+            return Ok(Shards::Auto);
+        }
+        let wrong = || format!("expected \"auto\" or FIRST-LAST/TOTAL such as \"0-1/4\", got {text:?}");
+        let (range, total) = text.split_once('/').ok_or_else(wrong)?;
+        let (first, last) = range.split_once('-').unwrap_or((range, range));
+        let number = |n: &str| n.trim().parse::<u32>().map_err(|_| wrong());
+        let (first, last, total) = (number(first)?, number(last)?, number(total)?);
+        if first > last || last >= total {
+            return Err(format!("{text:?}: shards are numbered 0 to TOTAL-1, and FIRST must not be after LAST"));
+        }
+        Ok(Shards::Range { first, last, total })
+    }
+}
+
+impl std::fmt::Display for Shards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shards::Auto => f.write_str("auto"),
+            Shards::Range { first, last, total } => write!(f, "{first}-{last}/{total}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Shards {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Shards, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Shards {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// Corrections under "Wrong category?" ([`crate::feedback`]).
@@ -304,6 +367,9 @@ pub struct DiscordConfig {
     pub user_cooldown_s: u64,
     /// Attachment downloads that take longer are abandoned.
     pub download_timeout_ms: u64,
+    /// Gateway shards this process runs: "auto" (all, as many as Discord recommends) or
+    /// "FIRST-LAST/TOTAL", so that several processes split one bot's servers.
+    pub shards: Shards,
 }
 
 impl Config {
@@ -378,6 +444,13 @@ impl Config {
         check(text.nli_template.contains("{}"), "text.nli_template", &text.nli_template, "must contain `{}` where the category name goes")?;
         check(self.limits.max_image_mb >= 1, "limits.max_image_mb", self.limits.max_image_mb, "must be at least 1")?;
         check(self.limits.max_image_megapixels >= 1, "limits.max_image_megapixels", self.limits.max_image_megapixels, "must be at least 1")?;
+        check(
+            self.serve.metrics_addr.is_empty() || self.serve.metrics_addr.parse::<std::net::SocketAddr>().is_ok(),
+            "serve.metrics_addr",
+            &self.serve.metrics_addr,
+            "must be host:port with an IP address, such as 127.0.0.1:9464, or \"\" for off",
+        )?;
+        check(self.serve.shutdown_grace_s <= 3600, "serve.shutdown_grace_s", self.serve.shutdown_grace_s, "must be at most 3600")?;
         check(self.feedback.max_corrections >= 1, "feedback.max_corrections", self.feedback.max_corrections, "must be at least 1")?;
         check(self.feedback.min_agreeing_users >= 1, "feedback.min_agreeing_users", self.feedback.min_agreeing_users, "must be at least 1")?;
         let proxy = &self.discord.api_proxy;
@@ -438,15 +511,25 @@ fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), C
     Ok(())
 }
 
-/// The bot token, from `DISCORD_TOKEN` only. The error says what to do, and never echoes a value.
+/// The bot token: `DISCORD_TOKEN`, or the file `DISCORD_TOKEN_FILE` names (a secrets mount),
+/// never the config file. The errors say what to do, and never echo a value.
 pub fn discord_token() -> anyhow::Result<String> {
-    match std::env::var("DISCORD_TOKEN") {
-        Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_string()),
-        _ => anyhow::bail!(
-            "DISCORD_TOKEN is not set: export the bot token from the Discord developer portal \
-             (Applications > your app > Bot > Reset Token); it is never read from a file"
-        ),
+    if let Ok(token) = std::env::var("DISCORD_TOKEN") {
+        if !token.trim().is_empty() {
+            return Ok(token.trim().to_string());
+        }
     }
+    if let Some(path) = std::env::var_os("DISCORD_TOKEN_FILE").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        let token = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read DISCORD_TOKEN_FILE {}: {e}", path.display()))?;
+        anyhow::ensure!(!token.trim().is_empty(), "DISCORD_TOKEN_FILE {} is empty: write the bot token into it", path.display());
+        return Ok(token.trim().to_string());
+    }
+    anyhow::bail!(
+        "DISCORD_TOKEN is not set: export the bot token from the Discord developer portal \
+         (Applications > your app > Bot > Reset Token), or set DISCORD_TOKEN_FILE to a file holding it; \
+         it is never read from the config file"
+    )
 }
 
 #[cfg(test)]

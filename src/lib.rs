@@ -9,7 +9,7 @@
 //!
 //! | module   | owns | knows nothing of |
 //! |----------|------|------------------|
-//! | [`config`] | typed config from `config/lookalike.toml` + `LOOKALIKE__SECTION__KEY` overrides, validated at start-up; the token only from `DISCORD_TOKEN` | everything else |
+//! | [`config`] | typed config from `config/lookalike.toml` + `LOOKALIKE__SECTION__KEY` overrides, validated at start-up; the token only from `DISCORD_TOKEN` or `DISCORD_TOKEN_FILE` | everything else |
 //! | [`files`]  | files written whole or not at all (temporary file, flush, rename); the heads folder's layout | everything else |
 //! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` | Discord, index |
 //! | [`imaging`] | decode with limits, EXIF orientation, RGB; resize, crop, per-backbone normalisation | torch models, Discord |
@@ -28,6 +28,8 @@
 //! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run | Discord |
 //! | [`demo`]   | `lookalike demo`: the Fashion-MNIST catalogue, heads if missing, index, queries, contact sheet | Discord |
 //! | [`discord`] | the bot: serenity client (optionally through `discord.api_proxy`); one file per command or interaction (`search`, `mention`, `buttons`, `catalogue` (with the moderators' edits), `help`, `reindex`); `explain`, the one place that words failures for users; attachment checks; the bounded store of recent searches; rendering a `SearchOutcome` as embeds | torch, index internals |
+//! | [`metrics`] | the process's Prometheus metrics (searches by outcome and entry point, stage histograms, batch sizes, index generation and items, re-indexes, gateway shards), recorded where things happen | everything else |
+//! | [`ops`]    | production operation: `/metrics`, `/healthz`, `/readyz` on `serve.metrics_addr`; requests in flight and the drain a graceful shutdown waits for | serenity |
 //! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it. Nothing calls back into it | Discord |
 //!
 //! # Invariants
@@ -51,7 +53,9 @@ pub mod feedback;
 pub mod files;
 pub mod imaging;
 pub mod index;
+pub mod metrics;
 pub mod models;
+pub mod ops;
 pub mod plot;
 pub mod progress;
 pub mod retrieval;

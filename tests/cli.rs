@@ -244,11 +244,23 @@ fn serve_demands_the_token_from_the_environment_and_never_echoes_it() {
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("DISCORD_TOKEN is not set"), "{}", text(&output.stderr));
 
+    // Or from a file (a secrets mount): an empty or missing one is named, with the fix.
+    let scratch = tempfile::tempdir().unwrap();
+    let token_file = scratch.path().join("token");
+    std::fs::write(&token_file, "\n").unwrap();
+    let output = lookalike(&["serve"], &[("DISCORD_TOKEN", ""), ("DISCORD_TOKEN_FILE", token_file.to_str().unwrap())]);
+    assert!(output.status.code() == Some(1) && text(&output.stderr).contains("is empty: write the bot token into it"), "{}", text(&output.stderr));
+    let output = lookalike(&["serve"], &[("DISCORD_TOKEN", ""), ("DISCORD_TOKEN_FILE", "/nonexistent/token")]);
+    assert!(text(&output.stderr).contains("cannot read DISCORD_TOKEN_FILE /nonexistent/token"), "{}", text(&output.stderr));
+
     // With the token set, start-up goes on to the models (none here) and fails without it.
-    let output = lookalike(&["serve"], &[("DISCORD_TOKEN", "secret-token-value"), ("LOOKALIKE__MODELS__HEADS_DIR", "/nonexistent/heads")]);
-    assert_eq!(output.status.code(), Some(1));
-    let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
-    assert!(!all.contains("secret-token-value"), "{all}");
+    std::fs::write(&token_file, "secret-token-value\n").unwrap();
+    for token in [("DISCORD_TOKEN", "secret-token-value"), ("DISCORD_TOKEN_FILE", token_file.to_str().unwrap())] {
+        let output = lookalike(&["serve"], &[token, ("LOOKALIKE__MODELS__HEADS_DIR", "/nonexistent/heads"), ("LOOKALIKE__SERVE__METRICS_ADDR", "127.0.0.1:0")]);
+        assert_eq!(output.status.code(), Some(1));
+        let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
+        assert!(!all.contains("secret-token-value") && all.contains("heads"), "{all}");
+    }
 }
 
 #[test]

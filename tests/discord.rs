@@ -12,35 +12,18 @@ use common::{picture, png, write_catalogue, World};
 
 #[path = "common/fake_discord.rs"]
 mod fake_discord;
-use fake_discord::{attachment, autocomplete_interaction, button_interaction, command_interaction, member, message, select_interaction, user, FakeDiscord, Invocation, Recorded, BOT_USER};
+use fake_discord::{
+    attachment, autocomplete_interaction, button_interaction, callback_of, command_interaction, embeds, is_reply_to, member, message, select_interaction, slash_search, user, FakeDiscord, Invocation,
+    Recorded, BOT_USER, SHOPPER,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
-const SHOPPER: u64 = 910_000_000_000_000_777;
 /// Manage Server.
 const MANAGE_GUILD: u64 = 1 << 5;
-
-fn embeds(recorded: &Recorded) -> Vec<Value> {
-    recorded.body["embeds"].as_array().cloned().unwrap_or_default()
-}
 
 /// Categories of the hit embeds (every embed after the summary).
 fn hit_categories(recorded: &Recorded) -> Vec<String> {
     embeds(recorded)[1..].iter().map(|e| e["fields"].as_array().unwrap().iter().find(|f| f["name"] == "Category").unwrap()["value"].as_str().unwrap().to_string()).collect()
-}
-
-/// A `/search` with a photo hosted on the fake CDN; returns the interaction token.
-fn slash_search(discord: &FakeDiscord, name: &str, bytes: Vec<u8>, content_type: &str, text: Option<&str>, declared_size: Option<usize>) -> String {
-    let (id, attachment_id) = (discord.next_id(), discord.next_id());
-    let size = declared_size.unwrap_or(bytes.len());
-    let url = discord.host(name, bytes, 0);
-    let token = format!("token-{id}");
-    let mut options = vec![json!({ "name": "image", "type": 11, "value": attachment_id.to_string() })];
-    if let Some(text) = text {
-        options.push(json!({ "name": "text", "type": 3, "value": text }));
-    }
-    let resolved = json!({ "attachments": { attachment_id.to_string(): attachment(attachment_id, name, size, content_type, &url) } });
-    discord.dispatch("INTERACTION_CREATE", command_interaction(id, &token, "search", Invocation::Slash(json!(options)), resolved, member(SHOPPER, 0, &[])));
-    token
 }
 
 /// A `/catalogue...` command with `options` (and the photo `resolved`, for `catalogue-add`)
@@ -55,14 +38,6 @@ fn catalogue_command(discord: &FakeDiscord, name: &str, options: Value, resolved
 /// The edited original response whose content starts with `prefix`.
 fn answer_starting<'a>(token: &'a str, prefix: &'static str) -> impl Fn(&Recorded) -> bool + 'a {
     move |r| r.method == "PATCH" && r.path.contains(token) && r.body["content"].as_str().is_some_and(|c| c.starts_with(prefix))
-}
-
-fn is_reply_to(token: &str) -> impl Fn(&Recorded) -> bool + '_ {
-    move |r| r.method == "PATCH" && r.path.contains(token) && r.path.ends_with("/messages/@original") && !embeds(r).is_empty()
-}
-
-fn callback_of(token: &str) -> impl Fn(&Recorded) -> bool + '_ {
-    move |r| r.method == "POST" && r.path.ends_with(&format!("/{token}/callback"))
 }
 
 /// What the bot logs, captured as `RUST_LOG=lookalike=info` would print it.
@@ -105,7 +80,8 @@ fn the_bot_answers_through_a_fake_discord() {
         let service = Arc::new(tokio::task::spawn_blocking(move || lookalike::search::SearchService::start(&start)).await.unwrap().unwrap());
         let indexer = service.clone();
         tokio::task::spawn_blocking(move || indexer.reindex(&mut |_| {})).await.unwrap().unwrap();
-        let mut client = lookalike::discord::client(config, service.clone(), "fake-bot-token-not-secret").await.unwrap();
+        let health = Arc::new(lookalike::ops::Health::default());
+        let mut client = lookalike::discord::client(config, service.clone(), "fake-bot-token-not-secret", health).await.unwrap();
         tokio::spawn(async move { client.start().await });
 
         // Start-up: the gateway handshake, then the commands registered in the guild.

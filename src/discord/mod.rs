@@ -21,18 +21,20 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use serenity::all::{
-    async_trait, Client, ClientBuilder, Command, CommandInteraction, CommandOptionType, CommandType, ComponentInteraction, ComponentInteractionDataKind, Context, CreateCommand, CreateCommandOption,
-    CreateInteractionResponse, CreateInteractionResponseFollowup, CreateInteractionResponseMessage, CreateMessage, EditInteractionResponse, EventHandler, GatewayIntents, GuildId, HttpBuilder,
-    Interaction, Member, Message, Permissions, Ready, ResolvedValue, RoleId, UserId,
+    async_trait, Client, ClientBuilder, Command, CommandInteraction, CommandOptionType, CommandType, ComponentInteraction, ComponentInteractionDataKind, ConnectionStage, Context, CreateCommand,
+    CreateCommandOption, CreateInteractionResponse, CreateInteractionResponseFollowup, CreateInteractionResponseMessage, CreateMessage, EditInteractionResponse, EventHandler, GatewayIntents, GuildId,
+    HttpBuilder, Interaction, Member, Message, Permissions, Ready, ResolvedValue, RoleId, ShardStageUpdateEvent, UserId,
 };
 
 use attachment::{check_declared, has_image_extension, Declared};
 use queries::{RecentQueries, StoredQuery};
 
-use crate::config::Config;
+use crate::config::{Config, Shards};
 use crate::feedback::FeedbackStore;
 use crate::imaging::{self, ImageError};
 use crate::index::{render_summary, Audience, Progress, ReindexError};
+use crate::metrics::METRICS;
+use crate::ops::Health;
 use crate::search::{Query, SearchError, SearchService};
 use reply::Reply;
 use serenity::builder::Builder;
@@ -47,17 +49,70 @@ struct Bot {
     /// Where the picks under "Wrong category?" are recorded.
     feedback: Arc<FeedbackStore>,
     me: OnceLock<UserId>,
+    /// Requests in flight, and whether the process is shutting down.
+    health: Arc<Health>,
 }
 
-/// Runs the bot until the gateway connection ends for good or the process is interrupted.
-pub async fn serve(config: Config, service: Arc<SearchService>, token: String) -> anyhow::Result<()> {
-    let mut client = client(config, service, &token).await?;
-    let shards = client.shard_manager.clone();
+/// `lookalike serve`: the probes and metrics first (so a supervisor sees the process answer
+/// while the models load), then the models, then the bot until SIGTERM or Ctrl-C.
+pub async fn serve(config: Config, token: String) -> anyhow::Result<()> {
+    let health = Arc::new(Health::default());
+    if !config.serve.metrics_addr.is_empty() {
+        crate::ops::listen(&config.serve.metrics_addr, health.clone()).await?;
+    }
+    let loading = config.clone();
+    let service = tokio::task::spawn_blocking(move || -> anyhow::Result<SearchService> {
+        let service = SearchService::start(&loading)?;
+        service.warm_up()?;
+        Ok(service)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("loading the models failed: {e}"))??;
+    run(config, Arc::new(service), &token, health, shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM (a supervisor stopping the bot) or Ctrl-C, naming which.
+pub async fn shutdown_signal() -> &'static str {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let sigterm = async {
+        match terminate.as_mut() {
+            Some(signal) => signal.recv().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        result = client.start() => result.map_err(|e| anyhow::anyhow!("the Discord connection ended: {e}")),
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted: closing the gateway connection");
-            shards.shutdown_all().await;
+        _ = sigterm => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+    }
+}
+
+/// Runs the bot on this process's gateway shards (`discord.shards`) until the connection ends
+/// for good, or `shutdown` resolves: then no new request is taken, those in flight get up to
+/// `serve.shutdown_grace_s` to finish, and the gateway closes.
+pub async fn run(config: Config, service: Arc<SearchService>, token: &str, health: Arc<Health>, shutdown: impl std::future::Future<Output = &'static str>) -> anyhow::Result<()> {
+    let _ = health.service.set(service.clone());
+    let (shards, grace) = (config.discord.shards, Duration::from_secs(config.serve.shutdown_grace_s));
+    let mut client = client(config, service, token, health.clone()).await?;
+    let (first, last, total) = match shards {
+        Shards::Range { first, last, total } => (first, last, total),
+        Shards::Auto => {
+            let recommended = client.http.get_bot_gateway().await.map_err(|e| anyhow::anyhow!("cannot ask Discord how many shards to run (discord.shards = \"auto\"): {e}"))?.shards.max(1);
+            (0, recommended - 1, recommended)
+        }
+    };
+    health.shards.store((last - first + 1) as usize, std::sync::atomic::Ordering::SeqCst);
+    tracing::info!("gateway shards {first} to {last} of {total}");
+    let manager = client.shard_manager.clone();
+    tokio::select! {
+        // serenity's range is inclusive of its end here.
+        result = client.start_shard_range(first..last, total) => result.map_err(|e| anyhow::anyhow!("the Discord connection ended: {e}")),
+        signal = shutdown => {
+            tracing::info!("{signal}: taking no new requests; {} in flight get up to {} s", health.in_flight(), grace.as_secs());
+            if !health.drain(grace).await {
+                tracing::warn!("{} requests still in flight after {} s: closing anyway (a re-index among them is resumed by the next)", health.in_flight(), grace.as_secs());
+            }
+            manager.shutdown_all().await;
+            tracing::info!("gateway closed; exiting");
             Ok(())
         }
     }
@@ -65,7 +120,7 @@ pub async fn serve(config: Config, service: Arc<SearchService>, token: String) -
 
 /// The serenity client, pointed at `discord.api_proxy` when set (every REST call, and the
 /// gateway URL that origin returns).
-pub async fn client(config: Config, service: Arc<SearchService>, token: &str) -> anyhow::Result<Client> {
+pub async fn client(config: Config, service: Arc<SearchService>, token: &str, health: Arc<Health>) -> anyhow::Result<Client> {
     let mut http = HttpBuilder::new(token).default_allowed_mentions(reply::no_pings());
     if !config.discord.api_proxy.is_empty() {
         http = http.proxy(config.discord.api_proxy.clone()).ratelimiter_disabled(true);
@@ -74,7 +129,7 @@ pub async fn client(config: Config, service: Arc<SearchService>, token: &str) ->
     let downloads = reqwest::Client::builder().connect_timeout(Duration::from_millis(config.discord.download_timeout_ms)).build()?;
     let cooldowns = Cooldowns { gap: Duration::from_secs(config.discord.user_cooldown_s), last: DashMap::new() };
     let feedback = Arc::new(FeedbackStore::open(&config.feedback));
-    let bot = Bot { service, config, downloads, cooldowns, queries: RecentQueries::default(), feedback, me: OnceLock::new() };
+    let bot = Bot { service, config, downloads, cooldowns, queries: RecentQueries::default(), feedback, me: OnceLock::new(), health };
     ClientBuilder::new_with_http(http.build(), intents).event_handler(Handler { bot: Arc::new(bot) }).await.map_err(|e| anyhow::anyhow!("cannot build the Discord client: {e}"))
 }
 
@@ -94,6 +149,7 @@ struct Handler {
 impl EventHandler for Handler {
     async fn ready(&self, ctx: Context, ready: Ready) {
         let _ = self.bot.me.set(ready.user.id);
+        self.bot.health.gateway(ctx.shard_id.0, true);
         let registered = match self.bot.config.discord.guild_id {
             0 => Command::set_global_commands(&ctx.http, commands()).await.map(|c| c.len()),
             guild => GuildId::new(guild).set_commands(&ctx.http, commands()).await.map(|c| c.len()),
@@ -104,9 +160,26 @@ impl EventHandler for Handler {
         }
     }
 
+    async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
+        self.bot.health.gateway(event.shard_id.0, event.new == ConnectionStage::Connected);
+    }
+
     async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
         let bot = self.bot.clone();
+        let Some(in_flight) = bot.health.enter() else {
+            let restarting = CreateInteractionResponse::Message(CreateInteractionResponseMessage::new().content(RESTARTING).ephemeral(true));
+            let answered = match interaction {
+                Interaction::Command(command) => command.create_response(&ctx.http, restarting).await,
+                Interaction::Component(component) => component.create_response(&ctx.http, restarting).await,
+                _ => Ok(()),
+            };
+            if let Err(err) = answered {
+                tracing::warn!(cause = %err, "cannot answer an interaction");
+            }
+            return;
+        };
         isolate("interaction", async move {
+            let _in_flight = in_flight;
             match interaction {
                 Interaction::Command(command) => match (command.data.kind, command.data.name.as_str()) {
                     (CommandType::ChatInput, "search") => search::slash_search(&bot, &ctx, &command).await,
@@ -127,9 +200,18 @@ impl EventHandler for Handler {
 
     async fn message(&self, ctx: Context, message: Message) {
         let bot = self.bot.clone();
-        isolate("message", async move { mention::chat_search(&bot, &ctx, &message).await }).await;
+        // Shutting down: a message is left for the next process to miss, as it cannot be deferred.
+        let Some(in_flight) = bot.health.enter() else { return };
+        isolate("message", async move {
+            let _in_flight = in_flight;
+            mention::chat_search(&bot, &ctx, &message).await
+        })
+        .await;
     }
 }
+
+/// The answer to a command that arrives while the process shuts down.
+const RESTARTING: &str = "lookalike is restarting: ask again in a minute.";
 
 /// Runs a handler in its own task, so that a panic in it is logged and goes no further.
 async fn isolate(what: &'static str, handler: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -204,6 +286,7 @@ impl Bot {
             Ok(image) => image,
             Err(err) => {
                 span.in_scope(|| tracing::info!(outcome = "bad_image", cause = %err, "request"));
+                METRICS.search(asker.kind, "bad_image");
                 return Err(err.to_string());
             }
         };
@@ -217,6 +300,14 @@ impl Bot {
         let span = asker.span(key);
         let started = Instant::now();
         let result = self.answer_logged(stored, key).instrument(span.clone()).await;
+        match &result {
+            Ok((_, outcome)) => {
+                let t = &outcome.timings;
+                METRICS.search(asker.kind, "ok");
+                METRICS.stages([t.decode_ms, t.queue_ms, t.vision_ms, t.text_ms, t.search_ms, t.total_ms].map(|ms| ms / 1e3));
+            }
+            Err(err) => METRICS.search(asker.kind, err.kind()),
+        }
         span.in_scope(|| match &result {
             Ok((_, outcome)) => {
                 let t = &outcome.timings;

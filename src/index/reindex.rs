@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use serde::Serialize;
 
 use super::{CategoryCount, EmbeddingKey, Failure, Item};
@@ -63,6 +64,8 @@ pub struct ReindexSummary {
     pub unchanged: usize,
     /// Images that went through the models this time.
     pub embedded: usize,
+    /// Images an interrupted re-index had embedded, taken from its partial file.
+    pub resumed: usize,
     /// Files whose bytes equal another file's, stored once.
     pub duplicates: usize,
     pub failed: Vec<Failure>,
@@ -83,6 +86,9 @@ pub fn render_summary(summary: &ReindexSummary, audience: Audience) -> String {
         out.push_str("  new heads loaded from the heads folder and swapped in\n");
     }
     out.push_str(&format!("  added {}, changed {}, removed {}, unchanged {}; {} images embedded\n", summary.added, summary.changed, summary.removed, summary.unchanged, summary.embedded));
+    if summary.resumed > 0 {
+        out.push_str(&format!("  {} more embedded by an interrupted re-index were taken up where it stopped\n", summary.resumed));
+    }
     if !summary.failed.is_empty() {
         out.push_str(&format!("  {} files could not be indexed:\n", summary.failed.len()));
         for failure in &summary.failed {
@@ -123,6 +129,66 @@ pub struct ReindexJob<'a> {
     /// A catalogue edit made under the re-index lock, before the catalogue is read: no other
     /// re-index, in this process or another, sees it half-made.
     pub edit: Option<&'a (dyn Fn() -> anyhow::Result<()> + 'a)>,
+    /// Where the vectors embedded so far are appended after every chunk, so that a re-index
+    /// interrupted (a shutdown, a crash) goes on where it stopped; the caller removes the file
+    /// once the generation is written. None: nothing is kept.
+    pub partial: Option<&'a std::path::Path>,
+}
+
+/// The partial file: a line with the embedding key (JSON), then per image the content hash's
+/// length (one byte), the hash, the vector's length (u32) and the vector (f32), little-endian.
+/// A torn last record, or another key's file, is ignored.
+mod partial {
+    use std::collections::HashMap;
+    use std::io::{BufRead, Read, Write};
+    use std::path::Path;
+
+    use crate::index::EmbeddingKey;
+
+    pub fn load(path: &Path, key: &EmbeddingKey) -> HashMap<String, Vec<f32>> {
+        let mut vectors = HashMap::new();
+        let Ok(file) = std::fs::File::open(path) else { return vectors };
+        let mut reader = std::io::BufReader::new(file);
+        let mut header = String::new();
+        if reader.read_line(&mut header).is_err() || serde_json::from_str::<EmbeddingKey>(header.trim()).ok().as_ref() != Some(key) {
+            return vectors;
+        }
+        let mut record = || -> std::io::Result<(String, Vec<f32>)> {
+            let mut length = [0u8; 1];
+            reader.read_exact(&mut length)?;
+            let mut hash = vec![0u8; length[0] as usize];
+            reader.read_exact(&mut hash)?;
+            let mut dim = [0u8; 4];
+            reader.read_exact(&mut dim)?;
+            let mut bytes = vec![0u8; 4 * u32::from_le_bytes(dim) as usize];
+            reader.read_exact(&mut bytes)?;
+            let vector = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            Ok((String::from_utf8_lossy(&hash).into_owned(), vector))
+        };
+        while let Ok((hash, vector)) = record() {
+            vectors.insert(hash, vector);
+        }
+        vectors
+    }
+
+    /// Opens the file to append to: kept when it holds `key`'s vectors (`resuming`), else new.
+    pub fn open(path: &Path, key: &EmbeddingKey, resuming: bool) -> anyhow::Result<std::fs::File> {
+        if resuming {
+            return Ok(std::fs::OpenOptions::new().append(true).open(path)?);
+        }
+        let mut file = std::fs::File::create(path)?;
+        writeln!(file, "{}", serde_json::to_string(key)?)?;
+        Ok(file)
+    }
+
+    pub fn append(file: &mut std::fs::File, hash: &str, vector: &[f32]) -> std::io::Result<()> {
+        let mut record = Vec::with_capacity(5 + hash.len() + 4 * vector.len());
+        record.push(hash.len() as u8);
+        record.extend_from_slice(hash.as_bytes());
+        record.extend_from_slice(&(vector.len() as u32).to_le_bytes());
+        vector.iter().for_each(|v| record.extend_from_slice(&v.to_le_bytes()));
+        file.write_all(&record)
+    }
 }
 
 /// Embeds images by path, one result per path (a reason when the image is unusable).
@@ -226,7 +292,23 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
 
     // Vectors: reused by hash, or embedded.
     let mut vectors: Vec<Option<Vector>> = by_hash.iter().map(|(hash, _)| known_rows.get(hash.as_str()).filter(|_| reusable).map(|&row| Vector::Reused(row))).collect();
+    // Vectors an interrupted re-index of the same key had embedded.
+    let earlier = job.partial.map(|path| partial::load(path, job.key)).unwrap_or_default();
+    let mut resumed = 0;
+    for (slot, (hash, _)) in by_hash.iter().enumerate() {
+        if let (None, Some(vector)) = (&vectors[slot], earlier.get(hash)) {
+            vectors[slot] = Some(Vector::Embedded(vector.clone()));
+            resumed += 1;
+        }
+    }
+    if resumed > 0 {
+        tracing::info!("taking up an interrupted re-index: {resumed} images it embedded are reused");
+    }
     let missing: Vec<usize> = (0..by_hash.len()).filter(|&slot| vectors[slot].is_none()).collect();
+    let mut kept = match job.partial {
+        Some(path) if !missing.is_empty() => Some(partial::open(path, job.key, !earlier.is_empty()).with_context(|| format!("cannot write the re-index's partial file {}", path.display()))?),
+        _ => None,
+    };
     let embed_started = Instant::now();
     let mut done = 0;
     progress(&Progress { done, total: missing.len(), elapsed_s: 0.0 });
@@ -236,7 +318,12 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
         anyhow::ensure!(results.len() == chunk.len(), "the embedder answered {} of {} images", results.len(), chunk.len());
         for (&slot, result) in chunk.iter().zip(results) {
             match result {
-                Ok(vector) if vector.len() == job.key.dim => vectors[slot] = Some(Vector::Embedded(vector)),
+                Ok(vector) if vector.len() == job.key.dim => {
+                    if let Some(file) = kept.as_mut() {
+                        partial::append(file, &by_hash[slot].0, &vector)?;
+                    }
+                    vectors[slot] = Some(Vector::Embedded(vector));
+                }
                 Ok(vector) => anyhow::bail!("the embedder returned a {}-d vector, expected {}", vector.len(), job.key.dim),
                 Err(reason) => failed.extend(by_hash[slot].1.iter().map(|e| Failure { id: e.id.clone(), reason: reason.clone() })),
             }
@@ -274,6 +361,7 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
         removed,
         unchanged,
         embedded: missing.len(),
+        resumed,
         duplicates,
         failed: failed.clone(),
         not_images: scan.not_images,
@@ -320,6 +408,7 @@ mod tests {
             removed: 0,
             unchanged: 1,
             embedded: 1,
+            resumed: 0,
             duplicates: 0,
             failed: vec![Failure { id: "bag/b.png".into(), reason: "the file is empty".into() }],
             not_images: vec![PathBuf::from("/srv/shop/catalogue/bag/notes.txt")],

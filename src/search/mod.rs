@@ -446,6 +446,7 @@ fn classify_pending(models: &mut Models, pending: &Mutex<Vec<Pending>>, source: 
 fn classify_group(models: &mut Models, group: Vec<Pending>, key: &EmbeddingKey, source: EmbeddingSource) {
     let started = Instant::now();
     let size = group.len();
+    crate::metrics::METRICS.batch(size);
     let (images, rest): (Vec<RgbImage>, Vec<_>) = group.into_iter().map(|p| (p.image, (p.text, p.queued, p.answer))).unzip();
     let classified = models.matching(key).and_then(|ensemble| {
         ensemble.classify(&images).map_err(|err| {

@@ -83,6 +83,10 @@ impl SearchService {
 
     /// [`reindex`](Self::reindex) asked for by `who` (whom the audit log names if heads are swapped).
     pub fn reindex_by(&self, who: Who, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+        counted(self.run_reindex(who, progress))
+    }
+
+    fn run_reindex(&self, who: Who, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
         let _one = self.upkeep.try_lock().map_err(|_| ReindexError::AlreadyRunning("in this process".into()))?;
         let Some(staged) = self.stage_new_heads()? else {
             return self.reindex_as(&self.embedding_key(), None, progress);
@@ -95,6 +99,10 @@ impl SearchService {
     /// embedded), and logs the edit as `who`'s. Returns the item's id. If the re-index fails, an
     /// added photo is taken out again.
     pub fn edit_catalogue(&self, edit: Edit, who: Who, progress: &mut dyn FnMut(&Progress)) -> Result<(String, ReindexSummary), ReindexError> {
+        counted(self.run_edit(edit, who, progress))
+    }
+
+    fn run_edit(&self, edit: Edit, who: Who, progress: &mut dyn FnMut(&Progress)) -> Result<(String, ReindexSummary), ReindexError> {
         let _one = self.upkeep.try_lock().map_err(|_| ReindexError::AlreadyRunning("in this process".into()))?;
         let (settings, limits) = (&self.settings.catalogue, self.settings.limits);
         let edited: Mutex<Option<String>> = Mutex::new(None);
@@ -139,7 +147,13 @@ impl SearchService {
     /// The re-index proper, embedding with the ensemble whose vectors `key` describes.
     fn reindex_as(&self, key: &EmbeddingKey, edit: Option<&dyn Fn() -> anyhow::Result<()>>, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
         let catalogue = &self.settings.catalogue;
-        let job = ReindexJob { catalogue: &catalogue.dir, metadata: &catalogue.metadata, key, chunk: self.reindex_chunk, max_image_bytes: self.settings.limits.max_bytes, edit };
+        // In the index folder for either backend: a database's re-index is resumed by the same machine.
+        let partial = self.settings.index.dir.join("reindex-partial.bin");
+        if let Err(err) = std::fs::create_dir_all(&self.settings.index.dir) {
+            tracing::warn!(cause = %err, "cannot create the index folder; an interrupted re-index will start over");
+        }
+        let job =
+            ReindexJob { catalogue: &catalogue.dir, metadata: &catalogue.metadata, key, chunk: self.reindex_chunk, max_image_bytes: self.settings.limits.max_bytes, edit, partial: Some(&partial) };
         let (worker, source, limits, key) = (self.worker.clone(), self.source, self.settings.limits, key.clone());
         let mut embed = move |paths: &[PathBuf]| -> Vec<Result<Vec<f32>, String>> {
             let decoded: Vec<Result<RgbImage, String>> = imaging::load_many(paths, limits).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
@@ -166,7 +180,10 @@ impl SearchService {
                 Err(err) => paths.iter().map(|_| Err(err.to_string())).collect(),
             }
         };
-        self.backend.reindex(&job, &mut embed, progress)
+        let summary = self.backend.reindex(&job, &mut embed, progress)?;
+        // Written: what the partial file held is in the generation now.
+        let _ = std::fs::remove_file(&partial);
+        Ok(summary)
     }
 
     /// Loads the heads folder's ensemble beside the running one when the folder changed since the
@@ -232,6 +249,18 @@ pub fn with_bar<T>(job: impl FnOnce(&mut dyn FnMut(&Progress)) -> Result<T, Rein
 }
 
 /// Re-indexes `catalogue.dir` with a progress bar; returns what changed.
+/// Counts a re-index (or an edit's) in `lookalike_reindex_total`: refused when another was
+/// running or the edit was refused (an unknown category, a duplicate photo...).
+fn counted<T>(result: Result<T, ReindexError>) -> Result<T, ReindexError> {
+    crate::metrics::METRICS.reindex(match &result {
+        Ok(_) => "ok",
+        Err(ReindexError::AlreadyRunning(_)) => "refused",
+        Err(ReindexError::Failed(err)) if err.downcast_ref::<catalogue::Refused>().is_some() => "refused",
+        Err(_) => "error",
+    });
+    result
+}
+
 pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<ReindexSummary> {
     with_bar(|progress| service.reindex(progress))
 }

@@ -4,6 +4,8 @@
 //! served), and a websocket gateway speaking Hello, Identify/Resume, READY, heartbeat ACK and
 //! then the events a test dispatches. Payloads follow Discord's documented shapes, with every
 //! field real Discord sends (serenity drops events that lack one).
+// Shared by several test binaries, each using some of it.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -50,8 +52,14 @@ struct Shared {
     unrouted: Mutex<Vec<String>>,
     gateway: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Gateway>>>,
     cdn: Mutex<HashMap<String, (Vec<u8>, usize)>>,
+    /// Added before every CDN chunk (a slow network).
+    cdn_delay_ms: AtomicUsize,
     served: Mutex<HashMap<String, usize>>,
     identified: AtomicUsize,
+    /// The `shard` of each Identify, in order.
+    shards_identified: Mutex<Vec<[u64; 2]>>,
+    /// What `/gateway/bot` recommends.
+    shards: u64,
     resumed: AtomicUsize,
     ids: AtomicU64,
 }
@@ -63,12 +71,18 @@ pub struct FakeDiscord {
 impl FakeDiscord {
     /// Binds the REST server and the gateway on `127.0.0.1:0` and serves them on this runtime.
     pub async fn start() -> FakeDiscord {
+        FakeDiscord::start_with_shards(1).await
+    }
+
+    /// [`start`](Self::start), with `/gateway/bot` recommending `shards` shards.
+    pub async fn start_with_shards(shards: u64) -> FakeDiscord {
         let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gateway = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let shared = Arc::new(Shared {
             ws_url: format!("ws://{}", gateway.local_addr().unwrap()),
             origin: format!("http://{}", rest.local_addr().unwrap()),
             ids: AtomicU64::new(910_000_000_000_000_000),
+            shards,
             ..Shared::default()
         });
         let app = Router::new()
@@ -76,7 +90,7 @@ impl FakeDiscord {
             .route(
                 "/api/v10/gateway/bot",
                 get(|State(s): State<Arc<Shared>>| async move {
-                    Json(json!({ "url": s.ws_url, "shards": 1, "session_start_limit": { "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1 } }))
+                    Json(json!({ "url": s.ws_url, "shards": s.shards, "session_start_limit": { "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1 } }))
                 }),
             )
             .route("/api/v10/applications/:app/commands", put(register))
@@ -119,6 +133,11 @@ impl FakeDiscord {
         format!("{}/cdn/{name}", self.shared.origin)
     }
 
+    /// Makes the CDN this much slower per 64 KB chunk from now on.
+    pub fn slow_cdn(&self, delay_ms: usize) {
+        self.shared.cdn_delay_ms.store(delay_ms, Ordering::Relaxed);
+    }
+
     /// Bytes the CDN managed to send of `name` (None: never asked for).
     pub fn served(&self, name: &str) -> Option<usize> {
         self.shared.served.lock().unwrap().get(name).copied()
@@ -130,6 +149,11 @@ impl FakeDiscord {
 
     pub fn identified(&self) -> usize {
         self.shared.identified.load(Ordering::Relaxed)
+    }
+
+    /// The `[shard, total]` of each Identify received, in order.
+    pub fn shards_identified(&self) -> Vec<[u64; 2]> {
+        self.shared.shards_identified.lock().unwrap().clone()
     }
 
     pub fn resumed(&self) -> usize {
@@ -249,6 +273,7 @@ fn message_json(shared: &Shared, sent: &Value) -> Value {
 
 async fn cdn(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     let Some((bytes, delay_ms)) = shared.cdn.lock().unwrap().get(&name).cloned() else { return StatusCode::NOT_FOUND.into_response() };
+    let delay_ms = delay_ms + shared.cdn_delay_ms.load(Ordering::Relaxed);
     shared.served.lock().unwrap().insert(name.clone(), 0);
     let chunks: Vec<Vec<u8>> = bytes.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
     let stream = futures_util::stream::iter(chunks).then(move |chunk| {
@@ -281,6 +306,8 @@ async fn connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
                     Some(1) => { let _ = socket.send(Frame::text(json!({ "op": 11 }).to_string())).await; }
                     Some(2) => {
                         shared.identified.fetch_add(1, Ordering::Relaxed);
+                        let shard = [payload["d"]["shard"][0].as_u64().unwrap_or(0), payload["d"]["shard"][1].as_u64().unwrap_or(1)];
+                        shared.shards_identified.lock().unwrap().push(shard);
                         sequence += 1;
                         let ready = json!({
                             "v": 10,
@@ -288,7 +315,7 @@ async fn connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
                             "guilds": [{ "id": GUILD.to_string(), "unavailable": true }],
                             "session_id": "fake-session",
                             "resume_gateway_url": shared.ws_url,
-                            "shard": [0, 1],
+                            "shard": shard,
                             "application": { "id": APPLICATION.to_string(), "flags": 0 },
                         });
                         let _ = socket.send(Frame::text(json!({ "op": 0, "t": "READY", "s": sequence, "d": ready }).to_string())).await;
@@ -390,4 +417,36 @@ pub fn select_interaction(id: u64, token: &str, custom_id: &str, values: &[&str]
     let mut event = interaction(id, token, 3, json!({ "custom_id": custom_id, "component_type": 3, "values": values }), member);
     event["message"] = message;
     event
+}
+
+// What the bot's tests send and look for.
+
+/// The shopper who searches in the tests.
+pub const SHOPPER: u64 = 910_000_000_000_000_777;
+
+pub fn embeds(recorded: &Recorded) -> Vec<Value> {
+    recorded.body["embeds"].as_array().cloned().unwrap_or_default()
+}
+
+/// A `/search` with a photo hosted on the fake CDN; returns the interaction token.
+pub fn slash_search(discord: &FakeDiscord, name: &str, bytes: Vec<u8>, content_type: &str, text: Option<&str>, declared_size: Option<usize>) -> String {
+    let (id, attachment_id) = (discord.next_id(), discord.next_id());
+    let size = declared_size.unwrap_or(bytes.len());
+    let url = discord.host(name, bytes, 0);
+    let token = format!("token-{id}");
+    let mut options = vec![json!({ "name": "image", "type": 11, "value": attachment_id.to_string() })];
+    if let Some(text) = text {
+        options.push(json!({ "name": "text", "type": 3, "value": text }));
+    }
+    let resolved = json!({ "attachments": { attachment_id.to_string(): attachment(attachment_id, name, size, content_type, &url) } });
+    discord.dispatch("INTERACTION_CREATE", command_interaction(id, &token, "search", Invocation::Slash(json!(options)), resolved, member(SHOPPER, 0, &[])));
+    token
+}
+
+pub fn is_reply_to(token: &str) -> impl Fn(&Recorded) -> bool + '_ {
+    move |r| r.method == "PATCH" && r.path.contains(token) && r.path.ends_with("/messages/@original") && !embeds(r).is_empty()
+}
+
+pub fn callback_of(token: &str) -> impl Fn(&Recorded) -> bool + '_ {
+    move |r| r.method == "POST" && r.path.ends_with(&format!("/{token}/callback"))
 }

@@ -565,7 +565,7 @@ mod tests {
         // Sparse: 4 GiB on paper, nothing on disk; hashing it would read all of it.
         std::fs::File::create(catalogue.join("bag/huge.png")).unwrap().set_len(4 << 30).unwrap();
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None };
+        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None, partial: None };
         let mut calls = Vec::new();
         let summary = Embedded::open(&index_dir).reindex(&job, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
         assert_eq!(summary.vectors, 1);
@@ -579,7 +579,7 @@ mod tests {
         let (catalogue, index_dir) = (scratch.path().join("shop"), scratch.path().join("index"));
         write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("bag/a-copy.png", b"\x00a"), ("coat/c.png", b"\x02c"), ("coat/broken.png", b"bad"), ("coat/notes.txt", b"x")]);
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None };
+        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None, partial: None };
         let backend = Embedded::open(&index_dir);
         let served = |backend: &Embedded| backend.current().unwrap().unwrap().matrix.clone().unwrap();
         let mut calls = Vec::new();
@@ -617,6 +617,38 @@ mod tests {
         let job = ReindexJob { key: &other, ..job };
         let summary = backend.reindex(&job, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
         assert_eq!((summary.embedded, summary.unchanged), (4, 4));
+    }
+
+    #[test]
+    fn an_interrupted_reindex_is_taken_up_where_it_stopped() {
+        use crate::index::{render_summary, Audience};
+        use std::io::Write;
+        let scratch = tempfile::tempdir().unwrap();
+        let (catalogue, index_dir, partial) = (scratch.path().join("shop"), scratch.path().join("index"), scratch.path().join("index/reindex-partial.bin"));
+        write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("coat/c.png", b"\x02c")]);
+        let key = key(4);
+        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: 1, max_image_bytes: 1 << 20, edit: None, partial: Some(&partial) };
+        let backend = Embedded::open(&index_dir);
+        // Killed during the third image: two were embedded, and kept.
+        let mut calls = Vec::new();
+        let mut embed = fake_embedder(&mut calls);
+        let mut dying = |paths: &[PathBuf]| if paths[0].ends_with("c.png") { Vec::new() } else { embed(paths) };
+        assert!(backend.reindex(&job, &mut dying, &mut |_| {}).is_err());
+        assert!(backend.current().unwrap().is_none(), "no generation was written");
+        // A torn record at the end, as a kill in mid-write leaves.
+        std::fs::OpenOptions::new().append(true).open(&partial).unwrap().write_all(&[64, b'x']).unwrap();
+
+        let mut calls = Vec::new();
+        let summary = backend.reindex(&job, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
+        assert_eq!(calls.len(), 1, "only the image the first run did not reach: {calls:?}");
+        assert_eq!((summary.embedded, summary.resumed, summary.vectors), (1, 2, 3));
+        assert!(render_summary(&summary, Audience::Operator).contains("2 more embedded by an interrupted re-index"));
+
+        // Another key's partial file is not used.
+        let other = EmbeddingKey { source: "head".into(), ..key.clone() };
+        let mut calls = Vec::new();
+        let summary = backend.reindex(&ReindexJob { key: &other, ..job }, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
+        assert_eq!((summary.embedded, summary.resumed), (3, 0));
     }
 
     #[test]
