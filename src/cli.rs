@@ -443,7 +443,10 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             // Check the token first, so an operator learns of a missing one before anything else.
             let token = crate::config::discord_token()?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(crate::discord::serve(config.clone(), token))
+            let served = runtime.block_on(crate::discord::serve(config.clone(), token));
+            // A re-index still running past the grace is not waited for: what it embedded is kept.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            served
         }
         Command::Bench(args) => match args.only {
             Some(BenchPart::Intent) => bench::intent(config, args.rounds, args.sentences.as_deref()),

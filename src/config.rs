@@ -627,6 +627,31 @@ mod tests {
     }
 
     #[test]
+    fn shards_are_auto_or_a_range_of_a_total() {
+        let range = |first, last, total| Ok(Shards::Range { first, last, total });
+        let cases: [(&str, Result<Shards, &str>); 7] = [
+            ("auto", Ok(Shards::Auto)),
+            ("0-0/2", range(0, 0, 2)),
+            ("1/4", range(1, 1, 4)),
+            ("2-3/4", range(2, 3, 4)),
+            ("3-2/4", Err("FIRST must not be after LAST")),
+            ("0-4/4", Err("numbered 0 to TOTAL-1")),
+            ("two", Err("expected \"auto\" or FIRST-LAST/TOTAL")),
+        ];
+        for (text, expected) in cases {
+            match (text.parse::<Shards>(), expected) {
+                (Ok(parsed), Ok(wanted)) => assert_eq!((parsed, parsed.to_string().parse::<Shards>().unwrap()), (wanted, wanted), "{text}"),
+                (Err(message), Err(part)) => assert!(message.contains(part), "{text}: {message}"),
+                (got, wanted) => panic!("{text}: {got:?}, expected {wanted:?}"),
+            }
+        }
+        let config = parse(DEFAULT_TOML, &[("LOOKALIKE__DISCORD__SHARDS", "0-1/4")]).unwrap();
+        assert_eq!(config.discord.shards, Shards::Range { first: 0, last: 1, total: 4 });
+        let message = parse(DEFAULT_TOML, &[("LOOKALIKE__DISCORD__SHARDS", "4/4")]).unwrap_err().to_string();
+        assert!(message.contains("LOOKALIKE__DISCORD__SHARDS") && message.contains("TOTAL-1"), "{message}");
+    }
+
+    #[test]
     fn a_token_in_the_file_is_refused_with_the_fix() {
         let text = DEFAULT_TOML.replace("[discord]", "[discord]\ntoken = \"abc.def\"");
         let message = parse(&text, &[]).unwrap_err().to_string();

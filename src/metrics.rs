@@ -47,7 +47,7 @@ impl Metrics {
         let generation = IntGauge::new("lookalike_index_generation", "The index generation searches are answered from (0: none)")?;
         let items = IntGaugeVec::new(Opts::new("lookalike_index_items", "Catalogue files in the current index generation, per category"), &["category"])?;
         let reindexes = IntCounterVec::new(Opts::new("lookalike_reindex_total", "Re-indexes (and catalogue edits, which re-index), by outcome"), &["outcome"])?;
-        for outcome in ["ok", "refused", "error"] {
+        for outcome in ["ok", "refused", "interrupted", "error"] {
             reindexes.with_label_values(&[outcome]);
         }
         let gateway = IntGaugeVec::new(Opts::new("lookalike_gateway_connected", "1 while this gateway shard is connected to Discord"), &["shard"])?;

@@ -138,3 +138,41 @@ pub async fn listen(addr: &str, health: Arc<Health>) -> anyhow::Result<std::net:
     tracing::info!("metrics on http://{bound}/metrics; probes at /healthz and /readyz");
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_drain_waits_for_the_requests_in_flight_and_takes_no_new_ones() {
+        let health = Arc::new(Health::default());
+        let first = health.enter().expect("taking requests");
+        let draining = tokio::spawn({
+            let health = health.clone();
+            async move { health.drain(Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(health.enter().is_none(), "no new request while draining");
+        assert!(!draining.is_finished(), "the one in flight is waited for");
+        drop(first);
+        assert!(draining.await.unwrap(), "all ended within the grace");
+
+        let stuck = Arc::new(Health::default());
+        let _forever = stuck.enter().unwrap();
+        assert!(!stuck.drain(Duration::from_millis(50)).await, "the wait is bounded");
+        let missing = stuck.not_ready().await;
+        assert_eq!(missing, ["shutting down", "models: loading", "gateway: 0 of 0 shards connected"]);
+    }
+
+    #[tokio::test]
+    async fn readiness_counts_this_process_shards() {
+        let health = Health::default();
+        health.shards.store(2, Ordering::SeqCst);
+        health.gateway(7, true);
+        assert!(health.not_ready().await.contains(&"gateway: 1 of 2 shards connected".to_string()));
+        health.gateway(8, true);
+        health.gateway(7, false);
+        health.gateway(7, true);
+        assert!(!health.not_ready().await.iter().any(|line| line.starts_with("gateway")));
+    }
+}

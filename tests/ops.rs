@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use lookalike::ops::Health;
 
 mod common;
-use common::World;
+use common::{write_catalogue, World};
 
 #[path = "common/fake_discord.rs"]
 mod fake_discord;
-use fake_discord::{callback_of, is_reply_to, slash_search, FakeDiscord};
+use fake_discord::{callback_of, command_interaction, is_reply_to, member, slash_search, FakeDiscord, Invocation};
 
 const WAIT: Duration = Duration::from_secs(120);
 const GUILD: &str = "900000000000000002";
@@ -127,30 +127,51 @@ fn metrics_and_probes_follow_the_bot_and_shards_split_between_processes() {
     });
 }
 
+/// `lookalike serve` as a supervisor runs it, with the token from a file.
+fn serve(world: &World, discord: &FakeDiscord, token_file: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .arg("serve")
+        .envs(world.env.iter().cloned())
+        .env("LOOKALIKE__DISCORD__API_PROXY", discord.origin())
+        .env("LOOKALIKE__DISCORD__GUILD_ID", GUILD)
+        .env("LOOKALIKE__DISCORD__USER_COOLDOWN_S", "0")
+        .env("LOOKALIKE__SERVE__METRICS_ADDR", "")
+        .env_remove("DISCORD_TOKEN")
+        .env("DISCORD_TOKEN_FILE", token_file)
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn sigterm(child: &std::process::Child) {
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+}
+
+async fn exit_status(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
-fn sigterm_lets_the_search_in_flight_finish_then_exits_0() {
+fn sigterm_lets_the_search_in_flight_finish_and_leaves_a_reindex_resumable() {
     let world = World::new(8);
     let scratch = tempfile::tempdir().unwrap();
     let token_file = scratch.path().join("token");
     std::fs::write(&token_file, "fake-token-from-a-secrets-mount\n").unwrap();
-    let index = std::process::Command::new(env!("CARGO_BIN_EXE_lookalike")).arg("index").envs(world.env.iter().cloned()).output().unwrap();
+    let lookalike = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_lookalike")).args(args).envs(world.env.iter().cloned()).output().unwrap();
+    let index = lookalike(&["index"]);
     assert!(index.status.success(), "{}", String::from_utf8_lossy(&index.stderr));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let discord = FakeDiscord::start().await;
         let log = scratch.path().join("serve.log");
-        let mut bot = std::process::Command::new(env!("CARGO_BIN_EXE_lookalike"))
-            .arg("serve")
-            .envs(world.env.iter().cloned())
-            .env("LOOKALIKE__DISCORD__API_PROXY", discord.origin())
-            .env("LOOKALIKE__DISCORD__GUILD_ID", GUILD)
-            .env("LOOKALIKE__DISCORD__USER_COOLDOWN_S", "0")
-            .env("LOOKALIKE__SERVE__METRICS_ADDR", "")
-            .env_remove("DISCORD_TOKEN")
-            .env("DISCORD_TOKEN_FILE", &token_file)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut bot = serve(&world, &discord, &token_file, &log);
         discord.wait_for(WAIT, |r| r.method == "PUT" && r.path.ends_with("/commands")).await;
 
         // A slow network: the photo takes 3 s to arrive, and SIGTERM comes meanwhile.
@@ -162,7 +183,7 @@ fn sigterm_lets_the_search_in_flight_finish_then_exits_0() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let signalled = Instant::now();
-        assert!(std::process::Command::new("kill").args(["-TERM", &bot.id().to_string()]).status().unwrap().success());
+        sigterm(&bot);
 
         // Taking no new requests: a search asked now is told to come back.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -174,17 +195,36 @@ fn sigterm_lets_the_search_in_flight_finish_then_exits_0() {
         // The one in flight is answered, then the process exits 0.
         let reply = discord.wait_for(WAIT, is_reply_to(&token)).await;
         assert!(reply.body["embeds"][0]["title"].as_str().unwrap().starts_with("Searched: warm"), "{}", reply.body);
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = bot.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "still running after SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let status = exit_status(&mut bot).await;
         let log = std::fs::read_to_string(&log).unwrap();
         assert!(status.success(), "{status}: {log}");
         assert!(log.contains("SIGTERM: taking no new requests") && log.contains("gateway closed"), "{log}");
         eprintln!("answered {:.1} s after SIGTERM; exited {status}", (reply.at - signalled).as_secs_f64());
+
+        // A /reindex of 48 new photos cut short: it stops after the chunk it is embedding, keeps
+        // what it embedded, and the next re-index takes up from there.
+        write_catalogue(&world.catalogue, 24, 100);
+        let discord = FakeDiscord::start().await;
+        let log = scratch.path().join("serve-again.log");
+        let mut bot = serve(&world, &discord, &token_file, &log);
+        discord.wait_for(WAIT, |r| r.method == "PUT" && r.path.ends_with("/commands")).await;
+        let moderator = member(910_000_000_000_000_778, 1 << 5, &[]);
+        discord.dispatch("INTERACTION_CREATE", command_interaction(discord.next_id(), "token-reindex", "reindex", Invocation::Slash(serde_json::json!([])), serde_json::json!({}), moderator));
+        let partial = world.index.join("reindex-partial.bin");
+        // The key's line, then at least one chunk of vectors.
+        while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 4096 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sigterm(&bot);
+        let told = discord.wait_for(WAIT, |r| r.method == "PATCH" && r.path.contains("token-reindex") && r.body["content"].as_str().is_some_and(|c| c.contains("interrupted"))).await;
+        let status = exit_status(&mut bot).await;
+        assert!(status.success(), "{status}: {}", std::fs::read_to_string(&log).unwrap());
+        assert!(partial.exists(), "kept for the next re-index");
+        eprintln!("the moderator is told: {}", told.body["content"]);
+        let again = lookalike(&["index"]);
+        let summary = String::from_utf8_lossy(&again.stdout).to_string();
+        assert!(again.status.success() && summary.contains("more embedded by an interrupted re-index were taken up"), "{summary}{}", String::from_utf8_lossy(&again.stderr));
+        assert!(!partial.exists(), "removed once the generation is written");
+        eprintln!("after the interrupted re-index:\n{summary}");
     });
 }

@@ -137,7 +137,7 @@ fn reindex(backend: &dyn Backend, catalogue: &Path) -> Result<lookalike::index::
 
 fn reindex_slowly(backend: &dyn Backend, catalogue: &Path, pause: Duration) -> Result<lookalike::index::ReindexSummary, ReindexError> {
     let key = key();
-    let job = ReindexJob { catalogue, metadata: std::path::Path::new(""), key: &key, chunk: 64, max_image_bytes: 1 << 20, edit: None, partial: None };
+    let job = ReindexJob { catalogue, metadata: std::path::Path::new(""), key: &key, chunk: 64, max_image_bytes: 1 << 20, edit: None, partial: None, stop: None };
     let mut embed = |paths: &[PathBuf]| {
         std::thread::sleep(pause);
         fake_embed(paths)

@@ -68,7 +68,15 @@ pub async fn serve(config: Config, token: String) -> anyhow::Result<()> {
     })
     .await
     .map_err(|e| anyhow::anyhow!("loading the models failed: {e}"))??;
-    run(config, Arc::new(service), &token, health, shutdown_signal()).await
+    run(config, Arc::new(service), &token, health.clone(), shutdown_signal()).await?;
+    if health.in_flight() > 0 {
+        // The grace ran out with a model job still running: libtorch's exit-time destructors
+        // would race it (a SIGSEGV instead of a clean exit), so leave without running them.
+        tracing::warn!("exiting with {} requests abandoned", health.in_flight());
+        // SAFETY: _exit ends the process at once; nothing after it runs.
+        unsafe { libc::_exit(0) }
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM (a supervisor stopping the bot) or Ctrl-C, naming which.
@@ -108,8 +116,12 @@ pub async fn run(config: Config, service: Arc<SearchService>, token: &str, healt
         result = client.start_shard_range(first..last, total) => result.map_err(|e| anyhow::anyhow!("the Discord connection ended: {e}")),
         signal = shutdown => {
             tracing::info!("{signal}: taking no new requests; {} in flight get up to {} s", health.in_flight(), grace.as_secs());
+            // A re-index would outlast any grace: it stops after its chunk and is taken up by the next.
+            if let Some(service) = health.service.get() {
+                service.interrupt_reindex();
+            }
             if !health.drain(grace).await {
-                tracing::warn!("{} requests still in flight after {} s: closing anyway (a re-index among them is resumed by the next)", health.in_flight(), grace.as_secs());
+                tracing::warn!("{} requests still in flight after {} s: closing anyway", health.in_flight(), grace.as_secs());
             }
             manager.shutdown_all().await;
             tracing::info!("gateway closed; exiting");

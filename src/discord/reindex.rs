@@ -49,6 +49,9 @@ pub(super) async fn reindex(bot: &Bot, ctx: &Context, command: &CommandInteracti
     let text = match job.await {
         Ok(Ok(summary)) => format!("Re-index done.\n```\n{}```", reply::escape(&render_summary(&summary, Audience::Chat), 1800).replace("\\", "")),
         Ok(Err(ReindexError::AlreadyRunning(_))) => "A re-index is already running; wait for it to finish.".to_string(),
+        Ok(Err(ReindexError::Failed(err))) if err.downcast_ref::<crate::index::Interrupted>().is_some() => {
+            "The re-index was interrupted: the bot is restarting. What it embedded is kept; /reindex again after the restart and it goes on from there.".to_string()
+        }
         Ok(Err(ReindexError::Failed(err))) => {
             tracing::error!(cause = %format!("{err:#}"), "re-index failed");
             "The re-index failed; the previous index is still in use. The bot's log says why.".to_string()

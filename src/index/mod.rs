@@ -23,7 +23,7 @@ pub(crate) mod rank;
 mod reindex;
 
 pub use embedded::Index;
-pub use reindex::{render_summary, Audience, Embedder, Progress, ReindexError, ReindexJob, ReindexSummary};
+pub use reindex::{render_summary, Audience, Embedder, Interrupted, Progress, ReindexError, ReindexJob, ReindexSummary};
 
 /// Images per call of the embedding function (one progress event each) when the embedder
 /// asks for no other size; on a GPU it asks for its forward batch (64).

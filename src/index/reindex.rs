@@ -22,6 +22,14 @@ pub enum ReindexError {
     Failed(#[from] anyhow::Error),
 }
 
+/// A re-index stopped between chunks because the process is shutting down; the vectors
+/// embedded so far are in the partial file, and the next re-index goes on from there.
+#[derive(Debug, thiserror::Error)]
+#[error("the re-index was interrupted (the process is shutting down); the {kept} images embedded so far are kept, and the next re-index goes on from there")]
+pub struct Interrupted {
+    pub kept: usize,
+}
+
 /// How far a re-index has come; `done` and `total` count images to embed.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Progress {
@@ -133,6 +141,8 @@ pub struct ReindexJob<'a> {
     /// interrupted (a shutdown, a crash) goes on where it stopped; the caller removes the file
     /// once the generation is written. None: nothing is kept.
     pub partial: Option<&'a std::path::Path>,
+    /// Set when the process shuts down: the re-index stops after the chunk it is embedding.
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// The partial file: a line with the embedding key (JSON), then per image the content hash's
@@ -313,6 +323,9 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
     let mut done = 0;
     progress(&Progress { done, total: missing.len(), elapsed_s: 0.0 });
     for chunk in missing.chunks(job.chunk.max(1)) {
+        if job.stop.is_some_and(|stop| stop.load(std::sync::atomic::Ordering::SeqCst)) {
+            return Err(Interrupted { kept: resumed + done }.into());
+        }
         let paths: Vec<PathBuf> = chunk.iter().map(|&slot| by_hash[slot].1[0].path.clone()).collect();
         let results = embed(&paths);
         anyhow::ensure!(results.len() == chunk.len(), "the embedder answered {} of {} images", results.len(), chunk.len());

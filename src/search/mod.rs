@@ -189,6 +189,8 @@ pub struct SearchService {
     audit: AuditLog,
     /// One re-index, edit or swap at a time in this process (the backends lock across processes).
     upkeep: Mutex<()>,
+    /// Set by [`interrupt_reindex`](Self::interrupt_reindex): a re-index stops after its chunk.
+    stop_reindex: std::sync::atomic::AtomicBool,
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -270,6 +272,7 @@ impl SearchService {
             heads,
             audit: AuditLog::open(&config.catalogue.audit_log),
             upkeep: Mutex::new(()),
+            stop_reindex: Default::default(),
         })
     }
 

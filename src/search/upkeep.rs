@@ -77,6 +77,12 @@ impl SearchService {
     /// heads folder changed (see the module documentation); blocks until done, so async callers
     /// run it on a blocking thread. Refused while another re-index runs, here or in another
     /// process. Queries go on meanwhile and see the new generation once it is saved.
+    /// For a shutdown: a re-index running now, and any later one in this process, stops after
+    /// the chunk it is embedding, keeping what it embedded for the next process's re-index.
+    pub fn interrupt_reindex(&self) {
+        self.stop_reindex.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn reindex(&self, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
         self.reindex_by(Who::cli(), progress)
     }
@@ -152,8 +158,16 @@ impl SearchService {
         if let Err(err) = std::fs::create_dir_all(&self.settings.index.dir) {
             tracing::warn!(cause = %err, "cannot create the index folder; an interrupted re-index will start over");
         }
-        let job =
-            ReindexJob { catalogue: &catalogue.dir, metadata: &catalogue.metadata, key, chunk: self.reindex_chunk, max_image_bytes: self.settings.limits.max_bytes, edit, partial: Some(&partial) };
+        let job = ReindexJob {
+            catalogue: &catalogue.dir,
+            metadata: &catalogue.metadata,
+            key,
+            chunk: self.reindex_chunk,
+            max_image_bytes: self.settings.limits.max_bytes,
+            edit,
+            partial: Some(&partial),
+            stop: Some(&self.stop_reindex),
+        };
         let (worker, source, limits, key) = (self.worker.clone(), self.source, self.settings.limits, key.clone());
         let mut embed = move |paths: &[PathBuf]| -> Vec<Result<Vec<f32>, String>> {
             let decoded: Vec<Result<RgbImage, String>> = imaging::load_many(paths, limits).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
@@ -250,12 +264,14 @@ pub fn with_bar<T>(job: impl FnOnce(&mut dyn FnMut(&Progress)) -> Result<T, Rein
 
 /// Re-indexes `catalogue.dir` with a progress bar; returns what changed.
 /// Counts a re-index (or an edit's) in `lookalike_reindex_total`: refused when another was
-/// running or the edit was refused (an unknown category, a duplicate photo...).
+/// running or the edit was refused (an unknown category, a duplicate photo...), interrupted by
+/// a shutdown.
 fn counted<T>(result: Result<T, ReindexError>) -> Result<T, ReindexError> {
     crate::metrics::METRICS.reindex(match &result {
         Ok(_) => "ok",
         Err(ReindexError::AlreadyRunning(_)) => "refused",
         Err(ReindexError::Failed(err)) if err.downcast_ref::<catalogue::Refused>().is_some() => "refused",
+        Err(ReindexError::Failed(err)) if err.downcast_ref::<crate::index::Interrupted>().is_some() => "interrupted",
         Err(_) => "error",
     });
     result

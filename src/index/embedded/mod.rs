@@ -565,7 +565,7 @@ mod tests {
         // Sparse: 4 GiB on paper, nothing on disk; hashing it would read all of it.
         std::fs::File::create(catalogue.join("bag/huge.png")).unwrap().set_len(4 << 30).unwrap();
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None, partial: None };
+        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None, partial: None, stop: None };
         let mut calls = Vec::new();
         let summary = Embedded::open(&index_dir).reindex(&job, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
         assert_eq!(summary.vectors, 1);
@@ -579,7 +579,7 @@ mod tests {
         let (catalogue, index_dir) = (scratch.path().join("shop"), scratch.path().join("index"));
         write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("bag/a-copy.png", b"\x00a"), ("coat/c.png", b"\x02c"), ("coat/broken.png", b"bad"), ("coat/notes.txt", b"x")]);
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None, partial: None };
+        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None, partial: None, stop: None };
         let backend = Embedded::open(&index_dir);
         let served = |backend: &Embedded| backend.current().unwrap().unwrap().matrix.clone().unwrap();
         let mut calls = Vec::new();
@@ -627,7 +627,7 @@ mod tests {
         let (catalogue, index_dir, partial) = (scratch.path().join("shop"), scratch.path().join("index"), scratch.path().join("index/reindex-partial.bin"));
         write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("coat/c.png", b"\x02c")]);
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: 1, max_image_bytes: 1 << 20, edit: None, partial: Some(&partial) };
+        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: 1, max_image_bytes: 1 << 20, edit: None, partial: Some(&partial), stop: None };
         let backend = Embedded::open(&index_dir);
         // Killed during the third image: two were embedded, and kept.
         let mut calls = Vec::new();
