@@ -65,7 +65,9 @@ impl Metrics {
         Ok(Metrics { registry, searches, stages, batch_size, generation, items, reindexes, gateway })
     }
 
-    /// One search from `entry` that ended as `outcome` (a `SearchError::kind`, or "ok").
+    /// One search from `entry` that ended as `outcome` (a `SearchError::kind`, or "ok"); the kinds
+    /// not in [`OUTCOMES`] (the index database unavailable, an unknown category asked for by a
+    /// button) count as "error".
     pub fn search(&self, entry: &str, outcome: &str) {
         let outcome = if OUTCOMES.contains(&outcome) { outcome } else { "error" };
         self.searches.with_label_values(&[outcome, entry]).inc();
@@ -92,7 +94,8 @@ impl Metrics {
         self.batch_size.observe(size as f64);
     }
 
-    /// A re-index that ended `ok`, `refused` (another was running) or with an `error`.
+    /// A re-index (or a catalogue edit) that ended `ok`, `refused` (another was running, or the
+    /// edit was refused), `interrupted` (a shutdown) or with an `error`.
     pub fn reindex(&self, outcome: &str) {
         self.reindexes.with_label_values(&[outcome]).inc();
     }

@@ -186,7 +186,10 @@ fn sigterm_lets_the_search_in_flight_finish_and_leaves_a_reindex_resumable() {
         sigterm(&bot);
 
         // Taking no new requests: a search asked now is told to come back.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        while !std::fs::read_to_string(&log).unwrap().contains("SIGTERM: taking no new requests") {
+            assert!(signalled.elapsed() < WAIT, "SIGTERM not seen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         discord.slow_cdn(0);
         let late = slash_search(&discord, "late.png", photo, "image/png", None, None);
         let refused = discord.wait_for(WAIT, callback_of(&late)).await;

@@ -449,7 +449,7 @@ impl Postgres {
             ],
         )?;
         collect_garbage(client);
-        Ok(plan.summary(generation, format!("{shown} (table {table})")))
+        Ok(plan.written(generation, format!("{shown} (table {table})")))
     }
 }
 

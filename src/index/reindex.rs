@@ -146,8 +146,9 @@ pub struct ReindexJob<'a> {
 }
 
 /// The partial file: a line with the embedding key (JSON), then per image the content hash's
-/// length (one byte), the hash, the vector's length (u32) and the vector (f32), little-endian.
-/// A torn last record, or another key's file, is ignored.
+/// length (one byte), the hash, the vector's length (u32, the key's dim) and the vector (f32),
+/// little-endian. Another key's file is ignored; a torn last record is cut off before more is
+/// appended.
 mod partial {
     use std::collections::HashMap;
     use std::io::{BufRead, Read, Write};
@@ -155,36 +156,44 @@ mod partial {
 
     use crate::index::EmbeddingKey;
 
-    pub fn load(path: &Path, key: &EmbeddingKey) -> HashMap<String, Vec<f32>> {
+    /// The vectors `key`'s file holds, and the length of its whole records (0: no such file).
+    pub fn load(path: &Path, key: &EmbeddingKey) -> (HashMap<String, Vec<f32>>, u64) {
         let mut vectors = HashMap::new();
-        let Ok(file) = std::fs::File::open(path) else { return vectors };
+        let Ok(file) = std::fs::File::open(path) else { return (vectors, 0) };
         let mut reader = std::io::BufReader::new(file);
         let mut header = String::new();
         if reader.read_line(&mut header).is_err() || serde_json::from_str::<EmbeddingKey>(header.trim()).ok().as_ref() != Some(key) {
-            return vectors;
+            return (vectors, 0);
         }
-        let mut record = || -> std::io::Result<(String, Vec<f32>)> {
+        let mut whole = header.len() as u64;
+        let mut record = || -> Option<(String, Vec<f32>)> {
             let mut length = [0u8; 1];
-            reader.read_exact(&mut length)?;
+            reader.read_exact(&mut length).ok()?;
             let mut hash = vec![0u8; length[0] as usize];
-            reader.read_exact(&mut hash)?;
+            reader.read_exact(&mut hash).ok()?;
             let mut dim = [0u8; 4];
-            reader.read_exact(&mut dim)?;
-            let mut bytes = vec![0u8; 4 * u32::from_le_bytes(dim) as usize];
-            reader.read_exact(&mut bytes)?;
+            reader.read_exact(&mut dim).ok()?;
+            if u32::from_le_bytes(dim) as usize != key.dim {
+                return None;
+            }
+            let mut bytes = vec![0u8; 4 * key.dim];
+            reader.read_exact(&mut bytes).ok()?;
             let vector = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            Ok((String::from_utf8_lossy(&hash).into_owned(), vector))
+            Some((String::from_utf8(hash).ok()?, vector))
         };
-        while let Ok((hash, vector)) = record() {
+        while let Some((hash, vector)) = record() {
+            whole += (1 + hash.len() + 4 + 4 * vector.len()) as u64;
             vectors.insert(hash, vector);
         }
-        vectors
+        (vectors, whole)
     }
 
-    /// Opens the file to append to: kept when it holds `key`'s vectors (`resuming`), else new.
-    pub fn open(path: &Path, key: &EmbeddingKey, resuming: bool) -> anyhow::Result<std::fs::File> {
-        if resuming {
-            return Ok(std::fs::OpenOptions::new().append(true).open(path)?);
+    /// Opens the file to append to: `key`'s file cut to its `whole` records, or a new one.
+    pub fn open(path: &Path, key: &EmbeddingKey, whole: u64) -> anyhow::Result<std::fs::File> {
+        if whole > 0 {
+            let file = std::fs::OpenOptions::new().append(true).open(path)?;
+            file.set_len(whole)?;
+            return Ok(file);
         }
         let mut file = std::fs::File::create(path)?;
         writeln!(file, "{}", serde_json::to_string(key)?)?;
@@ -227,11 +236,17 @@ pub(super) struct Plan {
     pub failed: Vec<Failure>,
     summary: ReindexSummary,
     started: Instant,
+    partial: Option<PathBuf>,
 }
 
 impl Plan {
-    /// The summary, once the backend has written generation `generation` at `location`.
-    pub fn summary(&self, generation: u64, location: String) -> ReindexSummary {
+    /// Once the backend has written generation `generation` at `location`, still under its
+    /// re-index lock (so no other process's partial file is taken): the partial file goes, as
+    /// the generation holds its vectors now, and the summary.
+    pub fn written(&self, generation: u64, location: String) -> ReindexSummary {
+        if let Some(path) = &self.partial {
+            let _ = std::fs::remove_file(path);
+        }
         ReindexSummary { generation, location, seconds: self.started.elapsed().as_secs_f64(), ..self.summary.clone() }
     }
 }
@@ -303,7 +318,7 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
     // Vectors: reused by hash, or embedded.
     let mut vectors: Vec<Option<Vector>> = by_hash.iter().map(|(hash, _)| known_rows.get(hash.as_str()).filter(|_| reusable).map(|&row| Vector::Reused(row))).collect();
     // Vectors an interrupted re-index of the same key had embedded.
-    let earlier = job.partial.map(|path| partial::load(path, job.key)).unwrap_or_default();
+    let (earlier, whole) = job.partial.map(|path| partial::load(path, job.key)).unwrap_or_default();
     let mut resumed = 0;
     for (slot, (hash, _)) in by_hash.iter().enumerate() {
         if let (None, Some(vector)) = (&vectors[slot], earlier.get(hash)) {
@@ -316,7 +331,7 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
     }
     let missing: Vec<usize> = (0..by_hash.len()).filter(|&slot| vectors[slot].is_none()).collect();
     let mut kept = match job.partial {
-        Some(path) if !missing.is_empty() => Some(partial::open(path, job.key, !earlier.is_empty()).with_context(|| format!("cannot write the re-index's partial file {}", path.display()))?),
+        Some(path) if !missing.is_empty() => Some(partial::open(path, job.key, whole).with_context(|| format!("cannot write the re-index's partial file {}", path.display()))?),
         _ => None,
     };
     let embed_started = Instant::now();
@@ -381,7 +396,7 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
         seconds: 0.0,
         new_heads: false,
     };
-    Ok(Plan { rows, catalogue: scan.root, failed, summary, started })
+    Ok(Plan { rows, catalogue: scan.root, failed, summary, started, partial: job.partial.map(PathBuf::from) })
 }
 
 /// Each category's vectors and files (duplicates included), from items in row order.

@@ -73,16 +73,16 @@ struct Staged {
 }
 
 impl SearchService {
-    /// Re-indexes the catalogue (`catalogue.dir`), incrementally, first loading new heads if the
-    /// heads folder changed (see the module documentation); blocks until done, so async callers
-    /// run it on a blocking thread. Refused while another re-index runs, here or in another
-    /// process. Queries go on meanwhile and see the new generation once it is saved.
     /// For a shutdown: a re-index running now, and any later one in this process, stops after
     /// the chunk it is embedding, keeping what it embedded for the next process's re-index.
     pub fn interrupt_reindex(&self) {
         self.stop_reindex.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Re-indexes the catalogue (`catalogue.dir`), incrementally, first loading new heads if the
+    /// heads folder changed (see the module documentation); blocks until done, so async callers
+    /// run it on a blocking thread. Refused while another re-index runs, here or in another
+    /// process. Queries go on meanwhile and see the new generation once it is saved.
     pub fn reindex(&self, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
         self.reindex_by(Who::cli(), progress)
     }
@@ -194,10 +194,7 @@ impl SearchService {
                 Err(err) => paths.iter().map(|_| Err(err.to_string())).collect(),
             }
         };
-        let summary = self.backend.reindex(&job, &mut embed, progress)?;
-        // Written: what the partial file held is in the generation now.
-        let _ = std::fs::remove_file(&partial);
-        Ok(summary)
+        self.backend.reindex(&job, &mut embed, progress)
     }
 
     /// Loads the heads folder's ensemble beside the running one when the folder changed since the
@@ -262,7 +259,6 @@ pub fn with_bar<T>(job: impl FnOnce(&mut dyn FnMut(&Progress)) -> Result<T, Rein
     Ok(done)
 }
 
-/// Re-indexes `catalogue.dir` with a progress bar; returns what changed.
 /// Counts a re-index (or an edit's) in `lookalike_reindex_total`: refused when another was
 /// running or the edit was refused (an unknown category, a duplicate photo...), interrupted by
 /// a shutdown.
@@ -270,13 +266,14 @@ fn counted<T>(result: Result<T, ReindexError>) -> Result<T, ReindexError> {
     crate::metrics::METRICS.reindex(match &result {
         Ok(_) => "ok",
         Err(ReindexError::AlreadyRunning(_)) => "refused",
-        Err(ReindexError::Failed(err)) if err.downcast_ref::<catalogue::Refused>().is_some() => "refused",
-        Err(ReindexError::Failed(err)) if err.downcast_ref::<crate::index::Interrupted>().is_some() => "interrupted",
+        Err(ReindexError::Failed(err)) if err.chain().any(|cause| cause.is::<catalogue::Refused>()) => "refused",
+        Err(ReindexError::Failed(err)) if err.chain().any(|cause| cause.is::<crate::index::Interrupted>()) => "interrupted",
         Err(_) => "error",
     });
     result
 }
 
+/// Re-indexes `catalogue.dir` with a progress bar; returns what changed.
 pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<ReindexSummary> {
     with_bar(|progress| service.reindex(progress))
 }

@@ -295,7 +295,7 @@ impl Backend for Embedded {
         let mut index = Index::build(job.key.clone(), catalogue.clone(), generation, rows, failed.clone())?;
         let path = index.save(&self.dir)?;
         *self.served.write().expect("index lock") = Ok(Some(Arc::new(index).served()));
-        Ok(plan.summary(generation, path.display().to_string()))
+        Ok(plan.written(generation, path.display().to_string()))
     }
 }
 
@@ -625,30 +625,45 @@ mod tests {
         use std::io::Write;
         let scratch = tempfile::tempdir().unwrap();
         let (catalogue, index_dir, partial) = (scratch.path().join("shop"), scratch.path().join("index"), scratch.path().join("index/reindex-partial.bin"));
-        write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("coat/c.png", b"\x02c")]);
+        write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("coat/c.png", b"\x02c"), ("coat/d.png", b"\x03d")]);
         let key = key(4);
         let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: 1, max_image_bytes: 1 << 20, edit: None, partial: Some(&partial), stop: None };
         let backend = Embedded::open(&index_dir);
-        // Killed during the third image: two were embedded, and kept.
-        let mut calls = Vec::new();
-        let mut embed = fake_embedder(&mut calls);
-        let mut dying = |paths: &[PathBuf]| if paths[0].ends_with("c.png") { Vec::new() } else { embed(paths) };
-        assert!(backend.reindex(&job, &mut dying, &mut |_| {}).is_err());
+        // A run killed when it reaches `file`: what it embedded before is kept.
+        let dies_at = |file: &'static str| {
+            move |paths: &[PathBuf]| {
+                let mut calls = Vec::new();
+                if paths[0].ends_with(file) {
+                    Vec::new()
+                } else {
+                    fake_embedder(&mut calls)(paths)
+                }
+            }
+        };
+        assert!(backend.reindex(&job, &mut dies_at("c.png"), &mut |_| {}).unwrap_err().to_string().contains("answered 0 of 1"));
         assert!(backend.current().unwrap().is_none(), "no generation was written");
-        // A torn record at the end, as a kill in mid-write leaves.
+        // A torn record at the end, as a kill in mid-write leaves; the next run cuts it off
+        // before appending, so what it appends reads back.
         std::fs::OpenOptions::new().append(true).open(&partial).unwrap().write_all(&[64, b'x']).unwrap();
+        assert!(backend.reindex(&job, &mut dies_at("d.png"), &mut |_| {}).is_err());
 
         let mut calls = Vec::new();
         let summary = backend.reindex(&job, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
-        assert_eq!(calls.len(), 1, "only the image the first run did not reach: {calls:?}");
-        assert_eq!((summary.embedded, summary.resumed, summary.vectors), (1, 2, 3));
-        assert!(render_summary(&summary, Audience::Operator).contains("2 more embedded by an interrupted re-index"));
+        assert_eq!(calls.len(), 1, "only the image neither run reached: {calls:?}");
+        assert_eq!((summary.embedded, summary.resumed, summary.vectors), (1, 3, 4));
+        assert!(render_summary(&summary, Audience::Operator).contains("3 more embedded by an interrupted re-index"));
+        assert!(!partial.exists(), "the generation holds them now");
 
-        // Another key's partial file is not used.
+        // Vectors another key's run kept are not used.
+        let elsewhere = Embedded::open(&scratch.path().join("index-2"));
+        let partial = scratch.path().join("index-2/reindex-partial.bin");
+        let job = ReindexJob { partial: Some(&partial), ..job };
+        assert!(elsewhere.reindex(&job, &mut dies_at("c.png"), &mut |_| {}).unwrap_err().to_string().contains("answered 0 of 1"));
+        assert!(std::fs::metadata(&partial).unwrap().len() > 100, "two vectors kept");
         let other = EmbeddingKey { source: "head".into(), ..key.clone() };
         let mut calls = Vec::new();
-        let summary = backend.reindex(&ReindexJob { key: &other, ..job }, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
-        assert_eq!((summary.embedded, summary.resumed), (3, 0));
+        let summary = elsewhere.reindex(&ReindexJob { key: &other, ..job }, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
+        assert_eq!((summary.embedded, summary.resumed), (4, 0));
     }
 
     #[test]
