@@ -521,7 +521,12 @@ pub fn discord_token() -> anyhow::Result<String> {
     }
     if let Some(path) = std::env::var_os("DISCORD_TOKEN_FILE").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
-        let token = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read DISCORD_TOKEN_FILE {}: {e}", path.display()))?;
+        // A token is about 70 bytes: anything past 4 KiB is not one, and is never read whole.
+        use std::io::Read;
+        let unreadable = |e: std::io::Error| anyhow::anyhow!("cannot read DISCORD_TOKEN_FILE {}: {e}", path.display());
+        let mut token = String::new();
+        std::fs::File::open(&path).map_err(unreadable)?.take(4097).read_to_string(&mut token).map_err(unreadable)?;
+        anyhow::ensure!(token.len() <= 4096, "DISCORD_TOKEN_FILE {} is over 4 KiB, so it does not hold a bot token: point it at the file with only the token", path.display());
         anyhow::ensure!(!token.trim().is_empty(), "DISCORD_TOKEN_FILE {} is empty: write the bot token into it", path.display());
         return Ok(token.trim().to_string());
     }
