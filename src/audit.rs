@@ -1,6 +1,6 @@
 //! The audit log (`catalogue.audit_log`): every catalogue edit, correction and swap of heads,
 //! with who and when, one JSON line each, appended and flushed a whole line at a time. It is
-//! never rewritten: rotate it with the system's tools if it grows too large. `/catalogue show`
+//! never rewritten: rotate it with the system's tools if it grows too large. `/catalogue`
 //! and `lookalike catalogue log` show its last lines.
 
 use std::io::{Read, Seek, SeekFrom};

@@ -489,13 +489,13 @@ fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
-        print!("{}", search::render(&outcome));
+        print!("{}", crate::report::render(&outcome));
     }
     if let Some(sheet) = &args.sheet {
         let query = crate::imaging::decode(&bytes, limits)?;
         let label = args.text.clone().unwrap_or_else(|| args.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         let title = format!("lookalike: {} hits for {}", outcome.hits.len(), args.image.display());
-        plot::contact_sheet(sheet, &title, &[search::sheet_row(query, &label, &outcome, limits)])?;
+        plot::contact_sheet(sheet, &title, &[crate::report::sheet_row(query, &label, &outcome, limits)])?;
         eprintln!("contact sheet written to {}", sheet.display());
     }
     Ok(())
@@ -715,7 +715,7 @@ fn catalogue(command: CatalogueCommand, config: &Config) -> anyhow::Result<()> {
         CatalogueCommand::Remove { item } => search::Edit::Remove { item },
     };
     let service = SearchService::start(config)?;
-    let (id, summary) = search::with_bar(|progress| service.edit_catalogue(edited.clone(), crate::audit::Who::cli(), progress))?;
+    let (id, summary) = search::with_bar(|progress| service.upkeep().edit_catalogue(edited.clone(), crate::audit::Who::cli(), progress))?;
     match edited {
         search::Edit::Add { .. } => println!("added {id}"),
         search::Edit::Remove { .. } => println!("removed {id}"),

@@ -1,8 +1,11 @@
 //! Typed configuration: `config/lookalike.toml`, then `LOOKALIKE__SECTION__KEY` environment
-//! overrides, read once at start-up and checked before anything else runs.
+//! overrides, read once at start-up and checked before anything else runs. One section per
+//! concern: `models`, `catalogue`, `index`, `search`, `text`, `limits`, `discord`, `feedback`
+//! and `serve` (running the bot in production: the metrics address, the shutdown grace).
 //!
-//! The Discord token is deliberately not part of [`Config`]: it is read from `DISCORD_TOKEN` by
-//! [`discord_token`] only, so it can never be committed in a config file or printed with it.
+//! The Discord token is deliberately not part of [`Config`]: [`discord_token`] reads it from
+//! `DISCORD_TOKEN`, or from the file `DISCORD_TOKEN_FILE` names (a secrets mount), so it can
+//! never be committed in a config file or printed with it.
 
 use std::path::{Path, PathBuf};
 
@@ -259,6 +262,8 @@ pub struct SearchConfig {
     pub max_k: usize,
     /// Queries in flight at once; more get a "busy" answer.
     pub max_concurrent_queries: usize,
+    /// Queries classified together in one batch on the model thread, at most.
+    pub max_batch: usize,
     /// A query that takes longer is abandoned with a clear error.
     pub query_timeout_ms: u64,
     /// When the image vote and the text disagree, or the vote is unsure, search this many categories.
@@ -430,6 +435,7 @@ impl Config {
         check(search.default_k >= 1, "search.default_k", search.default_k, "must be at least 1")?;
         check(search.max_k >= search.default_k, "search.max_k", search.max_k, "must be at least search.default_k")?;
         check(search.max_concurrent_queries >= 1, "search.max_concurrent_queries", search.max_concurrent_queries, "must be at least 1")?;
+        check((1..=64).contains(&search.max_batch), "search.max_batch", search.max_batch, "must be 1 to 64 (64 is the largest batch the GPU path prepares)")?;
         check(search.query_timeout_ms >= 100, "search.query_timeout_ms", search.query_timeout_ms, "must be at least 100")?;
         check((1..=3).contains(&search.max_categories), "search.max_categories", search.max_categories, "must be 1, 2 or 3")?;
         check(search.category_mass > 0.0 && search.category_mass <= 1.0, "search.category_mass", search.category_mass, "must be above 0.0 and at most 1.0")?;

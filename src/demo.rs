@@ -92,9 +92,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         let bytes = std::fs::read(path)?;
         println!("\n== query: {} (a {category}), sentence: {}", path.display(), text.map_or("none".to_string(), |t| format!("{t:?}")));
         let outcome = runtime.block_on(service.search(Query { image: bytes.clone(), text: text.map(str::to_string), k: Some(5), page: 0, categories: None }))?;
-        print!("{}", search::render(&outcome));
+        print!("{}", crate::report::render(&outcome));
         let label = format!("{category}: {}", text.unwrap_or("(no sentence)"));
-        sheet.push(search::sheet_row(imaging::decode(&bytes, limits)?, &label, &outcome, limits));
+        sheet.push(crate::report::sheet_row(imaging::decode(&bytes, limits)?, &label, &outcome, limits));
     }
     plot::contact_sheet(Path::new(SHEET), "lookalike demo: Fashion-MNIST catalogue, query (framed) and its 5 nearest items", &sheet)?;
     println!("\ncontact sheet of every query: {SHEET}");
@@ -106,7 +106,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
 /// writes their titles to a JSON-lines file beside it; returns one held-out image per category
 /// and the metadata path.
 fn build_catalogue(test: &Path, catalogue: &Path) -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
-    let (classes, examples, _) = data::labelled(test, None)?;
+    let (classes, examples, _) = crate::catalogue::labelled(test, None)?;
     let mut held_out = Vec::new();
     let mut titles = String::new();
     for (class, name) in classes.iter().enumerate() {

@@ -7,39 +7,54 @@
 //!
 //! # Code map
 //!
+//! The one map of the code (the README points here). Each module's own documentation says what
+//! its files hold. `map_test.rs` holds the map to the code: every name in the last column is
+//! checked against the `crate::` paths and external crates each module's code names (comments
+//! and tests aside), and so are the invariants below that a reader can check.
+//!
+//! Names in the last column are modules (`index`), crates (`tch`), or these groups:
+//! - torch: `tch`, `rust_bert`, `vision`, `text`, `worker`
+//! - Discord: `serenity`, `discord`
+//! - the rest: every other module of this crate
+//!
 //! | module   | owns | knows nothing of |
 //! |----------|------|------------------|
-//! | [`config`] | typed config from `config/lookalike.toml` + `LOOKALIKE__SECTION__KEY` overrides, validated at start-up; the token only from `DISCORD_TOKEN` or `DISCORD_TOKEN_FILE` | everything else |
-//! | [`files`]  | files written whole or not at all (temporary file, flush, rename); the heads folder's layout | everything else |
-//! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` | Discord, index |
-//! | [`imaging`] | decode with limits, EXIF orientation, RGB; resize, crop, per-backbone normalisation | torch models, Discord |
-//! | [`vision`] | backbone specs and networks, GeM descriptors, heads, augmentation, ensemble vote, training (classification and metric loss), evaluation | Discord, index |
-//! | [`plot`]   | PNG charts: training curves, confusion matrices, search contact sheets | torch, Discord |
-//! | [`progress`] | progress bars on a terminal, periodic progress lines elsewhere | everything else |
-//! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; typos; negation; "none"; WordNet's words for each category (`wordnet`) | index, Discord |
-//! | [`catalogue`] | the catalogue folders (one sub-folder per category), content hashes, metadata (CSV / JSON lines); adding and removing one item with its metadata row | torch, Discord |
-//! | [`index`]  | the catalogue index behind one `Backend` trait: exact ranking and the incremental re-index plan both backends share (taken up where an interrupted one stopped, from its partial file); `embedded` (4-bit codes scanned in memory, the best candidates re-scored exactly from the vectors on disk; generations: checksummed, swapped atomically, fallback past damage; an OS re-index lock) and `postgres` (pgvector tables per generation made visible in one insert, an advisory re-index lock, HNSW for large categories, a read replica) | torch, Discord |
-//! | [`search`] | `SearchService`, the one entry point of the CLI and the bot: decode, micro-batched models, decide, search, timings; re-index while serving, catalogue edits under the re-index lock, new heads swapped in (`upkeep`). Its model thread is private (the bench has one named hook) | Discord |
+//! | [`config`] | typed config from `config/lookalike.toml` + `LOOKALIKE__SECTION__KEY` overrides, validated at start-up with errors that name the key; every section, `serve` included; the token only from `DISCORD_TOKEN` or the file `DISCORD_TOKEN_FILE` names | the rest |
+//! | [`files`]  | files written whole or not at all (temporary file, flush, rename); the heads folder's layout | the rest |
+//! | [`progress`] | progress bars on a terminal, periodic progress lines elsewhere | the rest |
+//! | [`rng`]    | the one seeded random generator: shuffles, augmentation, test and benchmark vectors | the rest |
+//! | [`metrics`] | the process's Prometheus metrics (searches by outcome and [`metrics::Entry`], stage histograms, batch sizes, index generation and items, re-indexes, gateway shards), recorded where things happen | the rest |
+//! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out; a panicking job fails only its caller | the rest |
+//! | [`imaging`] | image bytes to pixels: decode with limits, EXIF orientation, alpha on white, RGB. No tensors | torch, Discord, `index`, `catalogue`, `search` |
+//! | [`catalogue`] | the catalogue folders (one sub-folder per category) and walking labelled folders, the image extensions, content hashes, metadata (CSV / JSON lines); adding and removing one item with its metadata row | torch, Discord, `index`, `search` |
+//! | [`audit`] | the audit log: every catalogue edit, correction and swap of heads, with who and when | torch, Discord, `index`, `search` |
+//! | [`feedback`] | corrections picked under "Wrong category?": stored bounded on disk (each photo once), trusted when a moderator or enough distinct shoppers agree, exported as training folders | torch, Discord, `index`, `search` |
+//! | [`plot`]   | PNG charts: training curves, confusion matrices, search contact sheets | torch, Discord, `index`, `search` |
+//! | [`decide`] | image vote + the sentence's reading (the `text` module's plain `Intent`) -> ordered categories to search, with reasons (pure) | `tch`, `rust_bert`, `vision`, `worker`, Discord, `index`, `search` |
+//! | [`index`]  | the catalogue index behind one `Backend` trait: exact ranking and the incremental re-index plan both backends share, run under a re-index guard the caller holds; `embedded` (4-bit codes in memory, the best candidates re-scored exactly from the vectors on disk; generations on disk) and `postgres` (pgvector tables per generation, HNSW for large categories, a read replica) | torch, Discord, `search` |
+//! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` (download, check, convert with `tch`) | `rust_bert`, `vision`, `text`, Discord, `index`, `search` |
+//! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; typos; negation; "none"; WordNet's words for each category | `vision`, Discord, `index`, `search` |
+//! | [`vision`] | backbone specs and networks, preprocessing into tensors, GeM descriptors, heads, augmentation, ensemble vote, training, evaluation (through an in-memory `index`) | `text`, Discord, `search` |
+//! | [`search`] | `SearchService`, the query path of the bot and of `lookalike search`: admission, decode, the model thread's queue (micro-batches capped at `search.max_batch`, queries whose requester left dropped), decide, search, timings; its `Upkeep` handle: re-index while serving, catalogue edits under the re-index guard, new heads swapped in | Discord, `cli`, `bench` |
+//! | [`report`] | a search outcome as `lookalike search` prints it, and as a contact-sheet row | torch, Discord |
 //! | [`retrieval`] | `eval --retrieval`: R@1, R@5, vote accuracy and same-category precision@5 of pictures of the same items, through the whole search | Discord |
-//! | [`feedback`] | corrections picked under "Wrong category?": stored bounded on disk (each photo once), trusted when a moderator or enough distinct shoppers agree, exported as training folders | torch, Discord |
-//! | [`audit`] | the audit log: every catalogue edit, correction and swap of heads, with who and when | torch, Discord |
-//! | [`decide`] | image vote + text intent -> ordered categories to search, with reasons (pure) | torch, Discord |
-//! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out | Discord |
-//! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run | Discord |
 //! | [`demo`]   | `lookalike demo`: the Fashion-MNIST catalogue, heads if missing, index, queries, contact sheet | Discord |
-//! | [`discord`] | the bot: serenity client (optionally through `discord.api_proxy`); one file per command or interaction (`search`, `mention`, `buttons`, `catalogue` (with the moderators' edits), `help`, `reindex`); `explain`, the one place that words failures for users; attachment checks; the bounded store of recent searches; rendering a `SearchOutcome` as embeds | torch, index internals |
-//! | [`metrics`] | the process's Prometheus metrics (searches by outcome and entry point, stage histograms, batch sizes, index generation and items, re-indexes, gateway shards), recorded where things happen | everything else |
-//! | [`ops`]    | production operation: `/metrics`, `/healthz`, `/readyz` on `serve.metrics_addr`; requests in flight and the drain a graceful shutdown waits for | serenity |
-//! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it. Nothing calls back into it | Discord |
+//! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run. It reaches the model thread through two hooks of `SearchService` (`bench_probe`, `pooled_features`) | Discord |
+//! | [`ops`]    | production operation: `/metrics`, `/healthz`, `/readyz` on `serve.metrics_addr`; requests in flight and the drain a graceful shutdown waits for | torch, Discord, `index` |
+//! | [`discord`] | the bot: serenity client (optionally through `discord.api_proxy`); one file per command or interaction, each with its registration; `explain`, which words for users every error a search, a re-index or a catalogue edit returns (a command's own refusals, made before the core is called, are worded where they are made); attachment checks; the bounded store of recent searches; rendering a `SearchOutcome` as embeds | torch |
+//! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it. Train, `eval --data` and `intent` run their models on a model thread of their own; everything that searches goes through `SearchService` | — |
 //!
 //! # Invariants
 //!
-//! - Tensors never leave `imaging`, `vision` and `text` (and `bench`, which times them); torch and rust-bert calls never run on a
-//!   tokio worker thread (a model thread owns them).
-//! - serenity appears only in the Discord module; the core returns plain data.
+//! - Nothing calls back into `cli`.
+//! - `tch` appears only in `vision`, `text`, `models` (converting weights) and `bench` (timing
+//!   bare passes); `rust_bert` only in `text`; `serenity` only in `discord`. The core returns
+//!   plain data; the Discord module turns it into messages.
+//! - Torch and rust-bert calls never run on a tokio worker thread: a model thread owns them.
 //! - No model or index file is ever half-written: files are written beside their destination,
 //!   flushed, then renamed into place.
 //! - The Discord token never appears in a config file, a log line or an error message.
+//! - No function outside tests is longer than 100 lines.
 
 pub mod audit;
 pub mod bench;
@@ -58,8 +73,13 @@ pub mod models;
 pub mod ops;
 pub mod plot;
 pub mod progress;
+pub mod report;
 pub mod retrieval;
+pub mod rng;
 pub mod search;
 pub mod text;
 pub mod vision;
 pub mod worker;
+
+#[cfg(test)]
+mod map_test;

@@ -7,8 +7,32 @@ use std::sync::LazyLock;
 
 use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-/// Where a search came from.
-pub const ENTRY_POINTS: [&str; 4] = ["slash", "mention", "find_similar", "button"];
+/// Where a search came from: the `entry` label of `lookalike_searches_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// `/search`.
+    Slash,
+    /// An @mention with a photo.
+    Mention,
+    /// The "Find similar" message command.
+    FindSimilar,
+    /// A button under an answer (next page, another category).
+    Button,
+}
+
+impl Entry {
+    pub const ALL: [Entry; 4] = [Entry::Slash, Entry::Mention, Entry::FindSimilar, Entry::Button];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entry::Slash => "slash",
+            Entry::Mention => "mention",
+            Entry::FindSimilar => "find_similar",
+            Entry::Button => "button",
+        }
+    }
+}
+
 /// How a search ended, as `lookalike_searches_total` counts it.
 pub const OUTCOMES: [&str; 6] = ["ok", "busy", "bad_image", "no_index", "timeout", "error"];
 /// The stages of `lookalike_search_duration_seconds`.
@@ -34,8 +58,8 @@ impl Metrics {
         let searches = IntCounterVec::new(Opts::new("lookalike_searches_total", "Searches answered, by outcome and entry point"), &["outcome", "entry"])?;
         // Every pair from the start, so a rate over a pair that has not happened yet is 0, not absent.
         for outcome in OUTCOMES {
-            for entry in ENTRY_POINTS {
-                searches.with_label_values(&[outcome, entry]);
+            for entry in Entry::ALL {
+                searches.with_label_values(&[outcome, entry.as_str()]);
             }
         }
         let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -68,9 +92,9 @@ impl Metrics {
     /// One search from `entry` that ended as `outcome` (a `SearchError::kind`, or "ok"); the kinds
     /// not in [`OUTCOMES`] (the index database unavailable, an unknown category asked for by a
     /// button) count as "error".
-    pub fn search(&self, entry: &str, outcome: &str) {
+    pub fn search(&self, entry: Entry, outcome: &str) {
         let outcome = if OUTCOMES.contains(&outcome) { outcome } else { "error" };
-        self.searches.with_label_values(&[outcome, entry]).inc();
+        self.searches.with_label_values(&[outcome, entry.as_str()]).inc();
     }
 
     /// The seconds of each of [`STAGES`] of a successful search, in that order.

@@ -12,7 +12,6 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::search::{Query, SearchService};
-use crate::vision::data;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RetrievalReport {
@@ -46,7 +45,7 @@ pub struct CategoryRecall {
 
 pub fn evaluate(config: &Config, dir: &Path) -> anyhow::Result<RetrievalReport> {
     let (catalogue, queries) = (dir.join("catalogue"), dir.join("queries"));
-    let (_, examples, _) = data::labelled(&queries, None).with_context(|| format!("{} needs catalogue/ and queries/, each with one sub-folder per category", dir.display()))?;
+    let (_, examples, _) = crate::catalogue::labelled(&queries, None).with_context(|| format!("{} needs catalogue/ and queries/, each with one sub-folder per category", dir.display()))?;
     anyhow::ensure!(!examples.is_empty(), "{} has no query images", queries.display());
     let mut config = config.clone();
     config.catalogue.dir = catalogue;

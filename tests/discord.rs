@@ -79,7 +79,7 @@ fn the_bot_answers_through_a_fake_discord() {
         let (start, config_for_feedback) = (config.clone(), config.clone());
         let service = Arc::new(tokio::task::spawn_blocking(move || lookalike::search::SearchService::start(&start)).await.unwrap().unwrap());
         let indexer = service.clone();
-        tokio::task::spawn_blocking(move || indexer.reindex(&mut |_| {})).await.unwrap().unwrap();
+        tokio::task::spawn_blocking(move || indexer.upkeep().reindex(&mut |_| {})).await.unwrap().unwrap();
         let health = Arc::new(lookalike::ops::Health::default());
         let mut client = lookalike::discord::client(config, service.clone(), "fake-bot-token-not-secret", health).await.unwrap();
         tokio::spawn(async move { client.start().await });

@@ -30,7 +30,7 @@ fn search_service_end_to_end() {
     assert!(no_index.to_string().contains("run `lookalike index`"), "{no_index}");
 
     let mut events = Vec::new();
-    let summary = service.reindex(&mut |p| events.push(*p)).unwrap();
+    let summary = service.upkeep().reindex(&mut |p| events.push(*p)).unwrap();
     assert_eq!((summary.added, summary.files, summary.vectors, summary.duplicates, summary.embedded), (18, 17, 16, 1, 17));
     assert_eq!(summary.failed.len(), 1, "{:?}", summary.failed);
     assert!(summary.failed[0].id == "cool/broken.png" && summary.failed[0].reason.contains("damaged"), "{:?}", summary.failed);
@@ -94,14 +94,14 @@ fn search_service_end_to_end() {
     write_catalogue(&world.catalogue, 6, 20);
     let reindexing = {
         let service = service.clone();
-        std::thread::spawn(move || service.reindex(&mut |_| {}))
+        std::thread::spawn(move || service.upkeep().reindex(&mut |_| {}))
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     while !world.index.join("reindex.lock").exists() {
         assert!(Instant::now() < deadline && !reindexing.is_finished(), "the re-index never took its lock");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let refused = service.reindex(&mut |_| {}).unwrap_err();
+    let refused = service.upkeep().reindex(&mut |_| {}).unwrap_err();
     assert!(refused.to_string().contains("already running"), "{refused}");
     let mut during = Vec::new();
     while !reindexing.is_finished() {
@@ -178,8 +178,8 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
 
     // Kill re-indexes with SIGKILL: six at seeded random moments over a whole run, six at
     // random moments just after the new generation's folder appears (while it is written).
-    let mut state = 11u64;
-    let mut random = move || (lookalike::vision::data::splitmix64(&mut state) >> 11) as f64 / (1u64 << 53) as f64;
+    let mut rng = lookalike::rng::Rng::new(11);
+    let mut random = move || rng.unit_f64();
     let writing = |dir: &Path| std::fs::read_dir(dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".partial"));
     let (mut old, mut new, mut mid_write) = (0, 0, 0);
     for round in 1..=12u32 {
@@ -258,7 +258,7 @@ fn a_reindex_swaps_in_new_heads_while_searches_go_on() {
     let config = world.config(&[]);
     let service = Arc::new(SearchService::start(&config).unwrap());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    assert_eq!(service.reindex(&mut |_| {}).unwrap().embedded, 16);
+    assert_eq!(service.upkeep().reindex(&mut |_| {}).unwrap().embedded, 16);
     let before = service.embedding_key();
 
     // Other heads (another seed), trained elsewhere from the same cached features.
@@ -270,7 +270,7 @@ fn a_reindex_swaps_in_new_heads_while_searches_go_on() {
     let installed = lookalike::files::heads::head_path(&heads, "squeezenet1_1");
 
     std::fs::write(&installed, b"not a safetensors file").unwrap();
-    let refused = format!("{:#}", service.reindex(&mut |_| {}).unwrap_err());
+    let refused = format!("{:#}", service.upkeep().reindex(&mut |_| {}).unwrap_err());
     assert!(refused.contains("cannot load the new heads; the running ones stay"), "{refused}");
     assert_eq!(service.embedding_key(), before);
     runtime.block_on(service.search(Query { image: png(&picture("warm", 50)), ..Query::default() })).expect("the old heads still answer");
@@ -291,7 +291,7 @@ fn a_reindex_swaps_in_new_heads_while_searches_go_on() {
         answered
     });
     std::thread::sleep(Duration::from_millis(300));
-    let swapped = service.reindex(&mut |_| {}).unwrap();
+    let swapped = service.upkeep().reindex(&mut |_| {}).unwrap();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let answered = runtime.block_on(searches).unwrap();
     assert!(swapped.new_heads && swapped.embedded == 16, "every image embedded again with the new heads: {swapped:?}");
@@ -302,6 +302,6 @@ fn a_reindex_swaps_in_new_heads_while_searches_go_on() {
     let log = std::fs::read_to_string(world.root.join("audit.jsonl")).unwrap();
     assert!(log.contains("\"action\":\"heads_swapped\"") && log.contains("\"re_embedded\":true"), "{log}");
 
-    let again = service.reindex(&mut |_| {}).unwrap();
+    let again = service.upkeep().reindex(&mut |_| {}).unwrap();
     assert!(!again.new_heads && again.embedded == 0, "{again:?}");
 }

@@ -53,7 +53,7 @@ fn metrics_and_probes_follow_the_bot_and_shards_split_between_processes() {
         let start = config.clone();
         let service = tokio::task::spawn_blocking(move || {
             let service = Arc::new(lookalike::search::SearchService::start(&start).unwrap());
-            service.reindex(&mut |_| {}).unwrap();
+            service.upkeep().reindex(&mut |_| {}).unwrap();
             service
         })
         .await

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use lookalike::config::Metric;
 use lookalike::index::embedded::Embedded;
 use lookalike::index::postgres::{Postgres, Settings};
-use lookalike::index::{Backend, EmbeddingKey, IndexError, Page, ReindexError, ReindexJob, Scope, SearchParams};
+use lookalike::index::{Backend, EmbeddingKey, IndexError, Page, ReindexError, ReindexJob, Scope, SearchMethod, SearchParams};
+use lookalike::rng::Rng;
 
 mod common;
 
@@ -85,18 +86,10 @@ fn key() -> EmbeddingKey {
     EmbeddingKey { profile: "kit".into(), backbones: vec!["fake".into()], source: "combined".into(), pooling: "gem3".into(), weights_sha256: String::new(), dim: DIM }
 }
 
-fn splitmix(state: &mut u64) -> f32 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-}
-
 /// A unit vector near category `category`'s centre, by seed: clustered as real embeddings are.
 fn vector(category: usize, seed: u64) -> Vec<f32> {
-    let (mut centre, mut noise) = (1000 + category as u64, seed.wrapping_mul(7919));
-    let v: Vec<f32> = (0..DIM).map(|_| splitmix(&mut centre) + 0.7 * splitmix(&mut noise)).collect();
+    let (mut centre, mut noise) = (Rng::new(1000 + category as u64), Rng::new(seed.wrapping_mul(7919)));
+    let v: Vec<f32> = (0..DIM).map(|_| centre.unit_f32() - 0.5 + 0.7 * (noise.unit_f32() - 0.5)).collect();
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.into_iter().map(|x| x / norm).collect()
 }
@@ -137,7 +130,7 @@ fn reindex(backend: &dyn Backend, catalogue: &Path) -> Result<lookalike::index::
 
 fn reindex_slowly(backend: &dyn Backend, catalogue: &Path, pause: Duration) -> Result<lookalike::index::ReindexSummary, ReindexError> {
     let key = key();
-    let job = ReindexJob { catalogue, metadata: std::path::Path::new(""), key: &key, chunk: 64, max_image_bytes: 1 << 20, edit: None, partial: None, stop: None };
+    let job = ReindexJob { catalogue, metadata: std::path::Path::new(""), key: &key, chunk: 64, max_image_bytes: 1 << 20, partial: None, stop: None };
     let mut embed = |paths: &[PathBuf]| {
         std::thread::sleep(pause);
         fake_embed(paths)
@@ -191,7 +184,7 @@ fn the_same_hits_as_the_embedded_index_and_hnsw_for_large_categories() {
             for (w, g) in want.hits.iter().zip(&got.hits) {
                 assert_eq!((w.cosine.to_bits(), w.euclidean.to_bits(), &w.collapsed, &w.item), (g.cosine.to_bits(), g.euclidean.to_bits(), &g.collapsed, &g.item), "scores bit for bit");
             }
-            assert_eq!((want.more, got.method), (got.more, "exact"));
+            assert_eq!((want.more, got.method), (got.more, SearchMethod::Exact));
         }
     }
     // bags/00003.png (whose copy is stored with it, under its id) and its near-twin are one hit.
@@ -207,13 +200,13 @@ fn the_same_hits_as_the_embedded_index_and_hnsw_for_large_categories() {
     // Categories of 300 rows and more go through HNSW: near-exact, and said so.
     let approximate = Postgres::connect(&settings(url, "", 300)).unwrap();
     reindex(&approximate, catalogue).unwrap();
-    assert_eq!(approximate.current().unwrap().unwrap().approximate, CATEGORIES.map(String::from));
+    assert_eq!(approximate.current().unwrap().unwrap().approximate(), CATEGORIES.map(String::from));
     let (mut same, mut total) = (0, 0);
     for q in 0..100u64 {
         let query = vector((q % 3) as usize, 800_000 + q);
         let scopes = in_order(&[CATEGORIES[(q % 3) as usize]]);
         let (want, got) = (search(&embedded, &query, &scopes, &params(5)).unwrap(), search(&approximate, &query, &scopes, &params(5)).unwrap());
-        assert_eq!(got.method, "hnsw");
+        assert_eq!(got.method, SearchMethod::Hnsw);
         same += ids(&got).iter().filter(|id| ids(&want).contains(id)).count();
         total += 5;
     }
@@ -291,12 +284,12 @@ fn a_reindex_killed_at_random_moments_leaves_the_previous_generation_searchable(
     assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
     let full = started.elapsed();
     assert_eq!(holds(&backend), (2, changed.clone()));
-    let mut state = 77u64;
+    let mut rng = Rng::new(77);
     let (mut before_commit, mut after_commit) = (0, 0);
     for round in 0..6 {
         let (number, held) = holds(&backend);
         let other = if held == *catalogue { changed.clone() } else { catalogue.clone() };
-        let at = full.mul_f32(0.1 + 0.85 * (splitmix(&mut state) + 0.5));
+        let at = full.mul_f32(0.1 + 0.85 * rng.unit_f32());
         let mut child = run(&other).spawn().unwrap();
         std::thread::sleep(at);
         child.kill().unwrap(); // SIGKILL
@@ -433,12 +426,12 @@ fn the_search_service_answers_alike_from_postgres_with_the_real_backbones() {
     let mut pages = Vec::new();
     for backend in [vec![], vec![("LOOKALIKE__INDEX__BACKEND", "postgres"), ("LOOKALIKE__INDEX__POSTGRES_URL", url.as_str())]] {
         let service = lookalike::search::SearchService::start(&world.config(&backend)).unwrap();
-        service.reindex(&mut |_| {}).unwrap();
+        service.upkeep().reindex(&mut |_| {}).unwrap();
         let mut hits = Vec::new();
         for (class, variant) in [("warm", 40), ("cool", 41), ("warm", 42)] {
             let query = lookalike::search::Query { image: common::png(&common::picture(class, variant)), k: Some(4), ..Default::default() };
             let outcome = runtime.block_on(service.search(query)).unwrap();
-            assert_eq!(outcome.timings.search_method, if backend.is_empty() { lookalike::index::embedded::METHOD } else { "exact" });
+            assert_eq!(outcome.timings.search_method, if backend.is_empty() { SearchMethod::CodesReranked } else { SearchMethod::Exact });
             hits.push(outcome.hits.iter().map(|h| (h.item.id.clone(), h.cosine.to_bits())).collect::<Vec<_>>());
         }
         pages.push(hits);

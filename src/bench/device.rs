@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use super::index::copy_catalogue;
 use super::machine;
+use crate::catalogue::labelled;
 use crate::config::{Config, DeviceChoice, Precision, Profile};
 use crate::search::{Query, SearchOutcome, SearchService};
-use crate::vision::data::{export_fashion_mnist, labelled, FashionMnistExport, FASHION_MNIST_CLASSES};
+use crate::vision::data::{export_fashion_mnist, FashionMnistExport, FASHION_MNIST_CLASSES};
 use crate::vision::ensemble::{Head, HeadsInfo};
 use crate::vision::{self, Backbone};
 
@@ -138,7 +139,7 @@ fn answer(config: &Config, queries: &[Vec<u8>]) -> anyhow::Result<Answers> {
     let service = std::sync::Arc::new(SearchService::start(&config)?);
     service.warm_up()?;
     let started = std::time::Instant::now();
-    let summary = service.reindex(&mut |_| {})?;
+    let summary = service.upkeep().reindex(&mut |_| {})?;
     let index_rate = summary.embedded as f64 / started.elapsed().as_secs_f64();
     anyhow::ensure!(summary.failed.is_empty(), "indexing failed for {:?}", summary.failed);
 

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::catalogue::labelled;
 use crate::config::{Config, FeedbackConfig};
 use crate::demo;
 use crate::feedback::FeedbackStore;
 use crate::imaging::{self, ImageLimits};
-use crate::vision::data::{labelled, FashionMnist, FashionMnistSet, FASHION_MNIST_CLASSES};
+use crate::vision::data::{FashionMnist, FashionMnistSet, FASHION_MNIST_CLASSES};
 use crate::vision::ensemble::{Ensemble, HeadsInfo};
 use crate::vision::eval::{evaluate, EvalReport};
 use crate::vision::{self, train};

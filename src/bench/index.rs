@@ -10,9 +10,10 @@ use anyhow::Context;
 
 use super::search::SearchSizes;
 use super::{machine, millis, percentile};
+use crate::catalogue::labelled;
 use crate::config::{Config, Profile};
 use crate::search::{Query, SearchService};
-use crate::vision::data::{export_fashion_mnist, labelled, FashionMnistExport, FASHION_MNIST_CLASSES};
+use crate::vision::data::{export_fashion_mnist, FashionMnistExport, FASHION_MNIST_CLASSES};
 use crate::vision::ensemble::{forward_batch, Ensemble, Head, HeadsInfo};
 use crate::vision::{self, Backbone};
 
@@ -77,7 +78,7 @@ pub(super) fn copy_catalogue(images: &[&Path], catalogue: &Path) -> anyhow::Resu
 /// Re-indexes and returns (images embedded, seconds spent embedding, seconds in all).
 pub(super) fn timed_reindex(service: &SearchService) -> anyhow::Result<(usize, f64, f64)> {
     let mut embedding = 0.0;
-    let summary = service.reindex(&mut |progress| embedding = progress.elapsed_s)?;
+    let summary = service.upkeep().reindex(&mut |progress| embedding = progress.elapsed_s)?;
     anyhow::ensure!(summary.failed.is_empty(), "indexing failed for {:?}", summary.failed);
     Ok((summary.embedded, embedding, summary.seconds))
 }

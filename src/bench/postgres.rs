@@ -15,7 +15,7 @@ use crate::config::{Config, Metric};
 use crate::index::embedded::Embedded;
 use crate::index::postgres::{Postgres, Settings};
 use crate::index::{Backend, EmbeddingKey, Generation, ReindexJob, Scope, SearchParams};
-use crate::vision::data::splitmix64;
+use crate::rng::Rng;
 
 /// Dimensions of the measurement: the chapter profile's head vectors (3 x 1,024).
 const DIM: usize = 3072;
@@ -47,14 +47,14 @@ pub struct Report {
     pub table: Vec<Row>,
 }
 
-fn gaussianish(state: &mut u64) -> f32 {
+fn gaussianish(rng: &mut Rng) -> f32 {
     // Sum of four uniforms: close enough to normal for clustered test vectors.
-    (0..4).map(|_| (splitmix64(state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5).sum()
+    (0..4).map(|_| rng.unit_f32() - 0.5).sum()
 }
 
 /// Item `n`'s vector, or a second view of it (`view` > 0): its centre, its own offset, and noise.
 fn vector(n: u64, view: u64) -> Vec<f32> {
-    let (mut centre, mut own, mut noise) = (n % CENTRES + 1, n.wrapping_mul(0x9e37_79b9) + 17, n.wrapping_mul(31) ^ (view << 40));
+    let (mut centre, mut own, mut noise) = (Rng::new(n % CENTRES + 1), Rng::new(n.wrapping_mul(0x9e37_79b9) + 17), Rng::new(n.wrapping_mul(31) ^ (view << 40)));
     let v: Vec<f32> = (0..DIM).map(|_| gaussianish(&mut centre) + 0.8 * gaussianish(&mut own) + if view > 0 { 0.35 * gaussianish(&mut noise) } else { 0.0 }).collect();
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.into_iter().map(|x| x / norm).collect()
@@ -67,7 +67,7 @@ fn embed(paths: &[PathBuf]) -> Vec<Result<Vec<f32>, String>> {
 /// Re-indexes `catalogue` into `backend`; the seconds spent outside the (synthetic) embedder.
 fn ingest(backend: &dyn Backend, catalogue: &Path) -> anyhow::Result<f64> {
     let key = EmbeddingKey { profile: "bench".into(), backbones: vec![], source: "clustered".into(), pooling: String::new(), weights_sha256: String::new(), dim: DIM };
-    let job = ReindexJob { catalogue, metadata: Path::new(""), key: &key, chunk: 4096, max_image_bytes: 1 << 20, edit: None, partial: None, stop: None };
+    let job = ReindexJob { catalogue, metadata: Path::new(""), key: &key, chunk: 4096, max_image_bytes: 1 << 20, partial: None, stop: None };
     let mut embedding = 0.0;
     let started = Instant::now();
     backend.reindex(&job, &mut embed, &mut |p| embedding = p.elapsed_s)?;

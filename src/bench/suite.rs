@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use super::index::{chapter_backbones, copy_catalogue, python_baseline, service, timed_reindex};
 use super::{bare_forwards, machine, millis, percentile};
+use crate::catalogue::labelled;
 use crate::config::{Config, Profile};
 use crate::imaging;
-use crate::search::{self, Query, SearchService};
-use crate::vision::data::{export_fashion_mnist, labelled, FashionMnistExport};
+use crate::search::{Query, SearchService};
+use crate::vision::data::{export_fashion_mnist, FashionMnistExport};
 use crate::vision::{self, Backbone};
 
 const CONCURRENCY: [usize; 3] = [1, 8, 32];
@@ -241,7 +242,7 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
             if concurrency == 1 {
                 search_times.push(Duration::from_secs_f64(outcome.timings.search_ms / 1e3));
                 let started = Instant::now();
-                std::hint::black_box(search::render(&outcome));
+                std::hint::black_box(crate::report::render(&outcome));
                 render_times.push(started.elapsed());
             }
         }

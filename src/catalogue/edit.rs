@@ -11,20 +11,25 @@ use super::{is_json_lines, keys, parse_rows, scan, Metadata};
 use crate::files::write_atomically;
 use crate::imaging::{self, ImageLimits};
 
-/// Why an edit was refused: the request cannot be done as asked (unknown category, duplicate,
-/// no such item, an unreadable photo). It names no path, so a chat may show it as it is; any
-/// other error is the machine's and goes to the log.
+/// Why an edit was not made.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
+pub enum EditError {
+    /// The request cannot be done as asked (unknown category, duplicate, no such item, an
+    /// unreadable photo). It names no path, so a chat may show it as it is.
+    #[error("{0}")]
+    Refused(String),
+    /// The machine's failure (a disk, a file); it may name server paths, so it goes to the log.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
 
-fn refuse<T>(why: String) -> anyhow::Result<T> {
-    Err(Refused(why).into())
+fn refuse<T>(why: String) -> Result<T, EditError> {
+    Err(EditError::Refused(why))
 }
 
 /// Stores `photo` as `category/<first 16 hex digits of its sha256>.<format>` under `root`, and
 /// its metadata (when any field is given) in `metadata_file`. Returns the new item's id.
-pub fn add(root: &Path, metadata_file: &Path, photo: &[u8], limits: ImageLimits, category: &str, metadata: &Metadata) -> anyhow::Result<String> {
+pub fn add(root: &Path, metadata_file: &Path, photo: &[u8], limits: ImageLimits, category: &str, metadata: &Metadata) -> Result<String, EditError> {
     let catalogue = scan(root)?;
     if !catalogue.categories.iter().any(|c| c == category) {
         return refuse(format!(
@@ -55,7 +60,7 @@ pub fn add(root: &Path, metadata_file: &Path, photo: &[u8], limits: ImageLimits,
 
 /// Removes the item `item` (its id `category/file`, file name or file stem) and its metadata
 /// rows. Returns its id.
-pub fn remove(root: &Path, metadata_file: &Path, item: &str) -> anyhow::Result<String> {
+pub fn remove(root: &Path, metadata_file: &Path, item: &str) -> Result<String, EditError> {
     let catalogue = scan(root)?;
     let found: Vec<_> = catalogue.entries.iter().filter(|e| names(item, &e.id)).collect();
     let entry = match found.as_slice() {
@@ -141,7 +146,7 @@ mod tests {
             assert_eq!(MetadataTable::load(&metadata_file).unwrap().get(&id), tote, "{metadata_name}");
 
             let refused = add(&root, &metadata_file, &png(3), limits, "lamp", &tote).unwrap_err();
-            assert!(refused.downcast_ref::<Refused>().is_some(), "a refusal a chat may show: {refused:#}");
+            assert!(matches!(refused, EditError::Refused(_)), "a refusal a chat may show: {refused:#}");
             let unknown = format!("{refused:#}");
             assert!(unknown.contains("no category `lamp`") && unknown.contains("the catalogue has bag") && unknown.contains("re-train"), "{unknown}");
             assert!(format!("{:#}", add(&root, &metadata_file, &png(2), limits, "bag", &tote).unwrap_err()).contains("already in the catalogue"));

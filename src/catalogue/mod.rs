@@ -9,10 +9,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::vision::data;
-
 mod edit;
-pub use edit::{add, remove, Refused};
+pub use edit::{add, remove, EditError};
 
 /// What a reply shows about an item besides its picture. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -34,6 +32,48 @@ impl Metadata {
     pub fn is_empty(&self) -> bool {
         *self == Metadata::default()
     }
+}
+
+/// Image file extensions read as images; anything else in a category folder is skipped.
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "gif", "bmp"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub path: PathBuf,
+    pub class: usize,
+}
+
+/// Every image under `dir/<category>/`, categories sorted by name (or in `known` order).
+pub fn labelled(dir: &Path, known: Option<&[String]>) -> anyhow::Result<(Vec<String>, Vec<Example>, Vec<PathBuf>)> {
+    let mut classes: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}: expected one sub-folder per category", dir.display()))?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    classes.sort();
+    if let Some(known) = known {
+        if let Some(extra) = classes.iter().find(|c| !known.contains(c)) {
+            anyhow::bail!("{} has a category `{extra}` that the training folder lacks", dir.display());
+        }
+        classes = known.to_vec();
+    }
+    anyhow::ensure!(!classes.is_empty(), "{} has no category sub-folders", dir.display());
+    let (mut examples, mut not_images) = (Vec::new(), Vec::new());
+    for (class, name) in classes.iter().enumerate() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(name)).map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect()).unwrap_or_default();
+        files.sort();
+        for path in files {
+            let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+            if IMAGE_EXTENSIONS.contains(&extension.as_str()) {
+                examples.push(Example { path, class });
+            } else {
+                not_images.push(path);
+            }
+        }
+    }
+    Ok((classes, examples, not_images))
 }
 
 /// One image file in the catalogue.
@@ -61,7 +101,7 @@ pub struct Scan {
 
 /// Lists the catalogue under `root`.
 pub fn scan(root: &Path) -> anyhow::Result<Scan> {
-    let (categories, examples, not_images) = data::labelled(root, None).with_context(|| format!("cannot read the catalogue {}", root.display()))?;
+    let (categories, examples, not_images) = labelled(root, None).with_context(|| format!("cannot read the catalogue {}", root.display()))?;
     let mut entries = Vec::with_capacity(examples.len());
     for example in examples {
         let category = categories[example.class].clone();
@@ -167,6 +207,19 @@ fn parse_json_lines(text: &str) -> anyhow::Result<Vec<(String, Metadata)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tiff_is_not_taken_for_an_image_nobody_can_decode() {
+        // The CLI, the catalogue scan and the bot all read this one list; `image` is built
+        // without TIFF, so a .tif would only have failed later, at decoding.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bag")).unwrap();
+        std::fs::write(dir.path().join("bag/0.png"), b"x").unwrap();
+        std::fs::write(dir.path().join("bag/scan.tif"), b"II*\0").unwrap();
+        let (_, examples, not_images) = labelled(dir.path(), None).unwrap();
+        assert_eq!(examples.len(), 1);
+        assert_eq!(not_images, [dir.path().join("bag/scan.tif")]);
+    }
 
     #[test]
     fn scan_lists_images_by_category_and_skips_other_files() {

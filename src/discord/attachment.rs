@@ -31,7 +31,7 @@ const IMAGE_TYPES: [&str; 5] = ["image/png", "image/jpeg", "image/webp", "image/
 /// Whether a file name ends in an image extension this bot reads.
 pub fn has_image_extension(name: &str) -> bool {
     let extension = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
-    crate::vision::data::IMAGE_EXTENSIONS.contains(&extension.as_str())
+    crate::catalogue::IMAGE_EXTENSIONS.contains(&extension.as_str())
 }
 
 /// Refuses what is declared too large or not an image, before a byte is downloaded.

@@ -29,7 +29,7 @@ pub(super) async fn button(bot: &Bot, ctx: &Context, component: &ComponentIntera
     if let Err(err) = component.create_response(&ctx.http, CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new())).await {
         return tracing::warn!(cause = %err, "cannot defer a button");
     }
-    let answer = bot.answer(StoredQuery { created: stored.created, ..next }, key, Asker { kind: "button", user: component.user.id }).await;
+    let answer = bot.answer(StoredQuery { created: stored.created, ..next }, key, Asker { kind: Entry::Button, user: component.user.id }).await;
     deliver(ctx, &component.token, answer).await;
 }
 
@@ -46,7 +46,7 @@ async fn record_correction(bot: &Bot, component: &ComponentInteraction, stored: 
             let who = crate::audit::Who::Discord { user, name: component.user.name.clone() };
             let action = crate::audit::Action::Corrected { image: correction.image, searched: correction.searched, picked: correction.picked, moderator };
             let service = bot.service.clone();
-            let _ = tokio::task::spawn_blocking(move || service.log(who, action)).await;
+            let _ = tokio::task::spawn_blocking(move || service.upkeep().log(who, action)).await;
         }
         Ok(Err(err)) => tracing::warn!(cause = %format!("{err:#}"), "cannot record a correction"),
         Err(err) => tracing::warn!(cause = %err, "recording a correction failed"),

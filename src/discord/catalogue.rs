@@ -113,18 +113,9 @@ async fn remove(bot: &Bot, ctx: &Context, command: &CommandInteraction, item: St
 /// Runs the edit and its re-index on a blocking thread; a failure as the moderator should read it.
 async fn edit_blocking(bot: &Bot, edit: Edit, who: Who) -> Result<(String, crate::index::ReindexSummary), String> {
     let service = bot.service.clone();
-    match tokio::task::spawn_blocking(move || service.edit_catalogue(edit, who, &mut |_| {})).await {
+    match tokio::task::spawn_blocking(move || service.upkeep().edit_catalogue(edit, who, &mut |_| {})).await {
         Ok(Ok(done)) => Ok(done),
-        Ok(Err(ReindexError::AlreadyRunning(_))) => Err("a re-index is running; try again when it finishes.".into()),
-        // The edit's own refusals (unknown category, duplicate, no such item) say what to do;
-        // anything else may name the server's paths, so it goes to the log only.
-        Ok(Err(ReindexError::Failed(err))) => match err.chain().find_map(|cause| cause.downcast_ref::<crate::catalogue::Refused>()) {
-            Some(refused) => Err(reply::escape(&refused.to_string(), 1500)),
-            None => {
-                tracing::error!(cause = %format!("{err:#}"), "catalogue edit failed");
-                Err("the edit failed; the bot's log says why.".into())
-            }
-        },
+        Ok(Err(err)) => Err(explain::explain_reindex(&err, explain::Upkeep::Edit)),
         Err(err) => {
             tracing::error!(cause = %err, "catalogue edit task failed");
             Err("the edit failed; the bot's log says why.".into())
@@ -203,7 +194,7 @@ pub(super) async fn catalogue_text(bot: &Bot) -> String {
             format!("The catalogue is not searchable yet: ask a moderator to run /reindex.\n{models}")
         }
     };
-    let audit = bot.service.audit().clone();
+    let audit = bot.service.upkeep().audit().clone();
     let edits = tokio::task::spawn_blocking(move || audit.last(LAST_EDITS)).await.map_err(anyhow::Error::from).and_then(|r| r);
     match edits {
         Ok(edits) if !edits.is_empty() => format!("{summary}\n**Last edits**\n{}", edits.iter().map(edit_line).collect::<Vec<_>>().join("\n")),

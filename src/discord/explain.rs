@@ -1,5 +1,7 @@
-//! The one place that decides what a Discord user reads when something fails: never a path,
-//! a type name, a config key or a backtrace.
+//! The one place that decides what a Discord user reads when a search, a re-index or a catalogue
+//! edit fails: never a path, a type name, a config key or a backtrace. (A command's own
+//! refusals, made before the core is called — a cooldown, an expired button, a missing photo —
+//! are worded where they are made.)
 
 use super::*;
 
@@ -13,6 +15,34 @@ pub(super) fn explain(error: &SearchError) -> String {
         SearchError::Unavailable(_) => "The catalogue database is unreachable right now; try again shortly.".to_string(),
         SearchError::Timeout(_) => "That search took too long; please try again.".to_string(),
         SearchError::Models(_) => "Something went wrong on my side; please try again.".to_string(),
+    }
+}
+
+/// What a re-index asks of the moderator who started it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Upkeep {
+    Reindex,
+    Edit,
+}
+
+/// What a moderator reads when a re-index (`/reindex`) or a catalogue edit (and its re-index)
+/// does not finish. The machine's own failures may name server paths: they go to the log, and
+/// the moderator is pointed there.
+pub(super) fn explain_reindex(error: &ReindexError, job: Upkeep) -> String {
+    match (error, job) {
+        (ReindexError::AlreadyRunning(_), Upkeep::Reindex) => "A re-index is already running; wait for it to finish.".to_string(),
+        (ReindexError::AlreadyRunning(_), Upkeep::Edit) => "a re-index is running; try again when it finishes.".to_string(),
+        (ReindexError::Refused(why), _) => reply::escape(why, 1500),
+        (ReindexError::Interrupted { .. }, Upkeep::Reindex) => {
+            "The re-index was interrupted: the bot is restarting. What it embedded is kept; /reindex again after the restart and it goes on from there.".to_string()
+        }
+        (ReindexError::Interrupted { .. } | ReindexError::Failed(_), _) => {
+            tracing::error!(cause = %format!("{error:#}"), outcome = error.outcome(), "re-index or catalogue edit failed");
+            match job {
+                Upkeep::Reindex => "The re-index failed; the previous index is still in use. The bot's log says why.".to_string(),
+                Upkeep::Edit => "the edit failed; the bot's log says why.".to_string(),
+            }
+        }
     }
 }
 

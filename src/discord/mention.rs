@@ -25,7 +25,7 @@ pub(super) async fn chat_search(bot: &Bot, ctx: &Context, message: &Message) {
     }
     let text = strip_mentions(&message.content);
     let key = message.id.get();
-    let asker = Asker { kind: "mention", user: message.author.id };
+    let asker = Asker { kind: Entry::Mention, user: message.author.id };
     let sent = match bot.search(&declared(attachment), text, bot.config.search.default_k.min(reply::MAX_HITS), key, asker).await {
         Ok(reply) => {
             let create = CreateMessage::new().embeds(reply.embeds).components(reply.components).add_files(reply.files).reference_message(message).allowed_mentions(reply::no_pings());

@@ -33,7 +33,7 @@ use crate::config::{Config, Shards};
 use crate::feedback::FeedbackStore;
 use crate::imaging::{self, ImageError};
 use crate::index::{render_summary, Audience, Progress, ReindexError};
-use crate::metrics::METRICS;
+use crate::metrics::{Entry, METRICS};
 use crate::ops::Health;
 use crate::search::{Query, SearchError, SearchService};
 use reply::Reply;
@@ -118,7 +118,7 @@ pub async fn run(config: Config, service: Arc<SearchService>, token: &str, healt
             tracing::info!("{signal}: taking no new requests; {} in flight get up to {} s", health.in_flight(), grace.as_secs());
             // A re-index would outlast any grace: it stops after its chunk and is taken up by the next.
             if let Some(service) = health.service.get() {
-                service.interrupt_reindex();
+                service.upkeep().interrupt_reindex();
             }
             if !health.drain(grace).await {
                 tracing::warn!("{} requests still in flight after {} s: closing anyway", health.in_flight(), grace.as_secs());
@@ -242,8 +242,7 @@ async fn respond(ctx: &Context, command: &CommandInteraction, text: String, ephe
 /// Who asked, and how: the fields of every request's log line.
 #[derive(Debug, Clone, Copy)]
 struct Asker {
-    /// slash, mention, find_similar or button.
-    kind: &'static str,
+    kind: Entry,
     user: UserId,
 }
 
@@ -253,7 +252,7 @@ impl Asker {
     fn span(&self, key: u64) -> tracing::Span {
         use sha2::Digest;
         let user = hex::encode(&sha2::Sha256::digest(self.user.get().to_le_bytes())[..6]);
-        tracing::info_span!("request", id = key, kind = self.kind, user = %user)
+        tracing::info_span!("request", id = key, kind = self.kind.as_str(), user = %user)
     }
 }
 
@@ -333,7 +332,7 @@ impl Bot {
                     vision_ms = t.vision_ms,
                     text_ms = t.text_ms,
                     search_ms = t.search_ms,
-                    search_method = t.search_method,
+                    search_method = %t.search_method,
                     batch = t.batch,
                     reply_ms = started.elapsed().as_secs_f64() * 1e3,
                     "request"

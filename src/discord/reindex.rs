@@ -35,7 +35,7 @@ pub(super) async fn reindex(bot: &Bot, ctx: &Context, command: &CommandInteracti
     let service = bot.service.clone();
     let who = crate::audit::Who::Discord { user: command.user.id.get(), name: command.user.name.clone() };
     let job = tokio::task::spawn_blocking(move || {
-        service.reindex_by(who, &mut |p| {
+        service.upkeep().reindex_by(who, &mut |p| {
             let _ = events.send(*p);
         })
     });
@@ -48,14 +48,7 @@ pub(super) async fn reindex(bot: &Bot, ctx: &Context, command: &CommandInteracti
     }
     let text = match job.await {
         Ok(Ok(summary)) => format!("Re-index done.\n```\n{}```", reply::escape(&render_summary(&summary, Audience::Chat), 1800).replace("\\", "")),
-        Ok(Err(ReindexError::AlreadyRunning(_))) => "A re-index is already running; wait for it to finish.".to_string(),
-        Ok(Err(ReindexError::Failed(err))) if err.downcast_ref::<crate::index::Interrupted>().is_some() => {
-            "The re-index was interrupted: the bot is restarting. What it embedded is kept; /reindex again after the restart and it goes on from there.".to_string()
-        }
-        Ok(Err(ReindexError::Failed(err))) => {
-            tracing::error!(cause = %format!("{err:#}"), "re-index failed");
-            "The re-index failed; the previous index is still in use. The bot's log says why.".to_string()
-        }
+        Ok(Err(err)) => explain::explain_reindex(&err, explain::Upkeep::Reindex),
         Err(err) => {
             tracing::error!(cause = %err, "re-index task failed");
             "The re-index failed; the previous index is still in use.".to_string()

@@ -22,7 +22,7 @@ pub(super) fn declared(attachment: &serenity::all::Attachment) -> Declared<'_> {
     Declared { name: &attachment.filename, size: attachment.size as u64, content_type: attachment.content_type.as_deref(), url: &attachment.url }
 }
 
-pub(super) async fn search_interaction(bot: &Bot, ctx: &Context, command: &CommandInteraction, attachment: Option<&serenity::all::Attachment>, text: Option<String>, k: usize, kind: &'static str) {
+pub(super) async fn search_interaction(bot: &Bot, ctx: &Context, command: &CommandInteraction, attachment: Option<&serenity::all::Attachment>, text: Option<String>, k: usize, kind: Entry) {
     let user = command.user.id;
     let Some(attachment) = attachment else {
         return respond(ctx, command, "I need a photo: attach one to the command, or use Find similar on a message with a photo.".into(), true).await;
@@ -51,12 +51,12 @@ pub(super) async fn slash_search(bot: &Bot, ctx: &Context, command: &CommandInte
             _ => {}
         }
     }
-    search_interaction(bot, ctx, command, attachment, text, k.min(reply::MAX_HITS), "slash").await;
+    search_interaction(bot, ctx, command, attachment, text, k.min(reply::MAX_HITS), Entry::Slash).await;
 }
 
 pub(super) async fn find_similar(bot: &Bot, ctx: &Context, command: &CommandInteraction) {
     let target = command.data.target_id.and_then(|id| command.data.resolved.messages.get(&id.to_message_id()));
     let attachment = target.and_then(|m| first_image(&m.attachments));
     let text = target.map(|m| m.content.trim().to_string()).filter(|t| !t.is_empty());
-    search_interaction(bot, ctx, command, attachment, text, bot.config.search.default_k.min(reply::MAX_HITS), "find_similar").await;
+    search_interaction(bot, ctx, command, attachment, text, bot.config.search.default_k.min(reply::MAX_HITS), Entry::FindSimilar).await;
 }

@@ -1,12 +1,16 @@
 //! The catalogue index behind one interface, [`Backend`], with two implementations:
-//! [`embedded`] (one contiguous matrix of unit vectors per category in this process's memory,
-//! generations as folders on disk; the default) and [`postgres`] (PostgreSQL + pgvector, shared
-//! by several bot processes, with read replicas and HNSW for large categories).
+//! [`embedded`] (the default: generations as folders on disk; each category's vectors as 4-bit
+//! codes in this process's memory, scanned, the best candidates re-scored exactly from the f32
+//! vectors, which stay on disk and are read by position) and [`postgres`] (PostgreSQL +
+//! pgvector, shared by several bot processes, with read replicas and HNSW for large categories).
 //!
 //! Both share what makes them answer the same: the exact scoring and ranking ([`rank`]: both
 //! metrics on every hit, category scopes with bonuses, thresholds, near-duplicate folding,
 //! pages) and the incremental re-index plan ([`reindex`]: content hashes, duplicates stored
-//! once, only new and changed files embedded). No torch and no Discord: vectors come from an
+//! once, only new and changed files embedded, in four steps: inventory, reuse, embed,
+//! assemble). A re-index runs forwards: the caller takes the backend's re-index guard
+//! ([`Backend::lock_reindex`]), edits the catalogue if it means to, then re-indexes through the
+//! guard; failures are [`ReindexError`] variants. No torch and no Discord: vectors come from an
 //! embedding function the caller passes in.
 
 use std::path::PathBuf;
@@ -23,7 +27,7 @@ pub(crate) mod rank;
 mod reindex;
 
 pub use embedded::Index;
-pub use reindex::{render_summary, Audience, Embedder, Interrupted, Progress, ReindexError, ReindexJob, ReindexSummary};
+pub use reindex::{render_summary, Audience, Embedder, Progress, ReindexError, ReindexJob, ReindexSummary};
 
 /// Images per call of the embedding function (one progress event each) when the embedder
 /// asks for no other size; on a GPU it asks for its forward batch (64).
@@ -98,10 +102,17 @@ pub struct Generation {
     pub created_unix_s: u64,
     /// In index order.
     pub categories: Vec<CategoryCount>,
-    /// Categories a database searches through an HNSW index rather than exactly.
-    pub approximate: Vec<String>,
-    /// The embedded backend's vectors; none for a database.
-    matrix: Option<Arc<Index>>,
+    /// What only the backend that made the generation knows of it.
+    snapshot: Snapshot,
+}
+
+/// The backend's own part of a generation.
+#[derive(Debug, Clone)]
+enum Snapshot {
+    /// The embedded index: its codes in memory and its vectors on disk.
+    Embedded(Arc<Index>),
+    /// A database's generation: the categories it searches through an HNSW index.
+    Database { approximate: Vec<String> },
 }
 
 impl Generation {
@@ -117,6 +128,14 @@ impl Generation {
 
     pub fn category_names(&self) -> Vec<String> {
         self.categories.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// Categories searched through an HNSW index rather than exactly (a database's large ones).
+    pub fn approximate(&self) -> &[String] {
+        match &self.snapshot {
+            Snapshot::Embedded(_) => &[],
+            Snapshot::Database { approximate } => approximate,
+        }
     }
 }
 
@@ -160,10 +179,32 @@ pub struct Page {
     pub hits: Vec<Hit>,
     /// Whether a next page has hits.
     pub more: bool,
-    /// How the candidates were found: the embedded index's [`embedded::METHOD`] (4-bit codes
-    /// scanned, the best re-scored exactly); in a database "exact" (every vector scored), or
-    /// "hnsw" where a category was large enough for an approximate index.
-    pub method: &'static str,
+    /// How the candidates were found.
+    pub method: SearchMethod,
+}
+
+/// How a backend found a page's candidates; every score shown is exact either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SearchMethod {
+    /// The embedded index: 4-bit codes scanned, the best candidates re-scored exactly.
+    #[serde(rename = "int4 scan + exact re-rank")]
+    CodesReranked,
+    /// A database scoring every vector of the categories searched.
+    #[serde(rename = "exact")]
+    Exact,
+    /// A database walking the HNSW index of a category large enough to have one.
+    #[serde(rename = "hnsw")]
+    Hnsw,
+}
+
+impl std::fmt::Display for SearchMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            SearchMethod::CodesReranked => "int4 scan + exact re-rank",
+            SearchMethod::Exact => "exact",
+            SearchMethod::Hnsw => "hnsw",
+        })
+    }
 }
 
 /// Why the index could not answer.
@@ -191,10 +232,21 @@ pub trait Backend: Send + Sync {
     /// dropped, near-duplicates of a better hit folded into it. Categories the index does not
     /// have contribute nothing.
     fn search(&self, generation: &Generation, query: &[f32], scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError>;
+    /// Takes the re-index lock; refused while another re-index (or catalogue edit) holds it, in
+    /// this process or any other. The caller edits the catalogue, if it means to, while it holds
+    /// the guard, then re-indexes through it; dropping the guard lets the next one in.
+    fn lock_reindex(&self) -> Result<Box<dyn ReindexGuard + '_>, ReindexError>;
+    /// Takes the lock and re-indexes under it: [`ReindexGuard::reindex`] with nothing edited first.
+    fn reindex(&self, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+        self.lock_reindex()?.reindex(job, embed, progress)
+    }
+}
+
+/// A backend's re-index lock, held (see [`Backend::lock_reindex`]).
+pub trait ReindexGuard {
     /// Re-indexes the catalogue incrementally against the newest generation, then makes the new
-    /// generation visible in one step; readers go on with the previous one meanwhile. Refused
-    /// while another re-index runs, in this process or any other.
-    fn reindex(&self, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError>;
+    /// generation visible in one step; readers go on with the previous one meanwhile.
+    fn reindex(&mut self, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError>;
 }
 
 /// The backend `index.backend` names. A database that cannot be reached at start is an error

@@ -25,7 +25,7 @@ use postgres::{Client, NoTls};
 
 use super::rank::{self, dot, Candidate};
 use super::reindex::{self, Previous};
-use super::{Backend, Embedder, EmbeddingKey, Generation, IndexError, Item, Page, Progress, ReindexError, ReindexJob, ReindexSummary, Scope, SearchParams};
+use super::{Backend, Embedder, EmbeddingKey, Generation, IndexError, Item, Page, Progress, ReindexError, ReindexGuard, ReindexJob, ReindexSummary, Scope, SearchMethod, SearchParams, Snapshot};
 use crate::config::{IndexConfig, Metric};
 
 /// Version of the tables this code reads and writes.
@@ -206,7 +206,7 @@ impl Postgres {
             Metric::Cosine => "<=>",
             Metric::Euclidean => "<->",
         };
-        let (exact, hnsw): (Vec<_>, Vec<_>) = scopes.iter().enumerate().partition(|(_, scope)| !generation.approximate.contains(&scope.category));
+        let (exact, hnsw): (Vec<_>, Vec<_>) = scopes.iter().enumerate().partition(|(_, scope)| !generation.approximate().contains(&scope.category));
         let exact_names: Vec<&str> = exact.iter().map(|(_, scope)| scope.category.as_str()).collect();
         let (_, order, _) = hnsw_expression(generation.key.dim);
         let ef_search = self.settings.ef_search.max(depth).min(MAX_EF_SEARCH) as i64;
@@ -309,8 +309,7 @@ impl Backend for Postgres {
             key: serde_json::from_str(&key).map_err(|e| damaged("key", e))?,
             created_unix_s,
             categories: serde_json::from_str(&categories).map_err(|e| damaged("category list", e))?,
-            approximate: serde_json::from_str(&hnsw).map_err(|e| damaged("HNSW list", e))?,
-            matrix: None,
+            snapshot: Snapshot::Database { approximate: serde_json::from_str(&hnsw).map_err(|e| damaged("HNSW list", e))? },
         })))
     }
 
@@ -320,7 +319,7 @@ impl Backend for Postgres {
             return Err(IndexError::DimensionMismatch { expected: dim, got: query.len() });
         }
         let scopes: Vec<&Scope> = scopes.iter().filter(|s| generation.categories.iter().any(|c| c.name == s.category)).collect();
-        let method = if scopes.iter().any(|s| generation.approximate.contains(&s.category)) { "hnsw" } else { "exact" };
+        let method = if scopes.iter().any(|s| generation.approximate().contains(&s.category)) { SearchMethod::Hnsw } else { SearchMethod::Exact };
         let (query_vector, query_norm) = (Vector::from(query.to_vec()), dot(query, query).sqrt());
         // Enough for the page even after near-duplicates fold; more if folding used them all.
         let mut depth = 4 * (params.offset + params.k + 1) + 32;
@@ -350,7 +349,7 @@ impl Backend for Postgres {
         }
     }
 
-    fn reindex(&self, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+    fn lock_reindex(&self) -> Result<Box<dyn ReindexGuard + '_>, ReindexError> {
         let shown = self.write.shown.clone();
         let mut lock = self.write.connect().map_err(|err| anyhow::anyhow!("{err}; is the server running, and is index.postgres_url right?"))?;
         let read_only: bool = lock.query_one("SELECT pg_is_in_recovery()", &[]).context("cannot query the catalogue database")?.get(0);
@@ -363,29 +362,39 @@ impl Backend for Postgres {
         if !locked {
             return Err(ReindexError::AlreadyRunning(format!("in another process using {shown}")));
         }
-        // `lock` keeps the advisory lock for as long as this function runs; the server drops it
-        // with the connection, however this process ends.
-        Ok(self.write_generation(&mut lock, job, embed, progress)?)
+        Ok(Box::new(Locked { backend: self, session: lock }))
+    }
+}
+
+/// A session holding the advisory re-index lock: the server drops the lock with the
+/// connection, however this process ends.
+struct Locked<'a> {
+    backend: &'a Postgres,
+    session: Client,
+}
+
+impl ReindexGuard for Locked<'_> {
+    fn reindex(&mut self, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+        self.backend.write_generation(&mut self.session, job, embed, progress)
     }
 }
 
 impl Postgres {
-    /// The re-index proper, under the lock held by `client`'s session.
-    fn write_generation(&self, client: &mut Client, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> anyhow::Result<ReindexSummary> {
-        let shown = &self.write.shown;
-        migrate(client, shown)?;
-        let previous = newest(client).context("cannot read the newest generation")?;
-        let previous = match previous {
-            Some(Newest { number, key, .. }) => {
-                let key: EmbeddingKey = serde_json::from_str(&key).context("the newest generation's key is damaged")?;
-                let items: Vec<Item> =
-                    client.query(&format!("SELECT item FROM {} ORDER BY row", items_table(number)), &[])?.iter().map(|row| serde_json::from_str(row.get::<_, &str>(0))).collect::<Result<_, _>>()?;
-                Some((number, key, items))
-            }
-            None => None,
-        };
+    /// The re-index proper, under the lock held by `client`'s session: plans against the newest
+    /// generation, then stores the plan as the next one.
+    fn write_generation(&self, client: &mut Client, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+        migrate(client, &self.write.shown)?;
+        let previous = previous_generation(client)?;
         let mut plan = reindex::plan(job, previous.as_ref().map(|(_, key, items)| Previous { key, items }), embed, progress)?;
         reindex::sort_rows(&mut plan.rows);
+        Ok(self.store(client, job, &plan, previous.map(|(number, _, _)| number))?)
+    }
+
+    /// Writes `plan` as a new generation's table (rows reused from generation `previous` copied
+    /// inside the server, new vectors streamed in binary), builds its indexes, then makes it
+    /// visible in one insert.
+    fn store(&self, client: &mut Client, job: &ReindexJob, plan: &reindex::Plan, previous: Option<u64>) -> anyhow::Result<ReindexSummary> {
+        let shown = &self.write.shown;
 
         let last: Option<i64> = client.query_one("SELECT max(generation) FROM lookalike_generations", &[])?.get(0);
         let generation = last.unwrap_or(0) as u64 + 1;
@@ -399,11 +408,11 @@ impl Postgres {
                 reindex::Vector::Embedded(vector) => fresh.push((row as i32, item, vector)),
             }
         }
-        if let Some((previous_number, _, _)) = &previous {
+        if let Some(previous_number) = previous {
             let sql = format!(
                 "INSERT INTO {table} (row, category, item, embedding) SELECT t.row, t.category, t.item, p.embedding \
                  FROM unnest($1::int4[], $2::int4[], $3::text[], $4::text[]) AS t(row, prev, category, item) JOIN {} p ON p.row = t.prev",
-                items_table(*previous_number)
+                items_table(previous_number)
             );
             for chunk in reused.chunks(5000) {
                 let rows: Vec<i32> = chunk.iter().map(|r| r.0).collect();
@@ -451,6 +460,15 @@ impl Postgres {
         collect_garbage(client);
         Ok(plan.written(generation, format!("{shown} (table {table})")))
     }
+}
+
+/// The newest generation's number, key and items in row order, if there is one.
+fn previous_generation(client: &mut Client) -> anyhow::Result<Option<(u64, EmbeddingKey, Vec<Item>)>> {
+    let Some(Newest { number, key, .. }) = newest(client).context("cannot read the newest generation")? else { return Ok(None) };
+    let key: EmbeddingKey = serde_json::from_str(&key).context("the newest generation's key is damaged")?;
+    let items: Vec<Item> =
+        client.query(&format!("SELECT item FROM {} ORDER BY row", items_table(number)), &[])?.iter().map(|row| serde_json::from_str(row.get::<_, &str>(0))).collect::<Result<_, _>>()?;
+    Ok(Some((number, key, items)))
 }
 
 /// Drops generations past the newest few, and tables of re-indexes that never finished.

@@ -110,7 +110,7 @@ pub(super) struct Ranked {
 pub(super) fn rank<'a>(
     mut candidates: Vec<Candidate>,
     params: &SearchParams,
-    method: &'static str,
+    method: super::SearchMethod,
     vector: impl Fn(usize) -> &'a [f32],
     norm: impl Fn(usize) -> f32,
     item: impl Fn(usize) -> Item,

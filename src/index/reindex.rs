@@ -13,21 +13,43 @@ use serde::Serialize;
 use super::{CategoryCount, EmbeddingKey, Failure, Item};
 use crate::catalogue::{self, MetadataTable};
 
-/// Why a re-index did not run.
+/// Why a re-index (or a catalogue edit with its re-index) did not finish. Callers branch on
+/// the variant; [`outcome`](Self::outcome) names it for metrics and logs.
 #[derive(Debug, thiserror::Error)]
 pub enum ReindexError {
     #[error("a re-index is already running ({0}); it must finish before another can start")]
     AlreadyRunning(String),
+    /// A catalogue edit that cannot be made as asked (unknown category, duplicate, no such
+    /// item, an unreadable photo); it names no path, so a chat may show it as it is.
+    #[error("{0}")]
+    Refused(String),
+    /// Stopped between chunks because the process is shutting down; the vectors embedded so far
+    /// are in the partial file, and the next re-index goes on from there.
+    #[error("the re-index was interrupted (the process is shutting down); the {kept} images embedded so far are kept, and the next re-index goes on from there")]
+    Interrupted { kept: usize },
+    /// The machine's failure (a disk, the database, the models); it may name server paths.
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
 
-/// A re-index stopped between chunks because the process is shutting down; the vectors
-/// embedded so far are in the partial file, and the next re-index goes on from there.
-#[derive(Debug, thiserror::Error)]
-#[error("the re-index was interrupted (the process is shutting down); the {kept} images embedded so far are kept, and the next re-index goes on from there")]
-pub struct Interrupted {
-    pub kept: usize,
+impl ReindexError {
+    /// The outcome's name in `lookalike_reindex_total` and the logs.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ReindexError::AlreadyRunning(_) | ReindexError::Refused(_) => "refused",
+            ReindexError::Interrupted { .. } => "interrupted",
+            ReindexError::Failed(_) => "error",
+        }
+    }
+}
+
+impl From<crate::catalogue::EditError> for ReindexError {
+    fn from(err: crate::catalogue::EditError) -> ReindexError {
+        match err {
+            crate::catalogue::EditError::Refused(why) => ReindexError::Refused(why),
+            crate::catalogue::EditError::Failed(err) => ReindexError::Failed(err),
+        }
+    }
 }
 
 /// How far a re-index has come; `done` and `total` count images to embed.
@@ -127,16 +149,13 @@ pub enum Audience {
 /// The catalogue to index and what the embedder produces.
 pub struct ReindexJob<'a> {
     pub catalogue: &'a std::path::Path,
-    /// The metadata file (`catalogue.metadata`; empty for none), read after `edit`.
+    /// The metadata file (`catalogue.metadata`; empty for none).
     pub metadata: &'a std::path::Path,
     pub key: &'a EmbeddingKey,
     /// Images per call of the embedder.
     pub chunk: usize,
     /// Larger files are refused from their size, never read (`limits.max_image_mb`).
     pub max_image_bytes: u64,
-    /// A catalogue edit made under the re-index lock, before the catalogue is read: no other
-    /// re-index, in this process or another, sees it half-made.
-    pub edit: Option<&'a (dyn Fn() -> anyhow::Result<()> + 'a)>,
     /// Where the vectors embedded so far are appended after every chunk, so that a re-index
     /// interrupted (a shutdown, a crash) goes on where it stopped; the caller removes the file
     /// once the generation is written. None: nothing is kept.
@@ -253,74 +272,114 @@ impl Plan {
 
 /// Plans the re-index of the catalogue against `previous`: files whose content hash is already
 /// indexed keep their vector, new and changed ones are embedded in chunks, removed ones are
-/// dropped. The caller holds its backend's re-index lock.
-pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> anyhow::Result<Plan> {
+/// dropped. The caller holds its backend's re-index lock. Four steps: take the inventory, reuse
+/// what can be reused, embed the rest, assemble the rows.
+pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<Plan, ReindexError> {
     let started = Instant::now();
-    if let Some(edit) = job.edit {
-        edit()?;
-    }
     let metadata = MetadataTable::load(job.metadata)?;
     let scan = catalogue::scan(job.catalogue)?;
     let reusable = previous.as_ref().is_some_and(|p| p.key == job.key);
     if let (Some(previous), false) = (&previous, reusable) {
         tracing::info!("the previous index was built with {:?}, now {:?}: every image is embedded again", previous.key, job.key);
     }
-    // What the previous generation knew: hash by id (with size and time), row by hash.
-    // Duplicates are known by hash only, so they are hashed again.
-    let mut known_files: HashMap<&str, (&str, Option<FileStat>)> = HashMap::new();
-    let mut known_rows: HashMap<&str, usize> = HashMap::new();
-    for (row, item) in previous.as_ref().map_or(&[][..], |p| p.items).iter().enumerate() {
-        known_files.insert(&item.id, (&item.hash, Some((item.size, item.modified_ns))));
-        for duplicate in &item.duplicates {
-            known_files.insert(duplicate, (&item.hash, None));
-        }
-        known_rows.insert(&item.hash, row);
-    }
+    let items = previous.as_ref().map_or(&[][..], |p| p.items);
+    let mut inventory = Inventory::take(scan.entries, items, job.max_image_bytes);
+    let (mut vectors, resumed, whole) = reuse(job, &inventory.contents, if reusable { items } else { &[] });
+    let embedded = embed_missing(job, &mut inventory, &mut vectors, Resume { resumed, whole }, embed, progress)?;
+    let (rows, duplicates) = assemble(inventory.contents, vectors, &metadata);
+    let summary = ReindexSummary {
+        generation: 0,
+        location: String::new(),
+        files: rows.len() + duplicates,
+        vectors: rows.len(),
+        added: inventory.added,
+        changed: inventory.changed,
+        removed: inventory.removed,
+        unchanged: inventory.unchanged,
+        embedded,
+        resumed,
+        duplicates,
+        failed: inventory.failed.clone(),
+        not_images: scan.not_images,
+        seconds: 0.0,
+        new_heads: false,
+    };
+    Ok(Plan { rows, catalogue: scan.root, failed: inventory.failed, summary, started, partial: job.partial.map(PathBuf::from) })
+}
 
-    let mut failed = Vec::new();
-    let (mut added, mut changed, mut unchanged) = (0, 0, 0);
-    // Distinct contents, first file (by id) first; the others are its duplicates.
-    let mut by_hash: Vec<(String, Vec<catalogue::Entry>)> = Vec::new();
-    let mut hash_slot: HashMap<String, usize> = HashMap::new();
-    for entry in scan.entries {
-        if entry.size > job.max_image_bytes {
-            let reason = crate::imaging::ImageError::TooLarge { bytes: entry.size, max: job.max_image_bytes }.to_string();
-            failed.push(Failure { id: entry.id.clone(), reason });
-            continue;
-        }
-        let previous_file = known_files.get(entry.id.as_str()).copied();
-        let hash = match previous_file {
-            Some((hash, Some(stat))) if stat == (entry.size, entry.modified_ns) => hash.to_string(),
-            _ => match catalogue::content_hash(&entry.path) {
-                Ok(hash) => hash,
-                Err(err) => {
-                    failed.push(Failure { id: entry.id.clone(), reason: format!("cannot read: {err}") });
-                    continue;
-                }
-            },
-        };
-        match previous_file {
-            None => added += 1,
-            Some((old, _)) if old != hash => changed += 1,
-            Some(_) => unchanged += 1,
-        }
-        match hash_slot.get(&hash) {
-            Some(&slot) => by_hash[slot].1.push(entry),
-            None => {
-                hash_slot.insert(hash.clone(), by_hash.len());
-                by_hash.push((hash, vec![entry]));
+/// The catalogue's files against the previous generation: its distinct contents, what changed,
+/// and what cannot be indexed.
+struct Inventory {
+    /// Distinct contents (by hash), first file (by id) first; the others are its duplicates.
+    contents: Vec<(String, Vec<catalogue::Entry>)>,
+    failed: Vec<Failure>,
+    added: usize,
+    changed: usize,
+    unchanged: usize,
+    removed: usize,
+}
+
+impl Inventory {
+    /// Hashes the files (trusting the previous hash of a file whose size and time are unchanged)
+    /// and groups them by content. Files over `max_image_bytes` are refused unread.
+    fn take(entries: Vec<catalogue::Entry>, previous: &[Item], max_image_bytes: u64) -> Inventory {
+        // What the previous generation knew: hash by id, with size and time. Duplicates are
+        // known by hash only, so they are hashed again.
+        let mut known: HashMap<&str, (&str, Option<FileStat>)> = HashMap::new();
+        for item in previous {
+            known.insert(&item.id, (&item.hash, Some((item.size, item.modified_ns))));
+            for duplicate in &item.duplicates {
+                known.insert(duplicate, (&item.hash, None));
             }
         }
+        let mut inventory = Inventory { contents: Vec::new(), failed: Vec::new(), added: 0, changed: 0, unchanged: 0, removed: 0 };
+        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        for entry in entries {
+            if entry.size > max_image_bytes {
+                let reason = crate::imaging::ImageError::TooLarge { bytes: entry.size, max: max_image_bytes }.to_string();
+                inventory.failed.push(Failure { id: entry.id.clone(), reason });
+                continue;
+            }
+            let previous_file = known.get(entry.id.as_str()).copied();
+            let hash = match previous_file {
+                Some((hash, Some(stat))) if stat == (entry.size, entry.modified_ns) => hash.to_string(),
+                _ => match catalogue::content_hash(&entry.path) {
+                    Ok(hash) => hash,
+                    Err(err) => {
+                        inventory.failed.push(Failure { id: entry.id.clone(), reason: format!("cannot read: {err}") });
+                        continue;
+                    }
+                },
+            };
+            match previous_file {
+                None => inventory.added += 1,
+                Some((old, _)) if old != hash => inventory.changed += 1,
+                Some(_) => inventory.unchanged += 1,
+            }
+            match slot_of.get(&hash) {
+                Some(&slot) => inventory.contents[slot].1.push(entry),
+                None => {
+                    slot_of.insert(hash.clone(), inventory.contents.len());
+                    inventory.contents.push((hash, vec![entry]));
+                }
+            }
+        }
+        let present: std::collections::HashSet<&str> = inventory.contents.iter().flat_map(|(_, entries)| entries.iter().map(|e| e.id.as_str())).collect();
+        inventory.removed = known.keys().filter(|id| !present.contains(**id)).count();
+        inventory
     }
-    let present: std::collections::HashSet<&str> = by_hash.iter().flat_map(|(_, entries)| entries.iter().map(|e| e.id.as_str())).collect();
-    let removed = known_files.keys().filter(|id| !present.contains(**id)).count();
+}
 
-    // Vectors: reused by hash, or embedded.
-    let mut vectors: Vec<Option<Vector>> = by_hash.iter().map(|(hash, _)| known_rows.get(hash.as_str()).filter(|_| reusable).map(|&row| Vector::Reused(row))).collect();
-    // Vectors an interrupted re-index of the same key had embedded.
+/// Each content's vector where one can be had without the models: the row of the same content
+/// in `reusable` (the previous generation, when its key is the job's), else the partial file of
+/// an interrupted re-index of the same key. Returns them, how many came from the partial file,
+/// and the length of that file's whole records.
+fn reuse(job: &ReindexJob, contents: &[(String, Vec<catalogue::Entry>)], reusable: &[Item]) -> (Vec<Option<Vector>>, usize, u64) {
+    let row_of: HashMap<&str, usize> = reusable.iter().enumerate().map(|(row, item)| (item.hash.as_str(), row)).collect();
+    let mut vectors: Vec<Option<Vector>> = contents.iter().map(|(hash, _)| row_of.get(hash.as_str()).map(|&row| Vector::Reused(row))).collect();
     let (earlier, whole) = job.partial.map(|path| partial::load(path, job.key)).unwrap_or_default();
     let mut resumed = 0;
-    for (slot, (hash, _)) in by_hash.iter().enumerate() {
+    for (slot, (hash, _)) in contents.iter().enumerate() {
         if let (None, Some(vector)) = (&vectors[slot], earlier.get(hash)) {
             vectors[slot] = Some(Vector::Embedded(vector.clone()));
             resumed += 1;
@@ -329,40 +388,71 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
     if resumed > 0 {
         tracing::info!("taking up an interrupted re-index: {resumed} images it embedded are reused");
     }
-    let missing: Vec<usize> = (0..by_hash.len()).filter(|&slot| vectors[slot].is_none()).collect();
+    (vectors, resumed, whole)
+}
+
+/// What an interrupted re-index left: vectors taken up, and its partial file's whole length.
+struct Resume {
+    resumed: usize,
+    whole: u64,
+}
+
+/// Embeds the contents that have no vector yet, `job.chunk` at a time, appending each vector to
+/// the partial file and reporting progress after every chunk; stops between chunks when the
+/// process shuts down. A content the embedder refuses becomes a failure of each of its files
+/// (in `inventory.failed`).
+/// Returns how many contents went to the embedder.
+fn embed_missing(
+    job: &ReindexJob,
+    inventory: &mut Inventory,
+    vectors: &mut [Option<Vector>],
+    resume: Resume,
+    embed: &mut Embedder,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<usize, ReindexError> {
+    let Inventory { contents, failed, .. } = inventory;
+    let missing: Vec<usize> = (0..contents.len()).filter(|&slot| vectors[slot].is_none()).collect();
     let mut kept = match job.partial {
-        Some(path) if !missing.is_empty() => Some(partial::open(path, job.key, whole).with_context(|| format!("cannot write the re-index's partial file {}", path.display()))?),
+        Some(path) if !missing.is_empty() => Some(partial::open(path, job.key, resume.whole).with_context(|| format!("cannot write the re-index's partial file {}", path.display()))?),
         _ => None,
     };
-    let embed_started = Instant::now();
+    let started = Instant::now();
     let mut done = 0;
     progress(&Progress { done, total: missing.len(), elapsed_s: 0.0 });
     for chunk in missing.chunks(job.chunk.max(1)) {
         if job.stop.is_some_and(|stop| stop.load(std::sync::atomic::Ordering::SeqCst)) {
-            return Err(Interrupted { kept: resumed + done }.into());
+            return Err(ReindexError::Interrupted { kept: resume.resumed + done });
         }
-        let paths: Vec<PathBuf> = chunk.iter().map(|&slot| by_hash[slot].1[0].path.clone()).collect();
+        let paths: Vec<PathBuf> = chunk.iter().map(|&slot| contents[slot].1[0].path.clone()).collect();
         let results = embed(&paths);
-        anyhow::ensure!(results.len() == chunk.len(), "the embedder answered {} of {} images", results.len(), chunk.len());
+        if results.len() != chunk.len() {
+            return Err(anyhow::anyhow!("the embedder answered {} of {} images", results.len(), chunk.len()).into());
+        }
         for (&slot, result) in chunk.iter().zip(results) {
             match result {
                 Ok(vector) if vector.len() == job.key.dim => {
                     if let Some(file) = kept.as_mut() {
-                        partial::append(file, &by_hash[slot].0, &vector)?;
+                        partial::append(file, &contents[slot].0, &vector).context("cannot append to the re-index's partial file")?;
                     }
                     vectors[slot] = Some(Vector::Embedded(vector));
                 }
-                Ok(vector) => anyhow::bail!("the embedder returned a {}-d vector, expected {}", vector.len(), job.key.dim),
-                Err(reason) => failed.extend(by_hash[slot].1.iter().map(|e| Failure { id: e.id.clone(), reason: reason.clone() })),
+                Ok(vector) => return Err(anyhow::anyhow!("the embedder returned a {}-d vector, expected {}", vector.len(), job.key.dim).into()),
+                Err(reason) => failed.extend(contents[slot].1.iter().map(|e| Failure { id: e.id.clone(), reason: reason.clone() })),
             }
         }
         done += chunk.len();
-        progress(&Progress { done, total: missing.len(), elapsed_s: embed_started.elapsed().as_secs_f64() });
+        progress(&Progress { done, total: missing.len(), elapsed_s: started.elapsed().as_secs_f64() });
     }
+    Ok(missing.len())
+}
 
-    let mut rows = Vec::with_capacity(by_hash.len());
+/// The new generation's rows: one per content that has a vector, its other files as duplicates,
+/// its metadata from whichever of its files the metadata file names. Returns them with the
+/// number of duplicate files.
+fn assemble(contents: Vec<(String, Vec<catalogue::Entry>)>, vectors: Vec<Option<Vector>>, metadata: &MetadataTable) -> (Vec<(Item, Vector)>, usize) {
+    let mut rows = Vec::with_capacity(contents.len());
     let mut duplicates = 0;
-    for ((hash, entries), vector) in by_hash.into_iter().zip(vectors) {
+    for ((hash, entries), vector) in contents.into_iter().zip(vectors) {
         let Some(vector) = vector else { continue };
         let first = &entries[0];
         duplicates += entries.len() - 1;
@@ -374,29 +464,11 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
             size: first.size,
             modified_ns: first.modified_ns,
             duplicates: entries[1..].iter().map(|e| e.id.clone()).collect(),
-            // The metadata file may name any of the identical files.
             metadata: entries.iter().map(|e| metadata.get(&e.id)).find(|m| !m.is_empty()).unwrap_or_default(),
         };
         rows.push((item, vector));
     }
-    let summary = ReindexSummary {
-        generation: 0,
-        location: String::new(),
-        files: rows.len() + duplicates,
-        vectors: rows.len(),
-        added,
-        changed,
-        removed,
-        unchanged,
-        embedded: missing.len(),
-        resumed,
-        duplicates,
-        failed: failed.clone(),
-        not_images: scan.not_images,
-        seconds: 0.0,
-        new_heads: false,
-    };
-    Ok(Plan { rows, catalogue: scan.root, failed, summary, started, partial: job.partial.map(PathBuf::from) })
+    (rows, duplicates)
 }
 
 /// Each category's vectors and files (duplicates included), from items in row order.

@@ -1,13 +1,14 @@
-//! `SearchService`: the one entry point the CLI and the bot call. A query (image bytes, an
+//! `SearchService`: what the bot and the CLI's search commands call. A query (image bytes, an
 //! optional sentence, k, page) becomes a `SearchOutcome`: the categories searched and why, each
-//! backbone's vote, the text's scores, the hits, and the time of every stage. It also runs
-//! re-indexing, while queries go on being answered from the generation in memory.
+//! backbone's vote, the text's scores, the hits, and the time of every stage. Its [`Upkeep`]
+//! handle (`upkeep.rs`) re-indexes and edits the catalogue while queries go on being answered
+//! from the current generation; `batch.rs` is the model thread's side of a query.
 //!
 //! Concurrency: at most `search.max_concurrent_queries` queries at once (more get
 //! [`SearchError::Busy`]); images are decoded on tokio's blocking pool, in parallel with the
 //! models; queries that arrive while the model thread is busy are classified together in one
-//! batch (micro-batching); a re-index embeds its images in small jobs on the same thread, so
-//! queries slip in between them.
+//! batch of at most `search.max_batch` (micro-batching); a re-index embeds its images in small
+//! jobs on the same thread, so queries slip in between them.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,47 +20,26 @@ use image::RgbImage;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::audit::AuditLog;
 use crate::config::{Config, EmbeddingSource};
 use crate::decide::{decide, Decision, Gating, ImageVote};
 use crate::files::heads;
 use crate::imaging::{self, ImageError, ImageLimits};
-use crate::index::{self, Backend, EmbeddingKey, Generation, Hit, IndexError, Progress, ReindexError, ReindexJob, ReindexSummary, Scope, SearchParams};
+use crate::index::{self, Backend, EmbeddingKey, Generation, Hit, IndexError, Progress, ReindexError, ReindexJob, ReindexSummary, Scope, SearchMethod, SearchParams};
 use crate::text::{Intent, IntentReader, TextModelPaths, Vocabulary};
 use crate::vision;
 use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, GPU_BATCH_SIZES};
 use crate::worker::ModelWorker;
 
+mod batch;
 mod upkeep;
-pub use upkeep::{reindex_with_bar, with_bar, Edit};
+use batch::{classify_pending, Models, Pending, Queue, Understood};
+pub use upkeep::{reindex_with_bar, with_bar, Edit, Upkeep};
 
-/// Everything the model thread owns; nothing outside this module reaches it.
-struct Models {
-    /// The ensembles loaded, each with the embedding key its vectors match. Usually one; while
-    /// a re-index embeds the catalogue for new heads, the new ones too (see [`upkeep`]).
-    ensembles: Vec<(EmbeddingKey, Ensemble)>,
-    intent: IntentReader,
-}
-
-impl Models {
-    /// The ensemble queries are answered with (the newest, once a swap is done).
-    fn current(&self) -> &Ensemble {
-        &self.ensembles[0].1
-    }
-
-    /// The ensemble whose vectors match `key`, or why there is none.
-    fn matching(&self, key: &EmbeddingKey) -> Result<&Ensemble, String> {
-        self.ensembles.iter().find(|(k, _)| k == key).map(|(_, e)| e).ok_or_else(|| "the heads were replaced during this search: search again".to_string())
-    }
-}
-
-/// The parts of the config a running service reads: how to search and index, where the
-/// catalogue and the index are, what an image may cost. Models and text are read once at start.
+/// How the query path searches: the parts of the config it reads after start.
 #[derive(Debug, Clone)]
 struct Settings {
     search: crate::config::SearchConfig,
     index: crate::config::IndexConfig,
-    catalogue: crate::config::CatalogueConfig,
     limits: ImageLimits,
 }
 
@@ -79,7 +59,7 @@ pub struct Query {
 }
 
 /// Milliseconds spent in each stage of one query.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Timings {
     pub decode_ms: f64,
     /// Waiting for the model thread.
@@ -88,9 +68,8 @@ pub struct Timings {
     pub vision_ms: f64,
     pub text_ms: f64,
     pub search_ms: f64,
-    /// How the index found the hits: the embedded index's "int4 scan + exact re-rank"; in
-    /// PostgreSQL "exact", or "hnsw" (a large category).
-    pub search_method: &'static str,
+    /// How the index found the hits.
+    pub search_method: SearchMethod,
     pub total_ms: f64,
     /// Queries classified together with this one (itself included).
     pub batch: usize,
@@ -149,48 +128,34 @@ impl SearchError {
     }
 }
 
-/// What the model thread hands back for one image.
-struct Understood {
-    vote: ImageVote,
-    embedding: Vec<f32>,
-    intent: Option<Intent>,
-    queue_ms: f64,
-    vision_ms: f64,
-    text_ms: f64,
-    batch: usize,
-}
-
-struct Pending {
-    image: RgbImage,
-    text: Option<String>,
-    queued: Instant,
-    /// The key of the generation the query searches: its image goes through the ensemble that matches it.
-    key: EmbeddingKey,
-    answer: tokio::sync::oneshot::Sender<Result<Understood, SearchError>>,
-}
-
-pub struct SearchService {
+/// The model thread and the ensembles on it, shared by the query path and [`Upkeep`].
+struct ModelHandle {
     worker: ModelWorker<Models>,
-    /// Where the catalogue's vectors are.
-    backend: Arc<dyn Backend>,
     /// The keys of the ensembles on the model thread, the current one first: a generation is
     /// searched when its key is one of them.
     keys: RwLock<Vec<EmbeddingKey>>,
     source: EmbeddingSource,
+}
+
+impl ModelHandle {
+    /// What the index's vectors must mean for the models queries are answered with.
+    fn current_key(&self) -> EmbeddingKey {
+        self.keys.read().expect("keys lock")[0].clone()
+    }
+}
+
+/// The query path: admission, decoding, the model thread's queue, decide, search. Keeping the
+/// service current (re-index, catalogue edits, new heads) is its [`Upkeep`] handle.
+pub struct SearchService {
+    models: Arc<ModelHandle>,
+    /// Where the catalogue's vectors are.
+    backend: Arc<dyn Backend>,
     settings: Settings,
     permits: Arc<tokio::sync::Semaphore>,
-    pending: Arc<Mutex<Vec<Pending>>>,
+    queue: Arc<Queue>,
     /// The last query's total time, for the "try again in N s" estimate.
     last_total_ms: AtomicU64,
-    /// Images per re-index job: the models' forward batch on their device.
-    reindex_chunk: usize,
-    /// Where new heads come from at a re-index; none for ensembles built in code (the bench).
-    heads: Option<upkeep::HeadsSource>,
-    audit: AuditLog,
-    /// One re-index, edit or swap at a time in this process (the backends lock across processes).
-    upkeep: Mutex<()>,
-    /// Set by [`interrupt_reindex`](Self::interrupt_reindex): a re-index stops after its chunk.
-    stop_reindex: std::sync::atomic::AtomicBool,
+    upkeep: Upkeep,
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -243,7 +208,6 @@ impl SearchService {
     }
 
     fn build(config: &Config, ensemble: impl FnOnce() -> anyhow::Result<Ensemble> + Send + 'static, heads: Option<upkeep::HeadsSource>) -> anyhow::Result<SearchService> {
-        let source = config.index.embedding;
         let key = embedding_key(config)?;
         let vocabulary = Vocabulary::from_config(&config.text)?;
         let text = config.text.clone();
@@ -259,27 +223,27 @@ impl SearchService {
         if let Err(problem) = served(backend.as_ref(), std::slice::from_ref(&key)) {
             tracing::warn!("{problem}");
         }
+        let models = Arc::new(ModelHandle { worker, keys: RwLock::new(vec![key]), source: config.index.embedding });
         Ok(SearchService {
-            worker,
+            upkeep: Upkeep::new(config, models.clone(), backend.clone(), reindex_chunk, heads),
+            models,
             backend,
-            keys: RwLock::new(vec![key]),
-            source,
             permits: Arc::new(tokio::sync::Semaphore::new(config.search.max_concurrent_queries.max(1))),
-            settings: Settings { search: config.search.clone(), index: config.index.clone(), catalogue: config.catalogue.clone(), limits: ImageLimits::from_config(&config.limits) },
-            pending: Arc::default(),
+            settings: Settings { search: config.search.clone(), index: config.index.clone(), limits: ImageLimits::from_config(&config.limits) },
+            queue: Arc::new(Queue::new(config.search.max_batch)),
             last_total_ms: AtomicU64::new(1000),
-            reindex_chunk,
-            heads,
-            audit: AuditLog::open(&config.catalogue.audit_log),
-            upkeep: Mutex::new(()),
-            stop_reindex: Default::default(),
         })
+    }
+
+    /// Keeping the service current while it answers: re-index, catalogue edits, new heads.
+    pub fn upkeep(&self) -> &Upkeep {
+        &self.upkeep
     }
 
     /// For `lookalike bench` alone: runs `probe` on the model thread with the ensemble and the
     /// sentence reader, so that it can time single stages the way a query runs them.
     pub fn bench_probe<R: Send + 'static>(&self, probe: impl FnOnce(&Ensemble, &mut IntentReader) -> R + Send + 'static) -> anyhow::Result<R> {
-        self.worker.run_blocking(move |models: &mut Models| {
+        self.models.worker.run_blocking(move |models: &mut Models| {
             let Models { ensembles, intent } = models;
             probe(&ensembles[0].1, intent)
         })
@@ -293,13 +257,13 @@ impl SearchService {
     /// The backbones' pooled features of `images`, each as one unit vector (the GPU check
     /// compares devices by them).
     pub fn pooled_features(&self, images: Vec<RgbImage>) -> anyhow::Result<Vec<Vec<f32>>> {
-        self.worker.run_blocking(move |models: &mut Models| Ok(models.current().classify(&images)?.into_iter().map(|c| c.pooled).collect()))?
+        self.models.worker.run_blocking(move |models: &mut Models| Ok(models.current().classify(&images)?.into_iter().map(|c| c.pooled).collect()))?
     }
 
     /// Runs every network once on a blank image, so the first query or re-index does not pay
     /// for libtorch's first-call set-up.
     pub fn warm_up(&self) -> anyhow::Result<()> {
-        self.worker.run_blocking(|models: &mut Models| {
+        self.models.worker.run_blocking(|models: &mut Models| {
             // On a GPU, every batch size it will ever run (see GPU_BATCH_SIZES).
             let on_gpu = models.current().backbones.first().is_some_and(|b| b.device.is_cuda());
             for &size in if on_gpu { &GPU_BATCH_SIZES[..] } else { &[1] } {
@@ -312,23 +276,18 @@ impl SearchService {
     /// The generation searches are answered from now (a database round trip for PostgreSQL,
     /// so it runs on a blocking thread).
     pub async fn generation(&self) -> Result<Arc<Generation>, SearchError> {
-        let (backend, keys) = (self.backend.clone(), self.keys.read().expect("keys lock").clone());
+        let (backend, keys) = (self.backend.clone(), self.models.keys.read().expect("keys lock").clone());
         tokio::task::spawn_blocking(move || served(backend.as_ref(), &keys)).await.map_err(|e| SearchError::Models(e.to_string()))?
     }
 
     /// [`generation`](Self::generation) for callers outside async code.
     pub fn generation_blocking(&self) -> Result<Arc<Generation>, SearchError> {
-        served(self.backend.as_ref(), &self.keys.read().expect("keys lock"))
+        served(self.backend.as_ref(), &self.models.keys.read().expect("keys lock"))
     }
 
     /// What the index's vectors must mean for the models queries are answered with.
     pub fn embedding_key(&self) -> EmbeddingKey {
-        self.keys.read().expect("keys lock")[0].clone()
-    }
-
-    /// Where catalogue edits, corrections and swaps of heads are logged.
-    pub fn audit(&self) -> &AuditLog {
-        &self.audit
+        self.models.current_key()
     }
 
     /// Runs one query; see the module documentation for concurrency.
@@ -404,9 +363,9 @@ impl SearchService {
     /// and classifies them as one batch.
     async fn understand(&self, image: RgbImage, text: Option<String>, key: EmbeddingKey) -> Result<Understood, SearchError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        self.pending.lock().expect("queue lock").push(Pending { image, text, queued: Instant::now(), key, answer });
-        let (pending, source) = (self.pending.clone(), self.source);
-        self.worker.submit(move |models| classify_pending(models, &pending, source)).map_err(|e| SearchError::Models(e.to_string()))?;
+        self.queue.push(Pending { image, text, queued: Instant::now(), key, answer });
+        let (queue, source) = (self.queue.clone(), self.models.source);
+        self.models.worker.submit(move |models| classify_pending(models, &queue, source)).map_err(|e| SearchError::Models(e.to_string()))?;
         answered.await.map_err(|_| SearchError::Models("the model thread failed on this query (see the log)".into()))?
     }
 }
@@ -432,104 +391,4 @@ fn from_index(err: IndexError) -> SearchError {
         IndexError::Unusable(why) => SearchError::NoIndex(why),
         mismatch @ IndexError::DimensionMismatch { .. } => SearchError::Models(mismatch.to_string()),
     }
-}
-
-/// Runs on the model thread: classifies every queued image in one batch (one per ensemble
-/// while new heads are being swapped in), then reads each sentence, and answers each query.
-fn classify_pending(models: &mut Models, pending: &Mutex<Vec<Pending>>, source: EmbeddingSource) {
-    let mut batch = std::mem::take(&mut *pending.lock().expect("queue lock"));
-    // An earlier job may have taken every query into its batch: then there is nothing to do.
-    while let Some(key) = batch.first().map(|p| p.key.clone()) {
-        let (group, rest): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| p.key == key);
-        batch = rest;
-        classify_group(models, group, &key, source);
-    }
-}
-
-fn classify_group(models: &mut Models, group: Vec<Pending>, key: &EmbeddingKey, source: EmbeddingSource) {
-    let started = Instant::now();
-    let size = group.len();
-    crate::metrics::METRICS.batch(size);
-    let (images, rest): (Vec<RgbImage>, Vec<_>) = group.into_iter().map(|p| (p.image, (p.text, p.queued, p.answer))).unzip();
-    let classified = models.matching(key).and_then(|ensemble| {
-        ensemble.classify(&images).map_err(|err| {
-            tracing::error!(cause = %format!("{err:#}"), batch = size, "the models failed on a batch");
-            "the models failed on this image (see the log)".to_string()
-        })
-    });
-    let classified = match classified {
-        Ok(classified) => classified,
-        Err(err) => {
-            for (_, _, answer) in rest {
-                let _ = answer.send(Err(SearchError::Models(err.clone())));
-            }
-            return;
-        }
-    };
-    let vision_ms = millis(started.elapsed());
-    for (classification, (text, queued, answer)) in classified.into_iter().zip(rest) {
-        let text_started = Instant::now();
-        let intent = match text.filter(|t| !t.trim().is_empty()).map(|t| models.intent.read(&t)).transpose() {
-            Ok(intent) => intent,
-            Err(err) => {
-                let _ = answer.send(Err(SearchError::Models(format!("{err:#}"))));
-                continue;
-            }
-        };
-        let _ = answer.send(Ok(Understood {
-            embedding: classification.embedding(source),
-            vote: classification.vote,
-            intent,
-            queue_ms: millis(started.duration_since(queued)),
-            vision_ms,
-            text_ms: millis(text_started.elapsed()),
-            batch: size,
-        }));
-    }
-}
-
-/// The outcome as `lookalike search` prints it.
-pub fn render(outcome: &SearchOutcome) -> String {
-    let mut out = format!("searched: {}\n", outcome.decision.categories.join(", "));
-    for reason in &outcome.decision.reasons {
-        out.push_str(&format!("  - {reason}\n"));
-    }
-    if outcome.hits.is_empty() {
-        out.push_str("no hits: the categories searched are empty, or every item is under index.min_similarity\n");
-    }
-    for (rank, hit) in outcome.hits.iter().enumerate() {
-        let number = outcome.page * outcome.k + rank + 1;
-        out.push_str(&format!("{number:>3}. {:<40} cosine {:.3}  euclidean {:.3}", hit.item.id, hit.cosine, hit.euclidean));
-        let metadata = &hit.item.metadata;
-        for field in [&metadata.title, &metadata.price, &metadata.link].into_iter().flatten() {
-            out.push_str(&format!("  {field}"));
-        }
-        if !hit.collapsed.is_empty() {
-            out.push_str(&format!("  (+{} near-duplicate{})", hit.collapsed.len(), if hit.collapsed.len() == 1 { "" } else { "s" }));
-        }
-        out.push('\n');
-    }
-    if outcome.more {
-        out.push_str(&format!("more hits on the next page (--page {})\n", outcome.page + 2));
-    }
-    let t = &outcome.timings;
-    out.push_str(&format!(
-        "time: decode {:.1} ms, queue {:.1} ms, vision {:.1} ms (batch of {}), text {:.1} ms, search {:.2} ms ({}); total {:.1} ms (index generation {})\n",
-        t.decode_ms, t.queue_ms, t.vision_ms, t.batch, t.text_ms, t.search_ms, t.search_method, t.total_ms, outcome.generation
-    ));
-    out
-}
-
-/// A contact-sheet row for `outcome`: the query and its hits, with scores and categories.
-pub fn sheet_row(query: RgbImage, label: &str, outcome: &SearchOutcome, limits: ImageLimits) -> crate::plot::SheetRow {
-    let hits = outcome
-        .hits
-        .iter()
-        .map(|hit| {
-            let image = imaging::load(&hit.item.path, limits).unwrap_or_else(|_| RgbImage::from_pixel(8, 8, image::Rgb([200, 200, 200])));
-            let name = hit.item.metadata.title.clone().unwrap_or_else(|| hit.item.id.clone());
-            (image, vec![name, format!("{}  cos {:.3}", hit.item.category, hit.cosine)])
-        })
-        .collect();
-    crate::plot::SheetRow { query, caption: vec![label.to_string(), format!("searched: {}", outcome.decision.categories.join(", "))], hits }
 }

@@ -11,8 +11,36 @@
 //! once (only the vote changes) and nothing is embedded again.
 
 use super::*;
-use crate::audit::{Action, Who};
+use crate::audit::{Action, AuditLog, Who};
 use crate::catalogue::{self, Metadata};
+use crate::config::CatalogueConfig;
+use crate::index::ReindexGuard;
+
+/// Keeping a running service current: one re-index, catalogue edit or swap of heads at a time
+/// in this process (the backends lock across processes), on the model thread the query path
+/// shares.
+pub struct Upkeep {
+    models: Arc<ModelHandle>,
+    backend: Arc<dyn Backend>,
+    job: JobSettings,
+    /// Where new heads come from at a re-index; none for ensembles built in code (the bench).
+    heads: Option<HeadsSource>,
+    audit: AuditLog,
+    /// Held by the re-index, edit or swap running in this process.
+    running: Mutex<()>,
+    /// Set by [`interrupt_reindex`](Self::interrupt_reindex): a re-index stops after its chunk.
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// What a re-index job is made of: the catalogue, where an interrupted one keeps its vectors,
+/// what an image may cost, and how many images go to the model thread per job.
+struct JobSettings {
+    catalogue: CatalogueConfig,
+    index_dir: PathBuf,
+    limits: ImageLimits,
+    /// Images per re-index job: the models' forward batch on their device.
+    chunk: usize,
+}
 
 /// One catalogue edit.
 #[derive(Debug, Clone)]
@@ -72,11 +100,28 @@ struct Staged {
     re_embed: bool,
 }
 
-impl SearchService {
+impl Upkeep {
+    pub(super) fn new(config: &Config, models: Arc<ModelHandle>, backend: Arc<dyn Backend>, chunk: usize, heads: Option<HeadsSource>) -> Upkeep {
+        Upkeep {
+            models,
+            backend,
+            job: JobSettings { catalogue: config.catalogue.clone(), index_dir: config.index.dir.clone(), limits: ImageLimits::from_config(&config.limits), chunk },
+            heads,
+            audit: AuditLog::open(&config.catalogue.audit_log),
+            running: Mutex::new(()),
+            stop: Default::default(),
+        }
+    }
+
+    /// Where catalogue edits, corrections and swaps of heads are logged.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
     /// For a shutdown: a re-index running now, and any later one in this process, stops after
     /// the chunk it is embedding, keeping what it embedded for the next process's re-index.
     pub fn interrupt_reindex(&self) {
-        self.stop_reindex.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Re-indexes the catalogue (`catalogue.dir`), incrementally, first loading new heads if the
@@ -93,11 +138,12 @@ impl SearchService {
     }
 
     fn run_reindex(&self, who: Who, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
-        let _one = self.upkeep.try_lock().map_err(|_| ReindexError::AlreadyRunning("in this process".into()))?;
+        let _one = self.running.try_lock().map_err(|_| ReindexError::AlreadyRunning("in this process".into()))?;
+        let mut guard = self.backend.lock_reindex()?;
         let Some(staged) = self.stage_new_heads()? else {
-            return self.reindex_as(&self.embedding_key(), None, progress);
+            return self.reindex_under(guard.as_mut(), &self.models.current_key(), progress);
         };
-        let result = self.reindex_as(&staged.key, None, progress);
+        let result = self.reindex_under(guard.as_mut(), &staged.key, progress);
         self.finish_swap(staged, result, who)
     }
 
@@ -109,21 +155,16 @@ impl SearchService {
     }
 
     fn run_edit(&self, edit: Edit, who: Who, progress: &mut dyn FnMut(&Progress)) -> Result<(String, ReindexSummary), ReindexError> {
-        let _one = self.upkeep.try_lock().map_err(|_| ReindexError::AlreadyRunning("in this process".into()))?;
-        let (settings, limits) = (&self.settings.catalogue, self.settings.limits);
-        let edited: Mutex<Option<String>> = Mutex::new(None);
-        let apply = || -> anyhow::Result<()> {
-            let id = match &edit {
-                Edit::Add { photo, category, metadata } => catalogue::add(&settings.dir, &settings.metadata, photo, limits, category, metadata)?,
-                Edit::Remove { item } => catalogue::remove(&settings.dir, &settings.metadata, item)?,
-            };
-            *edited.lock().expect("edit lock") = Some(id);
-            Ok(())
+        let _one = self.running.try_lock().map_err(|_| ReindexError::AlreadyRunning("in this process".into()))?;
+        // The edit is made under the re-index lock: no other re-index, here or in another
+        // process, sees it half-made.
+        let mut guard = self.backend.lock_reindex()?;
+        let (settings, limits) = (&self.job.catalogue, self.job.limits);
+        let id = match &edit {
+            Edit::Add { photo, category, metadata } => catalogue::add(&settings.dir, &settings.metadata, photo, limits, category, metadata)?,
+            Edit::Remove { item } => catalogue::remove(&settings.dir, &settings.metadata, item)?,
         };
-        let result = self.reindex_as(&self.embedding_key(), Some(&apply), progress);
-        let Some(id) = edited.into_inner().expect("edit lock") else {
-            return Err(result.err().unwrap_or_else(|| anyhow::anyhow!("the edit did not run").into()));
-        };
+        let result = self.reindex_under(guard.as_mut(), &self.models.current_key(), progress);
         let not_embedded = result.as_ref().ok().and_then(|s| s.failed.iter().find(|f| f.id == id)).map(|f| f.reason.clone());
         match (&edit, result, not_embedded) {
             (Edit::Add { category, .. }, Ok(summary), None) => {
@@ -150,25 +191,24 @@ impl SearchService {
         }
     }
 
-    /// The re-index proper, embedding with the ensemble whose vectors `key` describes.
-    fn reindex_as(&self, key: &EmbeddingKey, edit: Option<&dyn Fn() -> anyhow::Result<()>>, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
-        let catalogue = &self.settings.catalogue;
+    /// The re-index proper, under `guard`, embedding with the ensemble whose vectors `key` describes.
+    fn reindex_under(&self, guard: &mut dyn ReindexGuard, key: &EmbeddingKey, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+        let catalogue = &self.job.catalogue;
         // In the index folder for either backend: a database's re-index is resumed by the same machine.
-        let partial = self.settings.index.dir.join("reindex-partial.bin");
-        if let Err(err) = std::fs::create_dir_all(&self.settings.index.dir) {
+        let partial = self.job.index_dir.join("reindex-partial.bin");
+        if let Err(err) = std::fs::create_dir_all(&self.job.index_dir) {
             tracing::warn!(cause = %err, "cannot create the index folder; an interrupted re-index will start over");
         }
         let job = ReindexJob {
             catalogue: &catalogue.dir,
             metadata: &catalogue.metadata,
             key,
-            chunk: self.reindex_chunk,
-            max_image_bytes: self.settings.limits.max_bytes,
-            edit,
+            chunk: self.job.chunk,
+            max_image_bytes: self.job.limits.max_bytes,
             partial: Some(&partial),
-            stop: Some(&self.stop_reindex),
+            stop: Some(&self.stop),
         };
-        let (worker, source, limits, key) = (self.worker.clone(), self.source, self.settings.limits, key.clone());
+        let (worker, source, limits, key) = (self.models.worker.clone(), self.models.source, self.job.limits, key.clone());
         let mut embed = move |paths: &[PathBuf]| -> Vec<Result<Vec<f32>, String>> {
             let decoded: Vec<Result<RgbImage, String>> = imaging::load_many(paths, limits).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
             let (images, reasons): (Vec<_>, Vec<_>) = decoded
@@ -194,7 +234,7 @@ impl SearchService {
                 Err(err) => paths.iter().map(|_| Err(err.to_string())).collect(),
             }
         };
-        self.backend.reindex(&job, &mut embed, progress)
+        guard.reindex(&job, &mut embed, progress)
     }
 
     /// Loads the heads folder's ensemble beside the running one when the folder changed since the
@@ -206,10 +246,11 @@ impl SearchService {
             return Ok(None);
         }
         check_profile(&heads.config)?;
-        let (key, current) = (embedding_key(&heads.config)?, self.embedding_key());
+        let (key, current) = (embedding_key(&heads.config)?, self.models.current_key());
         let (load, staged_key) = (heads.loader(), key.clone());
         let started = Instant::now();
-        self.worker
+        self.models
+            .worker
             .run_blocking(move |models: &mut Models| -> anyhow::Result<()> {
                 let ensemble = load()?;
                 match models.ensembles.iter_mut().find(|(k, _)| *k == staged_key) {
@@ -223,7 +264,7 @@ impl SearchService {
             .context("cannot load the new heads; the running ones stay")?;
         let re_embed = key != current;
         if re_embed {
-            self.keys.write().expect("keys lock").push(key.clone());
+            self.models.keys.write().expect("keys lock").push(key.clone());
         }
         tracing::info!(heads_dir = %heads.config.models.heads_dir.display(), re_embed, load_ms = millis(started.elapsed()), "new heads loaded");
         Ok(Some(Staged { key, fingerprint, re_embed }))
@@ -233,10 +274,10 @@ impl SearchService {
     /// need to embed anything again), else the old one.
     fn finish_swap(&self, staged: Staged, result: Result<ReindexSummary, ReindexError>, who: Who) -> Result<ReindexSummary, ReindexError> {
         let swapped = result.is_ok() || !staged.re_embed;
-        let keep = if swapped { staged.key.clone() } else { self.embedding_key() };
+        let keep = if swapped { staged.key.clone() } else { self.models.current_key() };
         let kept = keep.clone();
-        self.worker.run_blocking(move |models: &mut Models| models.ensembles.retain(|(k, _)| *k == kept))?;
-        *self.keys.write().expect("keys lock") = vec![keep];
+        self.models.worker.run_blocking(move |models: &mut Models| models.ensembles.retain(|(k, _)| *k == kept))?;
+        *self.models.keys.write().expect("keys lock") = vec![keep];
         if swapped {
             let heads = self.heads.as_ref().expect("staged heads have a source");
             *heads.loaded.lock().expect("heads lock") = staged.fingerprint;
@@ -259,21 +300,13 @@ pub fn with_bar<T>(job: impl FnOnce(&mut dyn FnMut(&Progress)) -> Result<T, Rein
     Ok(done)
 }
 
-/// Counts a re-index (or an edit's) in `lookalike_reindex_total`: refused when another was
-/// running or the edit was refused (an unknown category, a duplicate photo...), interrupted by
-/// a shutdown.
+/// Counts a re-index (or an edit's) in `lookalike_reindex_total` by its outcome.
 fn counted<T>(result: Result<T, ReindexError>) -> Result<T, ReindexError> {
-    crate::metrics::METRICS.reindex(match &result {
-        Ok(_) => "ok",
-        Err(ReindexError::AlreadyRunning(_)) => "refused",
-        Err(ReindexError::Failed(err)) if err.chain().any(|cause| cause.is::<catalogue::Refused>()) => "refused",
-        Err(ReindexError::Failed(err)) if err.chain().any(|cause| cause.is::<crate::index::Interrupted>()) => "interrupted",
-        Err(_) => "error",
-    });
+    crate::metrics::METRICS.reindex(result.as_ref().map_or_else(ReindexError::outcome, |_| "ok"));
     result
 }
 
 /// Re-indexes `catalogue.dir` with a progress bar; returns what changed.
 pub fn reindex_with_bar(service: &SearchService) -> anyhow::Result<ReindexSummary> {
-    with_bar(|progress| service.reindex(progress))
+    with_bar(|progress| service.upkeep().reindex(progress))
 }

@@ -7,14 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// Image file extensions read as images; anything else in a category folder is skipped.
-pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "gif", "bmp"];
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Example {
-    pub path: PathBuf,
-    pub class: usize,
-}
+use crate::catalogue::{labelled, Example};
 
 #[derive(Debug, Clone)]
 pub struct Split {
@@ -39,62 +32,12 @@ pub fn split(dir: &Path, seed: u64) -> anyhow::Result<Split> {
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for class in 0..classes.len() {
         let mut members: Vec<Example> = all.iter().filter(|e| e.class == class).cloned().collect();
-        shuffle(&mut members, seed ^ class as u64);
+        crate::rng::Rng::new(seed ^ class as u64).shuffle(&mut members);
         let held_out = if members.len() >= 2 { (members.len() / 10).max(1) } else { 0 };
         val.extend(members.drain(..held_out));
         train.extend(members);
     }
     Ok(Split { classes, train, val, not_images })
-}
-
-/// Every image under `dir/<category>/`, categories sorted by name (or in `known` order).
-pub fn labelled(dir: &Path, known: Option<&[String]>) -> anyhow::Result<(Vec<String>, Vec<Example>, Vec<PathBuf>)> {
-    let mut classes: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}: expected one sub-folder per category", dir.display()))?
-        .filter_map(Result::ok)
-        .filter(|entry| entry.path().is_dir())
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| !name.starts_with('.'))
-        .collect();
-    classes.sort();
-    if let Some(known) = known {
-        if let Some(extra) = classes.iter().find(|c| !known.contains(c)) {
-            anyhow::bail!("{} has a category `{extra}` that the training folder lacks", dir.display());
-        }
-        classes = known.to_vec();
-    }
-    anyhow::ensure!(!classes.is_empty(), "{} has no category sub-folders", dir.display());
-    let (mut examples, mut not_images) = (Vec::new(), Vec::new());
-    for (class, name) in classes.iter().enumerate() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(name)).map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect()).unwrap_or_default();
-        files.sort();
-        for path in files {
-            let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-            if IMAGE_EXTENSIONS.contains(&extension.as_str()) {
-                examples.push(Example { path, class });
-            } else {
-                not_images.push(path);
-            }
-        }
-    }
-    Ok((classes, examples, not_images))
-}
-
-/// Fisher-Yates with splitmix64: the same seed gives the same order on every machine.
-pub fn shuffle<T>(items: &mut [T], seed: u64) {
-    let mut state = seed;
-    for i in (1..items.len()).rev() {
-        let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
-        items.swap(i, j);
-    }
-}
-
-pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The "skipped N unreadable images" paragraph of the train and eval reports.
@@ -200,17 +143,6 @@ mod tests {
             }
         }
         dir
-    }
-
-    #[test]
-    fn a_tiff_is_not_taken_for_an_image_nobody_can_decode() {
-        // The CLI, the catalogue scan and the bot all read this one list; `image` is built
-        // without TIFF, so a .tif would only have failed later, at decoding.
-        let dir = folder_with(&[("bag", 1)]);
-        std::fs::write(dir.path().join("bag/scan.tif"), b"II*\0").unwrap();
-        let (_, examples, not_images) = labelled(dir.path(), None).unwrap();
-        assert_eq!(examples.len(), 1);
-        assert_eq!(not_images, [dir.path().join("bag/scan.tif")]);
     }
 
     #[test]

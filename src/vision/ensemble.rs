@@ -101,11 +101,10 @@ impl HeadsInfo {
 pub fn augment(batch: &Tensor, seeds: &[u64], max_degrees: f64) -> Tensor {
     let mut theta = Vec::with_capacity(seeds.len() * 6);
     for &seed in seeds {
-        let mut state = seed;
-        let unit = |state: &mut u64| (super::data::splitmix64(state) >> 11) as f64 / (1u64 << 53) as f64;
-        let angle = (unit(&mut state) * 2.0 - 1.0) * max_degrees.to_radians();
-        let flip_x = if unit(&mut state) < 0.5 { -1.0 } else { 1.0 };
-        let flip_y = if unit(&mut state) < 0.5 { -1.0 } else { 1.0 };
+        let mut rng = crate::rng::Rng::new(seed);
+        let angle = (rng.unit_f64() * 2.0 - 1.0) * max_degrees.to_radians();
+        let flip_x = if rng.unit_f64() < 0.5 { -1.0 } else { 1.0 };
+        let flip_y = if rng.unit_f64() < 0.5 { -1.0 } else { 1.0 };
         let (sin, cos) = angle.sin_cos();
         theta.extend_from_slice(&[(cos * flip_x) as f32, (-sin * flip_y) as f32, 0.0, (sin * flip_x) as f32, (cos * flip_y) as f32, 0.0]);
     }

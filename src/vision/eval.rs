@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::data;
 use super::ensemble::Ensemble;
 use crate::config::{EmbeddingSource, Metric};
 use crate::imaging::{self, ImageLimits};
@@ -60,7 +59,7 @@ fn scores(name: &str, classes: usize, pairs: &[(usize, usize)]) -> Scores {
 
 pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow::Result<EvalReport> {
     let started = std::time::Instant::now();
-    let (_, examples, _) = data::labelled(dir, Some(&ensemble.info.classes)).or_else(|_| data::labelled(&dir.join("val"), Some(&ensemble.info.classes)))?;
+    let (_, examples, _) = crate::catalogue::labelled(dir, Some(&ensemble.info.classes)).or_else(|_| crate::catalogue::labelled(&dir.join("val"), Some(&ensemble.info.classes)))?;
     anyhow::ensure!(!examples.is_empty(), "{} has no images in category sub-folders", dir.display());
     let progress = crate::progress::bar(examples.len() as u64, "eval {bar:30} {pos}/{len} images, {per_sec}, eta {eta}");
     let backbone_count = ensemble.backbones.len();
@@ -209,8 +208,8 @@ mod tests {
     fn the_index_finds_the_same_neighbours_as_the_exact_computation_on_clustered_vectors() {
         // 1,500 vectors in 10 overlapping clusters, 256-d (noise 4x the spread of the centres): the index scans 4-bit codes and
         // re-ranks; its precision@5 is held to the exact one.
-        let mut state = 3u64;
-        let mut random = || (crate::vision::data::splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        let mut rng = crate::rng::Rng::new(3);
+        let mut random = || rng.unit_f32() - 0.5;
         let centres: Vec<Vec<f32>> = (0..10).map(|_| (0..256).map(|_| random()).collect()).collect();
         let labels: Vec<i64> = (0..1500).map(|n| n % 10).collect();
         let vectors: Vec<Vec<f32>> = labels

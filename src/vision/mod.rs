@@ -8,6 +8,7 @@ pub mod data;
 pub mod ensemble;
 pub mod eval;
 pub mod nets;
+pub mod preprocess;
 pub mod train;
 
 use std::path::Path;
@@ -16,7 +17,7 @@ use anyhow::Context;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::config::{DeviceChoice, ModelsConfig, Precision, Profile};
-use crate::imaging::{Normalisation, Preprocess};
+use preprocess::{Normalisation, Preprocess};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {

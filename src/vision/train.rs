@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
-use super::data::{self, Example};
+use super::data;
 use super::ensemble::{backbone_features, Head, HeadsInfo};
 use super::Backbone;
+use crate::catalogue::Example;
 use crate::config::Profile;
 use crate::files::{heads, replace_atomically, write_atomically};
 use crate::imaging::{self, ImageLimits};
@@ -252,7 +253,7 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
     let mut split = data::split(&options.data, options.seed)?;
     let mut extra_images = 0;
     if let Some(dir) = &options.extra_train {
-        let (_, extra, _) = data::labelled(dir, Some(&split.classes)).with_context(|| format!("cannot add the training images in {}", dir.display()))?;
+        let (_, extra, _) = crate::catalogue::labelled(dir, Some(&split.classes)).with_context(|| format!("cannot add the training images in {}", dir.display()))?;
         extra_images = extra.len();
         split.train.extend(extra);
     }
@@ -450,8 +451,8 @@ pub fn balanced_class_weights(labels: &[i64], classes: usize) -> Option<Vec<f32>
 pub fn train_epoch(heads: &[Head], optimizers: &mut [tch::nn::Optimizer], stacked: &[Tensor], active: &[bool], batches: &EpochBatches) -> Vec<(f64, usize, usize)> {
     let device = stacked.first().map_or(Device::Cpu, Tensor::device);
     let mut order = batches.rows.to_vec();
-    data::shuffle(&mut order, batches.seed);
-    let mut rng = batches.seed ^ 0x5EED;
+    crate::rng::Rng::new(batches.seed).shuffle(&mut order);
+    let mut rng = crate::rng::Rng::new(batches.seed ^ 0x5EED);
     let examples = batches.labels.len() as i64;
     let flattened: Vec<Tensor> = stacked.iter().map(|s| s.flatten(0, 1)).collect();
     let mut totals = vec![(0.0f64, 0usize, 0usize); heads.len()];
@@ -461,10 +462,10 @@ pub fn train_epoch(heads: &[Head], optimizers: &mut [tch::nn::Optimizer], stacke
             .iter()
             .map(|&row| {
                 let (view, other) = match batches.positive_view {
-                    Some(positive) => (data::splitmix64(&mut rng) % (positive as u64).max(1), positive as u64),
+                    Some(positive) => (rng.below(positive as u64), positive as u64),
                     None => {
-                        let view = data::splitmix64(&mut rng) % views;
-                        (view, (view + 1 + data::splitmix64(&mut rng) % views.saturating_sub(1).max(1)) % views)
+                        let view = rng.below(views);
+                        (view, (view + 1 + rng.below(views.saturating_sub(1))) % views)
                     }
                 };
                 (view as i64 * examples + row, other as i64 * examples + row)
@@ -513,7 +514,7 @@ fn fine_tune(backbone: &mut Backbone, head: &mut Head, split: &data::Split, mut 
     for round in 1..=options.fine_tune_epochs {
         let started = Instant::now();
         let mut order = split.train.clone();
-        data::shuffle(&mut order, options.seed.wrapping_add(1000 + round as u64));
+        crate::rng::Rng::new(options.seed.wrapping_add(1000 + round as u64)).shuffle(&mut order);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         for (batch_index, batch) in order.chunks(options.batch_size).enumerate() {
             let (images, labels) = decode(batch);

@@ -232,8 +232,7 @@ mod tests {
     use crate::index::rank::dot;
 
     fn matrix(rows: usize, dim: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        (0..rows * dim).map(|_| (crate::vision::data::splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.3).collect()
+        crate::rng::Rng::new(seed).vector(rows * dim, 0.3)
     }
 
     #[test]

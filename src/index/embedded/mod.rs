@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::rank::{self, dot, Candidate};
 use super::reindex::{self, Plan, Previous, Vector};
-use super::{Backend, CategoryCount, Embedder, EmbeddingKey, Failure, Generation, IndexError, Item, Page, Progress, ReindexError, ReindexJob, ReindexSummary, Scope, SearchParams};
+use super::{
+    Backend, CategoryCount, Embedder, EmbeddingKey, Failure, Generation, IndexError, Item, Page, Progress, ReindexError, ReindexGuard, ReindexJob, ReindexSummary, Scope, SearchMethod, SearchParams,
+    Snapshot,
+};
 
 mod codes;
 mod store;
@@ -29,8 +32,6 @@ const RERANK_PER_HIT: usize = 8;
 /// exact score is taken to stray from its codes' score. A row strays 4 of them about 3 times in
 /// 100,000, and only rows whose scores are close to the page's last can change the page.
 const SPREADS: f32 = 4.0;
-/// How the embedded index finds its candidates, as searches report it.
-pub const METHOD: &str = "int4 scan + exact re-rank";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CategoryRows {
@@ -204,7 +205,7 @@ impl Index {
             let row_vector = |slot: usize| &vectors[slot * dim..(slot + 1) * dim];
             let exact: Vec<Candidate> =
                 approximate[..depth_now].iter().enumerate().filter_map(|(slot, c)| c.rescored(slot, dot(row_vector(slot), query), self.norms[c.slot], query_norm, params.min_similarity)).collect();
-            let ranked = rank::rank(exact.clone(), params, METHOD, row_vector, |slot| self.norms[rows[slot]], |slot| self.manifest.items[rows[slot]].clone());
+            let ranked = rank::rank(exact.clone(), params, SearchMethod::CodesReranked, row_vector, |slot| self.norms[rows[slot]], |slot| self.manifest.items[rows[slot]].clone());
             // After the selection, the best row left out sits right after the re-ranked ones.
             let settled = match (approximate.get(depth_now), ranked.consumed.last()) {
                 (None, _) => true,
@@ -229,8 +230,7 @@ impl Index {
             key: self.manifest.key.clone(),
             created_unix_s: self.manifest.created_unix_s,
             categories: self.category_counts(),
-            approximate: Vec::new(),
-            matrix: Some(self),
+            snapshot: Snapshot::Embedded(self),
         })
     }
 }
@@ -264,13 +264,37 @@ impl Backend for Embedded {
     }
 
     fn search(&self, generation: &Generation, query: &[f32], scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError> {
-        let index = generation.matrix.as_ref().ok_or_else(|| IndexError::Unusable("this generation is not the embedded index's".into()))?;
-        index.search_scopes(query, scopes, params)
+        match &generation.snapshot {
+            Snapshot::Embedded(index) => index.search_scopes(query, scopes, params),
+            Snapshot::Database { .. } => Err(IndexError::Unusable("this generation is a database's, not the embedded index's".into())),
+        }
     }
 
-    fn reindex(&self, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
-        let _lock = ReindexLock::acquire(&self.dir)?;
-        let in_memory = self.served.read().expect("index lock").clone().ok().flatten().and_then(|g| g.matrix.clone());
+    fn lock_reindex(&self) -> Result<Box<dyn ReindexGuard + '_>, ReindexError> {
+        Ok(Box::new(Locked { backend: self, _lock: ReindexLock::acquire(&self.dir)? }))
+    }
+}
+
+/// The embedded backend with its OS re-index lock held.
+struct Locked<'a> {
+    backend: &'a Embedded,
+    _lock: ReindexLock,
+}
+
+impl ReindexGuard for Locked<'_> {
+    fn reindex(&mut self, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+        self.backend.write_generation(job, embed, progress)
+    }
+}
+
+impl Embedded {
+    /// The re-index proper, under the lock: plans against the newest generation (in memory, or a
+    /// newer one another process wrote), writes the new one and serves it.
+    fn write_generation(&self, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
+        let in_memory = self.served.read().expect("index lock").clone().ok().flatten().and_then(|g| match &g.snapshot {
+            Snapshot::Embedded(index) => Some(index.clone()),
+            Snapshot::Database { .. } => None,
+        });
         // Another process may have re-indexed since this one loaded; reuse whatever is newest.
         let previous = match Index::open_latest(&self.dir) {
             Ok(Some((latest, _))) if in_memory.as_ref().is_none_or(|m| latest.generation() > m.generation()) => Some(Arc::new(latest)),
@@ -387,8 +411,8 @@ mod tests {
         // 600 copies of one direction (folded into one hit) and 400 others: the first 64 (and
         // 256) candidates are all copies, so the page needs the widened passes.
         let dim = 32;
-        let mut state = 11u64;
-        let mut random = || (crate::vision::data::splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        let mut rng = crate::rng::Rng::new(11);
+        let mut random = || rng.unit_f32() - 0.5;
         let centre: Vec<f32> = (0..dim).map(|_| random()).collect();
         let rows: Vec<(Item, Vec<f32>)> = (0..1000)
             .map(|i| {
@@ -404,7 +428,7 @@ mod tests {
         others.sort_by(|a, b| b.0.total_cmp(&a.0));
         let ids: Vec<&str> = page.hits[1..].iter().map(|h| h.item.id.as_str()).collect();
         assert_eq!(ids, others[..4].iter().map(|o| o.1).collect::<Vec<_>>());
-        assert_eq!(page.method, METHOD);
+        assert_eq!(page.method, SearchMethod::CodesReranked);
         // A threshold no row reaches: no hits (the codes' bound rules every row out).
         assert!(index.search(&query, &["c".into()], &SearchParams { min_similarity: 1.5, ..params(5) }).unwrap().hits.is_empty());
     }
@@ -415,8 +439,8 @@ mod tests {
         // closer than a step: the codes' own top 5 is wrong, and starting from one candidate the
         // search must widen until no row left out could still make the page.
         let dim = 32;
-        let mut state = 17u64;
-        let mut random = || (crate::vision::data::splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        let mut rng = crate::rng::Rng::new(17);
+        let mut random = || rng.unit_f32() - 0.5;
         let centre: Vec<f32> = (0..dim).map(|_| random()).collect();
         let rows: Vec<(Item, Vec<f32>)> = (0..2000)
             .map(|i| {
@@ -444,8 +468,8 @@ mod tests {
     #[test]
     fn search_over_many_rows_matches_a_full_sort() {
         let dim = 16;
-        let mut state = 5u64;
-        let mut random = || (crate::vision::data::splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        let mut rng = crate::rng::Rng::new(5);
+        let mut random = || rng.unit_f32() - 0.5;
         let rows: Vec<(Item, Vec<f32>)> = (0..2000).map(|i| (item(&format!("c/{i:04}")), unit(&(0..dim).map(|_| random()).collect::<Vec<_>>()))).collect();
         let query = unit(&(0..dim).map(|_| random()).collect::<Vec<_>>());
         let mut expected: Vec<(f32, String)> = rows.iter().map(|(item, v)| (dot(v, &query), item.id.clone())).collect();
@@ -565,7 +589,7 @@ mod tests {
         // Sparse: 4 GiB on paper, nothing on disk; hashing it would read all of it.
         std::fs::File::create(catalogue.join("bag/huge.png")).unwrap().set_len(4 << 30).unwrap();
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None, partial: None, stop: None };
+        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, partial: None, stop: None };
         let mut calls = Vec::new();
         let summary = Embedded::open(&index_dir).reindex(&job, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
         assert_eq!(summary.vectors, 1);
@@ -579,9 +603,12 @@ mod tests {
         let (catalogue, index_dir) = (scratch.path().join("shop"), scratch.path().join("index"));
         write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("bag/a-copy.png", b"\x00a"), ("coat/c.png", b"\x02c"), ("coat/broken.png", b"bad"), ("coat/notes.txt", b"x")]);
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, edit: None, partial: None, stop: None };
+        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, partial: None, stop: None };
         let backend = Embedded::open(&index_dir);
-        let served = |backend: &Embedded| backend.current().unwrap().unwrap().matrix.clone().unwrap();
+        let served = |backend: &Embedded| match &backend.current().unwrap().unwrap().snapshot {
+            Snapshot::Embedded(index) => index.clone(),
+            Snapshot::Database { .. } => unreachable!("the embedded backend serves its own generations"),
+        };
         let mut calls = Vec::new();
         let mut events = Vec::new();
         let summary = backend.reindex(&job, &mut fake_embedder(&mut calls), &mut |p| events.push(*p)).unwrap();
@@ -627,7 +654,7 @@ mod tests {
         let (catalogue, index_dir, partial) = (scratch.path().join("shop"), scratch.path().join("index"), scratch.path().join("index/reindex-partial.bin"));
         write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("coat/c.png", b"\x02c"), ("coat/d.png", b"\x03d")]);
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: 1, max_image_bytes: 1 << 20, edit: None, partial: Some(&partial), stop: None };
+        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: 1, max_image_bytes: 1 << 20, partial: Some(&partial), stop: None };
         let backend = Embedded::open(&index_dir);
         // A run killed when it reaches `file`: what it embedded before is kept.
         let dies_at = |file: &'static str| {
