@@ -81,7 +81,7 @@ fn forbidden(all: &BTreeSet<String>) -> BTreeMap<String, BTreeSet<String>> {
     let mut rows = BTreeMap::new();
     for line in lib.lines().filter(|l| l.starts_with("//! | [`")) {
         let cells: Vec<&str> = line.trim_end_matches('|').split(" | ").collect();
-        let module = backticked(cells[0]).remove(0);
+        let module = backticked(cells[1]).remove(0);
         let last = cells.last().unwrap().trim();
         let mut names: BTreeSet<String> = backticked(last).into_iter().collect();
         for (group, members) in &groups {
