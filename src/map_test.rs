@@ -146,12 +146,15 @@ fn no_function_outside_tests_is_longer_than_100_lines() {
     assert!(long.is_empty(), "cut these into named steps:\n{}", long.join("\n"));
 }
 
+/// A module that uses `index`, `search` and `tch`, mentions `discord` in a comment and `vision`
+/// in its tests.
+const PROBE: &str = "use crate::index::Hit;\n/// See [`crate::discord`].\nfn f() { let _ = crate::search::Query::default(); tch::Tensor::zeros(); }\n#[cfg(test)]\nmod tests { use crate::vision; }\n";
+
 #[test]
 fn the_checker_sees_uses_and_paths_but_not_comments() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("probe.rs");
-    let source = "use crate::index::Hit;\n/// See [`crate::discord`].\nfn f() { let _ = crate::search::Query::default(); tch::Tensor::zeros(); }\n#[cfg(test)]\nmod tests { use crate::vision; }\n";
-    std::fs::write(&file, source).unwrap();
+    let file = tempfile::Builder::new().suffix(".rs").tempfile().unwrap();
+    std::fs::write(file.path(), PROBE).unwrap();
+    let file = file.path().to_path_buf();
     let all: BTreeSet<String> = ["index", "discord", "search", "vision"].map(String::from).into();
     assert_eq!(named(&[file], &all), ["index", "search", "tch"].map(String::from).into());
 }

@@ -38,22 +38,26 @@ impl Models {
 
 /// What the model thread hands back for one image.
 pub(super) struct Understood {
-    pub vote: ImageVote,
-    pub embedding: Vec<f32>,
-    pub intent: Option<Intent>,
-    pub queue_ms: f64,
-    pub vision_ms: f64,
-    pub text_ms: f64,
-    pub batch: usize,
+    pub(super) vote: ImageVote,
+    /// The vector the index is searched with (`index.embedding`).
+    pub(super) embedding: Vec<f32>,
+    pub(super) intent: Option<Intent>,
+    /// Waiting in the queue, before its batch started.
+    pub(super) queue_ms: f64,
+    /// The batch's forward passes, shared by every query in it.
+    pub(super) vision_ms: f64,
+    pub(super) text_ms: f64,
+    /// Queries in the batch, this one included.
+    pub(super) batch: usize,
 }
 
 pub(super) struct Pending {
-    pub image: RgbImage,
-    pub text: Option<String>,
-    pub queued: Instant,
+    pub(super) image: RgbImage,
+    pub(super) text: Option<String>,
+    pub(super) queued: Instant,
     /// The key of the generation the query searches: its image goes through the ensemble that matches it.
-    pub key: EmbeddingKey,
-    pub answer: tokio::sync::oneshot::Sender<Result<Understood, SearchError>>,
+    pub(super) key: EmbeddingKey,
+    pub(super) answer: tokio::sync::oneshot::Sender<Result<Understood, SearchError>>,
 }
 
 /// The queue of images waiting for the model thread, with its batch cap.
