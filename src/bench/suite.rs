@@ -13,7 +13,7 @@ use super::{bare_forwards, machine, millis, percentile};
 use crate::catalogue::labelled;
 use crate::config::{Config, Profile};
 use crate::imaging;
-use crate::search::{Query, SearchService};
+use crate::search::{Query, SearchError, SearchOutcome, SearchService};
 use crate::vision::data::{export_fashion_mnist, FashionMnistExport};
 use crate::vision::{self, Backbone};
 
@@ -140,24 +140,48 @@ pub fn suite(config: &Config, rounds: usize, profiles: &[Profile], catalogue_siz
 
 /// Every figure of one profile's column.
 fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds: usize, second_half: &[&Path], catalogue: &Path) -> anyhow::Result<Column> {
-    let mut rows = Vec::new();
+    let (index_rate, embedding_s) = index_in_halves(service, second_half, catalogue)?;
+    let samples: Vec<Vec<u8>> = queries.iter().cycle().take(rounds * 4).cloned().collect();
+    let stages = stage_times(service, samples.clone())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let overhead = paired_overhead(service, &runtime, &samples)?;
+    let mut whole = whole_queries(service, &runtime, &samples)?;
+
+    let mut rows: Vec<(String, String)> = stages.into_iter().map(|(label, mut times)| (format!("{label}, p50 / p99 ms"), p50_p99(&mut times))).collect();
+    // The search and render stages come from the whole queries' outcomes, but sit with the
+    // other stages in the table.
+    rows.push(("search (whole catalogue), p50 / p99 ms".into(), p50_p99(&mut whole.search_times)));
+    rows.push(("render (text answer), p50 / p99 ms".into(), p50_p99(&mut whole.render_times)));
+    rows.push(("query overhead over its bare forward passes (paired), p50".into(), format!("{:+.1} %", 100.0 * overhead)));
+    rows.extend(whole.rows);
+    rows.push(("indexing, images/s (faster half)".into(), format!("{index_rate:.2}")));
+    rows.push(("chapter's method: re-embed the catalogue, s/query".into(), format!("{:.1}", embedding_s)));
+    rows.push(("memory peak (resident), MB".into(), memory_peak_mb().map_or("-".into(), |mb| format!("{mb:.0}"))));
+    Ok(Column { name: name.to_string(), rows, query_ms: whole.query_ms, index_rate })
+}
+
+/// Indexes the catalogue's first half, copies in `second_half` and indexes again: the faster
+/// half's rate in images/s, and the seconds both spent embedding (what the chapter's method
+/// spends on every query).
+fn index_in_halves(service: &SearchService, second_half: &[&Path], catalogue: &Path) -> anyhow::Result<(f64, f64)> {
     let (first_count, first_embedding_s, first_s) = timed_reindex(service)?;
     copy_catalogue(second_half, catalogue)?;
     let (second_count, second_embedding_s, second_s) = timed_reindex(service)?;
     let index_rate = (first_count as f64 / first_s).max(second_count as f64 / second_s);
-    let embedding_s = first_embedding_s + second_embedding_s;
-    let limits = service.image_limits();
+    Ok((index_rate, first_embedding_s + second_embedding_s))
+}
 
+/// The time of each stage of a query on every sample, by stage.
+fn stage_times(service: &SearchService, samples: Vec<Vec<u8>>) -> anyhow::Result<Vec<(String, Vec<Duration>)>> {
+    let limits = service.image_limits();
     // Stages, one query at a time on the model thread, as a query runs them.
-    let samples: Vec<Vec<u8>> = queries.iter().cycle().take(rounds * 4).cloned().collect();
-    let stage_samples = samples.clone();
-    let stages = service.bench_probe(move |models, intent| -> anyhow::Result<Vec<(String, Vec<Duration>)>> {
+    service.bench_probe(move |models, intent| -> anyhow::Result<Vec<(String, Vec<Duration>)>> {
         let mut decode = Vec::new();
         let mut preprocess = Vec::new();
         let mut backbones = Vec::new();
         let mut ensemble = Vec::new();
         let mut text = Vec::new();
-        for bytes in &stage_samples {
+        for bytes in &samples {
             let started = Instant::now();
             let image = imaging::decode(bytes, limits)?;
             decode.push(started.elapsed());
@@ -179,14 +203,14 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
             ("ensemble: preprocess + backbones + heads + vote".into(), ensemble),
             ("text (the configured methods)".into(), text),
         ])
-    })??;
-    for (label, mut times) in stages {
-        rows.push((format!("{label}, p50 / p99 ms"), p50_p99(&mut times)));
-    }
+    })?
+}
 
+/// How much longer a whole query takes than its bare forward passes, at p50 (0.1: 10 % longer).
+fn paired_overhead(service: &SearchService, runtime: &tokio::runtime::Runtime, samples: &[Vec<u8>]) -> anyhow::Result<f64> {
+    let limits = service.image_limits();
     // The overhead of a whole query over its bare forward passes, measured in pairs on the same
     // image one right after the other, so that the machine's drift cancels out.
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (mut paired_bare, mut paired_query) = (Vec::new(), Vec::new());
     for (n, image) in samples.iter().enumerate() {
         let bytes = image.clone();
@@ -201,37 +225,27 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
     }
     paired_bare.sort();
     paired_query.sort();
-    let overhead = percentile(&paired_query, 0.5).as_secs_f64() / percentile(&paired_bare, 0.5).as_secs_f64() - 1.0;
-    rows.push(("query overhead over its bare forward passes (paired), p50".into(), format!("{:+.1} %", 100.0 * overhead)));
+    Ok(percentile(&paired_query, 0.5).as_secs_f64() / percentile(&paired_bare, 0.5).as_secs_f64() - 1.0)
+}
 
-    // Whole queries through the service, then the search and render stages from their outcomes.
-    let (mut search_times, mut render_times) = (Vec::new(), Vec::new());
-    let mut query_ms = 0.0;
+/// The figures of whole queries through the service.
+struct WholeQueries {
+    /// Latency, throughput and largest model batch at each concurrency.
+    rows: Vec<(String, String)>,
+    /// The search stage and the rendering of the answer, per query at concurrency 1.
+    search_times: Vec<Duration>,
+    render_times: Vec<Duration>,
+    /// Query p50 at concurrency 1, ms.
+    query_ms: f64,
+}
+
+/// Whole queries through the service at each concurrency, then the search and render stages
+/// from their outcomes.
+fn whole_queries(service: &Arc<SearchService>, runtime: &tokio::runtime::Runtime, samples: &[Vec<u8>]) -> anyhow::Result<WholeQueries> {
+    let mut whole = WholeQueries { rows: Vec::new(), search_times: Vec::new(), render_times: Vec::new(), query_ms: 0.0 };
     for concurrency in CONCURRENCY {
-        // Each concurrent caller runs its share of the samples; at least one query each.
-        let per_caller = samples.len().div_ceil(concurrency).max(1);
         let started = Instant::now();
-        let outcomes = runtime.block_on(async {
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|worker| {
-                    let (service, samples) = (service.clone(), samples.clone());
-                    tokio::spawn(async move {
-                        let mut latencies = Vec::new();
-                        for (n, image) in samples.into_iter().enumerate().cycle().skip(worker * per_caller).take(per_caller) {
-                            let started = Instant::now();
-                            let outcome = service.search(Query { image, text: (n % 2 == 0).then(|| SENTENCE.to_string()), ..Query::default() }).await;
-                            latencies.push((started.elapsed(), outcome));
-                        }
-                        latencies
-                    })
-                })
-                .collect();
-            let mut all = Vec::new();
-            for task in tasks {
-                all.extend(task.await.expect("a benchmark task"));
-            }
-            all
-        });
+        let outcomes = runtime.block_on(concurrent_queries(service, samples, concurrency));
         let wall = started.elapsed();
         let mut latencies: Vec<Duration> = Vec::new();
         let mut largest_batch = 0;
@@ -240,25 +254,46 @@ fn measure(service: &Arc<SearchService>, name: &str, queries: &[Vec<u8>], rounds
             latencies.push(latency);
             largest_batch = largest_batch.max(outcome.timings.batch);
             if concurrency == 1 {
-                search_times.push(Duration::from_secs_f64(outcome.timings.search_ms / 1e3));
+                whole.search_times.push(Duration::from_secs_f64(outcome.timings.search_ms / 1e3));
                 let started = Instant::now();
                 std::hint::black_box(crate::report::render(&outcome));
-                render_times.push(started.elapsed());
+                whole.render_times.push(started.elapsed());
             }
         }
         let count = latencies.len();
         if concurrency == 1 {
             latencies.sort();
-            query_ms = millis(percentile(&latencies, 0.5));
+            whole.query_ms = millis(percentile(&latencies, 0.5));
         }
-        rows.push((format!("query, concurrency {concurrency}, p50 / p99 ms"), p50_p99(&mut latencies)));
-        rows.push((format!("throughput, concurrency {concurrency}, queries/s"), format!("{:.1}", count as f64 / wall.as_secs_f64())));
-        rows.push((format!("largest model batch, concurrency {concurrency}"), largest_batch.to_string()));
+        whole.rows.push((format!("query, concurrency {concurrency}, p50 / p99 ms"), p50_p99(&mut latencies)));
+        whole.rows.push((format!("throughput, concurrency {concurrency}, queries/s"), format!("{:.1}", count as f64 / wall.as_secs_f64())));
+        whole.rows.push((format!("largest model batch, concurrency {concurrency}"), largest_batch.to_string()));
     }
-    rows.insert(5, ("search (whole catalogue), p50 / p99 ms".into(), p50_p99(&mut search_times)));
-    rows.insert(6, ("render (text answer), p50 / p99 ms".into(), p50_p99(&mut render_times)));
-    rows.push(("indexing, images/s (faster half)".into(), format!("{index_rate:.2}")));
-    rows.push(("chapter's method: re-embed the catalogue, s/query".into(), format!("{:.1}", embedding_s)));
-    rows.push(("memory peak (resident), MB".into(), memory_peak_mb().map_or("-".into(), |mb| format!("{mb:.0}"))));
-    Ok(Column { name: name.to_string(), rows, query_ms, index_rate })
+    Ok(whole)
+}
+
+/// The samples as queries from `concurrency` callers at once: each query's latency and outcome,
+/// caller by caller.
+async fn concurrent_queries(service: &Arc<SearchService>, samples: &[Vec<u8>], concurrency: usize) -> Vec<(Duration, Result<SearchOutcome, SearchError>)> {
+    // Each concurrent caller runs its share of the samples; at least one query each.
+    let per_caller = samples.len().div_ceil(concurrency).max(1);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (service, samples) = (service.clone(), samples.to_vec());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                for (n, image) in samples.into_iter().enumerate().cycle().skip(worker * per_caller).take(per_caller) {
+                    let started = Instant::now();
+                    let outcome = service.search(Query { image, text: (n % 2 == 0).then(|| SENTENCE.to_string()), ..Query::default() }).await;
+                    latencies.push((started.elapsed(), outcome));
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("a benchmark task"));
+    }
+    all
 }

@@ -6,6 +6,7 @@
 //! last weights and the history are saved every epoch so `train` resumes; each head stops
 //! early once its validation loss has not improved for `patience` epochs.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -98,15 +99,89 @@ pub fn run(options: TrainOptions, models: &crate::config::ModelsConfig) -> anyho
 struct TrainState {
     info: HeadsInfo,
     epochs_done: usize,
-    best_val_loss: Vec<f64>,
-    stale_epochs: Vec<usize>,
+    /// Flattened: its fields sit among the state's own in `train_state.json`, as they did
+    /// before it had a type, so earlier runs still resume.
+    #[serde(flatten)]
+    stopping: EarlyStopping,
     history: Vec<EpochRecord>,
+}
+
+impl TrainState {
+    fn new(info: HeadsInfo, heads: usize, patience: usize) -> TrainState {
+        TrainState { info, epochs_done: 0, stopping: EarlyStopping::new(heads, patience), history: Vec::new() }
+    }
+
+    /// Where the state of the heads trained into `out` is kept.
+    fn path(out: &Path) -> PathBuf {
+        out.join("train_state.json")
+    }
+
+    /// The state a previous run left in `out`, if it left one that reads; it stops by this run's
+    /// `patience`.
+    fn read(out: &Path, patience: usize) -> Option<TrainState> {
+        let mut state = std::fs::read_to_string(Self::path(out)).ok().and_then(|t| serde_json::from_str::<TrainState>(&t).ok())?;
+        state.stopping.patience = patience;
+        Some(state)
+    }
+
+    fn save(&self, out: &Path) -> anyhow::Result<()> {
+        write_atomically(&Self::path(out), &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// Early stopping and the best checkpoint, per head: a head's weights are kept whenever its
+/// validation loss improves on its best so far, and it stops training once it has gone
+/// `patience` epochs without improving.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EarlyStopping {
+    /// The best validation loss of each head so far (infinite before its first epoch).
+    best_val_loss: Vec<f64>,
+    /// Epochs since each head's validation loss last improved.
+    stale_epochs: Vec<usize>,
+    /// Not saved: a resumed run stops by its own option.
+    #[serde(skip)]
+    patience: usize,
+}
+
+impl EarlyStopping {
+    fn new(heads: usize, patience: usize) -> EarlyStopping {
+        EarlyStopping { best_val_loss: vec![f64::INFINITY; heads], stale_epochs: vec![0; heads], patience }
+    }
+
+    /// Which heads still train.
+    fn active(&self) -> Vec<bool> {
+        self.stale_epochs.iter().map(|stale| *stale < self.patience).collect()
+    }
+
+    fn all_stopped(&self) -> bool {
+        self.stale_epochs.iter().all(|stale| *stale >= self.patience)
+    }
+
+    /// Counts an epoch of head `index` that ended at `val_loss`: true when that is its best so
+    /// far, whose weights are the ones to keep.
+    fn improved(&mut self, index: usize, val_loss: f64) -> bool {
+        if val_loss < self.best_val_loss[index] {
+            self.best_val_loss[index] = val_loss;
+            self.stale_epochs[index] = 0;
+            true
+        } else {
+            self.stale_epochs[index] += 1;
+            false
+        }
+    }
 }
 
 /// Features of a set of images under one view, per backbone: (N, D), and which decoded.
 struct Cached {
     features: Vec<Tensor>,
     decoded: Vec<bool>,
+}
+
+impl Cached {
+    /// The rows of the images that decoded.
+    fn usable_rows(&self) -> Vec<i64> {
+        self.decoded.iter().enumerate().filter(|(_, ok)| **ok).map(|(i, _)| i as i64).collect()
+    }
 }
 
 #[derive(Debug)]
@@ -125,114 +200,183 @@ pub struct TrainReport {
 
 const CHUNK: usize = 256;
 
-/// Features for `examples` under `view` (0 = plain), looked up by image content in the cache
-/// folder; only images not found there go through the backbones, and are cached in turn.
-fn cached_features(
-    backbones: &[Backbone],
-    examples: &[Example],
-    view: usize,
-    cache: &Path,
-    options: &TrainOptions,
-    progress: &indicatif::ProgressBar,
-    skipped: &mut Vec<(PathBuf, String)>,
-) -> anyhow::Result<Cached> {
-    // One namespace per backbone set and view; augmented views also depend on the seed.
-    let mut namespace = Sha256::new();
-    namespace.update(format!("features v3, view {view}, seed {}", if view > 0 { options.seed } else { 0 }));
-    for backbone in backbones {
-        namespace.update(backbone.spec.id);
-    }
-    let folder = cache.join(&hex::encode(namespace.finalize())[..16]);
-    std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+/// The backbone feature cache on disk: a folder per backbone set and view, of safetensors files
+/// whose rows are keyed by the images' content (SHA-256), so that runs share it.
+struct FeatureCache<'a> {
+    backbones: &'a [Backbone],
+    /// The cache's root folder ([`TrainOptions::cache`]).
+    root: &'a Path,
+    /// Seeds the augmented views, with each image's content.
+    seed: u64,
+    limits: ImageLimits,
+    /// Counts every image of every view, found in the cache or computed.
+    progress: indicatif::ProgressBar,
+    /// The images that did not decode, and why (listed from their plain view).
+    skipped: Vec<(PathBuf, String)>,
+}
 
-    // Every cached row, by content hash: (file, row).
-    let mut files: Vec<std::collections::HashMap<String, Tensor>> = Vec::new();
-    let mut known: std::collections::HashMap<Vec<u8>, (usize, i64)> = std::collections::HashMap::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&folder)?.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
-    entries.sort();
-    for entry in entries {
-        // A damaged cache file is only a cache miss.
-        let Ok(tensors) = Tensor::read_safetensors(&entry) else { continue };
-        let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
-        let Some(hashes) = map.get("hashes") else { continue };
-        let hashes = Vec::<u8>::try_from(hashes.flatten(0, -1)).unwrap_or_default();
-        for (row, hash) in hashes.chunks(32).enumerate() {
-            known.insert(hash.to_vec(), (files.len(), row as i64));
+impl FeatureCache<'_> {
+    /// Features for `examples` under `view` (0 = plain), looked up by image content in the cache
+    /// folder; only images not found there go through the backbones, and are cached in turn.
+    fn features(&mut self, examples: &[Example], view: usize) -> anyhow::Result<Cached> {
+        let mut folder = CacheFolder::read(self.folder(view)?)?;
+        let contents = Contents::read(examples);
+        let missing = folder.missing(&contents.hashes);
+        self.progress.inc((examples.len() - missing.len()) as u64);
+        for chunk in missing.chunks(CHUNK) {
+            let (features, decoded) = self.compute(&contents, chunk, view);
+            folder.add(&contents, chunk, features, decoded)?;
         }
-        files.push(map);
+        Ok(self.assemble(&folder, &contents, view))
     }
 
-    let contents: Vec<Vec<u8>> = examples.iter().map(|e| std::fs::read(&e.path).unwrap_or_default()).collect();
-    let hashes: Vec<Vec<u8>> = contents.iter().map(|c| Sha256::digest(c).to_vec()).collect();
-    let mut missing: Vec<usize> = Vec::new();
-    for (index, hash) in hashes.iter().enumerate() {
-        if !known.contains_key(hash) && !missing.iter().any(|&m| hashes[m] == *hash) {
-            missing.push(index);
+    /// The folder of `view`, created if need be.
+    fn folder(&self, view: usize) -> anyhow::Result<PathBuf> {
+        // One namespace per backbone set and view; augmented views also depend on the seed.
+        let mut namespace = Sha256::new();
+        namespace.update(format!("features v3, view {view}, seed {}", if view > 0 { self.seed } else { 0 }));
+        for backbone in self.backbones {
+            namespace.update(backbone.spec.id);
         }
+        let folder = self.root.join(&hex::encode(namespace.finalize())[..16]);
+        std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+        Ok(folder)
     }
-    progress.inc((examples.len() - missing.len()) as u64);
-    for chunk in missing.chunks(CHUNK) {
+
+    /// Runs the images `chunk` picks from `contents` through the backbones, 16 at a time and
+    /// augmented under a view above 0: each backbone's features on the CPU, named
+    /// `features<backbone>`, and which images decoded (1) or left a zero row (0).
+    fn compute(&self, contents: &Contents, chunk: &[usize], view: usize) -> (Vec<(String, Tensor)>, Vec<u8>) {
         let mut images = Vec::with_capacity(chunk.len());
         let mut mask = Vec::with_capacity(chunk.len());
         for &index in chunk {
-            match imaging::decode(&contents[index], options.limits) {
+            match imaging::decode(&contents.bytes[index], self.limits) {
                 Ok(image) => {
                     images.push(image);
                     mask.push(1u8);
                 }
                 Err(_) => {
-                    // Listed below, from the mask; the row stays zero.
+                    // Listed by `assemble`, from the mask; the row stays zero.
                     images.push(image::RgbImage::new(32, 32));
                     mask.push(0u8);
                 }
             }
         }
-        let seeds: Vec<u64> = chunk.iter().map(|&i| u64::from_le_bytes(hashes[i][..8].try_into().expect("32-byte hash")) ^ options.seed ^ (view as u64) << 56).collect();
+        let seeds: Vec<u64> = chunk.iter().map(|&i| u64::from_le_bytes(contents.hashes[i][..8].try_into().expect("32-byte hash")) ^ self.seed ^ (view as u64) << 56).collect();
         let mut named: Vec<(String, Tensor)> = Vec::new();
         for start in (0..images.len()).step_by(16) {
             let end = (start + 16).min(images.len());
             let augmentation = (view > 0).then_some(&seeds[start..end]);
-            for (index, features) in backbone_features(backbones, &images[start..end], augmentation).features.into_iter().enumerate() {
+            for (index, features) in backbone_features(self.backbones, &images[start..end], augmentation).features.into_iter().enumerate() {
                 let features = features.to_device(Device::Cpu);
                 match named.iter_mut().find(|(name, _)| *name == format!("features{index}")) {
                     Some((_, all)) => *all = Tensor::cat(&[all.shallow_clone(), features], 0),
                     None => named.push((format!("features{index}"), features)),
                 }
             }
-            progress.inc((end - start) as u64);
+            self.progress.inc((end - start) as u64);
         }
-        let chunk_hashes: Vec<u8> = chunk.iter().flat_map(|&i| hashes[i].clone()).collect();
-        named.push(("hashes".into(), Tensor::from_slice(&chunk_hashes).view([chunk.len() as i64, 32])));
-        named.push(("decoded".into(), Tensor::from_slice(&mask)));
-        let file = folder.join(format!("{}.safetensors", hex::encode(&Sha256::digest(&chunk_hashes)[..10])));
-        replace_atomically(&file, |partial| Ok(Tensor::write_safetensors(&named, partial)?))?;
-        for (row, &index) in chunk.iter().enumerate() {
-            known.insert(hashes[index].clone(), (files.len(), row as i64));
-        }
-        files.push(named.into_iter().collect());
+        (named, mask)
     }
 
-    // Assemble in example order.
-    let mut decoded = Vec::with_capacity(examples.len());
-    let mut rows_per_backbone: Vec<Vec<Tensor>> = backbones.iter().map(|_| Vec::new()).collect();
-    for (index, (example, hash)) in examples.iter().zip(&hashes).enumerate() {
-        let (file, row) = known[hash];
-        let ok = files[file]["decoded"].int64_value(&[row]) == 1;
-        if !ok && view == 0 {
-            let reason = imaging::decode(&contents[index], options.limits).err().map_or("unreadable".to_string(), |e| e.to_string());
-            skipped.push((example.path.clone(), reason));
+    /// The features of `contents`' examples, in their order, from the folder's rows; under the
+    /// plain view, the images that did not decode go to `skipped`.
+    fn assemble(&mut self, folder: &CacheFolder, contents: &Contents, view: usize) -> Cached {
+        let mut decoded = Vec::with_capacity(contents.examples.len());
+        let mut rows_per_backbone: Vec<Vec<Tensor>> = self.backbones.iter().map(|_| Vec::new()).collect();
+        for (index, (example, hash)) in contents.examples.iter().zip(&contents.hashes).enumerate() {
+            let (file, row) = folder.known[hash];
+            let ok = folder.files[file]["decoded"].int64_value(&[row]) == 1;
+            if !ok && view == 0 {
+                let reason = imaging::decode(&contents.bytes[index], self.limits).err().map_or("unreadable".to_string(), |e| e.to_string());
+                self.skipped.push((example.path.clone(), reason));
+            }
+            decoded.push(ok);
+            for (index, rows) in rows_per_backbone.iter_mut().enumerate() {
+                rows.push(folder.files[file][&format!("features{index}")].narrow(0, row, 1));
+            }
         }
-        decoded.push(ok);
-        for (index, rows) in rows_per_backbone.iter_mut().enumerate() {
-            rows.push(files[file][&format!("features{index}")].narrow(0, row, 1));
-        }
+        let features = rows_per_backbone
+            .into_iter()
+            .zip(self.backbones)
+            .map(|(rows, b)| if rows.is_empty() { Tensor::zeros([0, b.spec.feature_dim], (Kind::Float, Device::Cpu)) } else { Tensor::cat(&rows, 0) })
+            .collect();
+        Cached { features, decoded }
     }
-    let features = rows_per_backbone
-        .into_iter()
-        .zip(backbones)
-        .map(|(rows, b)| if rows.is_empty() { Tensor::zeros([0, b.spec.feature_dim], (Kind::Float, Device::Cpu)) } else { Tensor::cat(&rows, 0) })
-        .collect();
-    Ok(Cached { features, decoded })
+}
+
+/// The files of a set of examples as read, and their SHA-256: the cache's keys.
+struct Contents<'e> {
+    examples: &'e [Example],
+    /// Empty for a file that cannot be read.
+    bytes: Vec<Vec<u8>>,
+    hashes: Vec<Vec<u8>>,
+}
+
+impl<'e> Contents<'e> {
+    fn read(examples: &'e [Example]) -> Contents<'e> {
+        let bytes: Vec<Vec<u8>> = examples.iter().map(|e| std::fs::read(&e.path).unwrap_or_default()).collect();
+        let hashes = bytes.iter().map(|c| Sha256::digest(c).to_vec()).collect();
+        Contents { examples, bytes, hashes }
+    }
+}
+
+/// The rows cached in the folder of one view.
+struct CacheFolder {
+    path: PathBuf,
+    /// The tensors of each file: `features<backbone>`, `hashes` and `decoded`, a row per image.
+    files: Vec<HashMap<String, Tensor>>,
+    /// Every cached row, by content hash: (file, row).
+    known: HashMap<Vec<u8>, (usize, i64)>,
+}
+
+impl CacheFolder {
+    /// Reads the folder's files in name order.
+    fn read(path: PathBuf) -> anyhow::Result<CacheFolder> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)?.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+        entries.sort();
+        let mut folder = CacheFolder { path, files: Vec::new(), known: HashMap::new() };
+        for entry in entries {
+            // A damaged cache file is only a cache miss.
+            let Ok(tensors) = Tensor::read_safetensors(&entry) else { continue };
+            let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+            let Some(hashes) = map.get("hashes") else { continue };
+            let hashes = Vec::<u8>::try_from(hashes.flatten(0, -1)).unwrap_or_default();
+            folder.push(hashes.chunks(32), map);
+        }
+        Ok(folder)
+    }
+
+    /// The indices of the `hashes` the folder lacks, each content once.
+    fn missing(&self, hashes: &[Vec<u8>]) -> Vec<usize> {
+        let mut missing: Vec<usize> = Vec::new();
+        for (index, hash) in hashes.iter().enumerate() {
+            if !self.known.contains_key(hash) && !missing.iter().any(|&m| hashes[m] == *hash) {
+                missing.push(index);
+            }
+        }
+        missing
+    }
+
+    /// Saves the rows [`FeatureCache::compute`] made of the images `chunk` picks from `contents`
+    /// as one file, named by their hashes, and adds them.
+    fn add(&mut self, contents: &Contents, chunk: &[usize], mut named: Vec<(String, Tensor)>, decoded: Vec<u8>) -> anyhow::Result<()> {
+        let chunk_hashes: Vec<u8> = chunk.iter().flat_map(|&i| contents.hashes[i].clone()).collect();
+        named.push(("hashes".into(), Tensor::from_slice(&chunk_hashes).view([chunk.len() as i64, 32])));
+        named.push(("decoded".into(), Tensor::from_slice(&decoded)));
+        let file = self.path.join(format!("{}.safetensors", hex::encode(&Sha256::digest(&chunk_hashes)[..10])));
+        replace_atomically(&file, |partial| Ok(Tensor::write_safetensors(&named, partial)?))?;
+        self.push(chunk.iter().map(|&i| contents.hashes[i].as_slice()), named.into_iter().collect());
+        Ok(())
+    }
+
+    /// Adds a file's tensors, whose rows are the images of `hashes`, in order.
+    fn push<'h>(&mut self, hashes: impl Iterator<Item = &'h [u8]>, tensors: HashMap<String, Tensor>) {
+        for (row, hash) in hashes.enumerate() {
+            self.known.insert(hash.to_vec(), (self.files.len(), row as i64));
+        }
+        self.files.push(tensors);
+    }
 }
 
 /// The positive of each training example: `dir/<category>/<file name>` where it exists, else
@@ -250,6 +394,37 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
     // The heads' initial weights and dropout masks follow the seed too: the same run twice gives
     // the same heads.
     tch::manual_seed(options.seed as i64);
+    let (split, extra_images) = training_split(options)?;
+    std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
+    let info = HeadsInfo { profile, classes: split.classes.clone(), backbones: backbones.iter().map(|b| b.spec.id.to_string()).collect() };
+    tracing::info!(train = split.train.len(), val = split.val.len(), classes = split.classes.len(), "training set");
+
+    // 1. Features, once per image and view.
+    let features = extract_features(backbones, &split, options)?;
+
+    // 2. Heads, resumed when a previous run of the same set-up stopped early.
+    let device = backbones.first().map_or(Device::Cpu, |b| b.device);
+    let (mut heads, mut state) = start_heads(backbones, &info, &features.train_views[0], device, options)?;
+    let data = HeadsData::new(&features, &split, device, options);
+    train_heads(&heads, &data, &mut state, backbones, options)?;
+    fine_tune_backbones(backbones, &mut heads, &split, &mut state, options)?;
+    write_outputs(&options.out, &info, &state.history)?;
+    let images = (split.train.len(), split.val.len());
+    Ok(TrainReport {
+        classes: split.classes,
+        images,
+        extra_images,
+        history: state.history,
+        skipped: features.skipped,
+        not_images: split.not_images,
+        extraction_seconds: features.seconds,
+        out: options.out.clone(),
+    })
+}
+
+/// The training and validation images of `options.data`, the training ones with those of
+/// `extra_train` added (and how many these are), checked to be enough to train on.
+fn training_split(options: &TrainOptions) -> anyhow::Result<(data::Split, usize)> {
     let mut split = data::split(&options.data, options.seed)?;
     let mut extra_images = 0;
     if let Some(dir) = &options.extra_train {
@@ -259,96 +434,148 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
     }
     anyhow::ensure!(split.classes.len() >= 2, "training needs at least two categories in {}", options.data.display());
     anyhow::ensure!(!split.train.is_empty() && !split.val.is_empty(), "{} has too few images for a training and a validation set", options.data.display());
-    std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
-    let cache = options.cache.clone();
-    let info = HeadsInfo { profile, classes: split.classes.clone(), backbones: backbones.iter().map(|b| b.spec.id.to_string()).collect() };
-    tracing::info!(train = split.train.len(), val = split.val.len(), classes = split.classes.len(), "training set");
+    Ok((split, extra_images))
+}
 
-    // 1. Features, once per image and view.
+/// The backbone features of a training run's images.
+struct Extracted {
+    /// The training images under each view: the plain one, the augmented ones, then the
+    /// positives.
+    train_views: Vec<Cached>,
+    val: Cached,
+    /// Which of `train_views` holds the positives.
+    positive_view: Option<usize>,
+    skipped: Vec<(PathBuf, String)>,
+    seconds: f64,
+}
+
+/// Step 1: the backbone features of every training image under each of its views and of every
+/// validation image, from the cache where it has them.
+fn extract_features(backbones: &[Backbone], split: &data::Split, options: &TrainOptions) -> anyhow::Result<Extracted> {
     let started = Instant::now();
     let positives = options.positives.as_deref().map(|dir| positive_examples(dir, &split.train)).transpose()?;
     anyhow::ensure!(positives.is_none() || options.metric_weight > 0.0, "--positives pairs images for the metric loss: give --metric-weight above 0 too");
     let views = 1 + options.augmented_views + usize::from(positives.is_some());
     let total = (split.train.len() * views + split.val.len()) as u64;
     let progress = crate::progress::bar(total, "features {bar:30} {pos}/{len} images, {per_sec}, eta {eta}");
-    let mut skipped = Vec::new();
+    let mut cache = FeatureCache { backbones, root: &options.cache, seed: options.seed, limits: options.limits, progress, skipped: Vec::new() };
     let mut train_views = Vec::new();
     for view in 0..1 + options.augmented_views {
-        train_views.push(cached_features(backbones, &split.train, view, &cache, options, &progress, &mut skipped)?);
+        train_views.push(cache.features(&split.train, view)?);
     }
     // The positives come last, as they are (no augmentation).
     if let Some(positives) = &positives {
-        train_views.push(cached_features(backbones, positives, 0, &cache, options, &progress, &mut skipped)?);
+        train_views.push(cache.features(positives, 0)?);
     }
-    let val = cached_features(backbones, &split.val, 0, &cache, options, &progress, &mut skipped)?;
-    progress.finish_and_clear();
-    let extraction_seconds = started.elapsed().as_secs_f64();
+    let val = cache.features(&split.val, 0)?;
+    cache.progress.finish_and_clear();
+    Ok(Extracted { train_views, val, positive_view: positives.is_some().then_some(views - 1), skipped: cache.skipped, seconds: started.elapsed().as_secs_f64() })
+}
 
-    let usable = |decoded: &[bool]| -> Vec<i64> { decoded.iter().enumerate().filter(|(_, ok)| **ok).map(|(i, _)| i as i64).collect() };
-    let train_rows = usable(&train_views[0].decoded);
-    let val_rows = Tensor::from_slice(&usable(&val.decoded));
-    let train_labels: Vec<i64> = split.train.iter().map(|e| e.class as i64).collect();
-    let val_labels = Tensor::from_slice(&split.val.iter().map(|e| e.class as i64).collect::<Vec<_>>()).index_select(0, &val_rows);
-
-    // 2. Heads, resumed when a previous run of the same set-up stopped early.
-    let device = backbones.first().map_or(Device::Cpu, |b| b.device);
-    let mut heads: Vec<Head> = backbones.iter().map(|b| Head::new(b.spec.feature_dim, split.classes.len() as i64, device)).collect();
-    let state_path = options.out.join("train_state.json");
-    let mut state = match std::fs::read_to_string(&state_path).ok().and_then(|t| serde_json::from_str::<TrainState>(&t).ok()) {
-        Some(previous) if previous.info == info => {
-            for (head, backbone) in heads.iter_mut().zip(backbones.iter()) {
-                head.vars.load(options.out.join(format!("{}.last.safetensors", backbone.spec.id)))?;
+/// Step 2: one head per backbone, on `device`. When `options.out` holds the state of a run of
+/// the same set-up, its heads' last weights and that state, to go on from; else new heads,
+/// standardised on the `plain` training features, and a new state.
+fn start_heads(backbones: &[Backbone], info: &HeadsInfo, plain: &Cached, device: Device, options: &TrainOptions) -> anyhow::Result<(Vec<Head>, TrainState)> {
+    let mut heads: Vec<Head> = backbones.iter().map(|b| Head::new(b.spec.feature_dim, info.classes.len() as i64, device)).collect();
+    let state = match TrainState::read(&options.out, options.patience) {
+        Some(previous) if previous.info == *info => {
+            for (head, backbone) in heads.iter_mut().zip(backbones) {
+                head.vars.load(last_head_path(&options.out, backbone.spec.id))?;
             }
             eprintln!("resuming after epoch {}", previous.epochs_done);
             previous
         }
         _ => {
-            for (head, plain) in heads.iter_mut().zip(&train_views[0].features) {
-                head.fit_standardisation(&plain.index_select(0, &Tensor::from_slice(&train_rows)).to_device(device));
+            let rows = Tensor::from_slice(&plain.usable_rows());
+            for (head, features) in heads.iter_mut().zip(&plain.features) {
+                head.fit_standardisation(&features.index_select(0, &rows).to_device(device));
             }
-            TrainState { info: info.clone(), epochs_done: 0, best_val_loss: vec![f64::INFINITY; heads.len()], stale_epochs: vec![0; heads.len()], history: Vec::new() }
+            TrainState::new(info.clone(), heads.len(), options.patience)
         }
     };
-    let mut optimizers = heads.iter().map(|h| h.optimizer(options.learning_rate)).collect::<anyhow::Result<Vec<_>>>()?;
-    let stacked: Vec<Tensor> = (0..backbones.len()).map(|b| Tensor::stack(&train_views.iter().map(|v| v.features[b].shallow_clone()).collect::<Vec<_>>(), 0).to_device(device)).collect();
-    let val_features: Vec<Tensor> = val.features.iter().map(|f| f.index_select(0, &val_rows).to_device(device)).collect();
-    let val_labels = val_labels.to_device(device);
+    Ok((heads, state))
+}
 
-    let usable_labels: Vec<i64> = train_rows.iter().map(|&row| train_labels[row as usize]).collect();
-    let class_weights = balanced_class_weights(&usable_labels, split.classes.len()).filter(|_| options.balance_classes).map(|w| Tensor::from_slice(&w).to_device(device));
-    if let Some(weights) = &class_weights {
-        tracing::info!(weights = ?Vec::<f32>::try_from(weights.to_device(Device::Cpu)).unwrap_or_default(), "categories are uneven: the loss weighs each alike");
-    }
-    let progress = crate::progress::bar(options.epochs as u64, "epochs {bar:30} {pos}/{len}, eta {eta} {msg}");
-    progress.set_position(state.epochs_done as u64);
-    for epoch in state.epochs_done + 1..=options.epochs {
-        if state.stale_epochs.iter().all(|stale| *stale >= options.patience) {
-            break;
+/// A head's weights after its latest epoch, which a resumed run starts from.
+fn last_head_path(out: &Path, backbone: &str) -> PathBuf {
+    out.join(format!("{backbone}.last.safetensors"))
+}
+
+/// What every epoch of the heads reads, on their device.
+struct HeadsData {
+    /// Backbone b's training features under every view: (views, N, D).
+    stacked: Vec<Tensor>,
+    /// The training examples that decoded, and every training example's class.
+    train_rows: Vec<i64>,
+    train_labels: Vec<i64>,
+    /// Per backbone, the features of the validation images that decoded; and their classes.
+    val_features: Vec<Tensor>,
+    val_labels: Tensor,
+    views: usize,
+    positive_view: Option<usize>,
+    class_weights: Option<Tensor>,
+}
+
+impl HeadsData {
+    fn new(features: &Extracted, split: &data::Split, device: Device, options: &TrainOptions) -> HeadsData {
+        let train_rows = features.train_views[0].usable_rows();
+        let train_labels: Vec<i64> = split.train.iter().map(|e| e.class as i64).collect();
+        let val_rows = Tensor::from_slice(&features.val.usable_rows());
+        let val_labels = Tensor::from_slice(&split.val.iter().map(|e| e.class as i64).collect::<Vec<_>>()).index_select(0, &val_rows);
+        let views = &features.train_views;
+        let stacked: Vec<Tensor> = (0..views[0].features.len()).map(|b| Tensor::stack(&views.iter().map(|v| v.features[b].shallow_clone()).collect::<Vec<_>>(), 0).to_device(device)).collect();
+        let val_features: Vec<Tensor> = features.val.features.iter().map(|f| f.index_select(0, &val_rows).to_device(device)).collect();
+        let val_labels = val_labels.to_device(device);
+
+        let usable_labels: Vec<i64> = train_rows.iter().map(|&row| train_labels[row as usize]).collect();
+        let class_weights = balanced_class_weights(&usable_labels, split.classes.len()).filter(|_| options.balance_classes).map(|w| Tensor::from_slice(&w).to_device(device));
+        if let Some(weights) = &class_weights {
+            tracing::info!(weights = ?Vec::<f32>::try_from(weights.to_device(Device::Cpu)).unwrap_or_default(), "categories are uneven: the loss weighs each alike");
         }
-        let epoch_started = Instant::now();
-        let active: Vec<bool> = state.stale_epochs.iter().map(|stale| *stale < options.patience).collect();
-        let batches = EpochBatches {
-            rows: &train_rows,
-            labels: &train_labels,
-            views,
+        HeadsData { stacked, train_rows, train_labels, val_features, val_labels, views: views.len(), positive_view: features.positive_view, class_weights }
+    }
+
+    /// How epoch `epoch` visits the training examples.
+    fn batches(&self, epoch: usize, options: &TrainOptions) -> EpochBatches<'_> {
+        EpochBatches {
+            rows: &self.train_rows,
+            labels: &self.train_labels,
+            views: self.views,
             batch_size: options.batch_size,
             seed: options.seed.wrapping_add(epoch as u64),
             metric_weight: options.metric_weight,
-            positive_view: positives.is_some().then_some(views - 1),
-            class_weights: class_weights.as_ref(),
-        };
-        let totals = train_epoch(&heads, &mut optimizers, &stacked, &active, &batches);
+            positive_view: self.positive_view,
+            class_weights: self.class_weights.as_ref(),
+        }
+    }
+
+    /// The validation loss and accuracy of `head`, that of backbone `index`.
+    fn validate(&self, head: &Head, index: usize) -> (f64, f64) {
+        tch::no_grad(|| {
+            let logits = head.forward_t(&self.val_features[index], false);
+            let accuracy = logits.argmax(-1, false).eq_tensor(&self.val_labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+            (logits.cross_entropy_for_logits(&self.val_labels).double_value(&[]), accuracy)
+        })
+    }
+}
+
+/// The heads' epochs, from where `state` left off: each trains and validates the heads that have
+/// not stopped, checkpoints each one's best and last weights, and saves the state.
+fn train_heads(heads: &[Head], data: &HeadsData, state: &mut TrainState, backbones: &[Backbone], options: &TrainOptions) -> anyhow::Result<()> {
+    let mut optimizers = heads.iter().map(|h| h.optimizer(options.learning_rate)).collect::<anyhow::Result<Vec<_>>>()?;
+    let progress = crate::progress::bar(options.epochs as u64, "epochs {bar:30} {pos}/{len}, eta {eta} {msg}");
+    progress.set_position(state.epochs_done as u64);
+    for epoch in state.epochs_done + 1..=options.epochs {
+        if state.stopping.all_stopped() {
+            break;
+        }
+        let epoch_started = Instant::now();
+        let active = state.stopping.active();
+        let totals = train_epoch(heads, &mut optimizers, &data.stacked, &active, &data.batches(epoch, options));
         let seconds = epoch_started.elapsed().as_secs_f64();
         let mut summary = Vec::new();
-        for (index, head) in heads.iter().enumerate() {
-            if state.stale_epochs[index] >= options.patience {
-                continue;
-            }
-            let (val_loss, val_accuracy) = tch::no_grad(|| {
-                let logits = head.forward_t(&val_features[index], false);
-                let accuracy = logits.argmax(-1, false).eq_tensor(&val_labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-                (logits.cross_entropy_for_logits(&val_labels).double_value(&[]), accuracy)
-            });
+        for (index, head) in heads.iter().enumerate().filter(|(index, _)| active[*index]) {
+            let (val_loss, val_accuracy) = data.validate(head, index);
             let id = backbones[index].spec.id;
             let (loss_sum, correct, seen) = totals[index];
             state.history.push(EpochRecord {
@@ -361,35 +588,40 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
                 seconds,
                 phase: "heads".into(),
             });
-            if val_loss < state.best_val_loss[index] {
-                state.best_val_loss[index] = val_loss;
-                state.stale_epochs[index] = 0;
+            if state.stopping.improved(index, val_loss) {
                 head.save_atomically(&heads::head_path(&options.out, id))?;
-            } else {
-                state.stale_epochs[index] += 1;
             }
-            head.save_atomically(&options.out.join(format!("{id}.last.safetensors")))?;
+            head.save_atomically(&last_head_path(&options.out, id))?;
             summary.push(format!("{id} val {:.1}%", 100.0 * val_accuracy));
         }
         state.epochs_done = epoch;
-        write_atomically(&state_path, &serde_json::to_vec_pretty(&state)?)?;
+        state.save(&options.out)?;
         progress.set_message(summary.join(", "));
         progress.inc(1);
     }
     progress.finish_and_clear();
-    if options.fine_tune_layers > 0 && !state.history.iter().any(|r| r.phase == "fine-tune") {
-        for (index, (backbone, head)) in backbones.iter_mut().zip(heads.iter_mut()).enumerate() {
-            head.vars.load(heads::head_path(&options.out, backbone.spec.id))?;
-            let records = fine_tune(backbone, head, &split, state.best_val_loss[index], state.epochs_done, options)?;
-            state.history.extend(records);
-        }
-        write_atomically(&state_path, &serde_json::to_vec_pretty(&state)?)?;
+    Ok(())
+}
+
+/// With `fine_tune_layers`, [`fine_tune`]s each backbone with its best head once the heads are
+/// trained; a resumed run whose history has fine-tune epochs does not fine-tune again.
+fn fine_tune_backbones(backbones: &mut [Backbone], heads: &mut [Head], split: &data::Split, state: &mut TrainState, options: &TrainOptions) -> anyhow::Result<()> {
+    if options.fine_tune_layers == 0 || state.history.iter().any(|r| r.phase == "fine-tune") {
+        return Ok(());
     }
-    write_atomically(&heads::info_path(&options.out), &serde_json::to_vec_pretty(&info)?)?;
-    write_atomically(&options.out.join("history.csv"), history_csv(&state.history).as_bytes())?;
-    crate::plot::training_curves(&options.out.join("training.png"), &state.history)?;
-    let images = (split.train.len(), split.val.len());
-    Ok(TrainReport { classes: split.classes, images, extra_images, history: state.history, skipped, not_images: split.not_images, extraction_seconds, out: options.out.clone() })
+    for (index, (backbone, head)) in backbones.iter_mut().zip(heads.iter_mut()).enumerate() {
+        head.vars.load(heads::head_path(&options.out, backbone.spec.id))?;
+        let records = fine_tune(backbone, head, split, state.stopping.best_val_loss[index], state.epochs_done, options)?;
+        state.history.extend(records);
+    }
+    state.save(&options.out)
+}
+
+/// What a run leaves in `out` beside the heads: their info, history.csv and training.png.
+fn write_outputs(out: &Path, info: &HeadsInfo, history: &[EpochRecord]) -> anyhow::Result<()> {
+    write_atomically(&heads::info_path(out), &serde_json::to_vec_pretty(info)?)?;
+    write_atomically(&out.join("history.csv"), history_csv(history).as_bytes())?;
+    crate::plot::training_curves(&out.join("training.png"), history)
 }
 
 /// Temperature of the metric loss's softmax over cosine similarities.
@@ -638,6 +870,51 @@ mod tests {
         let plain = logits.cross_entropy_for_logits(&labels).double_value(&[]);
         let weighted = logits.log_softmax(-1, Kind::Float).g_nll_loss(&labels, Some(Tensor::from_slice(&weights)), tch::Reduction::Mean, -100).double_value(&[]);
         assert!(weighted > plain + 0.5, "{weighted} vs {plain}");
+    }
+
+    #[test]
+    fn the_training_state_keeps_its_file_format() {
+        // train_state.json as runs wrote it before early stopping had a type of its own.
+        let saved = r#"{
+  "info": {
+    "profile": "kit",
+    "classes": [
+      "cat",
+      "dog"
+    ],
+    "backbones": [
+      "a"
+    ]
+  },
+  "epochs_done": 3,
+  "best_val_loss": [
+    0.25
+  ],
+  "stale_epochs": [
+    1
+  ],
+  "history": []
+}"#;
+        let scratch = tempfile::tempdir().unwrap();
+        std::fs::write(TrainState::path(scratch.path()), saved).unwrap();
+        let state = TrainState::read(scratch.path(), 2).unwrap();
+        assert_eq!((state.epochs_done, &state.stopping.best_val_loss, &state.stopping.stale_epochs, state.stopping.patience), (3, &vec![0.25], &vec![1], 2));
+        state.save(scratch.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(TrainState::path(scratch.path())).unwrap(), saved);
+    }
+
+    #[test]
+    fn a_head_stops_after_patience_epochs_without_improving() {
+        let mut stopping = EarlyStopping::new(2, 2);
+        assert!(stopping.improved(0, 1.0) && stopping.improved(1, 1.0));
+        assert!(!stopping.improved(0, 1.0), "no better than its best");
+        assert!(stopping.improved(1, 0.5));
+        assert_eq!(stopping.active(), [true, true]);
+        assert!(!stopping.improved(0, 2.0));
+        assert_eq!(stopping.active(), [false, true]);
+        assert!(!stopping.improved(1, 0.6) && !stopping.improved(1, 0.5));
+        assert!(stopping.all_stopped());
+        assert_eq!(stopping.best_val_loss, [1.0, 0.5]);
     }
 
     #[test]
