@@ -1,6 +1,11 @@
 //! Running the bot in production, end to end against the fake Discord: `/metrics` moving with a
 //! search, `/readyz` flipping to ready, gateway shards split between processes, and the real
 //! binary stopped by SIGTERM in the middle of a search.
+//!
+//! A binary of its own, not a module of `tests/it`: the metrics are process-wide
+//! (`lookalike::metrics::METRICS`), and the first test checks that one search moves each count
+//! by exactly one and that the index gauges hold this test's catalogue; any other search or
+//! index in the process would move them too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,11 +13,8 @@ use std::time::{Duration, Instant};
 use lookalike::ops::Health;
 
 mod common;
+use common::fake_discord::{callback_of, command_interaction, is_reply_to, member, slash_search, FakeDiscord, Invocation};
 use common::{write_catalogue, World};
-
-#[path = "common/fake_discord.rs"]
-mod fake_discord;
-use fake_discord::{callback_of, command_interaction, is_reply_to, member, slash_search, FakeDiscord, Invocation};
 
 const WAIT: Duration = Duration::from_secs(120);
 const GUILD: &str = "900000000000000002";

@@ -4,7 +4,7 @@
 //! served), and a websocket gateway speaking Hello, Identify/Resume, READY, heartbeat ACK and
 //! then the events a test dispatches. Payloads follow Discord's documented shapes, with every
 //! field real Discord sends (serenity drops events that lack one).
-// Shared by several test binaries, each using some of it.
+// Shared by the tests in tests/it and tests/ops.rs, each using some of it.
 #![allow(dead_code)]
 
 use std::collections::HashMap;

@@ -1,8 +1,13 @@
-//! Helpers shared by the integration tests: a tiny catalogue anyone can classify, and heads
-//! trained on it with the offline kit's real backbones.
+//! Helpers shared by the integration tests: a tiny catalogue anyone can classify, heads
+//! trained on it with the offline kit's real backbones, the lock heavy tests take, and the fake
+//! Discord with the scenario steps run against it.
 #![allow(dead_code)]
 
+pub mod fake_discord;
+pub mod scenario;
+
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use lookalike::config::Config;
 
@@ -10,6 +15,22 @@ use lookalike::config::Profile;
 use lookalike::imaging::ImageLimits;
 use lookalike::vision::train::{train, TrainOptions};
 use lookalike::vision::{self, Backbone};
+
+/// Held for its whole run by every test in `tests/it` that runs libtorch models in its process
+/// (training, the kit's backbones, MiniLM), or the server and child processes it times: those
+/// tests run one at a time while the light ones (`cli`) go on beside them. The tests of one
+/// binary run in parallel threads; on 2 cores two heavy ones at once thrash libtorch's threads
+/// and stretch what some compare or wait for (the cached second training run must be faster,
+/// kills land at moments taken from a timed run, the bot's answers have deadlines), and the
+/// PostgreSQL tests, alone in their binary before, would share the cores with the backbones.
+/// It also keeps libtorch's process-wide random generator, which training seeds, to one test
+/// at a time. Take it before any other lock (the PostgreSQL tests' `SERVER`).
+static HEAVY: Mutex<()> = Mutex::new(());
+
+/// Takes [`HEAVY`]; a test that failed while holding it does not stop the others.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// One image of two categories anyone can tell apart: warm blobs and cool stripes; `variant`
 /// jitters it, so every variant is a different file.

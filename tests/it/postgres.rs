@@ -16,12 +16,14 @@ use lookalike::index::postgres::{Postgres, Settings};
 use lookalike::index::{Backend, EmbeddingKey, IndexError, Page, ReindexError, ReindexJob, Scope, SearchMethod, SearchParams};
 use lookalike::rng::Rng;
 
-mod common;
+use crate::common::{self, heavy};
 
 const DIM: usize = 48;
 const CATEGORIES: [&str; 3] = ["bags", "coats", "shoes"];
 
-/// The tests share one server: one at a time (one of them restarts it).
+/// The tests share one server: one at a time (one of them restarts it). Taken after
+/// [`heavy`], which they hold too: they time re-indexes and kill them at moments taken from a
+/// timed run, as they did alone in their own binary.
 static SERVER: Mutex<()> = Mutex::new(());
 
 /// (primary URL, replica URL, pg_ctl command) from `tests/postgres/with-server`.
@@ -31,7 +33,7 @@ fn server() -> Option<(String, String, String)> {
         (Some(url), Some(read), Some(ctl)) => Some((url, read, ctl)),
         _ => {
             assert!(std::env::var_os("LOOKALIKE_REQUIRE_POSTGRES").is_none(), "LOOKALIKE_REQUIRE_POSTGRES is set but no server is: run under tests/postgres/with-server");
-            eprintln!("SKIPPED: no PostgreSQL server; run `tests/postgres/with-server cargo test --test postgres` (make test does)");
+            eprintln!("SKIPPED: no PostgreSQL server; run `tests/postgres/with-server cargo test --test it postgres::` (make test does)");
             None
         }
     }
@@ -55,18 +57,20 @@ struct Fixture {
     scratch: tempfile::TempDir,
     catalogue: PathBuf,
     _server: std::sync::MutexGuard<'static, ()>,
+    _heavy: std::sync::MutexGuard<'static, ()>,
 }
 
 /// A fresh database `name` and a catalogue of `per_category` files a category; `None` (the test
 /// skips, saying so) without a server.
 fn fixture(name: &str, per_category: u64) -> Option<Fixture> {
     let (url, read_url, ctl) = server()?;
+    let heavy = heavy();
     let server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
     let url = database(&url, name);
     let scratch = tempfile::tempdir().unwrap();
     let catalogue = scratch.path().join("catalogue");
     write_catalogue(&catalogue, per_category, 0);
-    Some(Fixture { url, read_url: with_database(&read_url, name), ctl, scratch, catalogue, _server: server })
+    Some(Fixture { url, read_url: with_database(&read_url, name), ctl, scratch, catalogue, _server: server, _heavy: heavy })
 }
 
 /// The backend on `url`, every category searched exactly.
@@ -213,7 +217,8 @@ fn the_same_hits_as_the_embedded_index_and_hnsw_for_large_categories() {
     assert!(same as f64 / total as f64 >= 0.95, "HNSW recall@5 {same}/{total}");
 }
 
-/// Run by the tests below in a process of its own (the test binary, started again).
+/// Run by the tests below in a process of its own (the test binary, started again, running
+/// only this: `postgres::helper_process`, its name in `tests/it`).
 #[test]
 #[ignore = "a helper process of the tests in this file"]
 fn helper_process() {
@@ -247,7 +252,7 @@ fn helper_process() {
 
 fn helper(role: &str, env: &[(&str, String)]) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
-    command.args(["--exact", "helper_process", "--ignored", "--nocapture", "--test-threads", "1"]).env("HELPER_ROLE", role).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.args(["--exact", "postgres::helper_process", "--ignored", "--nocapture", "--test-threads", "1"]).env("HELPER_ROLE", role).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (name, value) in env {
         command.env(name, value);
     }

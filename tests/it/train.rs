@@ -9,11 +9,11 @@ use lookalike::vision::ensemble::{Ensemble, HeadsInfo};
 use lookalike::vision::train::{train, TrainOptions};
 use tch::Device;
 
-mod common;
-use common::{kit_backbones, train_options, write_catalogue};
+use crate::common::{heavy, kit_backbones, train_options, write_catalogue};
 
 #[test]
 fn train_resume_vote_and_eval() {
+    let _heavy = heavy();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let scratch = tempfile::tempdir().unwrap();
     let (data, out) = (scratch.path().join("data"), scratch.path().join("heads"));

@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 use lookalike::index::Index;
 use lookalike::search::{Query, SearchError, SearchService};
 
-mod common;
-use common::{picture, write_catalogue, World};
-
-use common::png;
+use crate::common::{self, heavy, picture, png, write_catalogue, World};
 
 #[test]
 fn search_service_end_to_end() {
+    let _heavy = heavy();
     let world = World::new(8);
     std::fs::copy(world.catalogue.join("warm/01.png"), world.catalogue.join("warm/01-copy.png")).unwrap();
     std::fs::write(world.catalogue.join("cool/broken.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
@@ -121,6 +119,7 @@ fn search_service_end_to_end() {
 /// per category.
 #[test]
 fn retrieval_eval_finds_other_pictures_of_the_same_items() {
+    let _heavy = heavy();
     let world = World::new(6);
     let dir = world.root.join("pairs");
     let marks = [([0, 0, 0], 4, 4), ([255, 255, 0], 44, 4), ([0, 200, 0], 4, 44), ([255, 0, 255], 44, 44), ([120, 60, 0], 24, 4), ([255, 255, 255], 24, 44)];
@@ -141,7 +140,7 @@ fn retrieval_eval_finds_other_pictures_of_the_same_items() {
             image::load_from_memory(&jpeg).unwrap().to_rgb8().save(dir.join("queries").join(class).join(&name)).unwrap();
         }
     }
-    // The tiny heads never saw the marks: their vote on them (checked in tests/train.rs) is
+    // The tiny heads never saw the marks: their vote on them (checked in tests/it/train.rs) is
     // often sure and wrong, and their vectors change from one training run to the next (3 runs
     // in 9 here missed R@1 0.75 with the default gate and combined vectors). Every category is
     // searched, by the backbones' pooled vectors alone: the report is measured on fixed vectors.
@@ -158,6 +157,7 @@ fn retrieval_eval_finds_other_pictures_of_the_same_items() {
 
 #[test]
 fn a_killed_reindex_always_leaves_a_loadable_index() {
+    let _heavy = heavy();
     let world = World::new(6);
     let run = |args: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lookalike"));
@@ -254,6 +254,7 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
 /// ones stay.
 #[test]
 fn a_reindex_swaps_in_new_heads_while_searches_go_on() {
+    let _heavy = heavy();
     let world = World::new(8);
     let config = world.config(&[]);
     let service = Arc::new(SearchService::start(&config).unwrap());
