@@ -7,7 +7,7 @@ pub mod fake_discord;
 pub mod scenario;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use lookalike::config::Config;
 
@@ -16,20 +16,42 @@ use lookalike::imaging::ImageLimits;
 use lookalike::vision::train::{train, TrainOptions};
 use lookalike::vision::{self, Backbone};
 
-/// Held for its whole run by every test in `tests/it` that runs libtorch models in its process
-/// (training, the kit's backbones, MiniLM), or the server and child processes it times: those
-/// tests run one at a time while the light ones (`cli`) go on beside them. The tests of one
-/// binary run in parallel threads; on 2 cores two heavy ones at once thrash libtorch's threads
-/// and stretch what some compare or wait for (the cached second training run must be faster,
-/// kills land at moments taken from a timed run, the bot's answers have deadlines), and the
-/// PostgreSQL tests, alone in their binary before, would share the cores with the backbones.
-/// It also keeps libtorch's process-wide random generator, which training seeds, to one test
-/// at a time. Take it before any other lock (the PostgreSQL tests' `SERVER`).
-static HEAVY: Mutex<()> = Mutex::new(());
+/// Which group of heavy tests runs now, and how many of its tests. Every test in `tests/it`
+/// that runs libtorch models in its process (training, the kit's backbones, MiniLM), or the
+/// server and child processes it times, holds a [`Heavy`] of its module for its whole run. The
+/// tests of one module may run beside each other, as they did when each module was a binary of
+/// its own; the tests of another module wait until none of them is left. So two modules' heavy
+/// tests never meet on 2 cores, where they would thrash libtorch's threads and stretch what
+/// some compare or wait for (the cached second training run must be faster, kills land at
+/// moments taken from a timed run, the bot's answers have deadlines), and the PostgreSQL tests
+/// never share the cores with the backbones. The light `cli` tests take nothing and run beside
+/// any. Take it before any other lock (the PostgreSQL tests' `SERVER`).
+static HEAVY: Mutex<(Option<&'static str>, usize)> = Mutex::new((None, 0));
+static HEAVY_TURN: Condvar = Condvar::new();
 
-/// Takes [`HEAVY`]; a test that failed while holding it does not stop the others.
-pub fn heavy() -> MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// One heavy test's turn; dropping it lets the next module's tests in once its own are done.
+pub struct Heavy(&'static str);
+
+/// Waits until no other module's heavy tests run (`module`: the caller's `module_path!()`). A
+/// test that failed holding its turn does not stop the others.
+pub fn heavy(module: &'static str) -> Heavy {
+    let mut held = HEAVY.lock().unwrap_or_else(PoisonError::into_inner);
+    while held.0.is_some_and(|running| running != module) {
+        held = HEAVY_TURN.wait(held).unwrap_or_else(PoisonError::into_inner);
+    }
+    *held = (Some(module), held.1 + 1);
+    Heavy(module)
+}
+
+impl Drop for Heavy {
+    fn drop(&mut self) {
+        let mut held = HEAVY.lock().unwrap_or_else(PoisonError::into_inner);
+        held.1 -= 1;
+        if held.1 == 0 {
+            held.0 = None;
+            HEAVY_TURN.notify_all();
+        }
+    }
 }
 
 /// One image of two categories anyone can tell apart: warm blobs and cool stripes; `variant`
@@ -91,8 +113,19 @@ pub fn kit_backbones() -> Vec<Backbone> {
     vision::backbones(Profile::Kit).into_iter().map(|s| Backbone::load(s, &models, tch::Device::Cpu).unwrap()).collect()
 }
 
+/// One training at a time in a test process: training seeds libtorch's process-wide random
+/// generator, so two at once draw each other's numbers and may give heads that vote wrongly
+/// (seen once: two `tests/ops.rs` tests training side by side, a warm photo voted cool).
+static TRAINING: Mutex<()> = Mutex::new(());
+
+/// Waits for any other training in this process to finish; train while holding it.
+pub fn one_training() -> MutexGuard<'static, ()> {
+    TRAINING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Heads for warm/cool, trained briefly on `data` into `out`.
 pub fn train_heads(data: &Path, out: &Path, cache: &Path) {
+    let _one = one_training();
     train(&mut kit_backbones(), Profile::Kit, &train_options(data, out, cache)).unwrap();
 }
 

@@ -59,7 +59,7 @@ impl Write for Captured {
 
 #[test]
 fn the_bot_answers_through_a_fake_discord() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt().with_env_filter("lookalike=info").with_ansi(false).with_writer(move || writer.clone()).finish();

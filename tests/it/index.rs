@@ -14,7 +14,7 @@ use crate::common::{self, heavy, picture, png, write_catalogue, World};
 
 #[test]
 fn search_service_end_to_end() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let world = World::new(8);
     std::fs::copy(world.catalogue.join("warm/01.png"), world.catalogue.join("warm/01-copy.png")).unwrap();
     std::fs::write(world.catalogue.join("cool/broken.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
@@ -119,7 +119,7 @@ fn search_service_end_to_end() {
 /// per category.
 #[test]
 fn retrieval_eval_finds_other_pictures_of_the_same_items() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let world = World::new(6);
     let dir = world.root.join("pairs");
     let marks = [([0, 0, 0], 4, 4), ([255, 255, 0], 44, 4), ([0, 200, 0], 4, 44), ([255, 0, 255], 44, 44), ([120, 60, 0], 24, 4), ([255, 255, 255], 24, 44)];
@@ -157,7 +157,7 @@ fn retrieval_eval_finds_other_pictures_of_the_same_items() {
 
 #[test]
 fn a_killed_reindex_always_leaves_a_loadable_index() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let world = World::new(6);
     let run = |args: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lookalike"));
@@ -254,7 +254,7 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
 /// ones stay.
 #[test]
 fn a_reindex_swaps_in_new_heads_while_searches_go_on() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let world = World::new(8);
     let config = world.config(&[]);
     let service = Arc::new(SearchService::start(&config).unwrap());
@@ -266,7 +266,9 @@ fn a_reindex_swaps_in_new_heads_while_searches_go_on() {
     let other = world.root.join("other-heads");
     let mut options = common::train_options(&world.catalogue, &other, &world.root.join("cache"));
     options.seed = 7;
+    let training = common::one_training();
     lookalike::vision::train::train(&mut common::kit_backbones(), lookalike::config::Profile::Kit, &options).unwrap();
+    drop(training);
     let heads = config.models.heads_dir.clone();
     let installed = lookalike::files::heads::head_path(&heads, "squeezenet1_1");
 

@@ -32,7 +32,7 @@ fn reader_of(vocabulary: &Path, methods: &[TextMethod]) -> IntentReader {
 
 #[test]
 fn offline_default_reads_the_labelled_sentences() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let labelled = text::labelled_sentences(&root().join("tests/data/intent_sentences.tsv")).unwrap();
     assert!(labelled.len() >= 80);
     assert!(labelled.iter().filter(|(_, expected, _)| expected.is_none()).count() >= 15);
@@ -58,7 +58,7 @@ fn offline_default_reads_the_labelled_sentences() {
 /// calibrated on the file. Without them the same reader got 83.8 %.
 #[test]
 fn an_operators_own_categories_are_read_without_synonym_lists() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let furniture = root().join("tests/data/furniture");
     let labelled = text::labelled_sentences(&furniture.join("sentences.tsv")).unwrap();
     let combined = text::evaluate(&mut reader_of(&furniture.join("categories.toml"), &[TextMethod::Lexical, TextMethod::Embedding]), &labelled).unwrap();
@@ -76,7 +76,7 @@ fn an_operators_own_categories_are_read_without_synonym_lists() {
 
 #[test]
 fn negation_reaches_the_model_as_a_ruled_out_category() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let mut reader = reader(&[TextMethod::Embedding]);
     let intent = reader.read("not a dress, something like this").unwrap();
     assert_eq!(intent.negated, ["dress"]);
@@ -87,7 +87,7 @@ fn negation_reaches_the_model_as_a_ruled_out_category() {
 
 #[test]
 fn nli_scores_match_the_python_pipeline_for_the_same_tiny_model() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let scratch = tempfile::tempdir().unwrap();
     let labels = ["sneaker", "ankle boot", "dress", "bag"];
     let sentences = ["a shoe like this but for running", "not a dress, a coat like this", "anything like this?"];

@@ -16,7 +16,7 @@ use lookalike::index::postgres::{Postgres, Settings};
 use lookalike::index::{Backend, EmbeddingKey, IndexError, Page, ReindexError, ReindexJob, Scope, SearchMethod, SearchParams};
 use lookalike::rng::Rng;
 
-use crate::common::{self, heavy};
+use crate::common::{self, heavy, Heavy};
 
 const DIM: usize = 48;
 const CATEGORIES: [&str; 3] = ["bags", "coats", "shoes"];
@@ -57,14 +57,14 @@ struct Fixture {
     scratch: tempfile::TempDir,
     catalogue: PathBuf,
     _server: std::sync::MutexGuard<'static, ()>,
-    _heavy: std::sync::MutexGuard<'static, ()>,
+    _heavy: Heavy,
 }
 
 /// A fresh database `name` and a catalogue of `per_category` files a category; `None` (the test
 /// skips, saying so) without a server.
 fn fixture(name: &str, per_category: u64) -> Option<Fixture> {
     let (url, read_url, ctl) = server()?;
-    let heavy = heavy();
+    let heavy = heavy(module_path!());
     let server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
     let url = database(&url, name);
     let scratch = tempfile::tempdir().unwrap();

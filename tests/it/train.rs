@@ -13,7 +13,7 @@ use crate::common::{heavy, kit_backbones, train_options, write_catalogue};
 
 #[test]
 fn train_resume_vote_and_eval() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let scratch = tempfile::tempdir().unwrap();
     let (data, out) = (scratch.path().join("data"), scratch.path().join("heads"));

@@ -28,7 +28,7 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
 
 #[test]
 fn chapter_backbones_match_torchvision_for_the_same_weights() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let scratch = tempfile::tempdir().unwrap();
     let status = Command::new("python3").arg(root().join("tests/data/torchvision_reference.py")).arg(scratch.path()).status().unwrap();
     assert!(status.success(), "the torchvision reference failed (make setup installs torchvision 0.19)");
@@ -46,7 +46,7 @@ fn chapter_backbones_match_torchvision_for_the_same_weights() {
 
 #[test]
 fn nsfwjs_inception_matches_tensorflow_js_at_mixed5() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let scratch = tempfile::tempdir().unwrap();
     let tgz = root().join("models/cache/nsfwjs-4.4.0.tgz");
     let untar = Command::new("tar").arg("xzf").arg(&tgz).arg("-C").arg(scratch.path()).arg("package/dist/models/inception_v3").status().unwrap();
@@ -79,7 +79,7 @@ fn top5(backbone: &Backbone, photo: &Path) -> Vec<i64> {
 
 #[test]
 fn kit_backbones_recognise_real_photos() {
-    let _heavy = heavy();
+    let _heavy = heavy(module_path!());
     let classes: Vec<String> = std::fs::read_to_string(root().join("models/kit/imagenet_classes.txt")).unwrap().lines().map(str::to_string).collect();
     // ImageNet indices: tabby 281, tiger cat 282, Egyptian cat 285; espresso 967, cup 968,
     // coffee mug 504; missile 657, projectile 744, space shuttle 812.
