@@ -1,4 +1,4 @@
-//! What `lookalike search`, the demo and the retrieval report show of a search: its outcome as
+//! What `lookalike search` and the demo show of a search (the bench times it): its outcome as
 //! text, and a contact-sheet row of the query with its hits.
 
 use image::RgbImage;
