@@ -22,7 +22,7 @@
 //! | [`config`] | typed config from `config/lookalike.toml` + `LOOKALIKE__SECTION__KEY` overrides, validated at start-up with errors that name the key; every section, `serve` included; the token only from `DISCORD_TOKEN` or the file `DISCORD_TOKEN_FILE` names | the rest |
 //! | [`files`]  | files written whole or not at all (temporary file, flush, rename); the heads folder's layout | the rest |
 //! | [`progress`] | progress bars on a terminal, periodic progress lines elsewhere | the rest |
-//! | [`rng`]    | the one seeded random generator: shuffles, augmentation, test and benchmark vectors | the rest |
+//! | [`rng`]    | the project's own seeded random generator: shuffles, augmentation, the vectors tests and benchmarks make in Rust (libtorch seeds its own) | the rest |
 //! | [`metrics`] | the process's Prometheus metrics (searches by outcome and [`metrics::Entry`], stage histograms, batch sizes, index generation and items, re-indexes, gateway shards), recorded where things happen | the rest |
 //! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out; a panicking job fails only its caller | the rest |
 //! | [`imaging`] | image bytes to pixels: decode with limits, EXIF orientation, alpha on white, RGB. No tensors | torch, Discord, `index`, `catalogue`, `search` |
@@ -40,7 +40,7 @@
 //! | [`retrieval`] | `eval --retrieval`: R@1, R@5, vote accuracy and same-category precision@5 of pictures of the same items, through the whole search | Discord |
 //! | [`demo`]   | `lookalike demo`: the Fashion-MNIST catalogue, heads if missing, index, queries, contact sheet | Discord |
 //! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run. It reaches the model thread through two hooks of `SearchService` (`bench_probe`, `pooled_features`) | Discord |
-//! | [`ops`]    | production operation: `/metrics`, `/healthz`, `/readyz` on `serve.metrics_addr`; requests in flight and the drain a graceful shutdown waits for | torch, Discord, `index` |
+//! | [`ops`]    | production operation: `/metrics`, `/healthz`, `/readyz` on `serve.metrics_addr`; requests in flight and the drain a graceful shutdown waits for | torch, Discord |
 //! | [`discord`] | the bot: serenity client (optionally through `discord.api_proxy`); one file per command or interaction, each with its registration; `explain`, which words for users every error a search, a re-index or a catalogue edit returns (a command's own refusals, made before the core is called, are worded where they are made); attachment checks; the bounded store of recent searches; rendering a `SearchOutcome` as embeds | torch |
 //! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it. Train, `eval --data` and `intent` run their models on a model thread of their own; everything that searches goes through `SearchService` | — |
 //!

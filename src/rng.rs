@@ -1,5 +1,6 @@
-//! The one seeded random generator of the project (splitmix64): shuffles, augmentation, metric
-//! loss pairs, and the vectors tests and benchmarks make. The same seed gives the same numbers on
+//! The project's own seeded random generator (splitmix64): shuffles, augmentation, metric loss
+//! pairs, and the vectors tests and benchmarks make in Rust. (libtorch's generator, seeded with
+//! `tch::manual_seed`, draws head weights and the tensors some benchmarks make.) The same seed gives the same numbers on
 //! every machine, so a split, a test matrix or a benchmark's catalogue never changes under us.
 
 /// splitmix64 (Steele, Lea and Flood): one 64-bit state, one add and two multiplies per number.

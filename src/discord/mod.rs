@@ -332,7 +332,7 @@ impl Bot {
                     vision_ms = t.vision_ms,
                     text_ms = t.text_ms,
                     search_ms = t.search_ms,
-                    search_method = %t.search_method,
+                    search_method = t.search_method.as_str(),
                     batch = t.batch,
                     reply_ms = started.elapsed().as_secs_f64() * 1e3,
                     "request"

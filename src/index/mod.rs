@@ -197,13 +197,20 @@ pub enum SearchMethod {
     Hnsw,
 }
 
-impl std::fmt::Display for SearchMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str(match self {
+impl SearchMethod {
+    /// As logs, the CLI and JSON name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             SearchMethod::CodesReranked => "int4 scan + exact re-rank",
             SearchMethod::Exact => "exact",
             SearchMethod::Hnsw => "hnsw",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for SearchMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -89,8 +89,9 @@ impl Queue {
     }
 }
 
-/// Runs on the model thread: classifies every queued image in one batch (one per ensemble
-/// while new heads are being swapped in), then reads each sentence, and answers each query.
+/// Runs on the model thread: classifies the next batch of queued images (one batch per
+/// ensemble while new heads are being swapped in), then reads each sentence, and answers each
+/// query.
 pub(super) fn classify_pending(models: &mut Models, queue: &Queue, source: EmbeddingSource) {
     let mut batch = queue.take_batch();
     // An earlier job may have taken every query into its batch: then there is nothing to do.

@@ -359,8 +359,8 @@ impl SearchService {
         })
     }
 
-    /// Queues the image for the model thread; whichever job runs first takes every queued image
-    /// and classifies them as one batch.
+    /// Queues the image and a job for the model thread; whichever job runs first takes up to
+    /// `search.max_batch` queued images and classifies them as one batch.
     async fn understand(&self, image: RgbImage, text: Option<String>, key: EmbeddingKey) -> Result<Understood, SearchError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.queue.push(Pending { image, text, queued: Instant::now(), key, answer });

@@ -6,6 +6,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::common::heavy;
+
 fn lookalike(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lookalike"));
     command.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env_remove("LOOKALIKE_FETCH_MIRROR");
@@ -67,6 +69,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn help_teaches_every_subcommand_and_the_overrides() {
+    let _turn = heavy(module_path!());
     let output = lookalike(&["--help"], &[]);
     assert!(output.status.success());
     let help = text(&output.stdout);
@@ -78,6 +81,7 @@ fn help_teaches_every_subcommand_and_the_overrides() {
 
 #[test]
 fn subcommands_parse_their_arguments() {
+    let _turn = heavy(module_path!());
     let missing = lookalike(&["search"], &[]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing.stderr).contains("--image <FILE>"), "{}", text(&missing.stderr));
@@ -92,6 +96,7 @@ fn subcommands_parse_their_arguments() {
 
 #[test]
 fn search_and_index_explain_what_is_missing() {
+    let _turn = heavy(module_path!());
     let missing_image = lookalike(&["search", "--image", "no-such-photo.jpg"], &[]);
     assert_eq!(missing_image.status.code(), Some(1));
     assert!(text(&missing_image.stderr).contains("cannot use the query image no-such-photo.jpg"), "{}", text(&missing_image.stderr));
@@ -104,6 +109,7 @@ fn search_and_index_explain_what_is_missing() {
 
 #[test]
 fn a_wrong_config_key_stops_start_up_with_the_key_and_the_accepted_ones() {
+    let _turn = heavy(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
     let default = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lookalike.toml")).unwrap();
@@ -122,6 +128,7 @@ fn a_wrong_config_key_stops_start_up_with_the_key_and_the_accepted_ones() {
 
 #[test]
 fn models_list_verifies_every_installed_kit_file() {
+    let _turn = heavy(module_path!());
     let output = lookalike(&["models", "list", "--profile", "kit", "--json"], &[]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -136,6 +143,7 @@ fn models_list_verifies_every_installed_kit_file() {
 
 #[test]
 fn models_list_reports_damaged_and_missing_files_with_the_fix() {
+    let _turn = heavy(module_path!());
     let dir = scratch_models(&std::fs::read_to_string(repo_models().join("manifest.toml")).unwrap());
     std::fs::create_dir_all(dir.path().join("kit/all-MiniLM-L6-v2/1_Pooling")).unwrap();
     for entry in ["efficientnet_lite0.safetensors", "squeezenet1_1.safetensors", "all-MiniLM-L6-v2/vocab.txt"] {
@@ -156,6 +164,7 @@ fn models_list_reports_damaged_and_missing_files_with_the_fix() {
 
 #[test]
 fn fetch_chapter_without_internet_fails_fast_and_says_what_to_do() {
+    let _turn = heavy(module_path!());
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
@@ -175,6 +184,7 @@ fn fetch_chapter_without_internet_fails_fast_and_says_what_to_do() {
 
 #[test]
 fn fetch_chapter_deletes_a_download_with_the_wrong_hash() {
+    let _turn = heavy(module_path!());
     let origin = serve_bytes(b"this is not vgg16".to_vec());
     let dir = scratch_models(&std::fs::read_to_string(repo_models().join("manifest.toml")).unwrap());
     let output = lookalike(&["models", "fetch", "chapter"], &[("LOOKALIKE__MODELS__DIR", dir.path().to_str().unwrap()), ("LOOKALIKE_FETCH_MIRROR", &origin)]);
@@ -188,6 +198,7 @@ fn fetch_chapter_deletes_a_download_with_the_wrong_hash() {
 
 #[test]
 fn fetch_chapter_downloads_checks_and_converts_to_safetensors() {
+    let _turn = heavy(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("tiny.pth");
     let made = Command::new("python3")
@@ -240,6 +251,7 @@ files = [ {{ path = "chapter/tiny.safetensors", sha256 = "", url = "https://exam
 
 #[test]
 fn serve_demands_the_token_from_the_environment_and_never_echoes_it() {
+    let _turn = heavy(module_path!());
     let output = lookalike(&["serve"], &[("DISCORD_TOKEN", "")]);
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("DISCORD_TOKEN is not set"), "{}", text(&output.stderr));
@@ -265,6 +277,7 @@ fn serve_demands_the_token_from_the_environment_and_never_echoes_it() {
 
 #[test]
 fn intent_answers_as_json_with_the_method_that_decided() {
+    let _turn = heavy(module_path!());
     let output = lookalike(&["intent", "not a dress, a coat like this", "--json"], &[]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let intent: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -281,6 +294,7 @@ fn intent_answers_as_json_with_the_method_that_decided() {
 
 #[test]
 fn train_and_eval_explain_what_is_missing() {
+    let _turn = heavy(module_path!());
     let output = lookalike(&["train", "--data", "no/such/folder"], &[]);
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("no/such/folder") && text(&output.stderr).contains("one sub-folder per category"), "{}", text(&output.stderr));
@@ -293,6 +307,7 @@ fn train_and_eval_explain_what_is_missing() {
 
 #[test]
 fn search_refuses_a_bad_image_before_loading_any_model() {
+    let _turn = heavy(module_path!());
     // No heads anywhere: had the models been loaded first, the error would be about them.
     let scratch = tempfile::tempdir().unwrap();
     let heads = ("LOOKALIKE__MODELS__HEADS_DIR", scratch.path().to_str().unwrap());
@@ -310,6 +325,7 @@ fn search_refuses_a_bad_image_before_loading_any_model() {
 
 #[test]
 fn feedback_lists_corrections_with_their_trust_and_exports_the_trusted_ones() {
+    let _turn = heavy(module_path!());
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("feedback");
     let env = [("LOOKALIKE__FEEDBACK__DIR", dir.to_str().unwrap())];
@@ -340,6 +356,7 @@ fn feedback_lists_corrections_with_their_trust_and_exports_the_trusted_ones() {
 
 #[test]
 fn catalogue_log_prints_the_newest_edits_with_who_and_when() {
+    let _turn = heavy(module_path!());
     let scratch = tempfile::tempdir().unwrap();
     let path = scratch.path().join("audit.jsonl");
     let env = [("LOOKALIKE__CATALOGUE__AUDIT_LOG", path.to_str().unwrap())];
@@ -359,6 +376,7 @@ fn catalogue_log_prints_the_newest_edits_with_who_and_when() {
 
 #[test]
 fn categories_explain_shows_each_words_source_and_honours_exclude() {
+    let _turn = heavy(module_path!());
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("categories.toml");
     let categories = "[[category]]\nname = \"wardrobe\"\ndescription = \"a tall cupboard for hanging clothes\"\nexclude = [\"coat closet\"]\n\n[[category]]\nname = \"table\"\ndescription = \"a table for eating\"\n\n[[category]]\nname = \"desk\"\ndescription = \"a desk to work at\"\n";
