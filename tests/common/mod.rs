@@ -24,9 +24,9 @@ use lookalike::vision::{self, Backbone};
 /// 2 cores, where they would thrash libtorch's threads and stretch what some compare or wait
 /// for (the cached second training run must be faster, kills land at moments taken from a timed
 /// run, the bot's answers have deadlines), and the PostgreSQL tests never share the cores with
-/// the backbones. The `cli` tests take theirs too: the commands they start hash the kit, load
-/// the text models or run python with torch. Take it before any other lock (the PostgreSQL
-/// tests' `SERVER`).
+/// the backbones. The `cli` tests take theirs for each command they start (it may hash the kit,
+/// load the text models or run python with torch). Take it before any other lock (the
+/// PostgreSQL tests' `SERVER`).
 static HEAVY: Mutex<(Option<&'static str>, usize)> = Mutex::new((None, 0));
 static HEAVY_TURN: Condvar = Condvar::new();
 

@@ -14,6 +14,9 @@ fn lookalike(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (key, value) in env {
         command.env(key, value);
     }
+    // Each command takes this module's turn while it runs: it may hash the kit, load the text
+    // models or run python with torch.
+    let _turn = heavy(module_path!());
     command.output().expect("the lookalike binary runs")
 }
 
@@ -69,7 +72,6 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn help_teaches_every_subcommand_and_the_overrides() {
-    let _turn = heavy(module_path!());
     let output = lookalike(&["--help"], &[]);
     assert!(output.status.success());
     let help = text(&output.stdout);
@@ -81,7 +83,6 @@ fn help_teaches_every_subcommand_and_the_overrides() {
 
 #[test]
 fn subcommands_parse_their_arguments() {
-    let _turn = heavy(module_path!());
     let missing = lookalike(&["search"], &[]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing.stderr).contains("--image <FILE>"), "{}", text(&missing.stderr));
@@ -96,7 +97,6 @@ fn subcommands_parse_their_arguments() {
 
 #[test]
 fn search_and_index_explain_what_is_missing() {
-    let _turn = heavy(module_path!());
     let missing_image = lookalike(&["search", "--image", "no-such-photo.jpg"], &[]);
     assert_eq!(missing_image.status.code(), Some(1));
     assert!(text(&missing_image.stderr).contains("cannot use the query image no-such-photo.jpg"), "{}", text(&missing_image.stderr));
@@ -109,7 +109,6 @@ fn search_and_index_explain_what_is_missing() {
 
 #[test]
 fn a_wrong_config_key_stops_start_up_with_the_key_and_the_accepted_ones() {
-    let _turn = heavy(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
     let default = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lookalike.toml")).unwrap();
@@ -128,7 +127,6 @@ fn a_wrong_config_key_stops_start_up_with_the_key_and_the_accepted_ones() {
 
 #[test]
 fn models_list_verifies_every_installed_kit_file() {
-    let _turn = heavy(module_path!());
     let output = lookalike(&["models", "list", "--profile", "kit", "--json"], &[]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -143,7 +141,6 @@ fn models_list_verifies_every_installed_kit_file() {
 
 #[test]
 fn models_list_reports_damaged_and_missing_files_with_the_fix() {
-    let _turn = heavy(module_path!());
     let dir = scratch_models(&std::fs::read_to_string(repo_models().join("manifest.toml")).unwrap());
     std::fs::create_dir_all(dir.path().join("kit/all-MiniLM-L6-v2/1_Pooling")).unwrap();
     for entry in ["efficientnet_lite0.safetensors", "squeezenet1_1.safetensors", "all-MiniLM-L6-v2/vocab.txt"] {
@@ -164,7 +161,6 @@ fn models_list_reports_damaged_and_missing_files_with_the_fix() {
 
 #[test]
 fn fetch_chapter_without_internet_fails_fast_and_says_what_to_do() {
-    let _turn = heavy(module_path!());
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
@@ -184,7 +180,6 @@ fn fetch_chapter_without_internet_fails_fast_and_says_what_to_do() {
 
 #[test]
 fn fetch_chapter_deletes_a_download_with_the_wrong_hash() {
-    let _turn = heavy(module_path!());
     let origin = serve_bytes(b"this is not vgg16".to_vec());
     let dir = scratch_models(&std::fs::read_to_string(repo_models().join("manifest.toml")).unwrap());
     let output = lookalike(&["models", "fetch", "chapter"], &[("LOOKALIKE__MODELS__DIR", dir.path().to_str().unwrap()), ("LOOKALIKE_FETCH_MIRROR", &origin)]);
@@ -198,14 +193,15 @@ fn fetch_chapter_deletes_a_download_with_the_wrong_hash() {
 
 #[test]
 fn fetch_chapter_downloads_checks_and_converts_to_safetensors() {
-    let _turn = heavy(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("tiny.pth");
+    let python = heavy(module_path!());
     let made = Command::new("python3")
         .args(["-c", "import sys, torch; torch.save({'fc.weight': torch.arange(6.).reshape(2, 3).t(), 'fc.bias': torch.ones(3)}, sys.argv[1])"])
         .arg(&checkpoint)
         .status()
         .unwrap();
+    drop(python);
     assert!(made.success(), "python3 with torch is needed (make setup installs it)");
     let bytes = std::fs::read(&checkpoint).unwrap();
     let sha = {
@@ -251,7 +247,6 @@ files = [ {{ path = "chapter/tiny.safetensors", sha256 = "", url = "https://exam
 
 #[test]
 fn serve_demands_the_token_from_the_environment_and_never_echoes_it() {
-    let _turn = heavy(module_path!());
     let output = lookalike(&["serve"], &[("DISCORD_TOKEN", "")]);
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("DISCORD_TOKEN is not set"), "{}", text(&output.stderr));
@@ -277,7 +272,6 @@ fn serve_demands_the_token_from_the_environment_and_never_echoes_it() {
 
 #[test]
 fn intent_answers_as_json_with_the_method_that_decided() {
-    let _turn = heavy(module_path!());
     let output = lookalike(&["intent", "not a dress, a coat like this", "--json"], &[]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let intent: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -294,7 +288,6 @@ fn intent_answers_as_json_with_the_method_that_decided() {
 
 #[test]
 fn train_and_eval_explain_what_is_missing() {
-    let _turn = heavy(module_path!());
     let output = lookalike(&["train", "--data", "no/such/folder"], &[]);
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("no/such/folder") && text(&output.stderr).contains("one sub-folder per category"), "{}", text(&output.stderr));
@@ -307,7 +300,6 @@ fn train_and_eval_explain_what_is_missing() {
 
 #[test]
 fn search_refuses_a_bad_image_before_loading_any_model() {
-    let _turn = heavy(module_path!());
     // No heads anywhere: had the models been loaded first, the error would be about them.
     let scratch = tempfile::tempdir().unwrap();
     let heads = ("LOOKALIKE__MODELS__HEADS_DIR", scratch.path().to_str().unwrap());
@@ -325,7 +317,6 @@ fn search_refuses_a_bad_image_before_loading_any_model() {
 
 #[test]
 fn feedback_lists_corrections_with_their_trust_and_exports_the_trusted_ones() {
-    let _turn = heavy(module_path!());
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("feedback");
     let env = [("LOOKALIKE__FEEDBACK__DIR", dir.to_str().unwrap())];
@@ -356,7 +347,6 @@ fn feedback_lists_corrections_with_their_trust_and_exports_the_trusted_ones() {
 
 #[test]
 fn catalogue_log_prints_the_newest_edits_with_who_and_when() {
-    let _turn = heavy(module_path!());
     let scratch = tempfile::tempdir().unwrap();
     let path = scratch.path().join("audit.jsonl");
     let env = [("LOOKALIKE__CATALOGUE__AUDIT_LOG", path.to_str().unwrap())];
@@ -376,7 +366,6 @@ fn catalogue_log_prints_the_newest_edits_with_who_and_when() {
 
 #[test]
 fn categories_explain_shows_each_words_source_and_honours_exclude() {
-    let _turn = heavy(module_path!());
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("categories.toml");
     let categories = "[[category]]\nname = \"wardrobe\"\ndescription = \"a tall cupboard for hanging clothes\"\nexclude = [\"coat closet\"]\n\n[[category]]\nname = \"table\"\ndescription = \"a table for eating\"\n\n[[category]]\nname = \"desk\"\ndescription = \"a desk to work at\"\n";
