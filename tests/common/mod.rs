@@ -16,16 +16,15 @@ use lookalike::imaging::ImageLimits;
 use lookalike::vision::train::{train, TrainOptions};
 use lookalike::vision::{self, Backbone};
 
-/// Which module's tests run now, and how many of them. Every test in `tests/it` holds its
-/// module's [`Heavy`] turn for its whole run: most run libtorch models in their process
-/// (training, the kit's backbones, MiniLM) or time a server and child processes. The tests of
+/// Which module's tests run now, and how many of them. A test in `tests/it` that runs libtorch
+/// models in its process (training, the kit's backbones, MiniLM), heavy commands, or times a
+/// server and child processes holds its module's [`Heavy`] turn for its whole run. The tests of
 /// one module may run beside each other, as they did when each module was a binary of its own;
-/// another module's tests wait until none of them is left. So two modules' tests never meet on
-/// 2 cores, where they would thrash libtorch's threads and stretch what some compare or wait
-/// for (the cached second training run must be faster, kills land at moments taken from a timed
-/// run, the bot's answers have deadlines), and the PostgreSQL tests never share the cores with
-/// the backbones. The `cli` tests take theirs for each command they start (it may hash the kit,
-/// load the text models or run python with torch). Take it before any other lock (the
+/// another module's tests wait until none of them is left. So two modules' heavy tests never
+/// meet on 2 cores, where they would thrash libtorch's threads and stretch what some compare or
+/// wait for (the cached second training run must be faster, kills land at moments taken from a
+/// timed run, the bot's answers have deadlines), and the PostgreSQL tests never share the cores
+/// with the backbones. Light `cli` tests take none. Take it before any other lock (the
 /// PostgreSQL tests' `SERVER`).
 static HEAVY: Mutex<(Option<&'static str>, usize)> = Mutex::new((None, 0));
 static HEAVY_TURN: Condvar = Condvar::new();

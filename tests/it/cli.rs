@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::heavy;
+use crate::common::{heavy, Heavy};
 
 fn lookalike(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lookalike"));
@@ -14,10 +14,13 @@ fn lookalike(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (key, value) in env {
         command.env(key, value);
     }
-    // Each command takes this module's turn while it runs: it may hash the kit, load the text
-    // models or run python with torch.
-    let _turn = heavy(module_path!());
     command.output().expect("the lookalike binary runs")
+}
+
+/// This module's turn ([`heavy`]), for a test whose commands hash the kit, load the text models
+/// or run python with torch; the others are light and run beside any test.
+fn heavy_commands() -> Heavy {
+    heavy(module_path!())
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -127,6 +130,7 @@ fn a_wrong_config_key_stops_start_up_with_the_key_and_the_accepted_ones() {
 
 #[test]
 fn models_list_verifies_every_installed_kit_file() {
+    let _turn = heavy_commands();
     let output = lookalike(&["models", "list", "--profile", "kit", "--json"], &[]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -141,6 +145,7 @@ fn models_list_verifies_every_installed_kit_file() {
 
 #[test]
 fn models_list_reports_damaged_and_missing_files_with_the_fix() {
+    let _turn = heavy_commands();
     let dir = scratch_models(&std::fs::read_to_string(repo_models().join("manifest.toml")).unwrap());
     std::fs::create_dir_all(dir.path().join("kit/all-MiniLM-L6-v2/1_Pooling")).unwrap();
     for entry in ["efficientnet_lite0.safetensors", "squeezenet1_1.safetensors", "all-MiniLM-L6-v2/vocab.txt"] {
@@ -161,6 +166,7 @@ fn models_list_reports_damaged_and_missing_files_with_the_fix() {
 
 #[test]
 fn fetch_chapter_without_internet_fails_fast_and_says_what_to_do() {
+    let _turn = heavy_commands();
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
@@ -180,6 +186,7 @@ fn fetch_chapter_without_internet_fails_fast_and_says_what_to_do() {
 
 #[test]
 fn fetch_chapter_deletes_a_download_with_the_wrong_hash() {
+    let _turn = heavy_commands();
     let origin = serve_bytes(b"this is not vgg16".to_vec());
     let dir = scratch_models(&std::fs::read_to_string(repo_models().join("manifest.toml")).unwrap());
     let output = lookalike(&["models", "fetch", "chapter"], &[("LOOKALIKE__MODELS__DIR", dir.path().to_str().unwrap()), ("LOOKALIKE_FETCH_MIRROR", &origin)]);
@@ -193,15 +200,14 @@ fn fetch_chapter_deletes_a_download_with_the_wrong_hash() {
 
 #[test]
 fn fetch_chapter_downloads_checks_and_converts_to_safetensors() {
+    let _turn = heavy_commands();
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("tiny.pth");
-    let python = heavy(module_path!());
     let made = Command::new("python3")
         .args(["-c", "import sys, torch; torch.save({'fc.weight': torch.arange(6.).reshape(2, 3).t(), 'fc.bias': torch.ones(3)}, sys.argv[1])"])
         .arg(&checkpoint)
         .status()
         .unwrap();
-    drop(python);
     assert!(made.success(), "python3 with torch is needed (make setup installs it)");
     let bytes = std::fs::read(&checkpoint).unwrap();
     let sha = {
@@ -272,6 +278,7 @@ fn serve_demands_the_token_from_the_environment_and_never_echoes_it() {
 
 #[test]
 fn intent_answers_as_json_with_the_method_that_decided() {
+    let _turn = heavy_commands();
     let output = lookalike(&["intent", "not a dress, a coat like this", "--json"], &[]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let intent: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
