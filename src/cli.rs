@@ -109,6 +109,12 @@ pub enum CatalogueCommand {
         /// The product page.
         #[arg(long, value_name = "URL")]
         link: Option<String>,
+        /// A sentence or two about the item: searched with the title.
+        #[arg(long)]
+        description: Option<String>,
+        /// Words to find it by, separated by commas: --tags "canvas, summer".
+        #[arg(long)]
+        tags: Option<String>,
     },
     /// Remove an item (its id `category/file`, file name or stem) and its metadata row; the
     /// index drops it.
@@ -257,11 +263,15 @@ pub struct IndexArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("query").required(true).multiple(true).args(["image", "text"])))]
 pub struct SearchArgs {
-    /// The query photo.
+    /// The query photo. Without it the words alone search the items' titles, descriptions and
+    /// tags, and no image model runs.
     #[arg(long, value_name = "FILE")]
-    pub image: PathBuf,
-    /// What the shopper said, e.g. "a bed like this, but wooden".
+    pub image: Option<PathBuf>,
+    /// What the shopper said: it may name a category ("a bed like this"), a colour ("but in
+    /// red", "not navy"), a material or pattern ("wooden", "striped"), a price ("under 20",
+    /// "between 10 and 30", "cheapest first"), or be the whole query ("red canvas totes").
     #[arg(long)]
     pub text: Option<String>,
     /// Number of hits [default: search.default_k].
@@ -480,21 +490,29 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
 fn search(args: &SearchArgs, config: &Config) -> anyhow::Result<()> {
     // Refused before ~600 MB of models load: too large, empty, not an image, too many pixels.
     let limits = ImageLimits::from_config(&config.limits);
-    let bytes = crate::imaging::read(&args.image, limits).with_context(|| format!("cannot use the query image {}", args.image.display()))?;
-    crate::imaging::check(&bytes, limits).with_context(|| format!("cannot use the query image {}", args.image.display()))?;
+    let bytes = match &args.image {
+        Some(path) => {
+            let bytes = crate::imaging::read(path, limits).with_context(|| format!("cannot use the query image {}", path.display()))?;
+            crate::imaging::check(&bytes, limits).with_context(|| format!("cannot use the query image {}", path.display()))?;
+            bytes
+        }
+        None => Vec::new(),
+    };
+    let asked = args.image.as_ref().map_or_else(|| format!("{:?}", args.text.clone().unwrap_or_default()), |path| path.display().to_string());
     let service = SearchService::start(config)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let query = Query { image: bytes.clone(), text: args.text.clone(), k: args.k, page: args.page as usize - 1, categories: None };
-    let outcome = runtime.block_on(service.search(query)).with_context(|| format!("search with {}", args.image.display()))?;
+    let outcome = runtime.block_on(service.search(query)).with_context(|| format!("search with {asked}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
         print!("{}", crate::report::render(&outcome));
     }
     if let Some(sheet) = &args.sheet {
-        let query = crate::imaging::decode(&bytes, limits)?;
-        let label = args.text.clone().unwrap_or_else(|| args.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        let title = format!("lookalike: {} hits for {}", outcome.hits.len(), args.image.display());
+        // Words alone: a blank tile stands for the photo there was not.
+        let query = if bytes.is_empty() { image::RgbImage::from_pixel(64, 64, image::Rgb([255, 255, 255])) } else { crate::imaging::decode(&bytes, limits)? };
+        let label = args.text.clone().unwrap_or_else(|| args.image.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let title = format!("lookalike: {} hits for {asked}", outcome.hits.len());
         plot::contact_sheet(sheet, &title, &[crate::report::sheet_row(query, &label, &outcome, limits)])?;
         eprintln!("contact sheet written to {}", sheet.display());
     }
@@ -707,10 +725,11 @@ fn catalogue(command: CatalogueCommand, config: &Config) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        CatalogueCommand::Add { image, category, title, price, link } => {
+        CatalogueCommand::Add { image, category, title, price, link, description, tags } => {
             let limits = ImageLimits::from_config(&config.limits);
             let photo = crate::imaging::read(&image, limits).map_err(|err| anyhow::anyhow!("{}: {err}", image.display()))?;
-            search::Edit::Add { photo, category, metadata: crate::catalogue::Metadata { title, price, link, image_url: None } }
+            let tags = tags.as_deref().map(crate::catalogue::split_tags).unwrap_or_default();
+            search::Edit::Add { photo, category, metadata: crate::catalogue::Metadata { title, price, link, image_url: None, description, tags } }
         }
         CatalogueCommand::Remove { item } => search::Edit::Remove { item },
     };

@@ -275,6 +275,14 @@ pub struct SearchConfig {
     pub category_mass: f32,
     /// Under the mass gate a hit scores cosine + this x ln p(its category).
     pub category_prior_weight: f32,
+    /// When the sentence names a colour, a hit's score gains this x (its closeness to that
+    /// colour minus its closeness to the photo's own colour).
+    pub colour_weight: f32,
+    /// When the sentence names a material or pattern, a hit whose text mentions it gains this
+    /// (loses it for "not leather").
+    pub attribute_weight: f32,
+    /// Candidates the sentence's colours, attributes and price order re-rank, at least.
+    pub words_pool: usize,
 }
 
 /// How the image vote picks the categories to search when the text names none.
@@ -440,6 +448,9 @@ impl Config {
         check((1..=3).contains(&search.max_categories), "search.max_categories", search.max_categories, "must be 1, 2 or 3")?;
         check(search.category_mass > 0.0 && search.category_mass <= 1.0, "search.category_mass", search.category_mass, "must be above 0.0 and at most 1.0")?;
         check((0.0..=1.0).contains(&search.category_prior_weight), "search.category_prior_weight", search.category_prior_weight, "must be between 0.0 and 1.0")?;
+        check((0.0..=2.0).contains(&search.colour_weight), "search.colour_weight", search.colour_weight, "must be between 0.0 and 2.0")?;
+        check((0.0..=1.0).contains(&search.attribute_weight), "search.attribute_weight", search.attribute_weight, "must be between 0.0 and 1.0")?;
+        check((10..=10_000).contains(&search.words_pool), "search.words_pool", search.words_pool, "must be between 10 and 10000")?;
         let text = &self.text;
         check(!text.methods.is_empty(), "text.methods", format!("{:?}", text.methods), "must name at least one of \"lexical\", \"embedding\", \"nli\"")?;
         check((0.0..=1.0).contains(&text.min_score), "text.min_score", text.min_score, "must be between 0.0 and 1.0")?;

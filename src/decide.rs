@@ -37,7 +37,8 @@ impl BackboneVote {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The backbones' opinions of a photo; empty for a search by words alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ImageVote {
     pub categories: Vec<String>,
     pub backbones: Vec<BackboneVote>,
@@ -121,6 +122,22 @@ impl Gating {
     pub fn from_config(search: &SearchConfig) -> Gating {
         Gating { gate: search.gate, max_categories: search.max_categories, mass: search.category_mass, prior_weight: search.category_prior_weight }
     }
+}
+
+/// Words alone (no photo, so no vote): the category the sentence names, else every category of
+/// the catalogue but those it rules out, their hits ranked together.
+pub fn decide_words(intent: Option<&Intent>, categories: &[String]) -> Decision {
+    let negated: Vec<String> = intent.map(|i| i.negated.clone()).unwrap_or_default();
+    let named = intent.and_then(|i| i.category.clone().filter(|c| categories.contains(c)).map(|c| (c, i.score)));
+    if let Some((category, score)) = named {
+        return Decision::chosen(vec![category.clone()], format!("no photo: text names '{category}' ({score:.2})"));
+    }
+    let kept: Vec<String> = categories.iter().filter(|c| !negated.contains(c)).cloned().collect();
+    let mut reasons = vec!["no photo and no category named: searching every category by the words".to_string()];
+    if !negated.is_empty() {
+        reasons.push(format!("text rules out {}", quoted(&negated)));
+    }
+    Decision { bonuses: vec![0.0; kept.len()], categories: kept, reasons, ranked_together: true }
 }
 
 /// Applies the rules in the module documentation.
@@ -268,6 +285,23 @@ mod tests {
         assert_eq!(every.categories, ["sandal", "sneaker", "dress", "coat"], "mass 1 searches every category, however sure the vote");
         let named = decide(&vote(&[("sandal", 0.6), ("sandal", 0.5), ("sneaker", 0.7)]), Some(&intent(Some("coat"), &[])), &mass);
         assert!(!named.ranked_together, "a category the shopper names is searched first, as before");
+    }
+
+    #[test]
+    fn words_alone_search_the_category_named_else_every_one_not_ruled_out() {
+        let all: Vec<String> = CATEGORIES.iter().map(|c| c.to_string()).collect();
+        let table: [(Option<Intent>, &[&str], bool); 4] = [
+            (Some(intent(Some("dress"), &[])), &["dress"], false),
+            (Some(intent(None, &["coat"])), &["sandal", "sneaker", "dress"], true),
+            (None, &["sandal", "sneaker", "dress", "coat"], true),
+            (Some(intent(Some("hat"), &[])), &["sandal", "sneaker", "dress", "coat"], true),
+        ];
+        for (intent, searched, together) in table {
+            let decision = decide_words(intent.as_ref(), &all);
+            assert_eq!(decision.categories, searched, "{intent:?}");
+            assert_eq!(decision.ranked_together, together);
+            assert_eq!(decision.bonuses.len(), decision.categories.len());
+        }
     }
 
     fn intent(category: Option<&str>, negated: &[&str]) -> Intent {

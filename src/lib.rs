@@ -26,7 +26,9 @@
 //! | [`metrics`] | the process's Prometheus metrics (searches by outcome and [`metrics::Entry`], stage histograms, batch sizes, index generation and items, re-indexes, gateway shards), recorded where things happen | the rest |
 //! | [`worker`] | the model thread that owns every torch / rust-bert object; jobs in, answers out; a panicking job fails only its caller | the rest |
 //! | [`imaging`] | image bytes to pixels: decode with limits, EXIF orientation, alpha on white, RGB. No tensors | torch, Discord, `index`, `catalogue`, `search` |
+//! | [`colour`] | colour from pixels: an item's dominant colours in CIELAB (background and transparent pixels left out), CIEDE2000 differences, the table of colours shoppers name | the rest |
 //! | [`catalogue`] | the catalogue folders (one sub-folder per category) and walking labelled folders, the image extensions, content hashes, metadata (CSV / JSON lines); adding and removing one item with its metadata row | torch, Discord, `index`, `search` |
+//! | [`words`] | what a sentence asks beyond a category: colours (with "light"/"dark", "not red"), material and pattern words, price ranges and price order (pure) | torch, Discord, `index`, `search` |
 //! | [`audit`] | the audit log: every catalogue edit, correction and swap of heads, with who and when | torch, Discord, `index`, `search` |
 //! | [`feedback`] | corrections picked under "Wrong category?": stored bounded on disk (each photo once), trusted when a moderator or enough distinct shoppers agree, exported as training folders | torch, Discord, `index`, `search` |
 //! | [`plot`]   | PNG charts: training curves, confusion matrices, search contact sheets | torch, Discord, `index`, `search` |
@@ -60,6 +62,7 @@ pub mod audit;
 pub mod bench;
 pub mod catalogue;
 pub mod cli;
+pub mod colour;
 pub mod config;
 pub mod decide;
 pub mod demo;
@@ -79,6 +82,7 @@ pub mod rng;
 pub mod search;
 pub mod text;
 pub mod vision;
+pub mod words;
 pub mod worker;
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ fn embed(paths: &[PathBuf]) -> Vec<Result<Vec<f32>, String>> {
 /// Re-indexes `catalogue` into `backend`; the seconds spent outside the (synthetic) embedder.
 fn ingest(backend: &dyn Backend, catalogue: &Path) -> anyhow::Result<f64> {
     let key = EmbeddingKey { profile: "bench".into(), backbones: vec![], source: "clustered".into(), pooling: String::new(), weights_sha256: String::new(), dim: DIM };
-    let job = ReindexJob { catalogue, metadata: Path::new(""), key: &key, chunk: 4096, max_image_bytes: 1 << 20, partial: None, stop: None };
+    let job = ReindexJob { catalogue, metadata: Path::new(""), key: &key, chunk: 4096, max_image_bytes: 1 << 20, partial: None, stop: None, describe: None };
     let mut embedding = 0.0;
     let started = Instant::now();
     backend.reindex(&job, &mut embed, &mut |p| embedding = p.elapsed_s)?;
@@ -81,7 +81,7 @@ type Latency = (usize, f64, f64);
 fn measure(backend: Arc<dyn Backend>, queries: &[Vec<f32>]) -> anyhow::Result<(Vec<Vec<String>>, Vec<Latency>)> {
     let generation: Arc<Generation> = backend.current()?.ok_or_else(|| anyhow::anyhow!("no generation after ingest"))?;
     let scopes = [Scope { category: "all".into(), rank: 0, bonus: 0.0 }];
-    let params = SearchParams { k: 5, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999 };
+    let params = SearchParams { k: 5, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default() };
     let top = queries.iter().map(|q| Ok(backend.search(&generation, q, &scopes, &params)?.hits.into_iter().map(|h| h.item.id).collect())).collect::<anyhow::Result<Vec<Vec<String>>>>()?;
     let mut latencies = Vec::new();
     for threads in CONCURRENCY {

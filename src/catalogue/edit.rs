@@ -47,7 +47,7 @@ pub fn add(root: &Path, metadata_file: &Path, photo: &[u8], limits: ImageLimits,
     }
     if !metadata.is_empty() {
         if metadata_file.as_os_str().is_empty() {
-            return refuse("a title, price or link needs a metadata file: set catalogue.metadata (a .jsonl or .csv file)".into());
+            return refuse("a title, price, link, description or tags need a metadata file: set catalogue.metadata (a .jsonl or .csv file)".into());
         }
         let mut rows = read_rows(metadata_file)?;
         rows.retain(|(key, _)| !names(key, &id));
@@ -109,10 +109,10 @@ fn write_rows(path: &Path, rows: &[(String, Metadata)]) -> anyhow::Result<()> {
         }
     } else {
         let mut writer = csv::Writer::from_writer(&mut text);
-        writer.write_record(["id", "title", "price", "link", "image_url"])?;
+        writer.write_record(["id", "title", "price", "link", "image_url", "description", "tags"])?;
         for (id, m) in rows {
             let cell = |v: &Option<String>| v.clone().unwrap_or_default();
-            writer.write_record([id.clone(), cell(&m.title), cell(&m.price), cell(&m.link), cell(&m.image_url)])?;
+            writer.write_record([id.clone(), cell(&m.title), cell(&m.price), cell(&m.link), cell(&m.image_url), cell(&m.description), m.tags.join("; ")])?;
         }
         writer.flush()?;
         drop(writer);

@@ -1,6 +1,7 @@
 //! The catalogue on disk: one sub-folder per category, images inside, and an optional metadata
-//! file (CSV with a header, or JSON lines) giving each image a title, price, link and image URL
-//! for replies. Plain files and hashes only: no torch, no Discord.
+//! file (CSV with a header, or JSON lines) giving each image a title, price, link, image URL,
+//! description and tags: what replies show and what words search. Plain files and hashes
+//! only: no torch, no Discord.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,12 +27,61 @@ pub struct Metadata {
     /// attaching the file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_url: Option<String>,
+    /// A sentence or two about the item, searched with its title and tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Words a shop files the item under ("canvas", "summer").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl Metadata {
     pub fn is_empty(&self) -> bool {
         *self == Metadata::default()
     }
+
+    /// The item's own words: title, description and tags, as full-text search and the item's
+    /// sentence vector read them. Empty when it has none.
+    pub fn words(&self) -> String {
+        let mut parts: Vec<&str> = self.title.iter().chain(&self.description).map(|part| part.trim().trim_end_matches('.')).collect();
+        let tags = self.tags.join(", ");
+        if !tags.is_empty() {
+            parts.push(&tags);
+        }
+        parts.join(". ")
+    }
+
+    /// The price as a number, when it reads as one (see [`parse_price`]).
+    pub fn price_value(&self) -> Option<f64> {
+        self.price.as_deref().and_then(parse_price)
+    }
+}
+
+/// A price written as shops write it: "19.99", "$1,299.00", "15.00 USD", "€12,50", "1.299,00
+/// EUR". Currency signs and codes are dropped; a comma followed by exactly two digits at the end
+/// is a decimal comma, any other comma or dot before three digits groups thousands. `None` for
+/// text that holds no number, or more than one ("10-20").
+pub fn parse_price(text: &str) -> Option<f64> {
+    let digits: String = text.trim().chars().filter(|c| !c.is_alphabetic() && !matches!(c, '$' | '€' | '£' | '¥' | ' ' | '\u{a0}')).collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',') || !digits.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    // The last separator is decimal when two digits or one follow it (or a dot with any
+    // number of digits but three); every other separator groups thousands.
+    let decimal = digits.rfind(['.', ',']).filter(|&at| {
+        let after = digits.len() - at - 1;
+        let separator = digits.as_bytes()[at];
+        after != 3 || (separator == b'.' && digits.matches('.').count() == 1 && !digits.contains(','))
+    });
+    let mut plain = String::new();
+    for (at, c) in digits.char_indices() {
+        match c {
+            '.' | ',' if Some(at) == decimal => plain.push('.'),
+            '.' | ',' => {}
+            _ => plain.push(c),
+        }
+    }
+    plain.parse().ok().filter(|value: &f64| value.is_finite())
 }
 
 /// Image file extensions read as images; anything else in a category folder is skipped.
@@ -130,7 +180,7 @@ pub struct MetadataTable {
 
 impl MetadataTable {
     /// Reads a CSV file with a header row (`path` or `id`, then any of `title`, `price`,
-    /// `link`, `image_url`) or, for `.jsonl` / `.json` files, one JSON object per line with the
+    /// `link`, `image_url`, `description`, `tags`; tags separated by `;`, `|` or commas) or, for `.jsonl` / `.json` files, one JSON object per line with the
     /// same keys. An empty path means no metadata.
     pub fn load(path: &Path) -> anyhow::Result<MetadataTable> {
         if path.as_os_str().is_empty() {
@@ -172,7 +222,7 @@ fn parse_csv(text: &str) -> anyhow::Result<Vec<(String, Metadata)>> {
     let headers: Vec<String> = reader.headers()?.iter().map(|h| h.to_ascii_lowercase()).collect();
     let column = |name: &str| headers.iter().position(|h| h == name);
     let key = column("path").or_else(|| column("id")).context("the header row needs a `path` or `id` column")?;
-    let known = ["path", "id", "title", "price", "link", "image_url"];
+    let known = ["path", "id", "title", "price", "link", "image_url", "description", "tags"];
     if let Some(unknown) = headers.iter().find(|h| !known.contains(&h.as_str())) {
         anyhow::bail!("unknown column `{unknown}`: the columns are {}", known.join(", "));
     }
@@ -180,10 +230,22 @@ fn parse_csv(text: &str) -> anyhow::Result<Vec<(String, Metadata)>> {
     for (line, record) in reader.records().enumerate() {
         let record = record.with_context(|| format!("row {}", line + 2))?;
         let field = |name: &str| column(name).and_then(|i| record.get(i)).filter(|v| !v.is_empty()).map(str::to_string);
-        let metadata = Metadata { title: field("title"), price: field("price"), link: field("link"), image_url: field("image_url") };
+        let metadata = Metadata {
+            title: field("title"),
+            price: field("price"),
+            link: field("link"),
+            image_url: field("image_url"),
+            description: field("description"),
+            tags: field("tags").map(|tags| split_tags(&tags)).unwrap_or_default(),
+        };
         rows.push((record.get(key).unwrap_or_default().to_string(), metadata));
     }
     Ok(rows)
+}
+
+/// Tags from one cell or flag: separated by `;`, `|` or commas, trimmed, empty ones dropped.
+pub fn split_tags(text: &str) -> Vec<String> {
+    text.split([';', '|', ',']).map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect()
 }
 
 fn parse_json_lines(text: &str) -> anyhow::Result<Vec<(String, Metadata)>> {
@@ -207,6 +269,29 @@ fn parse_json_lines(text: &str) -> anyhow::Result<Vec<(String, Metadata)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prices_read_as_shops_write_them() {
+        let table: [(&str, Option<f64>); 14] = [
+            ("19.99", Some(19.99)),
+            ("$1,299.00", Some(1299.0)),
+            ("15.00 USD", Some(15.0)),
+            ("€12,50", Some(12.5)),
+            ("1.299,00 EUR", Some(1299.0)),
+            ("1,299", Some(1299.0)),
+            ("2.5", Some(2.5)),
+            ("£ 7", Some(7.0)),
+            ("1.250", Some(1.25)),
+            ("0.999", Some(0.999)),
+            ("free", None),
+            ("10-20", None),
+            ("", None),
+            ("call us", None),
+        ];
+        for (text, expected) in table {
+            assert_eq!(parse_price(text), expected, "{text:?}");
+        }
+    }
 
     #[test]
     fn a_tiff_is_not_taken_for_an_image_nobody_can_decode() {
@@ -252,6 +337,13 @@ mod tests {
         let jsonl = dir.path().join("items.jsonl");
         std::fs::write(&jsonl, "{\"id\": \"a.png\", \"title\": \"Tote\", \"image_url\": \"https://cdn.example/a.png\"}\n\n").unwrap();
         assert_eq!(MetadataTable::load(&jsonl).unwrap().get("bag/a.png").image_url.as_deref(), Some("https://cdn.example/a.png"));
+
+        std::fs::write(&csv_path, "path,title,description,tags\nbag/a.png,Tote,Heavy canvas.,canvas; summer|beach\n").unwrap();
+        let tote = MetadataTable::load(&csv_path).unwrap().get("bag/a.png");
+        assert_eq!(tote.tags, ["canvas", "summer", "beach"]);
+        assert_eq!(tote.words(), "Tote. Heavy canvas. canvas, summer, beach");
+        std::fs::write(&jsonl, "{\"id\": \"a.png\", \"description\": \"Soft.\", \"tags\": [\"wool\"]}\n").unwrap();
+        assert_eq!(MetadataTable::load(&jsonl).unwrap().get("bag/a.png").words(), "Soft. wool");
 
         std::fs::write(&csv_path, "path,colour\nbag/a.png,red\n").unwrap();
         let err = format!("{:#}", MetadataTable::load(&csv_path).unwrap_err());

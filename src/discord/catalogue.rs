@@ -31,7 +31,9 @@ pub(super) fn register() -> Vec<CreateCommand> {
             .add_option(text("category", "One of the catalogue's categories").required(true).set_autocomplete(true))
             .add_option(text("title", "Shown on the hit").max_length(200))
             .add_option(text("price", "Shown on the hit, as written").max_length(40))
-            .add_option(text("link", "The product page (https://…)").max_length(500)),
+            .add_option(text("link", "The product page (https://…)").max_length(500))
+            .add_option(text("description", "A sentence or two: searched with the title").max_length(1000))
+            .add_option(text("tags", "Words to find it by, separated by commas (canvas, summer)").max_length(300)),
         CreateCommand::new("catalogue-remove")
             .description("Remove an item from the catalogue (moderators)")
             .default_member_permissions(Permissions::MANAGE_GUILD)
@@ -52,7 +54,14 @@ pub(super) async fn edit(bot: &Bot, ctx: &Context, command: &CommandInteraction)
         let (Some(attachment), Some(category)) = (attachment, text("category")) else {
             return respond(ctx, command, "`/catalogue-add` needs a photo and a category.".into(), true).await;
         };
-        let metadata = Metadata { title: text("title"), price: text("price"), link: text("link"), image_url: None };
+        let metadata = Metadata {
+            title: text("title"),
+            price: text("price"),
+            link: text("link"),
+            image_url: None,
+            description: text("description"),
+            tags: text("tags").map(|tags| crate::catalogue::split_tags(&tags)).unwrap_or_default(),
+        };
         return add(bot, ctx, command, attachment, category, metadata, who).await;
     }
     match text("item") {

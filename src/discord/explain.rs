@@ -15,6 +15,7 @@ pub(super) fn explain(error: &SearchError) -> String {
         SearchError::Unavailable(_) => "The catalogue database is unreachable right now; try again shortly.".to_string(),
         SearchError::Timeout(_) => "That search took too long; please try again.".to_string(),
         SearchError::Models(_) => "Something went wrong on my side; please try again.".to_string(),
+        SearchError::Empty => "Send a photo, some words (\"red canvas totes under $20\"), or both.".to_string(),
     }
 }
 

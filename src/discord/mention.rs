@@ -1,9 +1,10 @@
-//! Chat-style searches: a photo with a mention of the bot (or a reply to it), or in a direct message.
+//! Chat-style searches: a photo, words, or both, with a mention of the bot (or a reply to it), or in a direct message.
 
 use super::search::{declared, first_image};
 use super::*;
 
-/// Chat-style: a message that mentions the bot, replies to it, or is a direct message, with a photo.
+/// Chat-style: a message that mentions the bot, replies to it, or is a direct message, with a
+/// photo or words (or both).
 pub(super) async fn chat_search(bot: &Bot, ctx: &Context, message: &Message) {
     let Some(me) = bot.me.get().copied() else { return };
     if message.author.bot {
@@ -15,18 +16,19 @@ pub(super) async fn chat_search(bot: &Bot, ctx: &Context, message: &Message) {
         return;
     }
     let answer = |text: String| CreateMessage::new().content(text).reference_message(message).allowed_mentions(reply::no_pings());
-    let Some(attachment) = first_image(&message.attachments) else {
-        let _ = message.channel_id.send_message(&ctx.http, answer("Send me a photo with your message and I'll find similar items (see /help).".into())).await;
+    let attachment = first_image(&message.attachments);
+    let text = strip_mentions(&message.content);
+    if attachment.is_none() && text.is_none() {
+        let _ = message.channel_id.send_message(&ctx.http, answer("Send me a photo, or tell me what you are after (\"red canvas totes under $20\"), and I'll find it (see /help).".into())).await;
         return;
-    };
+    }
     if let Err(wait) = bot.cooldown(message.author.id) {
         let _ = message.channel_id.send_message(&ctx.http, answer(wait)).await;
         return;
     }
-    let text = strip_mentions(&message.content);
     let key = message.id.get();
     let asker = Asker { kind: Entry::Mention, user: message.author.id };
-    let sent = match bot.search(&declared(attachment), text, bot.config.search.default_k.min(reply::MAX_HITS), key, asker).await {
+    let sent = match bot.search(attachment.map(declared).as_ref(), text, bot.config.search.default_k.min(reply::MAX_HITS), key, asker).await {
         Ok(reply) => {
             let create = CreateMessage::new().embeds(reply.embeds).components(reply.components).add_files(reply.files).reference_message(message).allowed_mentions(reply::no_pings());
             message.channel_id.send_message(&ctx.http, create).await

@@ -289,11 +289,16 @@ impl Bot {
         self.queries.insert(key, query);
     }
 
-    /// Downloads the attachment and searches; the stored query lets the buttons go on.
-    async fn search(&self, declared: &Declared<'_>, text: Option<String>, k: usize, key: u64, asker: Asker) -> Result<Reply, String> {
+    /// Downloads the attachment, if there is one, and searches (by the words alone when there
+    /// is none); the stored query lets the buttons go on.
+    async fn search(&self, declared: Option<&Declared<'_>>, text: Option<String>, k: usize, key: u64, asker: Asker) -> Result<Reply, String> {
         let timeout = Duration::from_millis(self.config.discord.download_timeout_ms);
         let span = asker.span(key);
-        let image = match attachment::download(&self.downloads, declared, self.max_bytes(), timeout).instrument(span.clone()).await {
+        let downloaded = match declared {
+            Some(declared) => attachment::download(&self.downloads, declared, self.max_bytes(), timeout).instrument(span.clone()).await,
+            None => Ok(Vec::new()),
+        };
+        let image = match downloaded {
             Ok(image) => image,
             Err(err) => {
                 span.in_scope(|| tracing::info!(outcome = "bad_image", cause = %err, "request"));

@@ -57,17 +57,25 @@ pub async fn render(outcome: &SearchOutcome, said: Option<&str>, key: u64) -> Re
         .colour(BRAND)
         .title(cut(&format!("Searched: {}", outcome.decision.categories.join(", ")), 256))
         .description(cut(&outcome.decision.reasons.iter().map(|r| format!("• {}", escape(r, 500))).collect::<Vec<_>>().join("\n"), 4096));
-    let votes: Vec<String> = outcome.vote.picks().map(|(backbone, category, probability)| format!("`{backbone}`: {category} ({:.0} %)", 100.0 * probability)).collect();
-    summary = summary.field("Image vote", cut(&votes.join("\n"), 1024), false);
+    let by_words = outcome.vote.backbones.is_empty();
+    if !by_words {
+        let votes: Vec<String> = outcome.vote.picks().map(|(backbone, category, probability)| format!("`{backbone}`: {category} ({:.0} %)", 100.0 * probability)).collect();
+        summary = summary.field("Image vote", cut(&votes.join("\n"), 1024), false);
+    }
     if let Some(said) = said {
         let reading = match &outcome.intent {
             Some(intent) => match &intent.category {
                 Some(category) => format!("names **{category}** ({:.0} %)", 100.0 * intent.score),
+                None if by_words => "names no category: every category is searched".to_string(),
                 None => "names no category: the image decides".to_string(),
             },
             None => String::new(),
         };
         summary = summary.field("You said", cut(&format!("“{}” — {reading}", escape(said, 300)), 1024), false);
+    }
+    if !outcome.words.is_empty() {
+        let lines: Vec<String> = outcome.words.iter().map(|line| format!("• {}", escape(line, 300))).collect();
+        summary = summary.field("What your words did", cut(&lines.join("\n"), 1024), false);
     }
     let t = &outcome.timings;
     summary = summary.footer(CreateEmbedFooter::new(format!(
@@ -86,7 +94,11 @@ pub async fn render(outcome: &SearchOutcome, said: Option<&str>, key: u64) -> Re
         files.extend(file);
     }
     if outcome.hits.is_empty() {
-        embeds[0] = embeds[0].clone().field("No hits", "Nothing in these categories is similar enough. Try another photo or name the category.", false);
+        let why = match by_words {
+            true => "No item's title, description or tags match these words within the price asked. Try other words, or send a photo.",
+            false => "Nothing in these categories is similar enough (within the price asked). Try another photo or name the category.",
+        };
+        embeds[0] = embeds[0].clone().field("No hits", why, false);
     }
     let buttons = vec![
         CreateButton::new(format!("more:{key}")).label("More").style(ButtonStyle::Primary).disabled(!outcome.more),

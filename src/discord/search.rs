@@ -1,12 +1,12 @@
-//! `/search image:<photo> [text] [k]` and the "Find similar" message menu: the two searches that arrive as commands.
+//! `/search [image] [text] [k]` (a photo, words, or both) and the "Find similar" message menu: the two searches that arrive as commands.
 
 use super::*;
 
 pub(super) fn register() -> CreateCommand {
     CreateCommand::new("search")
-        .description("Find catalogue items that look like a photo")
-        .add_option(CreateCommandOption::new(CommandOptionType::Attachment, "image", "The photo").required(true))
-        .add_option(CreateCommandOption::new(CommandOptionType::String, "text", "What you are after, e.g. \"like this, but in blue\"").max_length(300))
+        .description("Find catalogue items like a photo, or by what you say")
+        .add_option(CreateCommandOption::new(CommandOptionType::Attachment, "image", "The photo (or leave it out and say what you want)"))
+        .add_option(CreateCommandOption::new(CommandOptionType::String, "text", "What you are after: \"like this, but in blue\", \"red canvas totes under $20\"").max_length(300))
         .add_option(CreateCommandOption::new(CommandOptionType::Integer, "k", "How many items (1 to 9)").min_int_value(1).max_int_value(reply::MAX_HITS as u64))
 }
 
@@ -24,11 +24,12 @@ pub(super) fn declared(attachment: &serenity::all::Attachment) -> Declared<'_> {
 
 pub(super) async fn search_interaction(bot: &Bot, ctx: &Context, command: &CommandInteraction, attachment: Option<&serenity::all::Attachment>, text: Option<String>, k: usize, kind: Entry) {
     let user = command.user.id;
-    let Some(attachment) = attachment else {
-        return respond(ctx, command, "I need a photo: attach one to the command, or use Find similar on a message with a photo.".into(), true).await;
-    };
+    if attachment.is_none() && text.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        let help = "I need a photo or some words: attach a photo, or say what you are after in `text` (\"red canvas totes under $20\"), or both.";
+        return respond(ctx, command, help.into(), true).await;
+    }
     // Refusals that need no download are answered at once, privately.
-    if let Err(err) = check_declared(&declared(attachment), bot.max_bytes()) {
+    if let Some(Err(err)) = attachment.map(|a| check_declared(&declared(a), bot.max_bytes())) {
         return respond(ctx, command, err.to_string(), true).await;
     }
     if let Err(wait) = bot.cooldown(user) {
@@ -37,7 +38,7 @@ pub(super) async fn search_interaction(bot: &Bot, ctx: &Context, command: &Comma
     if let Err(err) = command.defer(&ctx.http).await {
         return tracing::warn!(cause = %err, "cannot defer an interaction");
     }
-    let answer = bot.search(&declared(attachment), text, k, command.id.get(), Asker { kind, user }).await;
+    let answer = bot.search(attachment.map(declared).as_ref(), text, k, command.id.get(), Asker { kind, user }).await;
     deliver(ctx, &command.token, answer).await;
 }
 

@@ -12,6 +12,12 @@
 //! ([`Backend::lock_reindex`]), edits the catalogue if it means to, then re-indexes through the
 //! guard; failures are [`ReindexError`] variants. No torch and no Discord: vectors come from an
 //! embedding function the caller passes in.
+//!
+//! Besides its picture's vector, every item carries what words search ([`words`]): its colour
+//! signature measured from the pixels, its price as a number, its text (title, description,
+//! tags) in a full-text engine (tantivy embedded, PostgreSQL's own full-text search) and as a
+//! MiniLM sentence vector. Price ranges filter inside each backend's query; words alone are
+//! answered by fusing the full-text and sentence-vector rankings by reciprocal rank.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,15 +25,19 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::Metadata;
+use crate::colour::Swatch;
 use crate::config::{IndexBackend, IndexConfig, Metric};
+use crate::words::PriceRange;
 
 pub mod embedded;
 pub mod postgres;
 pub(crate) mod rank;
 mod reindex;
+pub mod words;
 
 pub use embedded::Index;
-pub use reindex::{render_summary, Audience, Embedder, Progress, ReindexError, ReindexJob, ReindexSummary};
+pub use reindex::{render_summary, Audience, Embedder, Progress, ReindexError, ReindexJob, ReindexSummary, TextEmbedder};
+pub use words::{Refined, Tally, WordsQuery};
 
 /// Images per call of the embedding function (one progress event each) when the embedder
 /// asks for no other size; on a GPU it asks for its forward batch (64).
@@ -67,13 +77,16 @@ pub struct Item {
     pub duplicates: Vec<String>,
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     pub metadata: Metadata,
+    /// The picture's dominant colours, measured from its pixels at index time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub colours: Vec<Swatch>,
 }
 
 impl Item {
     /// An item with only an id and a category (no file behind it): benchmarks and evaluations
     /// index vectors they made.
     pub fn bare(id: String, category: &str) -> Item {
-        Item { id, path: PathBuf::new(), category: category.into(), hash: String::new(), size: 0, modified_ns: 0, duplicates: Vec::new(), metadata: Metadata::default() }
+        Item { id, path: PathBuf::new(), category: category.into(), hash: String::new(), size: 0, modified_ns: 0, duplicates: Vec::new(), metadata: Metadata::default(), colours: Vec::new() }
     }
 }
 
@@ -158,6 +171,9 @@ pub struct SearchParams {
     pub metric: Metric,
     pub min_similarity: f32,
     pub near_duplicate_cosine: f32,
+    /// Only items whose price is in this range are candidates (checked inside the query, so a
+    /// page is full whenever enough items qualify).
+    pub price: PriceRange,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -172,6 +188,9 @@ pub struct Hit {
     /// Near-duplicates (cosine at or above `near_duplicate_cosine` to this hit) folded into it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub collapsed: Vec<String>,
+    /// What the sentence's colours and attributes added to `score`, when they re-ranked hits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refined: Option<words::Refined>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -195,6 +214,9 @@ pub enum SearchMethod {
     /// A database walking the HNSW index of a category large enough to have one.
     #[serde(rename = "hnsw")]
     Hnsw,
+    /// The items' own words: full-text and sentence-vector rankings fused by reciprocal rank.
+    #[serde(rename = "full-text + sentence vectors")]
+    Words,
 }
 
 impl SearchMethod {
@@ -204,6 +226,7 @@ impl SearchMethod {
             SearchMethod::CodesReranked => "int4 scan + exact re-rank",
             SearchMethod::Exact => "exact",
             SearchMethod::Hnsw => "hnsw",
+            SearchMethod::Words => "full-text + sentence vectors",
         }
     }
 }
@@ -239,6 +262,14 @@ pub trait Backend: Send + Sync {
     /// dropped, near-duplicates of a better hit folded into it. Categories the index does not
     /// have contribute nothing.
     fn search(&self, generation: &Generation, query: &[f32], scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError>;
+    /// The best hits for words alone in the scopes' categories: the full-text ranking of
+    /// `query.terms` and the sentence-vector ranking of `query.vector` against the items' text,
+    /// each cut to `params.offset + params.k + 1` candidates whose price `params.price` admits,
+    /// fused by reciprocal rank ([`words::fuse`]). A hit's cosine and distance are its text's.
+    fn search_words(&self, generation: &Generation, query: &WordsQuery, scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError>;
+    /// How many items `categories` hold, how many of them `price` admits, and how many mention
+    /// each of `attributes` (any of its forms as a word of the item's text).
+    fn tally(&self, generation: &Generation, categories: &[String], price: &PriceRange, attributes: &[Vec<String>]) -> Result<Tally, IndexError>;
     /// Takes the re-index lock; refused while another re-index (or catalogue edit) holds it, in
     /// this process or any other. The caller edits the catalogue, if it means to, while it holds
     /// the guard, then re-indexes through it; dropping the guard lets the next one in.

@@ -4,7 +4,9 @@
 //! Schema (created and migrated by the program, version in `lookalike_schema`):
 //! `lookalike_generations` has a row per finished generation (its key, categories, the ones
 //! searched through HNSW); each generation's vectors are a table `lookalike_items_N` (row,
-//! category, item as JSON, `embedding vector(D)`), written whole before its generation row is
+//! category, item as JSON, `embedding vector(D)`, `price real`, the item's `words` with their
+//! `tsv tsvector` under a GIN index, the words' sentence vector `text_embedding`; price
+//! filters are `WHERE` clauses of the query itself), written whole before its generation row is
 //! inserted, so readers see a new generation in one step and never half of one. A re-index holds
 //! a session advisory lock, which the server releases when its connection ends however it ends;
 //! a killed re-index leaves an orphan table the next one drops.
@@ -13,6 +15,7 @@
 //! at least `index.hnsw_min_rows`), with their vectors; [`super::rank`] scores and ranks them
 //! again exactly as the embedded index does, so small categories give identical hits.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,9 +27,11 @@ use postgres::types::Type;
 use postgres::{Client, NoTls};
 
 use super::rank::{self, dot, Candidate};
-use super::reindex::{self, Previous};
+use super::reindex::{self, Previous, Stored};
+use super::words::{self as shared, Ranked, Tally, WordsQuery};
 use super::{Backend, Embedder, EmbeddingKey, Generation, IndexError, Item, Page, Progress, ReindexError, ReindexGuard, ReindexJob, ReindexSummary, Scope, SearchMethod, SearchParams, Snapshot};
 use crate::config::{IndexConfig, Metric};
+use crate::words::PriceRange;
 
 /// Version of the tables this code reads and writes.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -164,6 +169,11 @@ fn hnsw_expression(dim: usize) -> (String, String, &'static str) {
 }
 
 /// A candidate as the database returns it: the scope it answers, the item (JSON), its vector.
+/// The price range as a `WHERE` clause on the table aliased `i`, bound to parameters 4 and 5
+/// (or 3 and 4): an open bound is NULL and admits every row, a set one only rows with a price.
+const PRICE_FILTER_4_5: &str = "AND ($4::real IS NULL OR i.price >= $4) AND ($5::real IS NULL OR i.price <= $5)";
+const PRICE_FILTER_3_4: &str = "AND ($3::real IS NULL OR i.price >= $3) AND ($4::real IS NULL OR i.price <= $4)";
+
 struct Fetched {
     scope: usize,
     item: String,
@@ -200,7 +210,7 @@ impl Postgres {
     }
 
     /// Each scope's best `depth` candidates (with their vectors), and the scopes that had more.
-    fn candidates(&self, generation: &Generation, query: &Vector, scopes: &[&Scope], depth: usize, metric: Metric) -> Result<Vec<Fetched>, IndexError> {
+    fn candidates(&self, generation: &Generation, query: &Vector, scopes: &[&Scope], depth: usize, metric: Metric, price: &PriceRange) -> Result<Vec<Fetched>, IndexError> {
         let table = items_table(generation.number);
         let operator = match metric {
             Metric::Cosine => "<=>",
@@ -215,9 +225,9 @@ impl Postgres {
             if !exact_names.is_empty() {
                 let sql = format!(
                     "SELECT s.ord, t.item, t.embedding FROM unnest($1::text[]) WITH ORDINALITY AS s(category, ord) \
-                     CROSS JOIN LATERAL (SELECT item, embedding FROM {table} i WHERE i.category = s.category ORDER BY i.embedding {operator} $2 LIMIT $3) t"
+                     CROSS JOIN LATERAL (SELECT item, embedding FROM {table} i WHERE i.category = s.category {PRICE_FILTER_4_5} ORDER BY i.embedding {operator} $2 LIMIT $3) t"
                 );
-                for row in client.query(&sql, &[&exact_names, query, &(depth as i64)])? {
+                for row in client.query(&sql, &[&exact_names, query, &(depth as i64), &price.min, &price.max])? {
                     let ord: i64 = row.get(0);
                     found.push(Fetched { scope: exact[ord as usize - 1].0, item: row.get(1), vector: row.get::<_, Vector>(2).to_vec() });
                 }
@@ -227,10 +237,14 @@ impl Postgres {
                 // The planner's cost estimate sometimes prefers an exact scan and sort to the HNSW
                 // index: at 100,000 x 3,072 it did so at ef_search 200 (1.2 s a query instead of
                 // 15 ms) though not at 100 or 400. Categories this large are HNSW's by design.
-                transaction.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef_search}; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off"))?;
+                // A price filter would leave the graph walk short of `depth` rows; pgvector 0.8's
+                // iterative scan walks on until enough rows pass it.
+                transaction.batch_execute(&format!(
+                    "SET LOCAL hnsw.ef_search = {ef_search}; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; SET LOCAL hnsw.iterative_scan = relaxed_order"
+                ))?;
                 for (position, scope) in &hnsw {
-                    let sql = format!("SELECT item, embedding FROM {table} WHERE category = {} ORDER BY {order} LIMIT $2", literal(&scope.category));
-                    for row in transaction.query(&sql, &[query, &(depth as i64)])? {
+                    let sql = format!("SELECT item, embedding FROM {table} i WHERE category = {} {} ORDER BY {order} LIMIT $2", literal(&scope.category), PRICE_FILTER_3_4);
+                    for row in transaction.query(&sql, &[query, &(depth as i64), &price.min, &price.max])? {
                         found.push(Fetched { scope: *position, item: row.get(0), vector: row.get::<_, Vector>(1).to_vec() });
                     }
                 }
@@ -324,7 +338,7 @@ impl Backend for Postgres {
         // Enough for the page even after near-duplicates fold; more if folding used them all.
         let mut depth = 4 * (params.offset + params.k + 1) + 32;
         loop {
-            let found = self.candidates(generation, &query_vector, &scopes, depth, params.metric)?;
+            let found = self.candidates(generation, &query_vector, &scopes, depth, params.metric, &params.price)?;
             let mut items = Vec::with_capacity(found.len());
             let mut vectors = Vec::with_capacity(found.len());
             let mut candidates = Vec::with_capacity(found.len());
@@ -347,6 +361,61 @@ impl Backend for Postgres {
             }
             depth *= 4;
         }
+    }
+
+    fn search_words(&self, generation: &Generation, query: &WordsQuery, scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError> {
+        let table = items_table(generation.number);
+        let names: Vec<&str> = scopes.iter().map(|s| s.category.as_str()).collect();
+        let depth = shared::depth(params.offset + params.k + 1) as i64;
+        // Terms are letters and digits (see `words::terms`); websearch syntax joins them by OR.
+        let terms = query.terms.iter().filter(|t| t.chars().all(char::is_alphanumeric)).cloned().collect::<Vec<_>>().join(" or ");
+        let vector = (!query.vector.is_empty()).then(|| Vector::from(query.vector.clone()));
+        let (price_min, price_max) = (params.price.min, params.price.max);
+        let found = self.read.with(|client| {
+            let mut lists = (Vec::new(), Vec::new());
+            if !terms.is_empty() {
+                let sql = format!(
+                    "SELECT s.ord, i.item, CASE WHEN $4::vector IS NULL OR i.text_embedding IS NULL THEN NULL ELSE (i.text_embedding <=> $4)::real END \
+                     FROM {table} i JOIN unnest($1::text[]) WITH ORDINALITY AS s(category, ord) ON s.category = i.category, websearch_to_tsquery('english', $2) q \
+                     WHERE i.tsv @@ q AND ($5::real IS NULL OR i.price >= $5) AND ($6::real IS NULL OR i.price <= $6) ORDER BY ts_rank(i.tsv, q) DESC, i.row LIMIT $3"
+                );
+                lists.0 = client.query(&sql, &[&names, &terms, &depth, &vector, &price_min, &price_max])?;
+            }
+            if let Some(vector) = &vector {
+                let sql = format!(
+                    "SELECT s.ord, i.item, (i.text_embedding <=> $2)::real FROM {table} i JOIN unnest($1::text[]) WITH ORDINALITY AS s(category, ord) ON s.category = i.category                      WHERE i.text_embedding IS NOT NULL {PRICE_FILTER_4_5} ORDER BY i.text_embedding <=> $2, i.row LIMIT $3"
+                );
+                lists.1 = client.query(&sql, &[&names, vector, &depth, &price_min, &price_max])?;
+            }
+            Ok(lists)
+        })?;
+        let query_norm = query.vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let read = |rows: Vec<postgres::Row>| -> Result<Vec<Ranked>, IndexError> {
+            rows.into_iter()
+                .map(|row| {
+                    let item: Item = serde_json::from_str(row.get::<_, &str>(1)).map_err(|err| IndexError::Unusable(format!("a damaged item in generation {}: {err}: re-index", generation.number)))?;
+                    // pgvector's cosine distance is 1 - cosine; item text vectors are unit length.
+                    let text = row.get::<_, Option<f32>>(2).map(|distance| (1.0 - distance, (1.0 + query_norm * query_norm - 2.0 * query_norm * (1.0 - distance)).max(0.0).sqrt()));
+                    Ok(Ranked { item, scope: row.get::<_, i64>(0) as usize - 1, text })
+                })
+                .collect()
+        };
+        Ok(shared::fuse(read(found.0)?, read(found.1)?, scopes, params.offset, params.k))
+    }
+
+    fn tally(&self, generation: &Generation, categories: &[String], price: &PriceRange, attributes: &[Vec<String>]) -> Result<Tally, IndexError> {
+        let table = items_table(generation.number);
+        // An attribute is mentioned when one of its forms is a whole word of the item's words,
+        // as the embedded index counts it: `\m` and `\M` are PostgreSQL's word boundaries.
+        let patterns: Vec<String> = attributes.iter().map(|forms| format!("\\m({})\\M", forms.iter().filter(|f| f.chars().all(char::is_alphanumeric)).cloned().collect::<Vec<_>>().join("|"))).collect();
+        let (items, priced_in, mentions) = self.read.with(|client| {
+            let sql = format!("SELECT count(*), count(*) FILTER (WHERE ($2::real IS NULL OR price >= $2) AND ($3::real IS NULL OR price <= $3)) FROM {table} WHERE category = ANY($1)");
+            let counts = client.query_one(&sql, &[&categories, &price.min, &price.max])?;
+            let sql = format!("SELECT (SELECT count(*) FROM {table} i WHERE i.category = ANY($1) AND lower(i.words) ~ a.p) FROM unnest($2::text[]) WITH ORDINALITY AS a(p, ord) ORDER BY a.ord");
+            let mentions: Vec<i64> = client.query(&sql, &[&categories, &patterns])?.iter().map(|row| row.get(0)).collect();
+            Ok((counts.get::<_, i64>(0), counts.get::<_, i64>(1), mentions))
+        })?;
+        Ok(Tally { items: items as usize, priced_in: priced_in as usize, mentions: mentions.into_iter().map(|m| m as usize).collect() })
     }
 
     fn lock_reindex(&self) -> Result<Box<dyn ReindexGuard + '_>, ReindexError> {
@@ -385,9 +454,9 @@ impl Postgres {
     fn write_generation(&self, client: &mut Client, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
         migrate(client, &self.write.shown)?;
         let previous = previous_generation(client)?;
-        let mut plan = reindex::plan(job, previous.as_ref().map(|(_, key, items)| Previous { key, items }), embed, progress)?;
+        let mut plan = reindex::plan(job, previous.as_ref().map(|(_, key, items, texts)| Previous { key, items, texts: texts.clone() }), embed, progress)?;
         reindex::sort_rows(&mut plan.rows);
-        Ok(self.store(client, job, &plan, previous.map(|(number, _, _)| number))?)
+        Ok(self.store(client, job, &plan, previous.map(|(number, ..)| number))?)
     }
 
     /// Writes `plan` as a new generation's table (rows reused from generation `previous` copied
@@ -400,18 +469,25 @@ impl Postgres {
         let generation = last.unwrap_or(0) as u64 + 1;
         let table = items_table(generation);
         let dim = job.key.dim;
-        client.batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (row integer PRIMARY KEY, category text NOT NULL, item text NOT NULL, embedding vector({dim}) NOT NULL)"))?;
+        client.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (row integer PRIMARY KEY, category text NOT NULL, item text NOT NULL, embedding vector({dim}) NOT NULL, \
+             price real, words text NOT NULL, tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', words)) STORED, text_embedding vector)"
+        ))?;
         let (mut reused, mut fresh) = (Vec::new(), Vec::new());
-        for (row, (item, vector)) in plan.rows.iter().enumerate() {
+        for (row, (item, Stored { vector, text })) in plan.rows.iter().enumerate() {
+            let text = (!text.is_empty()).then(|| Vector::from(text.clone()));
             match vector {
-                reindex::Vector::Reused(previous_row) => reused.push((row as i32, *previous_row as i32, item)),
-                reindex::Vector::Embedded(vector) => fresh.push((row as i32, item, vector)),
+                reindex::Vector::Reused(previous_row) => reused.push((row as i32, *previous_row as i32, item, text)),
+                reindex::Vector::Embedded(vector) => fresh.push((row as i32, item, vector, text)),
             }
         }
+        let price = |item: &Item| item.metadata.price_value().map(|p| p as f32);
         if let Some(previous_number) = previous {
+            // The picture's vector is copied inside the server; the text's comes from the plan
+            // (the words may have changed while the picture did not).
             let sql = format!(
-                "INSERT INTO {table} (row, category, item, embedding) SELECT t.row, t.category, t.item, p.embedding \
-                 FROM unnest($1::int4[], $2::int4[], $3::text[], $4::text[]) AS t(row, prev, category, item) JOIN {} p ON p.row = t.prev",
+                "INSERT INTO {table} (row, category, item, embedding, price, words, text_embedding) SELECT t.row, t.category, t.item, p.embedding, t.price, t.words, t.text::vector \
+                 FROM unnest($1::int4[], $2::int4[], $3::text[], $4::text[], $5::real[], $6::text[], $7::text[]) AS t(row, prev, category, item, price, words, text) JOIN {} p ON p.row = t.prev",
                 items_table(previous_number)
             );
             for chunk in reused.chunks(5000) {
@@ -419,20 +495,25 @@ impl Postgres {
                 let previous_rows: Vec<i32> = chunk.iter().map(|r| r.1).collect();
                 let categories: Vec<&str> = chunk.iter().map(|r| r.2.category.as_str()).collect();
                 let items: Vec<String> = chunk.iter().map(|r| serde_json::to_string(r.2)).collect::<Result<_, _>>()?;
-                client.execute(&sql, &[&rows, &previous_rows, &categories, &items])?;
+                let prices: Vec<Option<f32>> = chunk.iter().map(|r| price(r.2)).collect();
+                let words: Vec<String> = chunk.iter().map(|r| r.2.metadata.words()).collect();
+                let texts: Vec<Option<String>> = chunk.iter().map(|r| r.3.as_ref().map(vector_literal)).collect();
+                client.execute(&sql, &[&rows, &previous_rows, &categories, &items, &prices, &words, &texts])?;
             }
         }
         let vector_type = client.prepare("SELECT $1::vector")?.params()[0].clone();
-        let mut writer =
-            BinaryCopyInWriter::new(client.copy_in(&format!("COPY {table} (row, category, item, embedding) FROM STDIN (FORMAT binary)"))?, &[Type::INT4, Type::TEXT, Type::TEXT, vector_type]);
-        for (row, item, vector) in &fresh {
-            writer.write(&[row, &item.category, &serde_json::to_string(item)?, &Vector::from(vector.to_vec())])?;
+        let mut writer = BinaryCopyInWriter::new(
+            client.copy_in(&format!("COPY {table} (row, category, item, embedding, price, words, text_embedding) FROM STDIN (FORMAT binary)"))?,
+            &[Type::INT4, Type::TEXT, Type::TEXT, vector_type.clone(), Type::FLOAT4, Type::TEXT, vector_type],
+        );
+        for (row, item, vector, text) in &fresh {
+            writer.write(&[row, &item.category, &serde_json::to_string(item)?, &Vector::from(vector.to_vec()), &price(item), &item.metadata.words(), text])?;
         }
         writer.finish()?;
 
         let categories = reindex::count_categories(plan.rows.iter().map(|(item, _)| item));
         let approximate: Vec<String> = categories.iter().filter(|c| c.vectors >= self.settings.hnsw_min_rows).map(|c| c.name.clone()).collect();
-        client.batch_execute(&format!("CREATE INDEX ON {table} (category)"))?;
+        client.batch_execute(&format!("CREATE INDEX ON {table} (category); CREATE INDEX ON {table} USING gin (tsv)"))?;
         if !approximate.is_empty() {
             // The graph is built fastest when it fits in memory: ~2 bytes a dimension a row.
             client.batch_execute("SET maintenance_work_mem = '2GB'")?;
@@ -462,13 +543,27 @@ impl Postgres {
     }
 }
 
-/// The newest generation's number, key and items in row order, if there is one.
-fn previous_generation(client: &mut Client) -> anyhow::Result<Option<(u64, EmbeddingKey, Vec<Item>)>> {
+/// The newest generation's number, key, items in row order and text vectors by words, if
+/// there is one.
+type PreviousGeneration = (u64, EmbeddingKey, Vec<Item>, HashMap<String, Vec<f32>>);
+
+fn previous_generation(client: &mut Client) -> anyhow::Result<Option<PreviousGeneration>> {
     let Some(Newest { number, key, .. }) = newest(client).context("cannot read the newest generation")? else { return Ok(None) };
     let key: EmbeddingKey = serde_json::from_str(&key).context("the newest generation's key is damaged")?;
-    let items: Vec<Item> =
-        client.query(&format!("SELECT item FROM {} ORDER BY row", items_table(number)), &[])?.iter().map(|row| serde_json::from_str(row.get::<_, &str>(0))).collect::<Result<_, _>>()?;
-    Ok(Some((number, key, items)))
+    let table = items_table(number);
+    let items: Vec<Item> = client.query(&format!("SELECT item FROM {table} ORDER BY row"), &[])?.iter().map(|row| serde_json::from_str(row.get::<_, &str>(0))).collect::<Result<_, _>>()?;
+    // A generation written before items had words has no such columns: nothing to reuse then.
+    let texts = match client.query(&format!("SELECT words, text_embedding FROM {table} WHERE text_embedding IS NOT NULL"), &[]) {
+        Ok(rows) => rows.iter().map(|row| (row.get::<_, String>(0), row.get::<_, Vector>(1).to_vec())).collect(),
+        Err(_) => HashMap::new(),
+    };
+    Ok(Some((number, key, items, texts)))
+}
+
+/// A vector as pgvector reads it from text: `[0.1,0.2]`.
+fn vector_literal(vector: &Vector) -> String {
+    let values: Vec<String> = vector.as_slice().iter().map(f32::to_string).collect();
+    format!("[{}]", values.join(","))
 }
 
 /// Drops generations past the newest few, and tables of re-indexes that never finished.

@@ -139,7 +139,7 @@ pub(super) fn rank<'a>(
             hit.collapsed.push(item(candidate.slot).id);
             continue;
         }
-        let hit = Hit { item: item(candidate.slot), cosine: candidate.cosine, euclidean: candidate.euclidean, score: candidate.cosine + candidate.bonus, collapsed: Vec::new() };
+        let hit = Hit { item: item(candidate.slot), cosine: candidate.cosine, euclidean: candidate.euclidean, score: candidate.cosine + candidate.bonus, collapsed: Vec::new(), refined: None };
         accepted.push((candidate.slot, hit));
     }
     let more = accepted.len() > params.offset + params.k;

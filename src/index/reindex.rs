@@ -1,7 +1,9 @@
 //! The incremental re-index plan both backends follow: scan the catalogue, trust the content
 //! hash of a file whose size and time are unchanged, reuse the vector of content the newest
 //! generation already holds (under the same embedding key), embed the rest in chunks with
-//! progress, store duplicate files once. The backend then writes the rows as a new generation.
+//! progress, store duplicate files once, then describe each row for words: its colours from its
+//! pixels, its text's sentence vector, both reused from the previous generation where the
+//! picture or the text is unchanged. The backend then writes the rows as a new generation.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -100,6 +102,10 @@ pub struct ReindexSummary {
     pub duplicates: usize,
     pub failed: Vec<Failure>,
     pub not_images: Vec<PathBuf>,
+    /// Items whose price is given but does not read as a number: kept out of every answer that
+    /// filters or orders by price.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unpriced: Vec<String>,
     pub seconds: f64,
     /// New heads were loaded from the heads folder before this re-index (the service sets it).
     pub new_heads: bool,
@@ -124,6 +130,11 @@ pub fn render_summary(summary: &ReindexSummary, audience: Audience) -> String {
         for failure in &summary.failed {
             out.push_str(&format!("    {}: {}\n", failure.id, failure.reason));
         }
+    }
+    if !summary.unpriced.is_empty() {
+        let shown: Vec<&str> = summary.unpriced.iter().take(5).map(String::as_str).collect();
+        let more = if summary.unpriced.len() > shown.len() { format!(" and {} more", summary.unpriced.len() - shown.len()) } else { String::new() };
+        out.push_str(&format!("  {} prices do not read as numbers, so price filters leave those items out: {}{more}\n", summary.unpriced.len(), shown.join(", ")));
     }
     if !summary.not_images.is_empty() {
         out.push_str(&format!("  {} files skipped, not images by their extension:\n", summary.not_images.len()));
@@ -162,7 +173,16 @@ pub struct ReindexJob<'a> {
     pub partial: Option<&'a std::path::Path>,
     /// Set when the process shuts down: the re-index stops after the chunk it is embedding.
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
+    /// Turns items' texts into sentence vectors (MiniLM on the model thread); None: the
+    /// generation holds no text vectors and words are searched by full text alone.
+    pub describe: Option<&'a TextEmbedder<'a>>,
 }
+
+/// Sentence vectors of texts, one per text, in order.
+pub type TextEmbedder<'a> = dyn Fn(&[String]) -> anyhow::Result<Vec<Vec<f32>>> + 'a;
+
+/// Texts per call of the text embedder.
+const TEXT_CHUNK: usize = 64;
 
 /// The partial file: a line with the embedding key (JSON), then per image the content hash's
 /// length (one byte), the hash, the vector's length (u32, the key's dim) and the vector (f32),
@@ -235,10 +255,19 @@ pub type Embedder<'a> = dyn FnMut(&[PathBuf]) -> Vec<Result<Vec<f32>, String>> +
 /// A file's (size, modification time in ns): unchanged, its hash can be trusted.
 type FileStat = (u64, i64);
 
-/// The newest generation, as the plan reads it: its key and its items in row order.
+/// The newest generation, as the plan reads it: its key, its items in row order, and its
+/// items' text vectors by text.
 pub(super) struct Previous<'a> {
     pub key: &'a EmbeddingKey,
     pub items: &'a [Item],
+    pub texts: HashMap<String, Vec<f32>>,
+}
+
+/// What a new row stores besides its item: the picture's vector and the text's (empty when
+/// the item has no words or no text embedder ran).
+pub(super) struct Stored {
+    pub vector: Vector,
+    pub text: Vec<f32>,
 }
 
 /// Where a new row's vector comes from.
@@ -250,7 +279,7 @@ pub(super) enum Vector {
 
 /// The new generation's rows, in no particular order, and what the summary needs.
 pub(super) struct Plan {
-    pub rows: Vec<(Item, Vector)>,
+    pub rows: Vec<(Item, Stored)>,
     pub catalogue: PathBuf,
     pub failed: Vec<Failure>,
     summary: ReindexSummary,
@@ -287,6 +316,7 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
     let (mut vectors, resumed, whole) = reuse(job, &inventory.contents, if reusable { items } else { &[] });
     let embedded = embed_missing(job, &mut inventory, &mut vectors, Resume { resumed, whole }, embed, progress)?;
     let (rows, duplicates) = assemble(inventory.contents, vectors, &metadata);
+    let (rows, unpriced) = describe(job, rows, previous.as_ref())?;
     let summary = ReindexSummary {
         generation: 0,
         location: String::new(),
@@ -301,6 +331,7 @@ pub(super) fn plan(job: &ReindexJob, previous: Option<Previous>, embed: &mut Emb
         duplicates,
         failed: inventory.failed.clone(),
         not_images: scan.not_images,
+        unpriced,
         seconds: 0.0,
         new_heads: false,
     };
@@ -465,11 +496,71 @@ fn assemble(contents: Vec<(String, Vec<catalogue::Entry>)>, vectors: Vec<Option<
             modified_ns: first.modified_ns,
             duplicates: entries[1..].iter().map(|e| e.id.clone()).collect(),
             metadata: entries.iter().map(|e| metadata.get(&e.id)).find(|m| !m.is_empty()).unwrap_or_default(),
+            colours: Vec::new(),
         };
         rows.push((item, vector));
     }
     (rows, duplicates)
 }
+
+/// Describes each row for words: its colours (the previous generation's for the same bytes,
+/// else measured from the file; a file that no longer decodes keeps none), its text's
+/// sentence vector (the previous generation's for the same text, else embedded in chunks), and
+/// whether its price reads. Returns the rows and the ids whose price does not read.
+fn describe(job: &ReindexJob, rows: Vec<(Item, Vector)>, previous: Option<&Previous>) -> anyhow::Result<(Vec<(Item, Stored)>, Vec<String>)> {
+    let colours_of: HashMap<&str, &Vec<crate::colour::Swatch>> = previous.map_or(&[][..], |p| p.items).iter().filter(|i| !i.colours.is_empty()).map(|i| (i.hash.as_str(), &i.colours)).collect();
+    let limits = crate::imaging::ImageLimits { max_bytes: job.max_image_bytes, max_pixels: DESCRIBE_MAX_PIXELS };
+    let mut unpriced = Vec::new();
+    let mut described = Vec::with_capacity(rows.len());
+    let mut to_embed: Vec<(usize, String)> = Vec::new();
+    for (mut item, vector) in rows {
+        item.colours = match colours_of.get(item.hash.as_str()) {
+            Some(colours) => (*colours).clone(),
+            None => match std::fs::read(&item.path).map_err(|e| e.to_string()).and_then(|bytes| crate::imaging::decode(&bytes, limits).map_err(|e| e.to_string())) {
+                Ok(image) => crate::colour::signature(&image),
+                Err(why) => {
+                    tracing::warn!(item = %item.id, cause = %why, "cannot measure the colours of an item");
+                    Vec::new()
+                }
+            },
+        };
+        if item.metadata.price.is_some() && item.metadata.price_value().is_none() {
+            unpriced.push(item.id.clone());
+        }
+        let words = item.metadata.words();
+        let text = match previous.and_then(|p| p.texts.get(&words)) {
+            Some(vector) => vector.clone(),
+            None => {
+                if !words.is_empty() && job.describe.is_some() {
+                    to_embed.push((described.len(), words));
+                }
+                Vec::new()
+            }
+        };
+        described.push((item, Stored { vector, text }));
+    }
+    if !unpriced.is_empty() {
+        tracing::warn!(count = unpriced.len(), first = %unpriced[0], "prices that do not read as numbers: those items are left out of price-filtered answers");
+    }
+    if let Some(describe) = job.describe {
+        for chunk in to_embed.chunks(TEXT_CHUNK) {
+            let texts: Vec<String> = chunk.iter().map(|(_, words)| words.clone()).collect();
+            let vectors = describe(&texts).context("cannot embed the items' texts")?;
+            anyhow::ensure!(vectors.len() == chunk.len(), "the text embedder answered {} of {} texts", vectors.len(), chunk.len());
+            for ((row, _), vector) in chunk.iter().zip(vectors) {
+                described[*row].1.text = vector;
+            }
+        }
+        if !to_embed.is_empty() {
+            tracing::info!(texts = to_embed.len(), "embedded the items' texts");
+        }
+    }
+    Ok((described, unpriced))
+}
+
+/// Pixels a picture may have for its colours to be measured; larger ones keep none (the
+/// embedder refuses them with the limits of `limits.max_image_megapixels`).
+const DESCRIBE_MAX_PIXELS: u64 = 64_000_000;
 
 /// Each category's vectors and files (duplicates included), from items in row order.
 pub(super) fn count_categories<'a>(items: impl IntoIterator<Item = &'a Item>) -> Vec<CategoryCount> {
@@ -512,12 +603,14 @@ mod tests {
             duplicates: 0,
             failed: vec![Failure { id: "bag/b.png".into(), reason: "the file is empty".into() }],
             not_images: vec![PathBuf::from("/srv/shop/catalogue/bag/notes.txt")],
+            unpriced: vec!["bag/c.png".into()],
             seconds: 1.5,
             new_heads: true,
         };
         let chat = render_summary(&summary, Audience::Chat);
         assert!(!chat.contains("/srv") && chat.contains("new heads loaded"), "{chat}");
         assert!(chat.contains("generation 4") && chat.contains("bag/b.png: the file is empty") && chat.contains("bag/notes.txt"), "{chat}");
+        assert!(chat.contains("1 prices do not read as numbers, so price filters leave those items out: bag/c.png"), "{chat}");
         assert!(render_summary(&summary, Audience::Operator).contains("/srv/shop/index/gen-4"), "operators see where it went");
     }
 }

@@ -1,8 +1,12 @@
-//! `SearchService`: what the bot and the CLI's search commands call. A query (image bytes, an
-//! optional sentence, k, page) becomes a `SearchOutcome`: the categories searched and why, each
-//! backbone's vote, the text's scores, the hits, and the time of every stage. Its [`Upkeep`]
-//! handle (`upkeep.rs`) re-indexes and edits the catalogue while queries go on being answered
-//! from the current generation; `batch.rs` is the model thread's side of a query.
+//! `SearchService`: what the bot and the CLI's search commands call. A query (image bytes and/or
+//! a sentence, k, page) becomes a `SearchOutcome`: the categories searched and why, each
+//! backbone's vote, the text's scores, what the sentence's words did, the hits, and the time of
+//! every stage. Its [`Upkeep`] handle (`upkeep.rs`) re-indexes and edits the catalogue while
+//! queries go on being answered from the current generation; `batch.rs` is the model thread's
+//! side of a query; `refine.rs` re-ranks by the sentence's colours, attributes and price order.
+//!
+//! Words alone (no photo) never reach the backbones: the model thread reads the sentence's
+//! category and MiniLM vector, and the index answers from the items' own words.
 //!
 //! Concurrency: at most `search.max_concurrent_queries` queries at once (more get
 //! [`SearchError::Busy`]); images are decoded on tokio's blocking pool, in parallel with the
@@ -21,16 +25,18 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, EmbeddingSource};
-use crate::decide::{decide, Decision, Gating, ImageVote};
+use crate::decide::{decide, decide_words, Decision, Gating, ImageVote};
 use crate::files::heads;
 use crate::imaging::{self, ImageError, ImageLimits};
-use crate::index::{self, Backend, EmbeddingKey, Generation, Hit, IndexError, Progress, ReindexError, ReindexJob, ReindexSummary, Scope, SearchMethod, SearchParams};
+use crate::index::{self, Backend, EmbeddingKey, Generation, Hit, IndexError, Page, Progress, ReindexError, ReindexJob, ReindexSummary, Scope, SearchMethod, SearchParams, WordsQuery};
 use crate::text::{Intent, IntentReader, TextModelPaths, Vocabulary};
 use crate::vision;
 use crate::vision::ensemble::{forward_batch, Ensemble, HeadsInfo, GPU_BATCH_SIZES};
+use crate::words::Wants;
 use crate::worker::ModelWorker;
 
 mod batch;
+mod refine;
 mod upkeep;
 use batch::{classify_pending, Models, Pending, Queue, Understood};
 pub use upkeep::{reindex_with_bar, with_bar, Edit, Upkeep};
@@ -46,7 +52,7 @@ struct Settings {
 /// One request.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
-    /// The photo, as uploaded (PNG, JPEG, WebP, GIF, BMP).
+    /// The photo, as uploaded (PNG, JPEG, WebP, GIF, BMP); empty for a search by words alone.
     pub image: Vec<u8>,
     /// What the shopper said, if anything.
     pub text: Option<String>,
@@ -84,6 +90,10 @@ pub struct SearchOutcome {
     pub vote: ImageVote,
     /// The sentence's reading, when there was a sentence.
     pub intent: Option<Intent>,
+    /// What the sentence asks beyond a category: colours, attributes, price.
+    pub wants: Wants,
+    /// What those words did to the hits, one line each ("price under 20: 57 of 212 bag items qualify").
+    pub words: Vec<String>,
     pub hits: Vec<Hit>,
     pub page: usize,
     pub k: usize,
@@ -111,6 +121,8 @@ pub enum SearchError {
     Timeout(u64),
     #[error("the models failed on this query: {0}")]
     Models(String),
+    #[error("nothing to search for: send a photo, some words, or both")]
+    Empty,
 }
 
 impl SearchError {
@@ -124,6 +136,7 @@ impl SearchError {
             SearchError::UnknownCategory(..) => "unknown_category",
             SearchError::Timeout(_) => "timeout",
             SearchError::Models(_) => "error",
+            SearchError::Empty => "empty",
         }
     }
 }
@@ -297,6 +310,10 @@ impl SearchService {
             let seconds = self.last_total_ms.load(Ordering::Relaxed).div_ceil(1000).max(1);
             return Err(SearchError::Busy(self.settings.search.max_concurrent_queries, seconds));
         };
+        let text = query.text.filter(|t| !t.trim().is_empty());
+        if query.image.is_empty() && text.is_none() {
+            return Err(SearchError::Empty);
+        }
         let generation = self.generation().await?;
         let search = &self.settings.search;
         let k = query.k.unwrap_or(search.default_k).clamp(1, search.max_k.max(1));
@@ -306,15 +323,24 @@ impl SearchService {
                 return Err(SearchError::UnknownCategory(unknown.clone(), known.join(", ")));
             }
         }
-        let limits = self.settings.limits;
-        let bytes = query.image;
-        let image = tokio::task::spawn_blocking(move || imaging::decode(&bytes, limits)).await.map_err(|e| SearchError::Models(e.to_string()))??;
-        let decode_ms = millis(started.elapsed());
-
+        let wants = text.as_deref().map(crate::words::read).unwrap_or_default();
         let timeout = Duration::from_millis(search.query_timeout_ms);
-        let understood = tokio::time::timeout(timeout, self.understand(image, query.text, generation.key.clone())).await.map_err(|_| SearchError::Timeout(search.query_timeout_ms))??;
+        let (understood, photo_colours, decode_ms) = if query.image.is_empty() {
+            let understood = tokio::time::timeout(timeout, self.read_words(text.clone().unwrap_or_default())).await.map_err(|_| SearchError::Timeout(search.query_timeout_ms))??;
+            (understood, Vec::new(), 0.0)
+        } else {
+            let (limits, bytes) = (self.settings.limits, query.image);
+            let image = tokio::task::spawn_blocking(move || imaging::decode(&bytes, limits)).await.map_err(|e| SearchError::Models(e.to_string()))??;
+            let decode_ms = millis(started.elapsed());
+            // The photo's own colours matter only when the sentence names another colour.
+            let photo_colours = if wants.colours.is_empty() { Vec::new() } else { crate::colour::signature(&image) };
+            let understood = tokio::time::timeout(timeout, self.understand(image, text.clone(), generation.key.clone())).await.map_err(|_| SearchError::Timeout(search.query_timeout_ms))??;
+            (understood, photo_colours, decode_ms)
+        };
+        let by_words = understood.vote.backbones.is_empty();
         let decision = match query.categories {
             Some(categories) => Decision::chosen(categories.clone(), format!("searching the category asked for: {}", categories.join(", "))),
+            None if by_words => decide_words(understood.intent.as_ref(), &generation.category_names()),
             None => decide(&understood.vote, understood.intent.as_ref(), &Gating::from_config(search)),
         };
 
@@ -325,6 +351,7 @@ impl SearchService {
             metric: self.settings.index.metric,
             min_similarity: self.settings.index.min_similarity,
             near_duplicate_cosine: self.settings.index.near_duplicate_cosine,
+            price: wants.price,
         };
         let scopes: Vec<Scope> = decision
             .categories
@@ -333,14 +360,28 @@ impl SearchService {
             .enumerate()
             .map(|(position, (category, &bonus))| Scope { category: category.clone(), rank: if decision.ranked_together { 0 } else { position }, bonus })
             .collect();
-        let (embedding, searched, backend) = (understood.embedding, generation.clone(), self.backend.clone());
-        let page = tokio::task::spawn_blocking(move || backend.search(&searched, &embedding, &scopes, &params)).await.map_err(|e| SearchError::Models(e.to_string()))?.map_err(from_index)?;
+        let probe = match by_words {
+            true => Probe::Words(WordsQuery { terms: crate::words::terms(text.as_deref().unwrap_or_default()), vector: understood.embedding }),
+            false => Probe::Image(understood.embedding),
+        };
+        let find = Find {
+            backend: self.backend.clone(),
+            generation: generation.clone(),
+            set_aside: refine::photo_colour_to_set_aside(&photo_colours, &wants),
+            searched: decision.categories.clone(),
+            wants: wants.clone(),
+            weights: refine::Weights::from_config(search),
+            pool: search.words_pool,
+        };
+        let (page, words) = tokio::task::spawn_blocking(move || find.run(probe, &scopes, &params)).await.map_err(|e| SearchError::Models(e.to_string()))?.map_err(from_index)?;
         let total = started.elapsed();
         self.last_total_ms.store(total.as_millis() as u64, Ordering::Relaxed);
         Ok(SearchOutcome {
             decision,
             vote: understood.vote,
             intent: understood.intent,
+            wants,
+            words,
             hits: page.hits,
             page: query.page,
             k,
@@ -359,6 +400,27 @@ impl SearchService {
         })
     }
 
+    /// Words alone: the model thread reads the sentence's category and its MiniLM vector; no
+    /// backbone runs.
+    async fn read_words(&self, text: String) -> Result<Understood, SearchError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let queued = Instant::now();
+        self.models
+            .worker
+            .submit(move |models: &mut Models| {
+                let started = Instant::now();
+                let mut read = || -> anyhow::Result<Understood> {
+                    let intent = models.intent.read(&text)?;
+                    let vector = models.intent.sentence_vectors(std::slice::from_ref(&text))?.map(|mut v| v.remove(0)).unwrap_or_default();
+                    let (queue_ms, text_ms) = (millis(started - queued), millis(started.elapsed()));
+                    Ok(Understood { vote: ImageVote::default(), embedding: vector, intent: Some(intent), queue_ms, vision_ms: 0.0, text_ms, batch: 1 })
+                };
+                let _ = answer.send(read().map_err(|err| SearchError::Models(format!("{err:#}"))));
+            })
+            .map_err(|e| SearchError::Models(e.to_string()))?;
+        answered.await.map_err(|_| SearchError::Models("the model thread failed on this query (see the log)".into()))?
+    }
+
     /// Queues the image and a job for the model thread; whichever job runs first takes up to
     /// `search.max_batch` queued images and classifies them as one batch.
     async fn understand(&self, image: RgbImage, text: Option<String>, key: EmbeddingKey) -> Result<Understood, SearchError> {
@@ -367,6 +429,53 @@ impl SearchService {
         let (queue, source) = (self.queue.clone(), self.models.source);
         self.models.worker.submit(move |models| classify_pending(models, &queue, source)).map_err(|e| SearchError::Models(e.to_string()))?;
         answered.await.map_err(|_| SearchError::Models("the model thread failed on this query (see the log)".into()))?
+    }
+}
+
+/// What the index is asked with: the photo's vector, or the words.
+enum Probe {
+    Image(Vec<f32>),
+    Words(WordsQuery),
+}
+
+/// One search of the index, on a blocking thread, with what the sentence's words ask of it.
+struct Find {
+    backend: Arc<dyn Backend>,
+    generation: Arc<Generation>,
+    wants: Wants,
+    /// The photo's own colour, when the sentence names another.
+    set_aside: Option<crate::colour::Lab>,
+    searched: Vec<String>,
+    weights: refine::Weights,
+    pool: usize,
+}
+
+impl Find {
+    /// The page, and what the words did. With no refinement this is the backend's own page,
+    /// exactly as before words were read; with one, the best `pool` candidates (inside the
+    /// price range, filtered by the backend's query) are re-ranked and the page cut from them.
+    fn run(self, probe: Probe, scopes: &[Scope], params: &SearchParams) -> Result<(Page, Vec<String>), IndexError> {
+        let (backend, generation) = (self.backend.as_ref(), self.generation.as_ref());
+        let mut lines = Vec::new();
+        if let Probe::Words(_) = probe {
+            lines.push("words only: the items' titles, descriptions and tags, by full text and by meaning (MiniLM), fused by rank".to_string());
+        }
+        let ask = |params: &SearchParams| match &probe {
+            Probe::Image(vector) => backend.search(generation, vector, scopes, params),
+            Probe::Words(words) => backend.search_words(generation, words, scopes, params),
+        };
+        if self.wants.is_empty() {
+            return Ok((ask(params)?, lines));
+        }
+        let wanted = params.offset + params.k;
+        let pooled = ask(&SearchParams { k: self.pool.max(wanted + 1), offset: 0, ..*params })?;
+        let pool = pooled.hits.len();
+        let ranked = refine::rerank(pooled.hits, &self.wants, self.set_aside, self.weights, matches!(probe, Probe::Words(_)));
+        let attributes: Vec<Vec<String>> = self.wants.attributes.iter().map(|a| a.forms.clone()).collect();
+        let tally = backend.tally(generation, &self.searched, &self.wants.price, &attributes)?;
+        lines.extend(refine::explain(&self.wants, &tally, &self.searched, self.set_aside, pool));
+        let more = pooled.more || ranked.len() > wanted;
+        Ok((Page { hits: ranked.into_iter().skip(params.offset).take(params.k).collect(), more, method: pooled.method }, lines))
     }
 }
 

@@ -199,6 +199,12 @@ impl Upkeep {
         if let Err(err) = std::fs::create_dir_all(&self.job.index_dir) {
             tracing::warn!(cause = %err, "cannot create the index folder; an interrupted re-index will start over");
         }
+        let texts_worker = self.models.worker.clone();
+        // The items' words, embedded by the model thread's MiniLM (none when it is not loaded).
+        let describe = move |texts: &[String]| -> anyhow::Result<Vec<Vec<f32>>> {
+            let (owned, count) = (texts.to_vec(), texts.len());
+            Ok(texts_worker.run_blocking(move |models: &mut Models| models.intent.sentence_vectors(&owned))??.unwrap_or_else(|| vec![Vec::new(); count]))
+        };
         let job = ReindexJob {
             catalogue: &catalogue.dir,
             metadata: &catalogue.metadata,
@@ -207,6 +213,7 @@ impl Upkeep {
             max_image_bytes: self.job.limits.max_bytes,
             partial: Some(&partial),
             stop: Some(&self.stop),
+            describe: Some(&describe),
         };
         let (worker, source, limits, key) = (self.models.worker.clone(), self.models.source, self.job.limits, key.clone());
         let mut embed = move |paths: &[PathBuf]| -> Vec<Result<Vec<f32>, String>> {

@@ -2,6 +2,7 @@
 //! softmax with a "none" class, and the temperature's calibration on the categories file.
 
 use std::path::Path;
+use std::rc::Rc;
 
 use anyhow::Context;
 
@@ -26,7 +27,7 @@ const GENERIC_REQUESTS: [&str; 10] = [
 /// Cosine similarity with all-MiniLM-L6-v2 to several lines per category, turned into scores by
 /// a temperature softmax over the categories and a "none" class.
 pub struct Embedding {
-    model: rust_bert::pipelines::sentence_embeddings::SentenceEmbeddingsModel,
+    model: Rc<MiniLm>,
     /// Per category, the unit vectors of its [`prototype_texts`].
     prototypes: Vec<Vec<Vec<f32>>>,
     generic: Vec<Vec<f32>>,
@@ -49,8 +50,15 @@ fn prototype_texts(category: &Category) -> (Vec<String>, usize) {
     (texts, sentences)
 }
 
-impl Embedding {
-    pub fn load(model_dir: &Path, vocabulary: &Vocabulary, config: &TextConfig) -> anyhow::Result<Embedding> {
+/// all-MiniLM-L6-v2, loaded once on the model thread: the embedding method compares sentences
+/// with categories by it, and the index embeds items' texts and searches words by it.
+pub struct MiniLm {
+    model: rust_bert::pipelines::sentence_embeddings::SentenceEmbeddingsModel,
+}
+
+impl MiniLm {
+    /// The files of the offline kit's copy in `model_dir`.
+    pub fn load(model_dir: &Path) -> anyhow::Result<MiniLm> {
         use rust_bert::pipelines::sentence_embeddings::{SentenceEmbeddingsConfig, SentenceEmbeddingsModel};
         use rust_bert::resources::LocalResource;
         let file = |name: &str| -> anyhow::Result<Box<LocalResource>> {
@@ -58,7 +66,7 @@ impl Embedding {
             anyhow::ensure!(path.exists(), "{} is missing: run `make setup` to install the offline kit", path.display());
             Ok(Box::new(LocalResource { local_path: path }))
         };
-        let config_rb = SentenceEmbeddingsConfig {
+        let config = SentenceEmbeddingsConfig {
             modules_config_resource: file("modules.json")?,
             transformer_type: rust_bert::pipelines::common::ModelType::Bert,
             transformer_config_resource: file("config.json")?,
@@ -73,15 +81,35 @@ impl Embedding {
             device: tch::Device::Cpu,
             kind: None,
         };
-        let model = SentenceEmbeddingsModel::new(config_rb).context("cannot load all-MiniLM-L6-v2")?;
+        Ok(MiniLm { model: SentenceEmbeddingsModel::new(config).context("cannot load all-MiniLM-L6-v2")? })
+    }
+
+    /// Whether the kit's copy is in `model_dir`.
+    pub fn installed(model_dir: &Path) -> bool {
+        model_dir.join("model.safetensors").exists()
+    }
+
+    /// Unit vectors of `texts`, in order.
+    pub fn encode<S: AsRef<str> + Send + Sync>(&self, texts: &[S]) -> anyhow::Result<Vec<Vec<f32>>> {
+        Ok(unit_rows(self.model.encode(texts)?))
+    }
+}
+
+impl Embedding {
+    pub fn load(model_dir: &Path, vocabulary: &Vocabulary, config: &TextConfig) -> anyhow::Result<Embedding> {
+        Embedding::with_model(Rc::new(MiniLm::load(model_dir)?), vocabulary, config)
+    }
+
+    /// The method over a MiniLM already loaded (the reader shares its own).
+    pub fn with_model(model: Rc<MiniLm>, vocabulary: &Vocabulary, config: &TextConfig) -> anyhow::Result<Embedding> {
         let mut prototypes = Vec::new();
         let mut sentences = Vec::new();
         for category in &vocabulary.category {
             let (texts, count) = prototype_texts(category);
-            prototypes.push(unit_rows(model.encode(&texts)?));
+            prototypes.push(model.encode(&texts)?);
             sentences.push(count);
         }
-        let generic = unit_rows(model.encode(&GENERIC_REQUESTS)?);
+        let generic = model.encode(&GENERIC_REQUESTS)?;
         let none_floor = config.embedding_none_cosine;
         let (temperature, origin) = match config.embedding_temperature {
             Temperature::Fixed(value) => (value, "text.embedding_temperature"),
@@ -94,7 +122,7 @@ impl Embedding {
 
     /// The bare MiniLM forward pass for one sentence: the baseline the benchmark compares with.
     pub fn encode(&self, text: &str) -> anyhow::Result<Vec<f32>> {
-        Ok(self.model.encode(&[text])?.remove(0))
+        Ok(self.model.model.encode(&[text])?.remove(0))
     }
 }
 

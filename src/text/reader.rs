@@ -1,7 +1,9 @@
 //! The reader: the configured methods over one vocabulary, tried in order until one names a category.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
+use super::embedding::MiniLm;
 use super::{Embedding, Intent, IntentMethod, Lexical, MethodScores, Nli, Sentence, Vocabulary};
 use crate::config::{TextConfig, TextMethod};
 
@@ -10,6 +12,9 @@ pub struct IntentReader {
     vocabulary: Vocabulary,
     methods: Vec<Box<dyn IntentMethod>>,
     min_score: f32,
+    /// MiniLM, shared with the embedding method: items' texts and words-only queries are
+    /// embedded by it. None when the kit's copy is not installed and no method needs it.
+    sentences: Option<Rc<MiniLm>>,
 }
 
 /// Where the text models live, from the models folder and the config.
@@ -28,14 +33,24 @@ impl IntentReader {
     /// Loads the methods `methods` names (usually `config.methods`), in that order.
     pub fn load(vocabulary: Vocabulary, config: &TextConfig, methods: &[TextMethod], paths: &TextModelPaths) -> anyhow::Result<IntentReader> {
         let mut loaded: Vec<Box<dyn IntentMethod>> = Vec::new();
+        let sentences = match methods.contains(&TextMethod::Embedding) || MiniLm::installed(&paths.minilm_dir) {
+            true => Some(Rc::new(MiniLm::load(&paths.minilm_dir)?)),
+            false => None,
+        };
         for method in methods {
             loaded.push(match method {
                 TextMethod::Lexical => Box::new(Lexical { categories: vocabulary.category.len() }),
-                TextMethod::Embedding => Box::new(Embedding::load(&paths.minilm_dir, &vocabulary, config)?),
+                TextMethod::Embedding => Box::new(Embedding::with_model(sentences.clone().expect("loaded above"), &vocabulary, config)?),
                 TextMethod::Nli => Box::new(Nli::load(&paths.nli_dir, vocabulary.names(), &config.nli_template)?),
             });
         }
-        Ok(IntentReader { vocabulary, methods: loaded, min_score: config.min_score })
+        Ok(IntentReader { vocabulary, methods: loaded, min_score: config.min_score, sentences })
+    }
+
+    /// MiniLM unit vectors of `texts` (items' words, a shopper's sentence); None when MiniLM is
+    /// not loaded.
+    pub fn sentence_vectors(&self, texts: &[String]) -> anyhow::Result<Option<Vec<Vec<f32>>>> {
+        self.sentences.as_ref().map(|model| model.encode(texts)).transpose()
     }
 
     pub fn read(&mut self, text: &str) -> anyhow::Result<Intent> {

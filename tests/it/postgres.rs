@@ -134,7 +134,7 @@ fn reindex(backend: &dyn Backend, catalogue: &Path) -> Result<lookalike::index::
 
 fn reindex_slowly(backend: &dyn Backend, catalogue: &Path, pause: Duration) -> Result<lookalike::index::ReindexSummary, ReindexError> {
     let key = key();
-    let job = ReindexJob { catalogue, metadata: std::path::Path::new(""), key: &key, chunk: 64, max_image_bytes: 1 << 20, partial: None, stop: None };
+    let job = ReindexJob { catalogue, metadata: std::path::Path::new(""), key: &key, chunk: 64, max_image_bytes: 1 << 20, partial: None, stop: None, describe: None };
     let mut embed = |paths: &[PathBuf]| {
         std::thread::sleep(pause);
         fake_embed(paths)
@@ -148,7 +148,7 @@ fn search(backend: &dyn Backend, query: &[f32], scopes: &[Scope], params: &Searc
 }
 
 fn params(k: usize) -> SearchParams {
-    SearchParams { k, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999 }
+    SearchParams { k, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default() }
 }
 
 fn in_order(names: &[&str]) -> Vec<Scope> {

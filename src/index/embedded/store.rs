@@ -1,7 +1,8 @@
 //! Generations on disk and the re-index lock of the embedded index.
 //!
 //! `index.dir` holds generations `gen-000001/`, `gen-000002/`, ... each with `vectors.f32` (rows
-//! of little-endian f32, grouped by category), `codes.q4` (the 4-bit codes searches scan, see
+//! of little-endian f32, grouped by category), `text.f32` (the items' sentence vectors in the
+//! same row order, when the generation has them), `codes.q4` (the 4-bit codes searches scan, see
 //! `codes`) and `manifest.json` (what the vectors mean, every item, how the codes encode, both
 //! files' sha256). A generation is written into `gen-N.partial/`, flushed, then renamed to
 //! `gen-N/` (one atomic step), so a crash leaves either the old generation or the new one.
@@ -17,6 +18,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use super::codes::Codes;
+use super::text::TextVectors;
 use super::{Index, Manifest};
 use crate::index::rank::dot;
 use crate::index::{IndexError, ReindexError};
@@ -27,6 +29,7 @@ pub const FORMAT: u32 = 2;
 pub(super) const MANIFEST: &str = "manifest.json";
 pub(super) const VECTORS: &str = "vectors.f32";
 pub(super) const CODES: &str = "codes.q4";
+pub(super) const TEXT: &str = "text.f32";
 pub(super) const LOCK: &str = "reindex.lock";
 /// Generations kept on disk: the newest and two to fall back to.
 const KEEP_GENERATIONS: usize = 3;
@@ -92,6 +95,11 @@ impl Index {
         file.into_inner().map_err(|err| err.into_error()).and_then(|file| file.sync_all()).with_context(|| format!("cannot flush {}", path.display()))?;
         self.manifest.vectors_sha256 = hex::encode(hasher.finalize());
         self.manifest.codes_sha256 = hex::encode(Sha256::digest(&self.codes.bytes));
+        if self.texts.dim > 0 {
+            let bytes: Vec<u8> = self.texts.values.iter().flat_map(|value| value.to_le_bytes()).collect();
+            self.manifest.text_sha256 = hex::encode(Sha256::digest(&bytes));
+            write_synced(&partial.join(TEXT), &bytes)?;
+        }
         self.manifest.quantizer = Some(self.codes.quantizer.clone());
         write_synced(&partial.join(CODES), &self.codes.bytes)?;
         write_synced(&partial.join(MANIFEST), &serde_json::to_vec_pretty(&self.manifest)?)?;
@@ -150,7 +158,8 @@ impl Index {
         );
         let actual = hex::encode(Sha256::digest(&codes));
         anyhow::ensure!(actual == manifest.codes_sha256, "{} is damaged: sha256 {actual}, the manifest says {}", path.join(CODES).display(), manifest.codes_sha256);
-        Ok(Index { manifest, codes: Codes { quantizer, bytes: codes }, norms, rows: Rows::File(file) })
+        let texts = load_texts(path, &manifest)?;
+        Ok(Index::assemble(manifest, Codes { quantizer, bytes: codes }, norms, Rows::File(file), texts))
     }
 
     /// The newest generation under `dir` that loads and verifies, with a warning for each newer
@@ -175,6 +184,20 @@ impl Index {
         anyhow::ensure!(warnings.is_empty(), "no usable index generation in {}:\n{}\nre-index with `lookalike index`", dir.display(), warnings.join("\n"));
         Ok(None)
     }
+}
+
+/// The generation's sentence vectors, checked against the manifest (none when it has none).
+fn load_texts(path: &Path, manifest: &Manifest) -> anyhow::Result<TextVectors> {
+    if manifest.text_dim == 0 {
+        return Ok(TextVectors::default());
+    }
+    let file = path.join(TEXT);
+    let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let expected = manifest.items.len() * manifest.text_dim * 4;
+    anyhow::ensure!(bytes.len() == expected, "{} has {} bytes, the manifest says {expected}", file.display(), bytes.len());
+    let actual = hex::encode(Sha256::digest(&bytes));
+    anyhow::ensure!(actual == manifest.text_sha256, "{} is damaged: sha256 {actual}, the manifest says {}", file.display(), manifest.text_sha256);
+    Ok(TextVectors::new(manifest.text_dim, bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
 }
 
 fn generation_name(generation: u64) -> String {

@@ -1,0 +1,129 @@
+//! What both backends share to answer words: the query, the fusion of the full-text and
+//! sentence-vector rankings, and the counts an answer explains itself with.
+
+use serde::Serialize;
+
+use super::{Hit, Item, Page, Scope, SearchMethod};
+
+/// Words to search the items' own text with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WordsQuery {
+    /// Lower-case words for the full-text engine (any of them may match; more matches rank
+    /// higher).
+    pub terms: Vec<String>,
+    /// The sentence's MiniLM vector; empty when no sentence model is loaded (full text alone).
+    pub vector: Vec<f32>,
+}
+
+/// How many items of the searched categories there are, and how many a sentence's words keep.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Tally {
+    pub items: usize,
+    /// Items the price range admits (all of them when it is open).
+    pub priced_in: usize,
+    /// Per attribute asked, items whose text mentions it.
+    pub mentions: Vec<usize>,
+}
+
+/// The terms of a hit's score once the sentence's words re-ranked it: score = similarity +
+/// colour weight x colour + attribute weight x (mentions wanted - mentions ruled out).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Refined {
+    /// The score before the words: the picture's similarity (cosine plus its category's
+    /// bonus), or for words alone the fused rank score over the best one's.
+    pub similarity: f32,
+    /// Closeness to the colours named minus closeness to the photo's own colour (and to
+    /// colours ruled out), from the colours measured in the item's picture.
+    pub colour: f32,
+    /// Attributes named that the item's text mentions ("not leather" ones prefixed "not ").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+}
+
+/// The reciprocal-rank constant: 60, as Cormack, Clarke and Büttcher (2009) found robust. A
+/// candidate's fused score is the sum over the rankings it appears in of 1 / (60 + its rank).
+pub const RRF_K: f32 = 60.0;
+
+/// Candidates each ranking contributes before fusion, at least: fusion needs overlap, so the
+/// lists go deeper than a page.
+pub const DEPTH_MIN: usize = 50;
+
+/// Candidates each ranking contributes for a page ending at `wanted` hits.
+pub fn depth(wanted: usize) -> usize {
+    DEPTH_MIN.max(2 * wanted)
+}
+
+/// One ranking's candidate: the item, its scope's position in the query's scopes, and (for the
+/// sentence-vector ranking) its text's cosine and distance to the sentence.
+#[derive(Debug, Clone)]
+pub struct Ranked {
+    pub item: Item,
+    pub scope: usize,
+    pub text: Option<(f32, f32)>,
+}
+
+/// Fuses the full-text ranking and the sentence-vector ranking (each best first) by reciprocal
+/// rank, orders by (scope rank, fused score, id) and cuts the page. Candidates are the same
+/// item when their ids are.
+pub fn fuse(full_text: Vec<Ranked>, semantic: Vec<Ranked>, scopes: &[Scope], offset: usize, k: usize) -> Page {
+    let mut fused: Vec<(Ranked, f32)> = Vec::new();
+    for list in [full_text, semantic] {
+        for (position, candidate) in list.into_iter().enumerate() {
+            let score = 1.0 / (RRF_K + position as f32 + 1.0);
+            match fused.iter_mut().find(|(seen, _)| seen.item.id == candidate.item.id) {
+                Some((seen, total)) => {
+                    *total += score;
+                    seen.text = seen.text.or(candidate.text);
+                }
+                None => fused.push((candidate, score)),
+            }
+        }
+    }
+    fused.sort_by(|(a, x), (b, y)| scopes[a.scope].rank.cmp(&scopes[b.scope].rank).then(y.total_cmp(x)).then_with(|| a.item.id.cmp(&b.item.id)));
+    let more = fused.len() > offset + k;
+    let hits = fused
+        .into_iter()
+        .skip(offset)
+        .take(k)
+        .map(|(candidate, score)| {
+            let (cosine, euclidean) = candidate.text.unwrap_or((0.0, 0.0));
+            Hit { item: candidate.item, cosine, euclidean, score, collapsed: Vec::new(), refined: None }
+        })
+        .collect();
+    Page { hits, more, method: SearchMethod::Words }
+}
+
+/// Whether `words` (an item's text, split by [`crate::words::split`]) mention any of `forms`.
+pub fn mentions(words: &[String], forms: &[String]) -> bool {
+    words.iter().any(|w| forms.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranked(id: &str, scope: usize) -> Ranked {
+        Ranked { item: Item::bare(id.into(), "bag"), scope, text: None }
+    }
+
+    #[test]
+    fn an_item_both_rankings_find_beats_the_top_of_either_alone() {
+        let scopes = [Scope { category: "bag".into(), rank: 0, bonus: 0.0 }];
+        let full_text = vec![ranked("a", 0), ranked("both", 0)];
+        let semantic = vec![ranked("b", 0), ranked("both", 0)];
+        let page = fuse(full_text, semantic, &scopes, 0, 2);
+        assert_eq!(page.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["both", "a"], "ties (a, b) go by id");
+        assert!((page.hits[0].score - 2.0 / 62.0).abs() < 1e-6);
+        assert!(page.more);
+        let second = fuse(vec![ranked("a", 0), ranked("both", 0)], vec![ranked("b", 0), ranked("both", 0)], &scopes, 2, 2);
+        assert_eq!(second.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert!(!second.more);
+    }
+
+    #[test]
+    fn scopes_of_a_lower_rank_come_first() {
+        let scopes = [Scope { category: "bag".into(), rank: 0, bonus: 0.0 }, Scope { category: "coat".into(), rank: 1, bonus: 0.0 }];
+        let page = fuse(vec![ranked("coat-best", 1), ranked("bag-second", 0)], Vec::new(), &scopes, 0, 5);
+        assert_eq!(page.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["bag-second", "coat-best"]);
+    }
+}
