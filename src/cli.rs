@@ -289,7 +289,7 @@ pub struct SearchArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["data", "retrieval"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["data", "retrieval", "words"])))]
 pub struct EvalArgs {
     /// Labelled images, one sub-folder per category (or the `val/` layout of `train`): the
     /// vote's accuracy, recall per class, confusion matrix, same-category precision@5.
@@ -300,6 +300,14 @@ pub struct EvalArgs {
     /// vote's accuracy, same-category precision@5 (`python3 models/emoji_pairs.py DIR` makes one).
     #[arg(long, value_name = "DIR")]
     pub retrieval: Option<PathBuf>,
+    /// What the shopper's words add, on a benchmark file (tests/data/words/benchmark.toml): its
+    /// catalogue is built in --work and indexed, then product names (R@1), paraphrases (R@5),
+    /// "like this but in <colour>" on a photo (R@1) and price phrases (rules kept) are searched.
+    #[arg(long, value_name = "FILE")]
+    pub words: Option<PathBuf>,
+    /// Where --words builds its catalogue and index (kept: a second run embeds nothing).
+    #[arg(long, value_name = "DIR", default_value = "runs/words-bench")]
+    pub work: PathBuf,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -617,6 +625,14 @@ fn train(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
 }
 
 fn eval(args: &EvalArgs, config: &Config) -> anyhow::Result<()> {
+    if let Some(file) = &args.words {
+        let report = crate::words_eval::evaluate(config, file, &args.work)?;
+        match args.json {
+            true => println!("{}", serde_json::to_string_pretty(&report)?),
+            false => print!("{}", crate::words_eval::render(&report)),
+        }
+        return Ok(());
+    }
     if let Some(dir) = &args.retrieval {
         let report = crate::retrieval::evaluate(config, dir)?;
         if args.json {

@@ -40,6 +40,7 @@
 //! | [`search`] | `SearchService`, the query path of the bot and of `lookalike search`: admission, decode, the model thread's queue (micro-batches capped at `search.max_batch`, queries whose requester left dropped), decide, search, timings; its `Upkeep` handle: re-index while serving, catalogue edits under the re-index guard, new heads swapped in | Discord, `cli`, `bench` |
 //! | [`report`] | a search outcome as `lookalike search` prints it, and as a contact-sheet row | torch, Discord |
 //! | [`retrieval`] | `eval --retrieval`: R@1, R@5, vote accuracy and same-category precision@5 of pictures of the same items, through the whole search | Discord |
+//! | [`words_eval`] | `eval --words`: the words benchmark (names, paraphrases, colour changes on a photo, price phrases) on Fashion-MNIST photos tinted per variant, through the whole search | Discord |
 //! | [`demo`]   | `lookalike demo`: the Fashion-MNIST catalogue, heads if missing, index, queries, contact sheet | Discord |
 //! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run. It reaches the model thread through two hooks of `SearchService` (`bench_probe`, `pooled_features`) | Discord |
 //! | [`ops`]    | production operation: `/metrics`, `/healthz`, `/readyz` on `serve.metrics_addr`; requests in flight and the drain a graceful shutdown waits for | torch, Discord |
@@ -83,6 +84,7 @@ pub mod search;
 pub mod text;
 pub mod vision;
 pub mod words;
+pub mod words_eval;
 pub mod worker;
 
 #[cfg(test)]

@@ -239,9 +239,8 @@ impl Postgres {
                 // 15 ms) though not at 100 or 400. Categories this large are HNSW's by design.
                 // A price filter would leave the graph walk short of `depth` rows; pgvector 0.8's
                 // iterative scan walks on until enough rows pass it.
-                transaction.batch_execute(&format!(
-                    "SET LOCAL hnsw.ef_search = {ef_search}; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; SET LOCAL hnsw.iterative_scan = relaxed_order"
-                ))?;
+                transaction
+                    .batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef_search}; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; SET LOCAL hnsw.iterative_scan = relaxed_order"))?;
                 for (position, scope) in &hnsw {
                     let sql = format!("SELECT item, embedding FROM {table} i WHERE category = {} {} ORDER BY {order} LIMIT $2", literal(&scope.category), PRICE_FILTER_3_4);
                     for row in transaction.query(&sql, &[query, &(depth as i64), &price.min, &price.max])? {
@@ -407,7 +406,8 @@ impl Backend for Postgres {
         let table = items_table(generation.number);
         // An attribute is mentioned when one of its forms is a whole word of the item's words,
         // as the embedded index counts it: `\m` and `\M` are PostgreSQL's word boundaries.
-        let patterns: Vec<String> = attributes.iter().map(|forms| format!("\\m({})\\M", forms.iter().filter(|f| f.chars().all(char::is_alphanumeric)).cloned().collect::<Vec<_>>().join("|"))).collect();
+        let patterns: Vec<String> =
+            attributes.iter().map(|forms| format!("\\m({})\\M", forms.iter().filter(|f| f.chars().all(char::is_alphanumeric)).cloned().collect::<Vec<_>>().join("|"))).collect();
         let (items, priced_in, mentions) = self.read.with(|client| {
             let sql = format!("SELECT count(*), count(*) FILTER (WHERE ($2::real IS NULL OR price >= $2) AND ($3::real IS NULL OR price <= $3)) FROM {table} WHERE category = ANY($1)");
             let counts = client.query_one(&sql, &[&categories, &price.min, &price.max])?;

@@ -503,11 +503,14 @@ fn assemble(contents: Vec<(String, Vec<catalogue::Entry>)>, vectors: Vec<Option<
     (rows, duplicates)
 }
 
+/// The described rows and the ids whose price does not read.
+type Described = (Vec<(Item, Stored)>, Vec<String>);
+
 /// Describes each row for words: its colours (the previous generation's for the same bytes,
 /// else measured from the file; a file that no longer decodes keeps none), its text's
 /// sentence vector (the previous generation's for the same text, else embedded in chunks), and
 /// whether its price reads. Returns the rows and the ids whose price does not read.
-fn describe(job: &ReindexJob, rows: Vec<(Item, Vector)>, previous: Option<&Previous>) -> anyhow::Result<(Vec<(Item, Stored)>, Vec<String>)> {
+fn describe(job: &ReindexJob, rows: Vec<(Item, Vector)>, previous: Option<&Previous>) -> anyhow::Result<Described> {
     let colours_of: HashMap<&str, &Vec<crate::colour::Swatch>> = previous.map_or(&[][..], |p| p.items).iter().filter(|i| !i.colours.is_empty()).map(|i| (i.hash.as_str(), &i.colours)).collect();
     let limits = crate::imaging::ImageLimits { max_bytes: job.max_image_bytes, max_pixels: DESCRIBE_MAX_PIXELS };
     let mut unpriced = Vec::new();

@@ -324,17 +324,32 @@ impl SearchService {
             }
         }
         let wants = text.as_deref().map(crate::words::read).unwrap_or_default();
+        let mut recoloured_to = None;
         let timeout = Duration::from_millis(search.query_timeout_ms);
         let (understood, photo_colours, decode_ms) = if query.image.is_empty() {
             let understood = tokio::time::timeout(timeout, self.read_words(text.clone().unwrap_or_default())).await.map_err(|_| SearchError::Timeout(search.query_timeout_ms))??;
             (understood, Vec::new(), 0.0)
         } else {
-            let (limits, bytes) = (self.settings.limits, query.image);
-            let image = tokio::task::spawn_blocking(move || imaging::decode(&bytes, limits)).await.map_err(|e| SearchError::Models(e.to_string()))??;
+            let (limits, bytes, asked) = (self.settings.limits, query.image, wants.clone());
+            let (image, photo_colours, dyed) = tokio::task::spawn_blocking(move || photo(&bytes, limits, &asked)).await.map_err(|e| SearchError::Models(e.to_string()))??;
             let decode_ms = millis(started.elapsed());
-            // The photo's own colours matter only when the sentence names another colour.
-            let photo_colours = if wants.colours.is_empty() { Vec::new() } else { crate::colour::signature(&image) };
-            let understood = tokio::time::timeout(timeout, self.understand(image, text.clone(), generation.key.clone())).await.map_err(|_| SearchError::Timeout(search.query_timeout_ms))??;
+            let for_category = text.as_deref().map(crate::words::for_category).filter(|t| !t.trim().is_empty());
+            let key = generation.key.clone();
+            // A dyed photo is looked at too, in the same batch: the vote (the kind of item) comes
+            // from the photo as taken, the vector searched with from the photo in the colour asked.
+            let both = async {
+                match dyed {
+                    Some((dyed, name)) => {
+                        let (photo, dyed) = tokio::join!(self.understand(image, for_category, key.clone()), self.understand(dyed, None, key));
+                        let (mut photo, dyed) = (photo?, dyed?);
+                        photo.embedding = dyed.embedding;
+                        recoloured_to = Some(name);
+                        Ok(photo)
+                    }
+                    None => self.understand(image, for_category, key).await,
+                }
+            };
+            let understood = tokio::time::timeout(timeout, both).await.map_err(|_| SearchError::Timeout(search.query_timeout_ms))??;
             (understood, photo_colours, decode_ms)
         };
         let by_words = understood.vote.backbones.is_empty();
@@ -373,7 +388,10 @@ impl SearchService {
             weights: refine::Weights::from_config(search),
             pool: search.words_pool,
         };
-        let (page, words) = tokio::task::spawn_blocking(move || find.run(probe, &scopes, &params)).await.map_err(|e| SearchError::Models(e.to_string()))?.map_err(from_index)?;
+        let (page, mut words) = tokio::task::spawn_blocking(move || find.run(probe, &scopes, &params)).await.map_err(|e| SearchError::Models(e.to_string()))?.map_err(from_index)?;
+        if let Some(name) = recoloured_to {
+            words.insert(0, format!("the photo dyed '{name}' before the backbones looked at it: its look is kept, its colour changed"));
+        }
         let total = started.elapsed();
         self.last_total_ms.store(total.as_millis() as u64, Ordering::Relaxed);
         Ok(SearchOutcome {
@@ -410,7 +428,7 @@ impl SearchService {
             .submit(move |models: &mut Models| {
                 let started = Instant::now();
                 let mut read = || -> anyhow::Result<Understood> {
-                    let intent = models.intent.read(&text)?;
+                    let intent = models.intent.read(&crate::words::for_category(&text))?;
                     let vector = models.intent.sentence_vectors(std::slice::from_ref(&text))?.map(|mut v| v.remove(0)).unwrap_or_default();
                     let (queue_ms, text_ms) = (millis(started - queued), millis(started.elapsed()));
                     Ok(Understood { vote: ImageVote::default(), embedding: vector, intent: Some(intent), queue_ms, vision_ms: 0.0, text_ms, batch: 1 })
@@ -430,6 +448,23 @@ impl SearchService {
         self.models.worker.submit(move |models| classify_pending(models, &queue, source)).map_err(|e| SearchError::Models(e.to_string()))?;
         answered.await.map_err(|_| SearchError::Models("the model thread failed on this query (see the log)".into()))?
     }
+}
+
+/// The query photo as taken, its colours, and the photo dyed with the colour's name.
+type Photo = (RgbImage, Vec<crate::colour::Swatch>, Option<(RgbImage, String)>);
+
+/// The query photo decoded, its colours (when the sentence names any), and, when the sentence
+/// wants a colour other than the photo's, the photo dyed that colour (see
+/// [`crate::colour::recolour`]) with the colour's name: the backbones then look at it.
+fn photo(bytes: &[u8], limits: ImageLimits, wants: &Wants) -> Result<Photo, ImageError> {
+    let image = imaging::decode(bytes, limits)?;
+    if wants.colours.is_empty() {
+        return Ok((image, Vec::new(), None));
+    }
+    let colours = crate::colour::signature(&image);
+    let wish = wants.wanted_colours().next().filter(|_| refine::photo_colour_to_set_aside(&colours, wants).is_some());
+    let dyed = wish.and_then(|wish| crate::colour::recolour(&image, crate::colour::srgb_from_lab(wish.lab)).map(|dyed| (dyed, wish.name.clone())));
+    Ok((image, colours, dyed))
 }
 
 /// What the index is asked with: the photo's vector, or the words.

@@ -95,6 +95,17 @@ impl FashionMnist {
         Ok(FashionMnist { train: read("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")?, test: read("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")? })
     }
 
+    /// The 28 x 28 grey pixels of the `nth` image of category `class` in `set` (file order).
+    pub fn pixels(&self, set: FashionMnistSet, class: &str, nth: usize) -> Option<&[u8]> {
+        let (images, labels) = match set {
+            FashionMnistSet::Train => &self.train,
+            FashionMnistSet::Test => &self.test,
+        };
+        let label = FASHION_MNIST_CLASSES.iter().position(|c| *c == class)?;
+        let index = labels.iter().enumerate().filter(|(_, l)| **l as usize == label).nth(nth)?.0;
+        images.get(index * 784..(index + 1) * 784)
+    }
+
     /// Writes `folder/<category>/<index>.png` for the images `skip..skip + count` of each of
     /// `classes` in `set` (file order); returns how many were written (existing files are kept).
     pub fn export(&self, folder: &Path, set: FashionMnistSet, skip: usize, count: usize, classes: &[&str]) -> anyhow::Result<usize> {

@@ -4,8 +4,8 @@
 //! folders on disk ([`store`]), re-indexed under an OS file lock; the items' words in
 //! [`text`] (a tantivy full-text index and the text's sentence vectors).
 
-use std::path::{Path, PathBuf};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -22,10 +22,10 @@ use crate::words::PriceRange;
 mod codes;
 mod store;
 mod text;
-use text::{FullText, TextVectors};
 use codes::Codes;
 pub use codes::Quantizer;
 pub use store::{ReindexLock, FORMAT};
+use text::{FullText, TextVectors};
 
 /// Candidates a query scores again from full-precision vectors, at first: the scan's best by
 /// their 4-bit codes. More are taken while a row left out could still beat the page's last
@@ -38,6 +38,9 @@ const RERANK_PER_HIT: usize = 8;
 /// exact score is taken to stray from its codes' score. A row strays 4 of them about 3 times in
 /// 100,000, and only rows whose scores are close to the page's last can change the page.
 const SPREADS: f32 = 4.0;
+
+/// An item with its picture's vector and its text's (empty for none).
+pub type DescribedRow = (Item, (Vec<f32>, Vec<f32>));
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CategoryRows {
@@ -100,7 +103,7 @@ impl Index {
     }
 
     /// As [`build`](Self::build), each row with its text's sentence vector (empty for none).
-    pub fn build_described(key: EmbeddingKey, catalogue: PathBuf, generation: u64, mut rows: Vec<(Item, (Vec<f32>, Vec<f32>))>, failed: Vec<Failure>) -> anyhow::Result<Index> {
+    pub fn build_described(key: EmbeddingKey, catalogue: PathBuf, generation: u64, mut rows: Vec<DescribedRow>, failed: Vec<Failure>) -> anyhow::Result<Index> {
         reindex::sort_rows(&mut rows);
         let text_dim = rows.iter().map(|(_, (_, text))| text.len()).max().unwrap_or(0);
         let mut vectors = Vec::with_capacity(rows.len() * key.dim);
@@ -269,7 +272,10 @@ impl Index {
     /// The full-text index of the items' words, built on first use: 10,000 items took
     /// about 0.1 s here (see `lookalike bench --only words`).
     fn full_text(&self) -> Result<&FullText, IndexError> {
-        self.full_text.get_or_init(|| FullText::build(&self.manifest.items).map_err(|err| format!("{err:#}"))).as_ref().map_err(|err| IndexError::Unusable(format!("cannot build the full-text index: {err}")))
+        self.full_text
+            .get_or_init(|| FullText::build(&self.manifest.items).map_err(|err| format!("{err:#}")))
+            .as_ref()
+            .map_err(|err| IndexError::Unusable(format!("cannot build the full-text index: {err}")))
     }
 
     /// Each row's position among `scopes`, for the rows of the scopes' categories.
@@ -289,8 +295,13 @@ impl Index {
         let keep = |row: usize| scope_of[row].is_some() && params.price.admits(self.prices[row]);
         let depth = shared::depth(params.offset + params.k + 1);
         let ranked = |row: usize, text: Option<(f32, f32)>| Ranked { item: self.manifest.items[row].clone(), scope: scope_of[row].expect("kept rows are in a scope"), text };
-        let full_text: Vec<Ranked> =
-            self.full_text()?.search(&query.terms, depth, keep).map_err(|err| IndexError::Unusable(format!("full-text search failed: {err:#}")))?.into_iter().map(|(row, _)| ranked(row, self.text_scores(row, &query.vector))).collect();
+        let full_text: Vec<Ranked> = self
+            .full_text()?
+            .search(&query.terms, depth, keep)
+            .map_err(|err| IndexError::Unusable(format!("full-text search failed: {err:#}")))?
+            .into_iter()
+            .map(|(row, _)| ranked(row, self.text_scores(row, &query.vector)))
+            .collect();
         let semantic: Vec<Ranked> = self.texts.search(&query.vector, depth, keep).into_iter().map(|(row, cosine, distance)| ranked(row, Some((cosine, distance)))).collect();
         Ok(shared::fuse(full_text, semantic, scopes, params.offset, params.k))
     }
@@ -431,7 +442,7 @@ impl Embedded {
         };
         let plan = reindex::plan(job, previous.as_ref().map(|p| Previous { key: &p.manifest.key, items: &p.manifest.items, texts: p.texts_by_words() }), embed, progress)?;
         let Plan { rows, catalogue, failed, .. } = &plan;
-        let rows: Vec<(Item, (Vec<f32>, Vec<f32>))> = rows
+        let rows: Vec<DescribedRow> = rows
             .iter()
             .map(|(item, Stored { vector, text })| {
                 let vector = match vector {
