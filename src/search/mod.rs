@@ -505,7 +505,8 @@ impl Find {
         let wanted = params.offset + params.k;
         let pooled = ask(&SearchParams { k: self.pool.max(wanted + 1), offset: 0, ..*params })?;
         let pool = pooled.hits.len();
-        let ranked = refine::rerank(pooled.hits, &self.wants, self.set_aside, self.weights, matches!(probe, Probe::Words(_)));
+        let rank = |category: &str| scopes.iter().find(|s| s.category == category).map_or(usize::MAX, |s| s.rank);
+        let ranked = refine::rerank(pooled.hits, &self.wants, self.set_aside, self.weights, matches!(probe, Probe::Words(_)), rank);
         let attributes: Vec<Vec<String>> = self.wants.attributes.iter().map(|a| a.forms.clone()).collect();
         let tally = backend.tally(generation, &self.searched, &self.wants.price, &attributes)?;
         lines.extend(refine::explain(&self.wants, &tally, &self.searched, self.set_aside, pool));

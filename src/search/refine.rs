@@ -34,9 +34,10 @@ pub(super) fn photo_colour_to_set_aside(photo: &[colour::Swatch], wants: &Wants)
 }
 
 /// Re-ranks `pool` (best first by similarity) by the sentence's colours and attributes, or
-/// orders it by price; `normalise` scales similarities to the best one's first (fused rank
-/// scores are small numbers).
-pub(super) fn rerank(mut pool: Vec<Hit>, wants: &Wants, set_aside: Option<Lab>, weights: Weights, normalise: bool) -> Vec<Hit> {
+/// orders it by price, within the order of the categories searched (`rank` of a category: a
+/// category searched first keeps its hits first, as the index ranked them); `normalise` scales
+/// similarities to the best one's first (fused rank scores are small numbers).
+pub(super) fn rerank(mut pool: Vec<Hit>, wants: &Wants, set_aside: Option<Lab>, weights: Weights, normalise: bool, rank: impl Fn(&str) -> usize) -> Vec<Hit> {
     if wants.is_empty() {
         return pool;
     }
@@ -58,10 +59,11 @@ pub(super) fn rerank(mut pool: Vec<Hit>, wants: &Wants, set_aside: Option<Lab>, 
         hit.refined = Some(Refined { similarity, colour, mentions });
     }
     let price = |hit: &Hit| hit.item.metadata.price_value().unwrap_or(f64::MAX);
+    let scope = |hit: &Hit| rank(&hit.item.category);
     match wants.order {
-        Order::Relevance => pool.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.item.id.cmp(&b.item.id))),
-        Order::Cheapest => pool.sort_by(|a, b| price(a).total_cmp(&price(b)).then(b.score.total_cmp(&a.score))),
-        Order::Dearest => pool.sort_by(|a, b| price(b).total_cmp(&price(a)).then(b.score.total_cmp(&a.score))),
+        Order::Relevance => pool.sort_by(|a, b| scope(a).cmp(&scope(b)).then(b.score.total_cmp(&a.score)).then_with(|| a.item.id.cmp(&b.item.id))),
+        Order::Cheapest => pool.sort_by(|a, b| scope(a).cmp(&scope(b)).then(price(a).total_cmp(&price(b))).then(b.score.total_cmp(&a.score))),
+        Order::Dearest => pool.sort_by(|a, b| scope(a).cmp(&scope(b)).then(price(b).total_cmp(&price(a))).then(b.score.total_cmp(&a.score))),
     }
     pool
 }
@@ -135,21 +137,32 @@ mod tests {
         let photo = vec![Swatch { lab: colour::lab_from_srgb([0, 0, 255]), share: 1.0 }];
         let set_aside = photo_colour_to_set_aside(&photo, &wants);
         assert!(set_aside.is_some());
-        let ranked = rerank(pool.clone(), &wants, set_aside, weights(), false);
+        let ranked = rerank(pool.clone(), &wants, set_aside, weights(), false, |_| 0);
         assert_eq!(ids(&ranked), ["red-tote", "red-scarf", "blue-tote"]);
         assert!(ranked[0].refined.as_ref().unwrap().colour > 0.6, "{:?}", ranked[0].refined);
         assert!(photo_colour_to_set_aside(&photo, &crate::words::read("like this in navy blue")).is_none(), "blue asked, blue photo: nothing set aside");
-        assert_eq!(rerank(pool.clone(), &crate::words::read("like this"), None, weights(), false), pool, "no words: the pool as it was");
+        assert_eq!(rerank(pool.clone(), &crate::words::read("like this"), None, weights(), false, |_| 0), pool, "no words: the pool as it was");
     }
 
     #[test]
     fn attributes_and_price_order() {
         let pool = vec![hit("a", 0.9, [0, 0, 0], "Tote", "30"), hit("b", 0.85, [0, 0, 0], "Canvas tote", "$12"), hit("c", 0.5, [0, 0, 0], "Bag", "20")];
-        let ranked = rerank(pool.clone(), &crate::words::read("a canvas bag"), None, weights(), false);
+        let ranked = rerank(pool.clone(), &crate::words::read("a canvas bag"), None, weights(), false, |_| 0);
         assert_eq!(ids(&ranked), ["b", "a", "c"]);
         assert_eq!(ranked[0].refined.as_ref().unwrap().mentions, ["canvas"]);
-        assert_eq!(ids(&rerank(pool.clone(), &crate::words::read("cheapest first"), None, weights(), false)), ["b", "c", "a"]);
-        assert_eq!(ids(&rerank(pool, &crate::words::read("most expensive"), None, weights(), false)), ["a", "c", "b"]);
+        assert_eq!(ids(&rerank(pool.clone(), &crate::words::read("cheapest first"), None, weights(), false, |_| 0)), ["b", "c", "a"]);
+        assert_eq!(ids(&rerank(pool, &crate::words::read("most expensive"), None, weights(), false, |_| 0)), ["a", "c", "b"]);
+    }
+
+    #[test]
+    fn a_category_searched_first_keeps_its_hits_first() {
+        let mut coat = hit("coat", 0.5, [220, 20, 20], "Coat", "10");
+        coat.item.category = "coat".into();
+        let pool = vec![hit("bag", 0.9, [0, 0, 255], "Bag", "10"), coat];
+        let wants = crate::words::read("in red");
+        let first = |category: &str| usize::from(category != "bag");
+        assert_eq!(ids(&rerank(pool.clone(), &wants, None, weights(), false, first)), ["bag", "coat"]);
+        assert_eq!(ids(&rerank(pool, &wants, None, weights(), false, |_| 0)), ["coat", "bag"], "ranked together, red wins");
     }
 
     #[test]

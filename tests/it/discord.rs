@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use lookalike::config::Config;
 use serde_json::{json, Value};
 
-use crate::common::fake_discord::{attachment, autocomplete_interaction, embeds, member, message, user, FakeDiscord, Invocation, Recorded, BOT_USER, SHOPPER};
+use crate::common::fake_discord::{attachment, autocomplete_interaction, command_interaction, embeds, member, message, user, FakeDiscord, Invocation, Recorded, BOT_USER, SHOPPER};
 use crate::common::scenario::Scenario;
 use crate::common::{heavy, picture, png, write_catalogue, World};
 
@@ -83,15 +83,16 @@ fn the_bot_answers_through_a_fake_discord() {
         catalogue_shows_the_last_edits(&s, &item).await;
         find_similar_catalogue_and_help(&s, &world.catalogue).await;
         the_gateway_drops(&s, &world.catalogue).await;
+        words_alone_a_colour_and_a_price(&s).await;
         assert!(s.discord.unrouted().is_empty(), "calls the fake does not know: {:?}", s.discord.unrouted());
     });
 }
 
-/// The search service on `world` (indexed, an empty metadata file), and the serenity client
+/// The search service on `world` (indexed, with a few items' titles, prices and words), and the serenity client
 /// started against a fresh fake Discord; returns the scenario and the bot's config.
 async fn start_the_bot(world: &World) -> (Scenario, Config) {
     let metadata_file = world.root.join("items.jsonl");
-    std::fs::write(&metadata_file, "").unwrap();
+    std::fs::write(&metadata_file, shop_metadata(&world.catalogue)).unwrap();
     let discord = FakeDiscord::start().await;
     let origin = discord.origin();
     let config = world.config(&[
@@ -109,6 +110,27 @@ async fn start_the_bot(world: &World) -> (Scenario, Config) {
     let mut client = lookalike::discord::client(config.clone(), service, "fake-bot-token-not-secret", health).await.unwrap();
     tokio::spawn(async move { client.start().await });
     (Scenario::new(discord, WAIT), config)
+}
+
+/// Titles, prices and words for the items the words scenario searches, and a blue disc in the
+/// warm category (the warm items are orange discs): the photos other scenarios search keep no
+/// title, so their hits show their ids.
+fn shop_metadata(catalogue: &Path) -> String {
+    let blue_disc = image::RgbImage::from_fn(64, 64, |x, y| match (x as i32 - 32).pow(2) + (y as i32 - 32).pow(2) < 330 {
+        true => image::Rgb([40, 70, 210 - ((x * 7 + y * 13) % 40) as u8]),
+        false => image::Rgb([250, 240, 230]),
+    });
+    blue_disc.save(catalogue.join("warm/blue-disc.png")).unwrap();
+    let rows = [
+        json!({ "id": "warm/blue-disc.png", "title": "Cobalt disc lamp", "price": "24.00" }),
+        json!({ "id": "warm/00.png", "title": "Ember disc lamp", "price": "8.00" }),
+        json!({ "id": "warm/01.png", "title": "Sunset disc lamp", "price": "$9.50" }),
+        json!({ "id": "warm/03.png", "title": "Glow disc lamp", "price": "31.00" }),
+        json!({ "id": "warm/04.png", "title": "Coral disc lamp", "price": "12.00" }),
+        json!({ "id": "cool/06.png", "title": "Harbor tote", "price": "19.00", "description": "A striped canvas bag for the beach.", "tags": ["canvas", "summer"] }),
+        json!({ "id": "cool/07.png", "title": "Breton top", "price": "15.00", "description": "Cotton stripes." }),
+    ];
+    rows.iter().map(|row| format!("{row}\n")).collect()
 }
 
 /// Start-up: the gateway handshake, then the commands registered in the guild.
@@ -376,4 +398,46 @@ async fn the_gateway_drops(s: &Scenario, catalogue: &Path) {
     let after = s.reply(&token).await;
     assert_eq!(embeds(&after)[1]["title"], "1. cool/05.png", "{}", after.body);
     eprintln!("scenario 7, gateway dropped: reconnected ({} identify, {} resume) and answered: ok", s.discord.identified(), s.discord.resumed());
+}
+
+/// The shopper's words: a search by words alone (no photo, no backbone), a refusal when there
+/// is neither, "like this but in blue" on an orange disc, and a price. Each answer says what the
+/// words did.
+async fn words_alone_a_colour_and_a_price(s: &Scenario) {
+    let words_only = |text: &str| {
+        let (id, token) = (s.discord.next_id(), s.token("token-words"));
+        let options = json!([{ "name": "text", "type": 3, "value": text }]);
+        s.interact(command_interaction(id, &token, "search", Invocation::Slash(options), json!({}), shopper()));
+        token
+    };
+    let token = words_only("a canvas tote for the beach");
+    let reply = s.reply(&token).await;
+    let summary = &embeds(&reply)[0];
+    assert_eq!(embeds(&reply)[1]["title"], "1. Harbor tote", "{}", reply.body);
+    let fields = summary["fields"].as_array().unwrap();
+    assert!(fields.iter().all(|f| f["name"] != "Image vote"), "no photo, no vote: {summary}");
+    let did = fields.iter().find(|f| f["name"] == "What your words did").unwrap()["value"].as_str().unwrap();
+    assert!(did.contains("words only"), "{did}");
+    assert!(summary["footer"]["text"].as_str().unwrap().contains("vision 0 ms"), "no backbone ran: {summary}");
+    eprintln!("scenario, words alone (\"a canvas tote for the beach\"):\n{}", serde_json::to_string_pretty(&embeds(&reply)[..2]).unwrap());
+
+    let nothing = s.callback(&words_only("   ")).await;
+    assert!(nothing.body["data"]["content"].as_str().unwrap().contains("I need a photo or some words"), "{}", nothing.body);
+    assert_eq!(nothing.body["data"]["flags"], 64, "private");
+
+    let token = s.search("orange.png", png(&picture("warm", 43)), "image/png", Some("like this but in blue"), None);
+    let reply = s.reply(&token).await;
+    assert_eq!(embeds(&reply)[1]["title"], "1. Cobalt disc lamp", "the blue disc first: {}", reply.body);
+    let did = embeds(&reply)[0]["fields"].as_array().unwrap().iter().find(|f| f["name"] == "What your words did").unwrap()["value"].as_str().unwrap().to_string();
+    assert!(did.contains("colour 'blue'") && did.contains("dyed 'blue'"), "{did}");
+    eprintln!("scenario, colour change (orange disc, \"like this but in blue\"): {did}");
+
+    let token = s.search("orange.png", png(&picture("warm", 44)), "image/png", Some("like this, under $10"), None);
+    let reply = s.reply(&token).await;
+    let mut prices: Vec<String> = embeds(&reply)[1..].iter().map(|e| e["fields"].as_array().unwrap().iter().find(|f| f["name"] == "Price").unwrap()["value"].as_str().unwrap().to_string()).collect();
+    prices.sort();
+    assert_eq!(prices, ["$9.50", "8.00"], "only the two items under 10, a full page of what qualifies: {}", reply.body);
+    let did = embeds(&reply)[0]["fields"].as_array().unwrap().iter().find(|f| f["name"] == "What your words did").unwrap()["value"].as_str().unwrap().to_string();
+    assert!(did.contains("price under 10: 2 of"), "{did}");
+    eprintln!("scenario, price (\"like this, under $10\"): {did}; prices {prices:?}");
 }
