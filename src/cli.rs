@@ -400,6 +400,10 @@ pub enum BenchPart {
     /// CUDA against the CPU for both profiles (features, vote probabilities, top-5 hits), in f32
     /// and f16; needs a GPU.
     Device,
+    /// A search by words alone (no photo) over a catalogue of --catalogue-size items (default
+    /// 10,000) with titles, descriptions, tags and prices: p50/p95 through the whole service,
+    /// against the bare MiniLM pass.
+    Words,
     /// The shop teaches the bot, on Fashion-MNIST: the demo's heads (`make demo`) misread
     /// training shirts the demo never used; `--corrections` of them are recorded as moderators'
     /// corrections, heads are retrained with them (and without, as a control), and all three are
@@ -488,6 +492,7 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 Ok(())
             }
             Some(BenchPart::Postgres) => bench::postgres(config, args.rows, 200, args.json),
+            Some(BenchPart::Words) => bench::words(config, args.catalogue_size.unwrap_or(10_000), args.rounds, args.json),
             Some(BenchPart::Feedback) => bench::feedback(config, args.corrections, args.json).map(|_| ()),
             Some(BenchPart::Device) => bench::device(config, args.catalogue_size.unwrap_or(200), 4 * args.rounds.max(5)),
             None => bench::suite(config, args.rounds, &args.profile, args.catalogue_size.unwrap_or(100), !args.no_python),

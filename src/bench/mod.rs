@@ -12,6 +12,7 @@ mod index;
 mod postgres;
 mod search;
 mod suite;
+mod words;
 use crate::text::{Embedding, IntentReader, TextModelPaths, Vocabulary};
 use crate::worker::ModelWorker;
 pub use device::device;
@@ -20,6 +21,7 @@ pub use index::index;
 pub use postgres::postgres;
 pub use search::{search, SearchSizes};
 pub use suite::suite;
+pub use words::words;
 
 /// Sentences timed when no labelled file is at hand: a mix the lexical path decides and ones it
 /// leaves to the model.

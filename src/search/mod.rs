@@ -324,34 +324,7 @@ impl SearchService {
             }
         }
         let wants = text.as_deref().map(crate::words::read).unwrap_or_default();
-        let mut recoloured_to = None;
-        let timeout = Duration::from_millis(search.query_timeout_ms);
-        let (understood, photo_colours, decode_ms) = if query.image.is_empty() {
-            let understood = tokio::time::timeout(timeout, self.read_words(text.clone().unwrap_or_default())).await.map_err(|_| SearchError::Timeout(search.query_timeout_ms))??;
-            (understood, Vec::new(), 0.0)
-        } else {
-            let (limits, bytes, asked) = (self.settings.limits, query.image, wants.clone());
-            let (image, photo_colours, dyed) = tokio::task::spawn_blocking(move || photo(&bytes, limits, &asked)).await.map_err(|e| SearchError::Models(e.to_string()))??;
-            let decode_ms = millis(started.elapsed());
-            let for_category = text.as_deref().map(crate::words::for_category).filter(|t| !t.trim().is_empty());
-            let key = generation.key.clone();
-            // A dyed photo is looked at too, in the same batch: the vote (the kind of item) comes
-            // from the photo as taken, the vector searched with from the photo in the colour asked.
-            let both = async {
-                match dyed {
-                    Some((dyed, name)) => {
-                        let (photo, dyed) = tokio::join!(self.understand(image, for_category, key.clone()), self.understand(dyed, None, key));
-                        let (mut photo, dyed) = (photo?, dyed?);
-                        photo.embedding = dyed.embedding;
-                        recoloured_to = Some(name);
-                        Ok(photo)
-                    }
-                    None => self.understand(image, for_category, key).await,
-                }
-            };
-            let understood = tokio::time::timeout(timeout, both).await.map_err(|_| SearchError::Timeout(search.query_timeout_ms))??;
-            (understood, photo_colours, decode_ms)
-        };
+        let Looked { understood, photo_colours, decode_ms, recoloured_to } = self.look(query.image, text.as_deref(), &wants, generation.key.clone(), started).await?;
         let by_words = understood.vote.backbones.is_empty();
         let decision = match query.categories {
             Some(categories) => Decision::chosen(categories.clone(), format!("searching the category asked for: {}", categories.join(", "))),
@@ -418,6 +391,35 @@ impl SearchService {
         })
     }
 
+    /// The model thread's reading of a query, within `search.query_timeout_ms`: of the words
+    /// alone, or of the photo (and of the photo dyed the colour the sentence asks for, in the
+    /// same batch: the vote, the kind of item, comes from the photo as taken, the vector searched
+    /// with from the photo in the colour asked).
+    async fn look(&self, image: Vec<u8>, text: Option<&str>, wants: &Wants, key: EmbeddingKey, started: Instant) -> Result<Looked, SearchError> {
+        let limit_ms = self.settings.search.query_timeout_ms;
+        if image.is_empty() {
+            let understood = within(limit_ms, self.read_words(text.unwrap_or_default().to_string())).await?;
+            return Ok(Looked { understood, photo_colours: Vec::new(), decode_ms: 0.0, recoloured_to: None });
+        }
+        let (limits, asked) = (self.settings.limits, wants.clone());
+        let (image, photo_colours, dyed) = tokio::task::spawn_blocking(move || photo(&image, limits, &asked)).await.map_err(|e| SearchError::Models(e.to_string()))??;
+        let decode_ms = millis(started.elapsed());
+        let for_category = text.map(crate::words::for_category).filter(|t| !t.trim().is_empty());
+        let (understood, recoloured_to) = match dyed {
+            Some((dyed, name)) => {
+                let both = async {
+                    let (photo, dyed) = tokio::join!(self.understand(image, for_category, key.clone()), self.understand(dyed, None, key));
+                    let (mut photo, dyed) = (photo?, dyed?);
+                    photo.embedding = dyed.embedding;
+                    Ok(photo)
+                };
+                (within(limit_ms, both).await?, Some(name))
+            }
+            None => (within(limit_ms, self.understand(image, for_category, key)).await?, None),
+        };
+        Ok(Looked { understood, photo_colours, decode_ms, recoloured_to })
+    }
+
     /// Words alone: the model thread reads the sentence's category and its MiniLM vector; no
     /// backbone runs.
     async fn read_words(&self, text: String) -> Result<Understood, SearchError> {
@@ -465,6 +467,21 @@ fn photo(bytes: &[u8], limits: ImageLimits, wants: &Wants) -> Result<Photo, Imag
     let wish = wants.wanted_colours().next().filter(|_| refine::photo_colour_to_set_aside(&colours, wants).is_some());
     let dyed = wish.and_then(|wish| crate::colour::recolour(&image, crate::colour::srgb_from_lab(wish.lab)).map(|dyed| (dyed, wish.name.clone())));
     Ok((image, colours, dyed))
+}
+
+/// `work`, abandoned with [`SearchError::Timeout`] after `limit_ms`.
+async fn within<T>(limit_ms: u64, work: impl std::future::Future<Output = Result<T, SearchError>>) -> Result<T, SearchError> {
+    tokio::time::timeout(Duration::from_millis(limit_ms), work).await.map_err(|_| SearchError::Timeout(limit_ms))?
+}
+
+/// What the model thread made of a query, and of its photo.
+struct Looked {
+    understood: Understood,
+    /// The photo's colours, when the sentence names any.
+    photo_colours: Vec<crate::colour::Swatch>,
+    decode_ms: f64,
+    /// The colour the photo was dyed before the backbones looked at it.
+    recoloured_to: Option<String>,
 }
 
 /// What the index is asked with: the photo's vector, or the words.
@@ -535,5 +552,67 @@ fn from_index(err: IndexError) -> SearchError {
         IndexError::Unavailable(why) => SearchError::Unavailable(why),
         IndexError::Unusable(why) => SearchError::NoIndex(why),
         mismatch @ IndexError::DimensionMismatch { .. } => SearchError::Models(mismatch.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Metric;
+    use crate::index::embedded::Embedded;
+    use crate::index::{EmbeddingKey, Index, Item};
+
+    fn unit(values: &[f32]) -> Vec<f32> {
+        let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
+        values.iter().map(|v| v / norm).collect()
+    }
+
+    /// A saved embedded index of red and blue bags, opened as the service opens it.
+    fn backend(dir: &std::path::Path) -> Arc<dyn Backend> {
+        let key = EmbeddingKey { profile: "kit".into(), backbones: vec!["a".into()], source: "pooled".into(), pooling: "gem3".into(), weights_sha256: String::new(), dim: 3 };
+        let rows = [("bag/blue-tote", [1.0, 0.1, 0.0], [0, 0, 230]), ("bag/red-tote", [1.0, 0.3, 0.0], [220, 20, 20]), ("bag/blue-duffel", [0.6, 1.0, 0.2], [0, 0, 230])]
+            .into_iter()
+            .map(|(id, vector, rgb)| {
+                let mut item = Item::bare(id.into(), "bag");
+                item.colours = vec![crate::colour::Swatch { lab: crate::colour::lab_from_srgb(rgb), share: 1.0 }];
+                item.metadata.price = Some("10".into());
+                (item, unit(&vector))
+            })
+            .collect();
+        Index::build(key, dir.join("catalogue"), 1, rows, Vec::new()).unwrap().save(&dir.join("index")).unwrap();
+        Arc::new(Embedded::open(&dir.join("index")))
+    }
+
+    fn find(backend: &Arc<dyn Backend>, sentence: &str) -> Find {
+        let wants = crate::words::read(sentence);
+        Find {
+            backend: backend.clone(),
+            generation: backend.current().unwrap().unwrap(),
+            set_aside: None,
+            searched: vec!["bag".into()],
+            wants,
+            weights: refine::Weights { colour: 0.5, attribute: 0.1 },
+            pool: 100,
+        }
+    }
+
+    #[test]
+    fn a_photo_with_no_refining_words_gets_the_index_page_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = backend(dir.path());
+        let generation = backend.current().unwrap().unwrap();
+        let scopes = [Scope { category: "bag".into(), rank: 0, bonus: 0.0 }];
+        let params = SearchParams { k: 2, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default() };
+        let query = unit(&[1.0, 0.0, 0.0]);
+        let direct = backend.search(&generation, &query, &scopes, &params).unwrap();
+        for sentence in ["", "like this", "a bag like this please"] {
+            let (page, lines) = find(&backend, sentence).run(Probe::Image(query.clone()), &scopes, &params).unwrap();
+            assert_eq!(page, direct, "{sentence:?}: same hits, same scores, bit for bit");
+            assert!(lines.is_empty() && page.hits.iter().all(|h| h.refined.is_none()));
+        }
+        let (page, lines) = find(&backend, "like this but in red").run(Probe::Image(query), &scopes, &params).unwrap();
+        assert_eq!(page.hits[0].item.id, "bag/red-tote", "the red one first, though the blue tote looks closer");
+        assert_eq!(direct.hits[0].item.id, "bag/blue-tote");
+        assert!(lines[0].contains("colour 'red'"), "{lines:?}");
     }
 }
