@@ -443,3 +443,82 @@ fn the_search_service_answers_alike_from_postgres_with_the_real_backbones() {
     }
     assert_eq!(pages[0], pages[1], "the same hits and scores from both backends");
 }
+
+/// A sentence vector made of its words: each word adds one to a slot chosen by its letters.
+fn text_vector(text: &str) -> Vec<f32> {
+    let mut v = vec![0f32; 16];
+    for word in lookalike::words::split(text) {
+        v[word.bytes().map(usize::from).sum::<usize>() % 16] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+/// Titles, prices (one that does not read) and some descriptions for the fixture's files.
+fn write_shop_metadata(path: &Path, per_category: u64) {
+    let mut rows = String::new();
+    for name in CATEGORIES {
+        for i in 0..per_category {
+            let material = ["canvas", "wool", "leather", "linen"][(i / 4 % 4) as usize];
+            let price = if name == "bags" && i == 1 { "call us".to_string() } else { format!("{}.00", 5 + i * 7 % 60) };
+            let description = (i % 3 == 0).then(|| format!("made of soft {material}"));
+            let title = format!("{} {material} {name}", ["Harbor", "Summit", "Atlas", "Breeze"][(i % 4) as usize]);
+            rows.push_str(&serde_json::json!({ "id": format!("{name}/{i:05}.png"), "title": title, "price": price, "description": description }).to_string());
+            rows.push('\n');
+        }
+    }
+    std::fs::write(path, rows).unwrap();
+}
+
+#[test]
+fn words_and_prices_answer_alike_in_both_backends() {
+    let Some(fixture) = fixture("words", 40) else { return };
+    let Fixture { url, scratch, catalogue, .. } = &fixture;
+    let metadata = scratch.path().join("items.jsonl");
+    write_shop_metadata(&metadata, 40);
+    let embedded = Embedded::open(&scratch.path().join("index"));
+    let postgres = exact(url);
+    let described = std::cell::Cell::new(0usize);
+    let describe = |texts: &[String]| -> anyhow::Result<Vec<Vec<f32>>> {
+        described.set(described.get() + texts.len());
+        Ok(texts.iter().map(|t| text_vector(t)).collect())
+    };
+    let key = key();
+    let job = ReindexJob { catalogue, metadata: &metadata, key: &key, chunk: 64, max_image_bytes: 1 << 20, partial: None, stop: None, describe: Some(&describe) };
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        let summary = backend.reindex(&job, &mut |paths: &[PathBuf]| fake_embed(paths), &mut |_| {}).unwrap();
+        assert_eq!(summary.unpriced, ["bags/00001.png"], "counted at index time");
+    }
+    assert_eq!(described.get(), 2 * 120, "every item's words embedded once per backend");
+
+    let all: Vec<Scope> = CATEGORIES.iter().map(|name| Scope { category: name.to_string(), rank: 0, bonus: 0.0 }).collect();
+    let under_12 = SearchParams { price: lookalike::words::PriceRange { min: None, max: Some(12.0) }, ..params(10) };
+    let query = vector(0, 777);
+    let (want, got) = (search(&embedded, &query, &in_order(&["bags", "coats"]), &under_12).unwrap(), search(&postgres, &query, &in_order(&["bags", "coats"]), &under_12).unwrap());
+    assert_eq!(ids(&want), ids(&got), "a price filter inside both queries");
+    assert_eq!(got.hits.len(), 10, "a full page: more than 10 items qualify");
+    assert!(got.hits.iter().all(|h| h.item.metadata.price_value().is_some_and(|p| p <= 12.0)), "{:?}", ids(&got));
+
+    let words = lookalike::index::WordsQuery { terms: vec!["canvas".into()], vector: text_vector("canvas") };
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        let generation = backend.current().unwrap().unwrap();
+        let page = backend.search_words(&generation, &words, &all, &under_12).unwrap();
+        assert_eq!(page.method, SearchMethod::Words);
+        assert_eq!(page.hits.len(), 10);
+        assert!(page.hits.iter().take(5).all(|h| h.item.metadata.words().contains("canvas")), "{}: {:?}", backend.location(), ids(&page));
+        assert!(page.hits.iter().all(|h| h.item.metadata.price_value().is_some_and(|p| p <= 12.0)));
+        let tally = backend.tally(&generation, &["bags".into(), "coats".into()], &under_12.price, &[vec!["canvas".into()], vec!["wood".into(), "wooden".into()]]).unwrap();
+        // 80 files and the near-twin (the twin copy is stored with its original); 11 priced at
+        // most 12 (bags/00001.png's price does not read); 12 canvas titles a category.
+        assert_eq!(tally, lookalike::index::Tally { items: 81, priced_in: 11, mentions: vec![24, 0] }, "{}", backend.location());
+    }
+
+    // One description changed: only it is embedded again; the other texts' vectors are reused.
+    let text = std::fs::read_to_string(&metadata).unwrap().replacen("made of soft canvas", "made of waxed canvas", 1);
+    std::fs::write(&metadata, text).unwrap();
+    described.set(0);
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        backend.reindex(&job, &mut |paths: &[PathBuf]| fake_embed(paths), &mut |_| {}).unwrap();
+    }
+    assert_eq!(described.get(), 2, "one text per backend");
+}
