@@ -17,7 +17,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Gate, SearchConfig};
+use crate::config::{Gate, SearchConfig, TextMethod};
 use crate::text::Intent;
 
 /// Mean probability from which a majority vote counts as sure of itself.
@@ -124,13 +124,32 @@ impl Gating {
     }
 }
 
+/// A category named by meaning alone (not by its words) with a score under this is a guess when
+/// there is no photo: words alone then search every category, the guess's first.
+pub const WORDS_SURE: f32 = 0.7;
+/// What a guessed category's hits add to their fused rank score: as much as a first place in
+/// one more ranking (1 / 61).
+pub const WORDS_GUESS_BONUS: f32 = 1.0 / 61.0;
+
 /// Words alone (no photo, so no vote): the category the sentence names, else every category of
 /// the catalogue but those it rules out, their hits ranked together.
 pub fn decide_words(intent: Option<&Intent>, categories: &[String]) -> Decision {
     let negated: Vec<String> = intent.map(|i| i.negated.clone()).unwrap_or_default();
-    let named = intent.and_then(|i| i.category.clone().filter(|c| categories.contains(c)).map(|c| (c, i.score)));
-    if let Some((category, score)) = named {
-        return Decision::chosen(vec![category.clone()], format!("no photo: text names '{category}' ({score:.2})"));
+    let named = intent.and_then(|i| i.category.clone().filter(|c| categories.contains(c)).map(|c| (c, i.score, i.decided_by)));
+    match named {
+        Some((category, score, method)) if method == Some(TextMethod::Lexical) || score >= WORDS_SURE => {
+            return Decision::chosen(vec![category.clone()], format!("no photo: text names '{category}' ({score:.2})"));
+        }
+        Some((category, score, _)) => {
+            // A guess by meaning alone: its category's items first, the others still in reach.
+            let mut kept = vec![category.clone()];
+            kept.extend(categories.iter().filter(|c| **c != category && !negated.contains(c)).cloned());
+            let mut bonuses = vec![0.0; kept.len()];
+            bonuses[0] = WORDS_GUESS_BONUS;
+            let reason = format!("no photo: text suggests '{category}' ({score:.2}, by meaning): its items ranked first, every category searched");
+            return Decision { categories: kept, reasons: vec![reason], bonuses, ranked_together: true };
+        }
+        None => {}
     }
     let kept: Vec<String> = categories.iter().filter(|c| !negated.contains(c)).cloned().collect();
     let mut reasons = vec!["no photo and no category named: searching every category by the words".to_string()];
@@ -302,6 +321,14 @@ mod tests {
             assert_eq!(decision.ranked_together, together);
             assert_eq!(decision.bonuses.len(), decision.categories.len());
         }
+        // A guess by meaning alone: its category first, with a bonus; the others still searched.
+        let guess = Intent { decided_by: Some(TextMethod::Embedding), score: 0.55, ..intent(Some("dress"), &["coat"]) };
+        let decision = decide_words(Some(&guess), &all);
+        assert_eq!(decision.categories, ["dress", "sandal", "sneaker"]);
+        assert_eq!(decision.bonuses, [WORDS_GUESS_BONUS, 0.0, 0.0]);
+        assert!(decision.ranked_together && decision.reasons[0].contains("suggests 'dress'"), "{:?}", decision.reasons);
+        let sure = Intent { score: 0.8, ..guess };
+        assert_eq!(decide_words(Some(&sure), &all).categories, ["dress"], "sure enough by meaning: searched alone");
     }
 
     fn intent(category: Option<&str>, negated: &[&str]) -> Intent {

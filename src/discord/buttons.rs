@@ -20,7 +20,10 @@ pub(super) async fn button(bot: &Bot, ctx: &Context, component: &ComponentIntera
             return;
         }
         ("category", ComponentInteractionDataKind::StringSelect { values }) => {
-            record_correction(bot, component, &stored, values).await;
+            // A search by words alone has no photo to teach the vote with.
+            if !stored.image.is_empty() {
+                record_correction(bot, component, &stored, values).await;
+            }
             StoredQuery { page: 0, categories: values.clone(), ..stored.clone() }
         }
         _ => return,

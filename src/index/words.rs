@@ -63,13 +63,15 @@ pub struct Ranked {
 }
 
 /// Fuses the full-text ranking and the sentence-vector ranking (each best first) by reciprocal
-/// rank, orders by (scope rank, fused score, id) and cuts the page. Candidates are the same
+/// rank (plus the candidate's scope's bonus, once), orders by (scope rank, fused score, id) and
+/// cuts the page. Candidates are the same
 /// item when their ids are.
 pub fn fuse(full_text: Vec<Ranked>, semantic: Vec<Ranked>, scopes: &[Scope], offset: usize, k: usize) -> Page {
     let mut fused: Vec<(Ranked, f32)> = Vec::new();
     for list in [full_text, semantic] {
         for (position, candidate) in list.into_iter().enumerate() {
             let score = 1.0 / (RRF_K + position as f32 + 1.0);
+            let score = score + if fused.iter().any(|(seen, _)| seen.item.id == candidate.item.id) { 0.0 } else { scopes[candidate.scope].bonus };
             match fused.iter_mut().find(|(seen, _)| seen.item.id == candidate.item.id) {
                 Some((seen, total)) => {
                     *total += score;

@@ -102,7 +102,8 @@ fn undoubled(word: &str) -> String {
 /// "chiar", "tabel"), two from nine ("bookcsea").
 fn words_match(said: &str, known: &str, vocabulary_words: &[String], wordnet: Option<&WordNet>) -> bool {
     if stem(said) == stem(known) {
-        return true;
+        // "a plain short-sleeved basic" names no shorts.
+        return !(PLURAL_ONLY.contains(&known) && said == stem(known));
     }
     if vocabulary_words.binary_search_by(|w| w.as_str().cmp(stem(said))).is_ok() {
         return false;
@@ -128,6 +129,10 @@ fn words_match(said: &str, known: &str, vocabulary_words: &[String], wordnet: Op
         }),
     }
 }
+
+/// Words used in the plural only, whose singular is another word: "short" is not "shorts",
+/// "tight" not "tights", "glass" not "glasses".
+const PLURAL_ONLY: [&str; 8] = ["shorts", "tights", "briefs", "pants", "jeans", "leggings", "glasses", "overalls"];
 
 const NEGATIONS: [&str; 5] = ["not", "no", "never", "without", "except"];
 /// "instead of a dress", "rather than a dress", "anything but a dress".
@@ -264,6 +269,14 @@ mod tests {
             let (got, got_negated) = lexical(text);
             assert_eq!(got.as_deref(), expected, "{text}");
             assert_eq!(got_negated, negated.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_plural_only_word_is_not_its_singular() {
+        // WordNet gives `trouser` the kind "shorts"; "short-sleeved" must not name it.
+        for (said, known, matched) in [("short", "shorts", false), ("shorts", "shorts", true), ("tight", "tights", false), ("trousers", "trouser", true), ("trouser", "trousers", true)] {
+            assert_eq!(words_match(said, known, &[], None), matched, "{said} / {known}");
         }
     }
 

@@ -88,7 +88,7 @@ fn help_teaches_every_subcommand_and_the_overrides() {
 fn subcommands_parse_their_arguments() {
     let missing = lookalike(&["search"], &[]);
     assert_eq!(missing.status.code(), Some(2));
-    assert!(text(&missing.stderr).contains("--image <FILE>"), "{}", text(&missing.stderr));
+    assert!(text(&missing.stderr).contains("<--image <FILE>|--text <TEXT>>"), "a photo, words, or both: {}", text(&missing.stderr));
 
     let bad_number = lookalike(&["train", "--data", "x", "--epochs", "many"], &[]);
     assert_eq!(bad_number.status.code(), Some(2));
