@@ -1,9 +1,11 @@
 //! lookalike: visual product search for Discord.
 //!
-//! A shopper posts a photo, perhaps with a sentence ("a bed like this, but wooden"). lookalike
-//! predicts the category meant (a majority vote of three fine-tuned CNN backbones on the image,
-//! plus a zero-shot text classifier on the sentence), searches that part of the catalogue by
-//! feature-vector similarity, and replies with the closest catalogue images.
+//! A shopper posts a photo, perhaps with a sentence ("a bed like this, but wooden"), or words
+//! alone ("red canvas totes under $20"). lookalike predicts the category meant (a majority vote
+//! of three fine-tuned CNN backbones on the image, plus a zero-shot text classifier on the
+//! sentence), searches that part of the catalogue by feature-vector similarity and by the items'
+//! own words, refines by the colours, materials and prices the sentence names, and replies with
+//! the closest catalogue images.
 //!
 //! # Code map
 //!
@@ -33,16 +35,16 @@
 //! | [`feedback`] | corrections picked under "Wrong category?": stored bounded on disk (each photo once), trusted when a moderator or enough distinct shoppers agree, exported as training folders | torch, Discord, `index`, `search` |
 //! | [`plot`]   | PNG charts: training curves, confusion matrices, search contact sheets | torch, Discord, `index`, `search` |
 //! | [`decide`] | image vote + the sentence's reading (the `text` module's plain `Intent`) -> ordered categories to search, with reasons (pure) | `tch`, `rust_bert`, `vision`, `worker`, Discord, `index`, `search` |
-//! | [`index`]  | the catalogue index behind one `Backend` trait: exact ranking and the incremental re-index plan both backends share, run under a re-index guard the caller holds; `embedded` (4-bit codes in memory, the best candidates re-scored exactly from the vectors on disk; generations on disk) and `postgres` (pgvector tables per generation, HNSW for large categories, a read replica) | torch, Discord, `search` |
+//! | [`index`]  | the catalogue index behind one `Backend` trait: exact ranking and the incremental re-index plan both backends share, run under a re-index guard the caller holds; each item's words (its colours measured from its picture at index time, its price as a number, its text in a full-text engine and as a MiniLM vector, text-only searches fused by rank, price ranges filtered inside the query: `words`); `embedded` (4-bit codes in memory, the best candidates re-scored exactly from the vectors on disk; generations on disk) and `postgres` (pgvector tables per generation, HNSW for large categories, a read replica) | torch, Discord, `search` |
 //! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` (download, check, convert with `tch`) | `rust_bert`, `vision`, `text`, Discord, `index`, `search` |
 //! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; typos; negation; "none"; WordNet's words for each category | `vision`, Discord, `index`, `search` |
 //! | [`vision`] | backbone specs and networks, preprocessing into tensors, GeM descriptors, heads, augmentation, ensemble vote, training, evaluation (through an in-memory `index`) | `text`, Discord, `search` |
-//! | [`search`] | `SearchService`, the query path of the bot and of `lookalike search`: admission, decode, the model thread's queue (micro-batches capped at `search.max_batch`, queries whose requester left dropped), decide, search, timings; its `Upkeep` handle: re-index while serving, catalogue edits under the re-index guard, new heads swapped in | Discord, `cli`, `bench` |
+//! | [`search`] | `SearchService`, the query path of the bot and of `lookalike search`: admission, decode, the model thread's queue (micro-batches capped at `search.max_batch`, queries whose requester left dropped), decide, search, timings; searches by words alone (no backbone runs) and what the sentence's colours, attributes and price do to the hits (`refine`: the photo dyed the colour asked, re-ranking, reasons); its `Upkeep` handle: re-index while serving, catalogue edits under the re-index guard, new heads swapped in | Discord, `cli`, `bench` |
 //! | [`report`] | a search outcome as `lookalike search` prints it, and as a contact-sheet row | torch, Discord |
 //! | [`retrieval`] | `eval --retrieval`: R@1, R@5, vote accuracy and same-category precision@5 of pictures of the same items, through the whole search | Discord |
 //! | [`words_eval`] | `eval --words`: the words benchmark (names, paraphrases, colour changes on a photo, price phrases) on Fashion-MNIST photos tinted per variant, through the whole search | Discord |
 //! | [`demo`]   | `lookalike demo`: the Fashion-MNIST catalogue, heads if missing, index, queries, contact sheet | Discord |
-//! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts; ratios against baselines measured in the same run. It reaches the model thread through two hooks of `SearchService` (`bench_probe`, `pooled_features`) | Discord |
+//! | [`bench`]  | `lookalike bench`: the per-stage / concurrency / indexing / memory table for both profiles beside a python torchvision pipeline, and its parts (search by words alone at 10,000 items among them); ratios against baselines measured in the same run. It reaches the model thread through two hooks of `SearchService` (`bench_probe`, `pooled_features`) | Discord |
 //! | [`ops`]    | production operation: `/metrics`, `/healthz`, `/readyz` on `serve.metrics_addr`; requests in flight and the drain a graceful shutdown waits for | torch, Discord |
 //! | [`discord`] | the bot: serenity client (optionally through `discord.api_proxy`); one file per command or interaction, each with its registration; `explain`, which words for users every error a search, a re-index or a catalogue edit returns (a command's own refusals, made before the core is called, are worded where they are made); attachment checks; the bounded store of recent searches; rendering a `SearchOutcome` as embeds | torch |
 //! | [`cli`]    | clap definitions and dispatch; `main.rs` only parses, sets up logs and config, and calls it. Train, `eval --data` and `intent` run their models on a model thread of their own; everything that searches goes through `SearchService` | — |

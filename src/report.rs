@@ -12,6 +12,9 @@ pub fn render(outcome: &SearchOutcome) -> String {
     for reason in &outcome.decision.reasons {
         out.push_str(&format!("  - {reason}\n"));
     }
+    for line in &outcome.words {
+        out.push_str(&format!("  - words: {line}\n"));
+    }
     if outcome.hits.is_empty() {
         out.push_str("no hits: the categories searched are empty, or every item is under index.min_similarity\n");
     }
@@ -21,6 +24,10 @@ pub fn render(outcome: &SearchOutcome) -> String {
         let metadata = &hit.item.metadata;
         for field in [&metadata.title, &metadata.price, &metadata.link].into_iter().flatten() {
             out.push_str(&format!("  {field}"));
+        }
+        if let Some(refined) = &hit.refined {
+            let mentions = if refined.mentions.is_empty() { String::new() } else { format!(", mentions {}", refined.mentions.join(", ")) };
+            out.push_str(&format!("  [score {:.3} = similarity {:.3}, colour {:+.2}{mentions}]", hit.score, refined.similarity, refined.colour));
         }
         if !hit.collapsed.is_empty() {
             out.push_str(&format!("  (+{} near-duplicate{})", hit.collapsed.len(), if hit.collapsed.len() == 1 { "" } else { "s" }));

@@ -210,161 +210,27 @@ pub fn read(sentence: &str) -> Wants {
 
 /// Words of a request that say nothing about the item: the full-text query leaves them out, so
 /// "do you have red canvas totes under $20?" searches "red canvas totes".
-const FILLERS: &[&str] = &[
-    "a",
-    "an",
-    "the",
-    "any",
-    "anything",
-    "some",
-    "something",
-    "do",
-    "does",
-    "you",
-    "have",
-    "got",
-    "has",
-    "i",
-    "i'm",
-    "im",
-    "me",
-    "my",
-    "we",
-    "want",
-    "need",
-    "looking",
-    "look",
-    "for",
-    "find",
-    "show",
-    "please",
-    "like",
-    "this",
-    "that",
-    "these",
-    "those",
-    "one",
-    "ones",
-    "it",
-    "is",
-    "are",
-    "in",
-    "of",
-    "with",
-    "and",
-    "or",
-    "but",
-    "to",
-    "same",
-    "similar",
-    "under",
-    "below",
-    "beneath",
-    "over",
-    "above",
-    "less",
-    "more",
-    "than",
-    "between",
-    "from",
-    "up",
-    "at",
-    "most",
-    "least",
-    "max",
-    "maximum",
-    "cheaper",
-    "cheapest",
-    "first",
-    "price",
-    "priced",
-    "dollars",
-    "dollar",
-    "euros",
-    "euro",
-    "pounds",
-    "usd",
-    "eur",
-    "gbp",
-    "expensive",
-    "priciest",
-    "lowest",
-    "highest",
-    "sort",
-    "by",
-    "low",
-    "high",
-    "not",
-    "no",
-    "without",
-    "except",
-    "isn't",
-    "would",
-    "could",
-    "can",
-    "get",
-    "buy",
-    "shop",
-    "store",
-    "there",
-    "what",
-    "which",
-    "where",
-    "how",
-    "other",
-    "another",
-    "else",
-];
+const FILLERS: &str = "a an the any anything some something do does you have got has i i'm im me my we want need looking look for find show please like this that \
+    these those one ones it is are in of with and or but to same similar sort by not no without except isn't would could can get buy shop store there what which \
+    where how other another else";
 
 /// The words of `sentence` a full-text engine should search: lower-case letters and digits,
 /// numbers, currency and request fillers left out.
 pub fn terms(sentence: &str) -> Vec<String> {
-    let mut out: Vec<String> = split(sentence).into_iter().filter(|w| w.chars().any(char::is_alphabetic) && w.chars().all(char::is_alphanumeric) && !FILLERS.contains(&w.as_str())).collect();
+    let mut out: Vec<String> =
+        split(sentence).into_iter().filter(|w| w.chars().any(char::is_alphabetic) && w.chars().all(char::is_alphanumeric) && !listed(FILLERS, w) && !listed(PRICE_WORDS, w)).collect();
     out.dedup();
     out
 }
 
 /// Words about price alone: the category reader never sees them.
-const PRICE_WORDS: &[&str] = &[
-    "under",
-    "below",
-    "beneath",
-    "over",
-    "above",
-    "less",
-    "more",
-    "than",
-    "between",
-    "up",
-    "to",
-    "at",
-    "most",
-    "least",
-    "max",
-    "maximum",
-    "cheaper",
-    "cheapest",
-    "first",
-    "price",
-    "priced",
-    "dollars",
-    "dollar",
-    "euros",
-    "euro",
-    "pounds",
-    "usd",
-    "eur",
-    "gbp",
-    "expensive",
-    "priciest",
-    "dearest",
-    "lowest",
-    "highest",
-    "low",
-    "high",
-    "and",
-    "from",
-];
+const PRICE_WORDS: &str = "under below beneath over above less more than between up to at most least max maximum cheaper cheapest first price priced \
+    dollars dollar euros euro pounds usd eur gbp expensive priciest dearest lowest highest low high and from";
+
+/// Whether `word` is one of the space-separated `list`.
+fn listed(list: &str, word: &str) -> bool {
+    list.split_whitespace().any(|w| w == word)
+}
 
 /// The sentence as the category reader should read it: colours (with their modifiers and a
 /// "not" before them) and price phrases taken out, so "like this but in maroon" names no
@@ -378,7 +244,7 @@ pub fn for_category(sentence: &str) -> String {
         let colour = colour::named(word).is_some();
         let modifier = matches!(word.as_str(), "light" | "dark" | "pale" | "pastel" | "deep") && words.get(at + 1).is_some_and(|next| colour::named(next).is_some());
         let negation = NEGATIONS.contains(&word.as_str()) && words.get(at + 1).is_some_and(|next| colour::named(next).is_some());
-        let pricing = price_at[at] || (PRICE_WORDS.contains(&word.as_str()) && (at.saturating_sub(2)..words.len().min(at + 3)).any(|j| price_at[j] || words[j] == "first" || words[j] == "expensive"));
+        let pricing = price_at[at] || (listed(PRICE_WORDS, word) && (at.saturating_sub(2)..words.len().min(at + 3)).any(|j| price_at[j] || words[j] == "first" || words[j] == "expensive"));
         if !(colour || modifier || negation || pricing || word.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')) {
             kept.push(word);
         }

@@ -510,7 +510,7 @@ impl Find {
         let (backend, generation) = (self.backend.as_ref(), self.generation.as_ref());
         let mut lines = Vec::new();
         if let Probe::Words(_) = probe {
-            lines.push("words only: the items' titles, descriptions and tags, by full text and by meaning (MiniLM), fused by rank".to_string());
+            lines.push("no photo: the items' titles, descriptions and tags searched by full text and by meaning (MiniLM), fused by rank".to_string());
         }
         let ask = |params: &SearchParams| match &probe {
             Probe::Image(vector) => backend.search(generation, vector, scopes, params),

@@ -83,7 +83,7 @@ pub(super) fn explain(wants: &Wants, tally: &Tally, searched: &[String], set_asi
         });
     }
     if set_aside.is_some() {
-        lines.push("the photo's own colour set aside: its look is kept, not its colour".to_string());
+        lines.push("the photo's own colour counts against a hit".to_string());
     }
     for (wish, &count) in wants.attributes.iter().zip(&tally.mentions) {
         lines.push(match (count, wish.avoid) {

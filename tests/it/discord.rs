@@ -417,7 +417,7 @@ async fn words_alone_a_colour_and_a_price(s: &Scenario) {
     let fields = summary["fields"].as_array().unwrap();
     assert!(fields.iter().all(|f| f["name"] != "Image vote"), "no photo, no vote: {summary}");
     let did = fields.iter().find(|f| f["name"] == "What your words did").unwrap()["value"].as_str().unwrap();
-    assert!(did.contains("words only"), "{did}");
+    assert!(did.contains("no photo: the items' titles, descriptions and tags searched"), "{did}");
     assert!(summary["footer"]["text"].as_str().unwrap().contains("vision 0 ms"), "no backbone ran: {summary}");
     eprintln!("scenario, words alone (\"a canvas tote for the beach\"):\n{}", serde_json::to_string_pretty(&embeds(&reply)[..2]).unwrap());
 
