@@ -176,7 +176,7 @@ pub fn split(text: &str) -> Vec<String> {
         }
     }
     if !word.is_empty() {
-        out.push(word);
+        out.push(word.trim_end_matches('\'').to_string());
     }
     out
 }
@@ -217,10 +217,22 @@ const FILLERS: &str = "a an the any anything some something do does you have got
 /// The words of `sentence` a full-text engine should search: lower-case letters and digits,
 /// numbers, currency and request fillers left out.
 pub fn terms(sentence: &str) -> Vec<String> {
+    let words = split(sentence);
+    let pricing = price_phrase(&words);
     let mut out: Vec<String> =
-        split(sentence).into_iter().filter(|w| w.chars().any(char::is_alphabetic) && w.chars().all(char::is_alphanumeric) && !listed(FILLERS, w) && !listed(PRICE_WORDS, w)).collect();
+        words.into_iter().zip(pricing).filter(|(w, pricing)| !pricing && w.chars().any(char::is_alphabetic) && w.chars().all(char::is_alphanumeric) && !listed(FILLERS, w)).map(|(w, _)| w).collect();
     out.dedup();
     out
+}
+
+/// Which of `words` belong to a price phrase: numbers, currency, and price words next to a
+/// number or to "first" / "expensive" ("under $20", "cheapest ... first"); "high heels" and
+/// "over the knee" keep their words.
+fn price_phrase(words: &[String]) -> Vec<bool> {
+    let price_at: Vec<bool> = (0..words.len()).map(|i| number_after(words, i).is_some() || matches!(words[i].as_str(), "$" | "€" | "£" | "¥")).collect();
+    let near = |at: usize| (at.saturating_sub(2)..words.len().min(at + 3)).any(|j| price_at[j] || words[j] == "first" || words[j] == "expensive");
+    let sorted = |word: &str| matches!(word, "cheapest" | "priciest" | "dearest");
+    (0..words.len()).map(|at| price_at[at] || (listed(PRICE_WORDS, &words[at]) && (near(at) || sorted(&words[at])))).collect()
 }
 
 /// Words about price alone: the category reader never sees them.
@@ -238,14 +250,13 @@ fn listed(list: &str, word: &str) -> bool {
 /// reads "a bag".
 pub fn for_category(sentence: &str) -> String {
     let words = split(sentence);
-    let price_at: Vec<bool> = (0..words.len()).map(|i| number_after(&words, i).is_some() || matches!(words[i].as_str(), "$" | "€" | "£" | "¥")).collect();
+    let price_at = price_phrase(&words);
     let mut kept: Vec<&str> = Vec::new();
     for (at, word) in words.iter().enumerate() {
         let colour = colour::named(word).is_some();
         let modifier = matches!(word.as_str(), "light" | "dark" | "pale" | "pastel" | "deep") && words.get(at + 1).is_some_and(|next| colour::named(next).is_some());
         let negation = NEGATIONS.contains(&word.as_str()) && words.get(at + 1).is_some_and(|next| colour::named(next).is_some());
-        let pricing = price_at[at] || (listed(PRICE_WORDS, word) && (at.saturating_sub(2)..words.len().min(at + 3)).any(|j| price_at[j] || words[j] == "first" || words[j] == "expensive"));
-        if !(colour || modifier || negation || pricing || word.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')) {
+        if !(colour || modifier || negation || price_at[at] || word.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')) {
             kept.push(word);
         }
     }
@@ -387,6 +398,8 @@ mod tests {
         assert_eq!(terms("Do you have red canvas totes under $20?"), ["red", "canvas", "totes"]);
         assert_eq!(terms("like this but in navy"), ["navy"]);
         assert!(terms("cheapest first please").is_empty());
+        assert_eq!(terms("high heels, over the knee, under 30"), ["high", "heels", "over", "knee"], "price words away from a price stay");
+        assert_eq!(split("in 'navy'"), ["in", "navy"]);
     }
 
     #[test]

@@ -58,9 +58,11 @@ impl Metadata {
 }
 
 /// A price written as shops write it: "19.99", "$1,299.00", "15.00 USD", "€12,50", "1.299,00
-/// EUR". Currency signs and codes are dropped; a comma followed by exactly two digits at the end
-/// is a decimal comma, any other comma or dot before three digits groups thousands. `None` for
-/// text that holds no number, or more than one ("10-20").
+/// EUR". Currency signs and codes are dropped. The last separator is the decimal point unless
+/// exactly three digits follow it and it is a comma, or one of several separators ("1,299",
+/// "1.299,00"); a lone dot before three digits is read as decimal ("1.250" is 1.25, as most
+/// English-language feeds mean it). `None` for text that holds no number, or more than one
+/// ("10-20").
 pub fn parse_price(text: &str) -> Option<f64> {
     let digits: String = text.trim().chars().filter(|c| !c.is_alphabetic() && !matches!(c, '$' | '€' | '£' | '¥' | ' ' | '\u{a0}')).collect();
     if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',') || !digits.starts_with(|c: char| c.is_ascii_digit()) {

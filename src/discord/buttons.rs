@@ -15,7 +15,8 @@ pub(super) async fn button(bot: &Bot, ctx: &Context, component: &ComponentIntera
         ("more", _) => StoredQuery { page: stored.page + 1, ..stored.clone() },
         ("wrong", _) => {
             let categories = bot.service.generation().await.map(|g| g.category_names()).unwrap_or_default();
-            let message = CreateInteractionResponseMessage::new().content("Which category did you mean?").components(reply::category_menu(key, &categories, &stored.categories)).ephemeral(true);
+            let searched = if stored.categories.is_empty() { &stored.decided } else { &stored.categories };
+            let message = CreateInteractionResponseMessage::new().content("Which category did you mean?").components(reply::category_menu(key, &categories, searched)).ephemeral(true);
             let _ = component.create_response(&ctx.http, CreateInteractionResponse::Message(message)).await;
             return;
         }

@@ -358,9 +358,10 @@ impl Bot {
         };
         let outcome = self.service.search(query).await?;
         let reply = reply::render(&outcome, stored.text.as_deref(), key).await;
-        // "More" continues in the categories this search decided on.
+        // "More" decides again (the same photo and words decide the same categories, ranked the
+        // same way), or stays in the category picked under "Wrong category?".
         let decided = if stored.categories.is_empty() { outcome.decision.categories.clone() } else { stored.decided.clone() };
-        self.remember(key, StoredQuery { categories: outcome.decision.categories.clone(), decided, ..stored });
+        self.remember(key, StoredQuery { decided, ..stored });
         Ok((reply, outcome))
     }
 }

@@ -139,7 +139,10 @@ pub async fn hit_embed(number: usize, hit: &Hit) -> (CreateEmbed, Option<CreateA
 
 /// The select menu "Wrong category?" answers with: every category but those searched.
 pub fn category_menu(key: u64, categories: &[String], searched: &[String]) -> Vec<CreateActionRow> {
-    let options: Vec<CreateSelectMenuOption> = categories.iter().filter(|c| !searched.contains(c)).take(25).map(|c| CreateSelectMenuOption::new(c, c)).collect();
+    // Words alone may have searched every category: then each is offered, to search alone.
+    let others: Vec<&String> = categories.iter().filter(|c| !searched.contains(c)).collect();
+    let offered = if others.is_empty() { categories.iter().collect() } else { others };
+    let options: Vec<CreateSelectMenuOption> = offered.into_iter().take(25).map(|c| CreateSelectMenuOption::new(c, c)).collect();
     let menu = CreateSelectMenu::new(format!("category:{key}"), CreateSelectMenuKind::String { options }).placeholder("Search this category instead");
     vec![CreateActionRow::SelectMenu(menu)]
 }
@@ -147,6 +150,17 @@ pub fn category_menu(key: u64, categories: &[String], searched: &[String]) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_category_menu_offers_the_others_or_every_one_when_all_were_searched() {
+        let all: Vec<String> = ["bag", "coat", "dress"].map(String::from).to_vec();
+        let offered = |searched: &[String]| {
+            let menu = serde_json::to_value(&category_menu(7, &all, searched)[0]).unwrap();
+            menu["components"][0]["options"].as_array().unwrap().iter().map(|o| o["value"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(offered(&all[..1]), ["coat", "dress"]);
+        assert_eq!(offered(&all), all, "words alone searched them all: each is offered, to search alone");
+    }
 
     #[test]
     fn user_text_cannot_ping_or_format() {

@@ -264,8 +264,8 @@ pub trait Backend: Send + Sync {
     fn search(&self, generation: &Generation, query: &[f32], scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError>;
     /// The best hits for words alone in the scopes' categories: the full-text ranking of
     /// `query.terms` and the sentence-vector ranking of `query.vector` against the items' text,
-    /// each cut to `params.offset + params.k + 1` candidates whose price `params.price` admits,
-    /// fused by reciprocal rank ([`words::fuse`]). A hit's cosine and distance are its text's.
+    /// each cut to [`words::depth`] candidates whose price `params.price` admits, fused by
+    /// reciprocal rank ([`words::fuse`]). A hit's cosine and distance are its text's.
     fn search_words(&self, generation: &Generation, query: &WordsQuery, scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError>;
     /// How many items `categories` hold, how many of them `price` admits, and how many mention
     /// each of `attributes` (any of its forms as a word of the item's text).

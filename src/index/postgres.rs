@@ -168,12 +168,24 @@ fn hnsw_expression(dim: usize) -> (String, String, &'static str) {
     }
 }
 
-/// A candidate as the database returns it: the scope it answers, the item (JSON), its vector.
-/// The price range as a `WHERE` clause on the table aliased `i`, bound to parameters 4 and 5
-/// (or 3 and 4): an open bound is NULL and admits every row, a set one only rows with a price.
-const PRICE_FILTER_4_5: &str = "AND ($4::real IS NULL OR i.price >= $4) AND ($5::real IS NULL OR i.price <= $5)";
-const PRICE_FILTER_3_4: &str = "AND ($3::real IS NULL OR i.price >= $3) AND ($4::real IS NULL OR i.price <= $4)";
+/// The price range as a `WHERE` clause on the table aliased `i`, its bounds bound from
+/// parameter `first` on (an open bound is NULL and admits every row, a set one only rows with a
+/// price). Empty, with no parameters, when the range is open: a generation written before items
+/// had prices answers image searches as before.
+fn price_clause(price: &PriceRange, first: usize) -> (String, [Option<f32>; 2]) {
+    let clause = format!("AND (${first}::real IS NULL OR i.price >= ${first}) AND (${second}::real IS NULL OR i.price <= ${second})", second = first + 1);
+    (if price.is_open() { String::new() } else { clause }, [price.min, price.max])
+}
 
+/// `base` parameters, then the price bounds when `clause` uses them.
+fn with_bounds<'a>(mut base: Vec<&'a (dyn postgres::types::ToSql + Sync)>, clause: &str, bounds: &'a [Option<f32>; 2]) -> Vec<&'a (dyn postgres::types::ToSql + Sync)> {
+    if !clause.is_empty() {
+        base.extend(bounds.iter().map(|b| b as &(dyn postgres::types::ToSql + Sync)));
+    }
+    base
+}
+
+/// A candidate as the database returns it: the scope it answers, the item (JSON), its vector.
 struct Fetched {
     scope: usize,
     item: String,
@@ -220,14 +232,16 @@ impl Postgres {
         let exact_names: Vec<&str> = exact.iter().map(|(_, scope)| scope.category.as_str()).collect();
         let (_, order, _) = hnsw_expression(generation.key.dim);
         let ef_search = self.settings.ef_search.max(depth).min(MAX_EF_SEARCH) as i64;
+        let depth = depth as i64;
         self.read.with(|client| {
             let mut found = Vec::new();
             if !exact_names.is_empty() {
+                let (filter, bounds) = price_clause(price, 4);
                 let sql = format!(
                     "SELECT s.ord, t.item, t.embedding FROM unnest($1::text[]) WITH ORDINALITY AS s(category, ord) \
-                     CROSS JOIN LATERAL (SELECT item, embedding FROM {table} i WHERE i.category = s.category {PRICE_FILTER_4_5} ORDER BY i.embedding {operator} $2 LIMIT $3) t"
+                     CROSS JOIN LATERAL (SELECT item, embedding FROM {table} i WHERE i.category = s.category {filter} ORDER BY i.embedding {operator} $2 LIMIT $3) t"
                 );
-                for row in client.query(&sql, &[&exact_names, query, &(depth as i64), &price.min, &price.max])? {
+                for row in client.query(&sql, &with_bounds(vec![&exact_names, query, &depth], &filter, &bounds))? {
                     let ord: i64 = row.get(0);
                     found.push(Fetched { scope: exact[ord as usize - 1].0, item: row.get(1), vector: row.get::<_, Vector>(2).to_vec() });
                 }
@@ -237,13 +251,17 @@ impl Postgres {
                 // The planner's cost estimate sometimes prefers an exact scan and sort to the HNSW
                 // index: at 100,000 x 3,072 it did so at ef_search 200 (1.2 s a query instead of
                 // 15 ms) though not at 100 or 400. Categories this large are HNSW's by design.
-                // A price filter would leave the graph walk short of `depth` rows; pgvector 0.8's
-                // iterative scan walks on until enough rows pass it.
-                transaction
-                    .batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef_search}; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; SET LOCAL hnsw.iterative_scan = relaxed_order"))?;
+                transaction.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef_search}; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off"))?;
+                let (filter, bounds) = price_clause(price, 3);
+                if !filter.is_empty() {
+                    // A price filter would leave the graph walk short of `depth` rows; pgvector
+                    // 0.8's iterative scan (needed for price filters on HNSW categories) walks on
+                    // until enough rows pass it.
+                    transaction.batch_execute("SET LOCAL hnsw.iterative_scan = relaxed_order")?;
+                }
                 for (position, scope) in &hnsw {
-                    let sql = format!("SELECT item, embedding FROM {table} i WHERE category = {} {} ORDER BY {order} LIMIT $2", literal(&scope.category), PRICE_FILTER_3_4);
-                    for row in transaction.query(&sql, &[query, &(depth as i64), &price.min, &price.max])? {
+                    let sql = format!("SELECT item, embedding FROM {table} i WHERE category = {} {filter} ORDER BY {order} LIMIT $2", literal(&scope.category));
+                    for row in transaction.query(&sql, &with_bounds(vec![query, &depth], &filter, &bounds))? {
                         found.push(Fetched { scope: *position, item: row.get(0), vector: row.get::<_, Vector>(1).to_vec() });
                     }
                 }
@@ -382,7 +400,7 @@ impl Backend for Postgres {
             }
             if let Some(vector) = &vector {
                 let sql = format!(
-                    "SELECT s.ord, i.item, (i.text_embedding <=> $2)::real FROM {table} i JOIN unnest($1::text[]) WITH ORDINALITY AS s(category, ord) ON s.category = i.category                      WHERE i.text_embedding IS NOT NULL {PRICE_FILTER_4_5} ORDER BY i.text_embedding <=> $2, i.row LIMIT $3"
+                    "SELECT s.ord, i.item, (i.text_embedding <=> $2)::real FROM {table} i JOIN unnest($1::text[]) WITH ORDINALITY AS s(category, ord) ON s.category = i.category WHERE i.text_embedding IS NOT NULL AND ($4::real IS NULL OR i.price >= $4) AND ($5::real IS NULL OR i.price <= $5) ORDER BY i.text_embedding <=> $2, i.row LIMIT $3"
                 );
                 lists.1 = client.query(&sql, &[&names, vector, &depth, &price_min, &price_max])?;
             }

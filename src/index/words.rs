@@ -45,12 +45,13 @@ pub struct Refined {
 pub const RRF_K: f32 = 60.0;
 
 /// Candidates each ranking contributes before fusion, at least: fusion needs overlap, so the
-/// lists go deeper than a page.
-pub const DEPTH_MIN: usize = 50;
+/// lists go deeper than a page, and every page within the first hundred hits is cut from the
+/// same fused ranking (the lists do not change from page to page).
+pub const DEPTH_MIN: usize = 100;
 
 /// Candidates each ranking contributes for a page ending at `wanted` hits.
 pub fn depth(wanted: usize) -> usize {
-    DEPTH_MIN.max(2 * wanted)
+    DEPTH_MIN.max(wanted)
 }
 
 /// One ranking's candidate: the item, its scope's position in the query's scopes, and (for the
@@ -68,16 +69,21 @@ pub struct Ranked {
 /// item when their ids are.
 pub fn fuse(full_text: Vec<Ranked>, semantic: Vec<Ranked>, scopes: &[Scope], offset: usize, k: usize) -> Page {
     let mut fused: Vec<(Ranked, f32)> = Vec::new();
+    let mut slot_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for list in [full_text, semantic] {
         for (position, candidate) in list.into_iter().enumerate() {
             let score = 1.0 / (RRF_K + position as f32 + 1.0);
-            let score = score + if fused.iter().any(|(seen, _)| seen.item.id == candidate.item.id) { 0.0 } else { scopes[candidate.scope].bonus };
-            match fused.iter_mut().find(|(seen, _)| seen.item.id == candidate.item.id) {
-                Some((seen, total)) => {
+            match slot_of.get(&candidate.item.id) {
+                Some(&slot) => {
+                    let (seen, total) = &mut fused[slot];
                     *total += score;
                     seen.text = seen.text.or(candidate.text);
                 }
-                None => fused.push((candidate, score)),
+                None => {
+                    slot_of.insert(candidate.item.id.clone(), fused.len());
+                    let bonus = scopes[candidate.scope].bonus;
+                    fused.push((candidate, score + bonus));
+                }
             }
         }
     }

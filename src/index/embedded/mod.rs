@@ -270,7 +270,7 @@ impl Index {
     }
 
     /// The full-text index of the items' words, built on first use (or by [`Index::warm`] when a
-    /// generation is loaded): 10,000 items took 35 ms here (`lookalike bench --only words`).
+    /// generation is loaded): 10,000 items took 35 to 62 ms here (`lookalike bench --only words`).
     fn full_text(&self) -> Result<&FullText, IndexError> {
         self.full_text
             .get_or_init(|| FullText::build(&self.manifest.items).map_err(|err| format!("{err:#}")))
