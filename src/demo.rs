@@ -1,6 +1,6 @@
 //! `lookalike demo`, the README's main job on the embedded default: a Fashion-MNIST catalogue
-//! from the offline kit, heads trained if there are none, the index, and a few image + sentence
-//! queries, printed and drawn as a contact sheet.
+//! (titles and prices) from the offline kit, heads trained if there are none, the index, a few
+//! image + sentence queries and one by words alone, printed and drawn as a contact sheet.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,9 @@ pub const SHEET: &str = "runs/demo-sheet.png";
 /// The demo's queries: a held-out test image of a category, and what the shopper says.
 const QUERIES: [(&str, Option<&str>); 4] =
     [("sneaker", None), ("sneaker", Some("like this, but a sandal")), ("pullover", Some("a coat like this")), ("shirt", Some("not a t-shirt, something like this"))];
+
+/// The demo's search by words alone.
+const WORDS_QUERY: &str = "a coat under 30, cheapest first";
 
 /// How the demo trains its heads on `DATA`: the library's defaults, but no augmented views and
 /// more epochs (on 2 CPU cores each view costs as much feature extraction as the plain images).
@@ -96,6 +99,11 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         let label = format!("{category}: {}", text.unwrap_or("(no sentence)"));
         sheet.push(crate::report::sheet_row(imaging::decode(&bytes, limits)?, &label, &outcome, limits));
     }
+    // Words alone: no photo, no backbone; the items' titles and prices answer.
+    println!("\n== query: no photo, sentence: {WORDS_QUERY:?}");
+    let outcome = runtime.block_on(service.search(Query { text: Some(WORDS_QUERY.to_string()), k: Some(5), ..Query::default() }))?;
+    print!("{}", crate::report::render(&outcome));
+    sheet.push(crate::report::sheet_row(image::RgbImage::from_pixel(28, 28, image::Rgb([255, 255, 255])), &format!("no photo: {WORDS_QUERY}"), &outcome, limits));
     plot::contact_sheet(Path::new(SHEET), "lookalike demo: Fashion-MNIST catalogue, query (framed) and its 5 nearest items", &sheet)?;
     println!("\ncontact sheet of every query: {SHEET}");
     println!("try: cargo run -- search --image {} --text \"a bag like this\" --sheet runs/hits.png", held_out[0].display());
@@ -103,7 +111,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Copies the first `CATALOGUE_PER_CLASS` test images of each category into the catalogue and
-/// writes their titles to a JSON-lines file beside it; returns one held-out image per category
+/// writes their titles and prices to a JSON-lines file beside it; returns one held-out image per category
 /// and the metadata path.
 fn build_catalogue(test: &Path, catalogue: &Path) -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
     let (classes, examples, _) = crate::catalogue::labelled(test, None)?;
@@ -122,7 +130,9 @@ fn build_catalogue(test: &Path, catalogue: &Path) -> anyhow::Result<(Vec<PathBuf
             let number = Path::new(file).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let pretty = name.replace('-', " ");
             let title = format!("{}{} no. {number}", pretty[..1].to_uppercase(), &pretty[1..]);
-            titles.push_str(&serde_json::json!({ "id": format!("{name}/{}", file.to_string_lossy()), "title": title }).to_string());
+            // A price from the image's number: 5.00 to 54.00, the same on every machine.
+            let price = format!("{}.00", 5 + number.parse::<u64>().unwrap_or(0) % 50);
+            titles.push_str(&serde_json::json!({ "id": format!("{name}/{}", file.to_string_lossy()), "title": title, "price": price }).to_string());
             titles.push('\n');
         }
         held_out.extend(members.get(CATALOGUE_PER_CLASS + 5).map(|p| p.to_path_buf()));
