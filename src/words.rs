@@ -53,8 +53,14 @@ pub struct Attribute {
 impl Attribute {
     /// Whether `words` (an item's text, split by [`split`]) mention it.
     pub fn mentioned_in(&self, words: &[String]) -> bool {
-        words.iter().any(|w| self.forms.contains(w))
+        mentions(words, &self.forms)
     }
+}
+
+/// Whether `words` (an item's text, split by [`split`]) hold any of `forms`: how both index
+/// backends and the re-ranking count an attribute's mentions.
+pub fn mentions(words: &[String], forms: &[String]) -> bool {
+    words.iter().any(|w| forms.contains(w))
 }
 
 /// Prices the sentence accepts, both bounds inclusive ("under 20" keeps a 20.00 item, as shop
@@ -400,6 +406,68 @@ mod tests {
         assert!(terms("cheapest first please").is_empty());
         assert_eq!(terms("high heels, over the knee, under 30"), ["high", "heels", "over", "knee"], "price words away from a price stay");
         assert_eq!(split("in 'navy'"), ["in", "navy"]);
+    }
+
+    /// Sentences drawn from a soup of words, numbers, currency signs, punctuation and non-ASCII
+    /// text: reading never panics, a price range read is ordered, full-text terms are letters
+    /// and digits the sentence said, and the category reader sees words of the sentence, in order.
+    #[test]
+    fn any_sentence_reads_and_keeps_the_invariants() {
+        let soup = [
+            "under",
+            "between",
+            "and",
+            "over",
+            "$",
+            "€",
+            "20",
+            "1,299.50",
+            "3.5",
+            "99999999999999999999999",
+            "red",
+            "light",
+            "dark",
+            "not",
+            "navy",
+            "wooden",
+            "leather",
+            "cheapest",
+            "first",
+            "most",
+            "expensive",
+            "bag",
+            "'",
+            ",",
+            "-",
+            "ü",
+            "日本",
+            "isn't",
+            "",
+            "less",
+            "than",
+            "from",
+            "to",
+            ".",
+            "0",
+            "1.",
+            ",5",
+        ];
+        let mut rng = crate::rng::Rng::new(31);
+        for _ in 0..5000 {
+            let count = rng.below(12) as usize;
+            let glue = if rng.below(3) == 0 { "" } else { " " };
+            let sentence = (0..count).map(|_| soup[rng.below(soup.len() as u64) as usize]).collect::<Vec<_>>().join(glue);
+            let wants = read(&sentence);
+            if let (Some(min), Some(max)) = (wants.price.min, wants.price.max) {
+                assert!(min <= max, "{sentence:?}: {:?}", wants.price);
+            }
+            let said = split(&sentence);
+            for term in terms(&sentence) {
+                assert!(term.chars().all(char::is_alphanumeric) && said.contains(&term), "{sentence:?}: {term:?}");
+            }
+            let mut rest = said.iter();
+            assert!(for_category(&sentence).split_whitespace().all(|kept| rest.any(|w| w == kept)), "{sentence:?}");
+        }
     }
 
     #[test]

@@ -181,7 +181,11 @@ fn build_catalogue(benchmark: &Benchmark, work: &Path) -> anyhow::Result<Built> 
             let id = format!("{}/{}-{}.png", product.category, product.id, variant.colour);
             let path = work.join("catalogue").join(&id);
             if !path.exists() {
-                tinted(pixels, named.srgb).save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+                // Whole or not at all: a run killed here must not leave a torn picture a later
+                // run would keep.
+                let mut png = Vec::new();
+                tinted(pixels, named.srgb).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+                crate::files::write_atomically(&path, &png)?;
             }
             let mut colour_word = variant.colour.clone();
             colour_word[..1].make_ascii_uppercase();

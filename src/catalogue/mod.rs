@@ -295,6 +295,44 @@ mod tests {
         }
     }
 
+    /// Any amount, written as English or European shops write it, with or without a currency,
+    /// reads back as itself; random text never panics and never reads as a number it is not.
+    #[test]
+    fn any_price_written_any_common_way_reads_back() {
+        let mut rng = crate::rng::Rng::new(41);
+        let grouped = |units: u64, separator: char| {
+            let digits = units.to_string();
+            let mut out = String::new();
+            for (at, digit) in digits.chars().enumerate() {
+                if at > 0 && (digits.len() - at).is_multiple_of(3) {
+                    out.push(separator);
+                }
+                out.push(digit);
+            }
+            out
+        };
+        for _ in 0..5000 {
+            let cents = rng.below(100_000_000);
+            let value = cents as f64 / 100.0;
+            let (english, european) = (format!("{}.{:02}", grouped(cents / 100, ','), cents % 100), format!("{},{:02}", grouped(cents / 100, '.'), cents % 100));
+            for text in [format!("{value:.2}"), format!("${english}"), format!("{english} USD"), format!("€{european}"), format!("{european} EUR")] {
+                let read = parse_price(&text).unwrap_or_else(|| panic!("{text:?} did not read"));
+                assert!((read - value).abs() < 1e-6, "{text:?} read {read}, not {value}");
+            }
+            let junk: String = (0..rng.below(12)).map(|_| ['1', '0', '.', ',', '-', '$', 'a', ' ', 'é', '9'][rng.below(10) as usize]).collect();
+            assert!(parse_price(&junk).is_none_or(|read| read.is_finite() && read >= 0.0), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn tags_round_trip_through_one_cell() {
+        let mut rng = crate::rng::Rng::new(43);
+        for _ in 0..1000 {
+            let tags: Vec<String> = (0..rng.below(6)).map(|_| (0..1 + rng.below(8)).map(|_| (b'a' + rng.below(26) as u8) as char).collect()).collect();
+            assert_eq!(split_tags(&tags.join(["; ", "|", ", "][rng.below(3) as usize])), tags);
+        }
+    }
+
     #[test]
     fn a_tiff_is_not_taken_for_an_image_nobody_can_decode() {
         // The CLI, the catalogue scan and the bot all read this one list; `image` is built

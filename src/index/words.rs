@@ -101,11 +101,6 @@ pub fn fuse(full_text: Vec<Ranked>, semantic: Vec<Ranked>, scopes: &[Scope], off
     Page { hits, more, method: SearchMethod::Words }
 }
 
-/// Whether `words` (an item's text, split by [`crate::words::split`]) mention any of `forms`.
-pub fn mentions(words: &[String], forms: &[String]) -> bool {
-    words.iter().any(|w| forms.contains(w))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

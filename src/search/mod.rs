@@ -525,7 +525,9 @@ impl Find {
         let rank = |category: &str| scopes.iter().find(|s| s.category == category).map_or(usize::MAX, |s| s.rank);
         let ranked = refine::rerank(pooled.hits, &self.wants, self.set_aside, self.weights, matches!(probe, Probe::Words(_)), rank);
         let attributes: Vec<Vec<String>> = self.wants.attributes.iter().map(|a| a.forms.clone()).collect();
-        let tally = backend.tally(generation, &self.searched, &self.wants.price, &attributes)?;
+        // The counts are said only for a price range and attributes: no round trip otherwise.
+        let counted = !self.wants.price.is_open() || !attributes.is_empty();
+        let tally = if counted { backend.tally(generation, &self.searched, &self.wants.price, &attributes)? } else { crate::index::Tally::default() };
         lines.extend(refine::explain(&self.wants, &tally, &self.searched, self.set_aside, pool));
         let more = pooled.more || ranked.len() > wanted;
         Ok((Page { hits: ranked.into_iter().skip(params.offset).take(params.k).collect(), more, method: pooled.method }, lines))

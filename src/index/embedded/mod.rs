@@ -323,7 +323,7 @@ impl Index {
                 if !attributes.is_empty() {
                     let words = crate::words::split(&self.manifest.items[row].metadata.words());
                     for (count, forms) in tally.mentions.iter_mut().zip(attributes) {
-                        *count += usize::from(shared::mentions(&words, forms));
+                        *count += usize::from(crate::words::mentions(&words, forms));
                     }
                 }
             }
