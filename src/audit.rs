@@ -60,6 +60,14 @@ pub enum Action {
         heads_dir: String,
         re_embedded: bool,
     },
+    /// A shop's product feed imported (`catalogue import`, `/catalogue-import`): pictures added,
+    /// updated and removed.
+    Imported {
+        feed: String,
+        added: usize,
+        updated: usize,
+        removed: usize,
+    },
 }
 
 impl std::fmt::Display for Action {
@@ -71,6 +79,7 @@ impl std::fmt::Display for Action {
                 write!(f, "corrected photo {} from {} to {picked}{}", &image[..12.min(image.len())], searched.join(", "), if *moderator { " (moderator)" } else { "" })
             }
             Action::HeadsSwapped { heads_dir, re_embedded } => write!(f, "loaded new heads from {heads_dir}{}", if *re_embedded { ", catalogue re-embedded" } else { "" }),
+            Action::Imported { feed, added, updated, removed } => write!(f, "imported {feed}: {added} added, {updated} updated, {removed} removed"),
         }
     }
 }

@@ -477,6 +477,11 @@ pub fn named(word: &str) -> Option<&'static NamedColour> {
     NAMED.iter().find(|colour| colour.name == name)
 }
 
+/// The table's name for a colour: the entry nearest it by CIEDE2000.
+pub fn nearest_named(lab: Lab) -> &'static NamedColour {
+    NAMED.iter().min_by(|x, y| delta_e(x.lab, lab).total_cmp(&delta_e(y.lab, lab))).expect("the table is not empty")
+}
+
 /// How far "light" and "dark" move lightness, in L units.
 const SHADE_STEP: f32 = 20.0;
 /// Lightness stays inside this range so that "light white" and "dark black" are still colours.

@@ -185,6 +185,15 @@ pub struct CatalogueConfig {
     pub metadata: PathBuf,
     /// Every catalogue edit, correction and swap of heads, with who and when (JSON lines); empty for none.
     pub audit_log: PathBuf,
+    /// `catalogue import`: images downloaded at once.
+    pub import_concurrency: usize,
+    /// `catalogue import`: further tries of a download that failed for a reason that may pass
+    /// (a timeout, a reset connection, HTTP 429 or 5xx), with doubling waits from 0.5 s.
+    pub import_retries: u32,
+    /// `catalogue import`: seconds one download (feed or image) may take.
+    pub import_timeout_s: u64,
+    /// `catalogue import`: largest product feed read, in MiB.
+    pub max_feed_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -459,6 +468,11 @@ impl Config {
         }
         check((-1.0..=1.0).contains(&text.embedding_none_cosine), "text.embedding_none_cosine", text.embedding_none_cosine, "must be a cosine between -1.0 and 1.0")?;
         check(text.nli_template.contains("{}"), "text.nli_template", &text.nli_template, "must contain `{}` where the category name goes")?;
+        let catalogue = &self.catalogue;
+        check((1..=256).contains(&catalogue.import_concurrency), "catalogue.import_concurrency", catalogue.import_concurrency, "must be 1 to 256")?;
+        check(catalogue.import_retries <= 10, "catalogue.import_retries", catalogue.import_retries, "must be at most 10")?;
+        check(catalogue.import_timeout_s >= 1, "catalogue.import_timeout_s", catalogue.import_timeout_s, "must be at least 1")?;
+        check(catalogue.max_feed_mb >= 1, "catalogue.max_feed_mb", catalogue.max_feed_mb, "must be at least 1")?;
         check(self.limits.max_image_mb >= 1, "limits.max_image_mb", self.limits.max_image_mb, "must be at least 1")?;
         check(self.limits.max_image_megapixels >= 1, "limits.max_image_megapixels", self.limits.max_image_megapixels, "must be at least 1")?;
         check(

@@ -30,6 +30,7 @@
 //! | [`imaging`] | image bytes to pixels: decode with limits, EXIF orientation, alpha on white, RGB. No tensors | torch, Discord, `index`, `catalogue`, `search` |
 //! | [`colour`] | colour from pixels: an item's dominant colours in CIELAB (background and transparent pixels left out), CIEDE2000 differences, the table of colours shoppers name | the rest |
 //! | [`catalogue`] | the catalogue folders (one sub-folder per category) and walking labelled folders, the image extensions, content hashes, metadata (CSV / JSON lines); adding and removing one item with its metadata row | torch, Discord, `index`, `search` |
+//! | [`feed`] | `catalogue import`: a shop's product feed (Merchant Center XML or TSV, Shopify CSV) read into products (`parse`: HTML descriptions as text, prices with their currency), categories from a feed field's level or a mapping, pictures downloaded a bounded number at a time with retries and kept until written (`fetch`), placed as `catalogue add` names them, one metadata row each, variants grouped | torch, Discord, `index`, `search` |
 //! | [`words`] | what a sentence asks beyond a category: colours (with "light"/"dark", "not red"), material and pattern words, price ranges and price order (pure) | torch, Discord, `index`, `search` |
 //! | [`audit`] | the audit log: every catalogue edit, correction and swap of heads, with who and when | torch, Discord, `index`, `search` |
 //! | [`feedback`] | corrections picked under "Wrong category?": stored bounded on disk (each photo once), trusted when a moderator or enough distinct shoppers agree, exported as training folders | torch, Discord, `index`, `search` |
@@ -39,7 +40,7 @@
 //! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` (download, check, convert with `tch`) | `rust_bert`, `vision`, `text`, Discord, `index`, `search` |
 //! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; typos; negation; "none"; WordNet's words for each category; the one loaded MiniLM's sentence vectors, for items' texts and searches by words | `vision`, Discord, `index`, `search` |
 //! | [`vision`] | backbone specs and networks, preprocessing into tensors, GeM descriptors, heads, augmentation, ensemble vote, training, evaluation (through an in-memory `index`) | `text`, Discord, `search` |
-//! | [`search`] | `SearchService`, the query path of the bot and of `lookalike search`: admission, decode, the model thread's queue (micro-batches capped at `search.max_batch`, queries whose requester left dropped), decide, search, timings; searches by words alone (no backbone runs) and what the sentence's colours, attributes and price do to the hits (`refine`: the photo dyed the colour asked, re-ranking, reasons); its `Upkeep` handle: re-index while serving, catalogue edits under the re-index guard, new heads swapped in | Discord, `cli`, `bench` |
+//! | [`search`] | `SearchService`, the query path of the bot and of `lookalike search`: admission, decode, the model thread's queue (micro-batches capped at `search.max_batch`, queries whose requester left dropped), decide, search, timings; searches by words alone (no backbone runs) and what the sentence's colours, attributes and price do to the hits (`refine`: the photo dyed the colour asked, re-ranking, reasons); its `Upkeep` handle: re-index while serving, catalogue edits and feed imports under the re-index guard, new heads swapped in | Discord, `cli`, `bench` |
 //! | [`report`] | a search outcome as `lookalike search` prints it, and as a contact-sheet row | torch, Discord |
 //! | [`retrieval`] | `eval --retrieval`: R@1, R@5, vote accuracy and same-category precision@5 of pictures of the same items, through the whole search | Discord |
 //! | [`words_eval`] | `eval --words`: the words benchmark (names, paraphrases, colour changes on a photo, price phrases) on Fashion-MNIST photos tinted per variant, through the whole search | Discord |
@@ -70,6 +71,7 @@ pub mod config;
 pub mod decide;
 pub mod demo;
 pub mod discord;
+pub mod feed;
 pub mod feedback;
 pub mod files;
 pub mod imaging;

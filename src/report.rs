@@ -29,7 +29,9 @@ pub fn render(outcome: &SearchOutcome) -> String {
             let mentions = if refined.mentions.is_empty() { String::new() } else { format!(", mentions {}", refined.mentions.join(", ")) };
             out.push_str(&format!("  [score {:.3} = similarity {:.3}, colour {:+.2}{mentions}]", hit.score, refined.similarity, refined.colour));
         }
-        if !hit.collapsed.is_empty() {
+        if !hit.variants.is_empty() {
+            out.push_str(&format!("  (one product, in {})", hit.variants.join(", ")));
+        } else if !hit.collapsed.is_empty() {
             out.push_str(&format!("  (+{} near-duplicate{})", hit.collapsed.len(), if hit.collapsed.len() == 1 { "" } else { "s" }));
         }
         out.push('\n');

@@ -8,6 +8,7 @@ use crate::config::Config;
 
 mod device;
 mod feedback;
+mod import;
 mod index;
 mod postgres;
 mod search;
@@ -17,6 +18,7 @@ use crate::text::{Embedding, IntentReader, TextModelPaths, Vocabulary};
 use crate::worker::ModelWorker;
 pub use device::device;
 pub use feedback::feedback;
+pub use import::import;
 pub use index::index;
 pub use postgres::postgres;
 pub use search::{search, SearchSizes};

@@ -39,13 +39,13 @@ fn p50_p99(times: &mut [Duration]) -> String {
 }
 
 /// Peak resident memory since the last reset, in MB (Linux), and a reset for the next profile.
-fn memory_peak_mb() -> Option<f64> {
+pub(super) fn memory_peak_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
 
-fn reset_memory_peak() {
+pub(super) fn reset_memory_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

@@ -89,7 +89,7 @@ fn names(key: &str, id: &str) -> bool {
 }
 
 /// Every row of the metadata file in order (none when it does not exist yet).
-fn read_rows(path: &Path) -> anyhow::Result<Vec<(String, Metadata)>> {
+pub fn read_rows(path: &Path) -> anyhow::Result<Vec<(String, Metadata)>> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse_rows(path, &text),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -98,7 +98,7 @@ fn read_rows(path: &Path) -> anyhow::Result<Vec<(String, Metadata)>> {
 }
 
 /// Writes the rows back (JSON lines, or CSV with every column), whole or not at all.
-fn write_rows(path: &Path, rows: &[(String, Metadata)]) -> anyhow::Result<()> {
+pub fn write_rows(path: &Path, rows: &[(String, Metadata)]) -> anyhow::Result<()> {
     let mut text = Vec::new();
     if is_json_lines(path) {
         for (id, metadata) in rows {
@@ -109,10 +109,9 @@ fn write_rows(path: &Path, rows: &[(String, Metadata)]) -> anyhow::Result<()> {
         }
     } else {
         let mut writer = csv::Writer::from_writer(&mut text);
-        writer.write_record(["id", "title", "price", "link", "image_url", "description", "tags"])?;
-        for (id, m) in rows {
-            let cell = |v: &Option<String>| v.clone().unwrap_or_default();
-            writer.write_record([id.clone(), cell(&m.title), cell(&m.price), cell(&m.link), cell(&m.image_url), cell(&m.description), m.tags.join("; ")])?;
+        writer.write_record(std::iter::once("id").chain(super::COLUMNS))?;
+        for (id, metadata) in rows {
+            writer.write_record(std::iter::once(id.clone()).chain(metadata.cells()))?;
         }
         writer.flush()?;
         drop(writer);

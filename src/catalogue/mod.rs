@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod edit;
-pub use edit::{add, remove, EditError};
+pub use edit::{add, read_rows, remove, write_rows, EditError};
 
 /// What a reply shows about an item besides its picture. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,25 @@ pub struct Metadata {
     /// Words a shop files the item under ("canvas", "summer").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The maker, as a shop's feed names it; searched with the item's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+    /// The colour the shop gives ("sea blue"): searched with the item's words, and how a
+    /// product's variants are named in replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub colour: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub material: Option<String>,
+    /// "in stock", "out of stock", "preorder", as the feed says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<String>,
+    /// The product's id in the shop's feed: how a later import of the feed finds the item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_id: Option<String>,
+    /// The product the item is a variant (or another picture) of: items of one group show once
+    /// in an answer, as the best-matching one, with the others' colours named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl Metadata {
@@ -40,10 +59,11 @@ impl Metadata {
         *self == Metadata::default()
     }
 
-    /// The item's own words: title, description and tags, as full-text search and the item's
-    /// sentence vector read them. Empty when it has none.
+    /// The item's own words: title, description, brand, colour, material and tags, as full-text
+    /// search and the item's sentence vector read them. Empty when it has none.
     pub fn words(&self) -> String {
-        let mut parts: Vec<&str> = self.title.iter().chain(&self.description).map(|part| part.trim().trim_end_matches('.')).collect();
+        let said = [&self.title, &self.description, &self.brand, &self.colour, &self.material];
+        let mut parts: Vec<&str> = said.into_iter().flatten().map(|part| part.trim().trim_end_matches('.')).collect();
         let tags = self.tags.join(", ");
         if !tags.is_empty() {
             parts.push(&tags);
@@ -85,6 +105,10 @@ pub fn parse_price(text: &str) -> Option<f64> {
     }
     plain.parse().ok().filter(|value: &f64| value.is_finite())
 }
+
+/// The fewest images a category needs for `lookalike train`: one to learn from, one held out
+/// to check on.
+pub const MIN_TRAINING_IMAGES: usize = 2;
 
 /// Image file extensions read as images; anything else in a category folder is skipped.
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "gif", "bmp"];
@@ -181,9 +205,9 @@ pub struct MetadataTable {
 }
 
 impl MetadataTable {
-    /// Reads a CSV file with a header row (`path` or `id`, then any of `title`, `price`,
-    /// `link`, `image_url`, `description`, `tags`; tags separated by `;`, `|` or commas) or, for `.jsonl` / `.json` files, one JSON object per line with the
-    /// same keys. An empty path means no metadata.
+    /// Reads a CSV file with a header row (`path` or `id`, then any of [`COLUMNS`]; tags
+    /// separated by `;`, `|` or commas) or, for `.jsonl` / `.json` files, one JSON object per
+    /// line with the same keys. An empty path means no metadata.
     pub fn load(path: &Path) -> anyhow::Result<MetadataTable> {
         if path.as_os_str().is_empty() {
             return Ok(MetadataTable::default());
@@ -224,25 +248,47 @@ fn parse_csv(text: &str) -> anyhow::Result<Vec<(String, Metadata)>> {
     let headers: Vec<String> = reader.headers()?.iter().map(|h| h.to_ascii_lowercase()).collect();
     let column = |name: &str| headers.iter().position(|h| h == name);
     let key = column("path").or_else(|| column("id")).context("the header row needs a `path` or `id` column")?;
-    let known = ["path", "id", "title", "price", "link", "image_url", "description", "tags"];
-    if let Some(unknown) = headers.iter().find(|h| !known.contains(&h.as_str())) {
-        anyhow::bail!("unknown column `{unknown}`: the columns are {}", known.join(", "));
+    if let Some(unknown) = headers.iter().find(|h| !["path", "id"].contains(&h.as_str()) && !COLUMNS.contains(&h.as_str())) {
+        anyhow::bail!("unknown column `{unknown}`: the columns are path or id, then {}", COLUMNS.join(", "));
     }
     let mut rows = Vec::new();
     for (line, record) in reader.records().enumerate() {
         let record = record.with_context(|| format!("row {}", line + 2))?;
-        let field = |name: &str| column(name).and_then(|i| record.get(i)).filter(|v| !v.is_empty()).map(str::to_string);
-        let metadata = Metadata {
-            title: field("title"),
-            price: field("price"),
-            link: field("link"),
-            image_url: field("image_url"),
-            description: field("description"),
-            tags: field("tags").map(|tags| split_tags(&tags)).unwrap_or_default(),
-        };
-        rows.push((record.get(key).unwrap_or_default().to_string(), metadata));
+        let cells = COLUMNS.map(|name| column(name).and_then(|i| record.get(i)).filter(|v| !v.is_empty()).map(str::to_string));
+        rows.push((record.get(key).unwrap_or_default().to_string(), Metadata::from_cells(cells)));
     }
     Ok(rows)
+}
+
+/// The metadata columns of a CSV file, in the order it is written.
+pub const COLUMNS: [&str; 12] = ["title", "price", "link", "image_url", "description", "tags", "brand", "colour", "material", "availability", "feed_id", "group"];
+
+impl Metadata {
+    /// From the cells of [`COLUMNS`], in that order (tags split as [`split_tags`] does).
+    fn from_cells(cells: [Option<String>; 12]) -> Metadata {
+        let [title, price, link, image_url, description, tags, brand, colour, material, availability, feed_id, group] = cells;
+        let tags = tags.map(|tags| split_tags(&tags)).unwrap_or_default();
+        Metadata { title, price, link, image_url, description, tags, brand, colour, material, availability, feed_id, group }
+    }
+
+    /// The cells of [`COLUMNS`], in that order (tags joined with "; ").
+    fn cells(&self) -> [String; 12] {
+        let cell = |v: &Option<String>| v.clone().unwrap_or_default();
+        [
+            cell(&self.title),
+            cell(&self.price),
+            cell(&self.link),
+            cell(&self.image_url),
+            cell(&self.description),
+            self.tags.join("; "),
+            cell(&self.brand),
+            cell(&self.colour),
+            cell(&self.material),
+            cell(&self.availability),
+            cell(&self.feed_id),
+            cell(&self.group),
+        ]
+    }
 }
 
 /// Tags from one cell or flag: separated by `;`, `|` or commas, trimmed, empty ones dropped.
@@ -385,9 +431,9 @@ mod tests {
         std::fs::write(&jsonl, "{\"id\": \"a.png\", \"description\": \"Soft.\", \"tags\": [\"wool\"]}\n").unwrap();
         assert_eq!(MetadataTable::load(&jsonl).unwrap().get("bag/a.png").words(), "Soft. wool");
 
-        std::fs::write(&csv_path, "path,colour\nbag/a.png,red\n").unwrap();
+        std::fs::write(&csv_path, "path,color\nbag/a.png,red\n").unwrap();
         let err = format!("{:#}", MetadataTable::load(&csv_path).unwrap_err());
-        assert!(err.contains("unknown column `colour`"), "{err}");
+        assert!(err.contains("unknown column `color`"), "{err}");
         std::fs::write(&jsonl, "{\"title\": \"no key\"}\n").unwrap();
         assert!(format!("{:#}", MetadataTable::load(&jsonl).unwrap_err()).contains("neither `path` nor `id`"));
         assert!(MetadataTable::load(Path::new("")).unwrap().is_empty());

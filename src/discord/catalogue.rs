@@ -58,9 +58,9 @@ pub(super) async fn edit(bot: &Bot, ctx: &Context, command: &CommandInteraction)
             title: text("title"),
             price: text("price"),
             link: text("link"),
-            image_url: None,
             description: text("description"),
             tags: text("tags").map(|tags| crate::catalogue::split_tags(&tags)).unwrap_or_default(),
+            ..Metadata::default()
         };
         return add(bot, ctx, command, attachment, category, metadata, who).await;
     }
@@ -84,7 +84,7 @@ async fn add(bot: &Bot, ctx: &Context, command: &CommandInteraction, attachment:
         Ok(photo) => photo,
         Err(err) => return answer(ctx, command, format!("Not added: {err}"), None).await,
     };
-    let edit = Edit::Add { photo: photo.clone(), category: category.clone(), metadata };
+    let edit = Edit::Add { photo: photo.clone(), category: category.clone(), metadata: Box::new(metadata) };
     let id = match edit_blocking(bot, edit, who).await {
         Ok((id, _)) => id,
         Err(text) => return answer(ctx, command, format!("Not added: {text}"), None).await,

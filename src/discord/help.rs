@@ -12,4 +12,4 @@ pub(super) const HELP: &str = "**lookalike** finds catalogue items that look lik
 • Mention me (or reply to me) with a photo, a sentence, or both.\n\
 • Right-click a message with a photo → Apps → **Find similar**.\n\
 • Under each answer: **More** for the next items, **Wrong category?** to search another one.\n\
-• `/catalogue` shows what can be found. Moderators can `/reindex`.";
+• `/catalogue` shows what can be found. Moderators can `/reindex`, and `/catalogue-import` the shop's product feed.";

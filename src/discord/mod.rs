@@ -3,13 +3,14 @@
 //!
 //! Ways to ask: `/search image:<attachment> [text] [k]`; mentioning the bot (or replying to it)
 //! with a photo and a sentence; the "Find similar" message menu; `/catalogue`, `/help`; and for
-//! moderators `/reindex`, `/catalogue-add` and `/catalogue-remove`. Every handler runs in its own task: a panic fails that request only.
+//! moderators `/reindex`, `/catalogue-add`, `/catalogue-remove` and `/catalogue-import`. Every handler runs in its own task: a panic fails that request only.
 
 mod attachment;
 mod buttons;
 mod catalogue;
 mod explain;
 mod help;
+mod import;
 mod mention;
 mod queries;
 mod reindex;
@@ -149,7 +150,7 @@ pub async fn client(config: Config, service: Arc<SearchService>, token: &str, he
 fn commands() -> Vec<CreateCommand> {
     let mut commands = vec![search::register()];
     commands.extend(catalogue::register());
-    commands.extend([help::register(), reindex::register(), search::register_find_similar()]);
+    commands.extend([import::register(), help::register(), reindex::register(), search::register_find_similar()]);
     commands
 }
 
@@ -198,6 +199,7 @@ impl EventHandler for Handler {
                     (CommandType::Message, _) => search::find_similar(&bot, &ctx, &command).await,
                     (_, "catalogue") => respond(&ctx, &command, catalogue::catalogue_text(&bot).await, false).await,
                     (_, "catalogue-add" | "catalogue-remove") => catalogue::edit(&bot, &ctx, &command).await,
+                    (_, "catalogue-import") => import::import(&bot, &ctx, &command).await,
                     (_, "help") => respond(&ctx, &command, help::HELP.to_string(), true).await,
                     (_, "reindex") => reindex::reindex(&bot, &ctx, &command).await,
                     (_, other) => tracing::warn!(command = other, "unknown command"),
@@ -403,11 +405,12 @@ mod tests {
         let json = serde_json::to_value(commands()).unwrap();
         assert_eq!(json[0]["options"][0]["type"], 11, "attachment option");
         let names: Vec<&str> = json.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["search", "catalogue", "catalogue-add", "catalogue-remove", "help", "reindex", "Find similar"]);
-        for moderators_only in [2, 3, 5] {
+        assert_eq!(names, ["search", "catalogue", "catalogue-add", "catalogue-remove", "catalogue-import", "help", "reindex", "Find similar"]);
+        for moderators_only in [2, 3, 4, 6] {
             assert_eq!(json[moderators_only]["default_member_permissions"], "32", "Manage Server: {}", names[moderators_only]);
         }
         assert_eq!(json[2]["options"][1]["autocomplete"], true, "category");
-        assert_eq!(json[6]["type"], 3, "message context menu");
+        assert_eq!(json[7]["type"], 3, "message context menu");
+        assert_eq!((json[4]["options"][0]["name"].as_str(), json[4]["options"][0]["required"].as_bool()), (Some("url"), Some(true)), "the feed's URL");
     }
 }

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Shortest gap between two edits of the progress message (Discord rate-limits edits).
-const PROGRESS_EDIT_GAP: Duration = Duration::from_millis(1500);
+pub(super) const PROGRESS_EDIT_GAP: Duration = Duration::from_millis(1500);
 
 pub(super) fn register() -> CreateCommand {
     CreateCommand::new("reindex").description("Re-index the catalogue (moderators)").default_member_permissions(Permissions::MANAGE_GUILD)

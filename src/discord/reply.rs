@@ -120,6 +120,9 @@ pub async fn hit_embed(number: usize, hit: &Hit) -> (CreateEmbed, Option<CreateA
     if let Some(price) = &metadata.price {
         embed = embed.field("Price", cut(price, 1024), true);
     }
+    if hit.variants.len() > 1 {
+        embed = embed.field("Also in", cut(&hit.variants[1..].join(", "), 1024), true);
+    }
     if let Some(link) = metadata.link.as_ref().filter(|l| l.starts_with("https://") || l.starts_with("http://")) {
         embed = embed.url(link);
     }

@@ -185,9 +185,15 @@ pub struct Hit {
     /// What the hit was ranked by among its category's peers: the cosine plus the category's
     /// bonus (the vote's prior, when categories compete; else the cosine itself).
     pub score: f32,
-    /// Near-duplicates (cosine at or above `near_duplicate_cosine` to this hit) folded into it.
+    /// Near-duplicates (cosine at or above `near_duplicate_cosine` to this hit) and other
+    /// variants of its product (`metadata.group`) folded into it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub collapsed: Vec<String>,
+    /// The colours of the product's variants among the candidates, this hit's first, as the shop
+    /// names them (else the table's name of the picture's main colour); empty for an item that
+    /// is no variant.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<String>,
     /// What the sentence's colours and attributes added to `score`, when they re-ranked hits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refined: Option<words::Refined>,
@@ -235,6 +241,37 @@ impl std::fmt::Display for SearchMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+impl Hit {
+    /// A hit of `item` with these scores, nothing folded into it yet.
+    pub fn new(item: Item, cosine: f32, euclidean: f32, score: f32) -> Hit {
+        Hit { item, cosine, euclidean, score, collapsed: Vec::new(), variants: Vec::new(), refined: None }
+    }
+
+    /// Folds `other` into this hit when both are variants of one product (the same
+    /// `metadata.group`); says whether it did.
+    pub fn fold_variant(&mut self, other: &Item) -> bool {
+        let same = other.metadata.group.is_some() && other.metadata.group == self.item.metadata.group;
+        if same {
+            if self.variants.is_empty() {
+                self.variants.push(variant_name(&self.item));
+            }
+            let name = variant_name(other);
+            if !self.variants.contains(&name) {
+                self.variants.push(name);
+            }
+            self.collapsed.push(other.id.clone());
+        }
+        same
+    }
+}
+
+/// How a variant is named among its product's: the shop's colour, else the table's name of
+/// its picture's main colour.
+fn variant_name(item: &Item) -> String {
+    let measured = || item.colours.first().map_or_else(|| item.id.clone(), |swatch| crate::colour::nearest_named(swatch.lab).name.to_string());
+    item.metadata.colour.clone().unwrap_or_else(measured)
 }
 
 /// Why the index could not answer.

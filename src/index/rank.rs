@@ -133,14 +133,23 @@ pub(super) fn rank<'a>(
         }
         let candidate = candidates[next];
         next += 1;
-        let this = vector(candidate.slot);
+        let (this, this_item) = (vector(candidate.slot), item(candidate.slot));
         let twin = accepted.iter_mut().find(|(kept, _)| dot(vector(*kept), this) / (norm(*kept) * norm(candidate.slot)).max(1e-12) >= params.near_duplicate_cosine);
         if let Some((_, hit)) = twin {
-            hit.collapsed.push(item(candidate.slot).id);
+            hit.collapsed.push(this_item.id);
             continue;
         }
-        let hit = Hit { item: item(candidate.slot), cosine: candidate.cosine, euclidean: candidate.euclidean, score: candidate.cosine + candidate.bonus, collapsed: Vec::new(), refined: None };
-        accepted.push((candidate.slot, hit));
+        if accepted.iter_mut().any(|(_, hit)| hit.fold_variant(&this_item)) {
+            continue;
+        }
+        accepted.push((candidate.slot, Hit::new(this_item, candidate.cosine, candidate.euclidean, candidate.cosine + candidate.bonus)));
+    }
+    // The page's products name their variants among the candidates already sorted, too.
+    if accepted.iter().any(|(_, hit)| hit.item.metadata.group.is_some()) {
+        for candidate in &candidates[next..sorted.max(next)] {
+            let other = item(candidate.slot);
+            accepted.iter_mut().any(|(_, hit)| hit.fold_variant(&other));
+        }
     }
     let more = accepted.len() > params.offset + params.k;
     let hits = accepted.into_iter().map(|(_, hit)| hit).skip(params.offset).take(params.k).collect();

@@ -88,17 +88,15 @@ pub fn fuse(full_text: Vec<Ranked>, semantic: Vec<Ranked>, scopes: &[Scope], off
         }
     }
     fused.sort_by(|(a, x), (b, y)| scopes[a.scope].rank.cmp(&scopes[b.scope].rank).then(y.total_cmp(x)).then_with(|| a.item.id.cmp(&b.item.id)));
-    let more = fused.len() > offset + k;
-    let hits = fused
-        .into_iter()
-        .skip(offset)
-        .take(k)
-        .map(|(candidate, score)| {
+    let mut hits: Vec<Hit> = Vec::new();
+    for (candidate, score) in fused {
+        if !hits.iter_mut().any(|hit| hit.fold_variant(&candidate.item)) {
             let (cosine, euclidean) = candidate.text.unwrap_or((0.0, 0.0));
-            Hit { item: candidate.item, cosine, euclidean, score, collapsed: Vec::new(), refined: None }
-        })
-        .collect();
-    Page { hits, more, method: SearchMethod::Words }
+            hits.push(Hit::new(candidate.item, cosine, euclidean, score));
+        }
+    }
+    let more = hits.len() > offset + k;
+    Page { hits: hits.into_iter().skip(offset).take(k).collect(), more, method: SearchMethod::Words }
 }
 
 #[cfg(test)]

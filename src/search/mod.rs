@@ -39,7 +39,7 @@ mod batch;
 mod refine;
 mod upkeep;
 use batch::{classify_pending, Models, Pending, Queue, Understood};
-pub use upkeep::{reindex_with_bar, with_bar, Edit, Upkeep};
+pub use upkeep::{reindex_with_bar, with_bar, Edit, ImportStage, Imported, Upkeep};
 
 /// How the query path searches: the parts of the config it reads after start.
 #[derive(Debug, Clone)]

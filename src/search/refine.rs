@@ -117,7 +117,7 @@ mod tests {
         item.colours = vec![Swatch { lab: colour::lab_from_srgb(rgb), share: 1.0 }];
         item.metadata.title = Some(title.into());
         item.metadata.price = Some(price.into());
-        Hit { item, cosine: score, euclidean: 0.0, score, collapsed: Vec::new(), refined: None }
+        Hit::new(item, score, 0.0, score)
     }
 
     fn weights() -> Weights {

@@ -14,6 +14,7 @@ use super::*;
 use crate::audit::{Action, AuditLog, Who};
 use crate::catalogue::{self, Metadata};
 use crate::config::CatalogueConfig;
+use crate::feed::ImportOptions;
 use crate::index::ReindexGuard;
 
 /// Keeping a running service current: one re-index, catalogue edit or swap of heads at a time
@@ -46,9 +47,27 @@ struct JobSettings {
 #[derive(Debug, Clone)]
 pub enum Edit {
     /// Store a photo under a category (named by its content) with its metadata row.
-    Add { photo: Vec<u8>, category: String, metadata: Metadata },
+    Add { photo: Vec<u8>, category: String, metadata: Box<Metadata> },
     /// Remove an item by id (`category/file`), file name or file stem.
     Remove { item: String },
+}
+
+/// How far an import has come.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ImportStage {
+    /// Pictures downloaded (or found from an interrupted import), of those the catalogue lacks.
+    Download { done: usize, total: usize },
+    /// The re-index after it.
+    Index(Progress),
+}
+
+/// What an import did: the import, its re-index (unless none was asked for), and the categories
+/// of the heads the service runs (when it has a heads folder), which the catalogue's may outgrow.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub summary: crate::feed::ImportSummary,
+    pub reindex: Option<ReindexSummary>,
+    pub heads: Option<Vec<String>>,
 }
 
 /// Where the service's heads come from, and what was last loaded from there.
@@ -161,7 +180,7 @@ impl Upkeep {
         let mut guard = self.backend.lock_reindex()?;
         let (settings, limits) = (&self.job.catalogue, self.job.limits);
         let id = match &edit {
-            Edit::Add { photo, category, metadata } => catalogue::add(&settings.dir, &settings.metadata, photo, limits, category, metadata)?,
+            Edit::Add { photo, category, metadata } => catalogue::add(&settings.dir, &settings.metadata, photo, limits, category, metadata.as_ref())?,
             Edit::Remove { item } => catalogue::remove(&settings.dir, &settings.metadata, item)?,
         };
         let result = self.reindex_under(guard.as_mut(), &self.models.current_key(), progress);
@@ -182,6 +201,30 @@ impl Upkeep {
             }
             (Edit::Remove { .. }, Err(err), _) => Err(anyhow::anyhow!("{id} was removed from the catalogue folder, but the index keeps it until the next re-index: {err}").into()),
         }
+    }
+
+    /// Imports a shop's product feed (a file or a URL; see [`crate::feed`]) under the re-index
+    /// lock, then re-indexes incrementally (only new pictures are embedded) unless `index` is
+    /// false, and logs the import as `who`'s. Refused while another re-index runs. A feed that
+    /// cannot be read changes nothing.
+    pub fn import_feed(&self, source: &str, options: &ImportOptions, index: bool, who: Who, progress: &mut dyn FnMut(ImportStage)) -> Result<Imported, ReindexError> {
+        counted(self.run_import(source, options, index, who, progress))
+    }
+
+    fn run_import(&self, source: &str, options: &ImportOptions, index: bool, who: Who, progress: &mut dyn FnMut(ImportStage)) -> Result<Imported, ReindexError> {
+        let _one = self.running.try_lock().map_err(|_| ReindexError::AlreadyRunning("in this process".into()))?;
+        let mut guard = self.backend.lock_reindex()?;
+        let settings = &self.job.catalogue;
+        let fetch = crate::feed::FetchSettings::from_config(settings);
+        let text = crate::feed::read_feed(source, settings.max_feed_mb << 20, fetch)?;
+        let summary = crate::feed::import(&settings.dir, &settings.metadata, &text, options, fetch, self.job.limits, &mut |done, total| progress(ImportStage::Download { done, total }))?;
+        self.log(who, Action::Imported { feed: source.to_string(), added: summary.added, updated: summary.updated, removed: summary.removed });
+        let heads = self.heads.as_ref().and_then(|h| HeadsInfo::load(&h.config.models.heads_dir).ok()).map(|info| info.classes);
+        let reindex = match index {
+            true => Some(self.reindex_under(guard.as_mut(), &self.models.current_key(), &mut |p| progress(ImportStage::Index(*p)))?),
+            false => None,
+        };
+        Ok(Imported { summary, reindex, heads })
     }
 
     /// Appends to the audit log; a failure to is logged, and the edit stands.

@@ -433,6 +433,15 @@ fn training_split(options: &TrainOptions) -> anyhow::Result<(data::Split, usize)
         split.train.extend(extra);
     }
     anyhow::ensure!(split.classes.len() >= 2, "training needs at least two categories in {}", options.data.display());
+    let counts = split.classes.iter().enumerate().map(|(class, name)| (name, split.train.iter().chain(&split.val).filter(|e| e.class == class).count()));
+    let short: Vec<String> = counts.filter(|(_, n)| *n < crate::catalogue::MIN_TRAINING_IMAGES).map(|(name, n)| format!("{name} ({n})")).collect();
+    anyhow::ensure!(
+        short.is_empty(),
+        "training needs at least {} images per category (one to learn from, one to check on); {} has too few: {}",
+        crate::catalogue::MIN_TRAINING_IMAGES,
+        options.data.display(),
+        short.join(", ")
+    );
     anyhow::ensure!(!split.train.is_empty() && !split.val.is_empty(), "{} has too few images for a training and a validation set", options.data.display());
     Ok((split, extra_images))
 }

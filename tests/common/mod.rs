@@ -5,6 +5,7 @@
 
 pub mod fake_discord;
 pub mod scenario;
+pub mod shop;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};

@@ -12,6 +12,7 @@ mod common;
 
 mod cli;
 mod discord;
+mod feed;
 mod index;
 mod intent;
 mod postgres;

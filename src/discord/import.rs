@@ -1,0 +1,94 @@
+//! `/catalogue-import url:<feed URL> [prune] [category-from] [category-level]` (moderators): a
+//! shop's product feed imported by the same code as `lookalike catalogue import`, its downloads
+//! and then its re-index edited into the reply as they go. Only http(s) URLs: a file path would
+//! let a moderator read the server's files.
+
+use std::path::Path;
+
+use super::*;
+use crate::feed::{Categories, ImportOptions};
+use crate::search::ImportStage;
+
+pub(super) fn register() -> CreateCommand {
+    CreateCommand::new("catalogue-import")
+        .description("Import the shop's product feed: Merchant Center XML or TSV, Shopify CSV (moderators)")
+        .default_member_permissions(Permissions::MANAGE_GUILD)
+        .add_option(CreateCommandOption::new(CommandOptionType::String, "url", "Where the feed is served (https://…)").required(true).max_length(2000))
+        .add_option(CreateCommandOption::new(CommandOptionType::Boolean, "prune", "Remove products no longer in the feed"))
+        .add_option(CreateCommandOption::new(CommandOptionType::String, "category-from", "Feed field naming the category (product_type, google_product_category, type)").max_length(100))
+        .add_option(CreateCommandOption::new(CommandOptionType::Integer, "category-level", "Level of \"A > B > C\" to take (1 = A; default: the last)").min_int_value(1).max_int_value(20))
+}
+
+fn progress_text(stage: &ImportStage) -> String {
+    match stage {
+        ImportStage::Download { done, total } => format!("Importing the feed…\n`{}` {done}/{total} pictures downloaded", bar(*done, *total)),
+        ImportStage::Index(progress) => format!("Feed imported; indexing…\n{}", reindex::progress_text(progress)),
+    }
+}
+
+/// A 20-character bar, `[####......]`.
+fn bar(done: usize, total: usize) -> String {
+    let filled = (done * 20).checked_div(total).map_or(20, |f| f.min(20));
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled))
+}
+
+pub(super) async fn import(bot: &Bot, ctx: &Context, command: &CommandInteraction) {
+    if !reindex::is_moderator(command.member.as_deref(), bot.config.discord.moderator_role_id) {
+        return respond(ctx, command, "Only moderators (Manage Server, or the moderator role) can import a feed.".into(), true).await;
+    }
+    let options = command.data.options();
+    let text = |wanted: &str| options.iter().find(|o| o.name == wanted).and_then(|o| if let ResolvedValue::String(s) = o.value { Some(s.trim().to_string()) } else { None }).filter(|s| !s.is_empty());
+    let prune = options.iter().any(|o| o.name == "prune" && matches!(o.value, ResolvedValue::Boolean(true)));
+    let level = options.iter().find_map(|o| if let (true, ResolvedValue::Integer(n)) = (o.name == "category-level", &o.value) { usize::try_from(*n).ok() } else { None });
+    let Some(url) = text("url").filter(|u| u.starts_with("https://") || u.starts_with("http://")) else {
+        return respond(ctx, command, "`/catalogue-import` needs the feed's web address (https://…).".into(), true).await;
+    };
+    if let Err(err) = command.defer(&ctx.http).await {
+        return tracing::warn!(cause = %err, "cannot defer /catalogue-import");
+    }
+    let options = ImportOptions { format: None, categories: Categories { from: text("category-from"), level, mapping: Default::default() }, prune };
+    let (events, mut progress) = tokio::sync::mpsc::unbounded_channel::<ImportStage>();
+    let service = bot.service.clone();
+    let who = crate::audit::Who::Discord { user: command.user.id.get(), name: command.user.name.clone() };
+    let job = tokio::task::spawn_blocking(move || {
+        service.upkeep().import_feed(&url, &options, true, who, &mut |stage| {
+            let _ = events.send(stage);
+        })
+    });
+    let mut last_edit: Option<Instant> = None;
+    while let Some(stage) = progress.recv().await {
+        if last_edit.is_none_or(|t| t.elapsed() >= reindex::PROGRESS_EDIT_GAP) {
+            last_edit = Some(Instant::now());
+            let _ = command.edit_response(&ctx.http, EditInteractionResponse::new().content(progress_text(&stage))).await;
+        }
+    }
+    let text = match job.await {
+        Ok(Ok(imported)) => {
+            let mut report = crate::feed::render(&imported.summary, Path::new("the catalogue folder"), imported.heads.as_deref());
+            if let Some(summary) = &imported.reindex {
+                report.push_str(&render_summary(summary, Audience::Chat));
+            }
+            format!("Feed imported.\n```\n{}```", reply::escape(&report, 1800).replace('\\', ""))
+        }
+        Ok(Err(err)) => explain::explain_reindex(&err, explain::Upkeep::Edit),
+        Err(err) => {
+            tracing::error!(cause = %err, "import task failed");
+            "The import failed; the catalogue and its index are as they were before the re-index. The bot's log says why.".to_string()
+        }
+    };
+    if let Err(err) = command.edit_response(&ctx.http, EditInteractionResponse::new().content(text).allowed_mentions(reply::no_pings())).await {
+        tracing::warn!(cause = %err, "cannot report the import");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_reads_like_a_bar() {
+        let text = progress_text(&ImportStage::Download { done: 5, total: 10 });
+        assert!(text.contains("`[##########..........]` 5/10 pictures"), "{text}");
+        assert!(progress_text(&ImportStage::Index(Progress { done: 1, total: 4, elapsed_s: 1.0 })).contains("1/4 images to embed"));
+    }
+}
