@@ -118,6 +118,9 @@ pub struct ImportArgs {
     /// Remove the pictures of products that are no longer in the feed.
     #[arg(long)]
     pub prune: bool,
+    /// The currency of prices given without one, such as USD (a Shopify export names none).
+    #[arg(long, value_name = "CODE")]
+    pub currency: Option<String>,
     /// Write the catalogue and stop: no models are loaded (for a first import, before `lookalike
     /// train`); `lookalike index` indexes it later.
     #[arg(long)]
@@ -814,8 +817,12 @@ fn catalogue(command: CatalogueCommand, config: &Config) -> anyhow::Result<()> {
 /// `catalogue import`: with a progress bar for the downloads, then one for the re-index.
 fn import(args: ImportArgs, config: &Config) -> anyhow::Result<()> {
     let mapping = args.categories.as_deref().map(crate::feed::Categories::read_mapping).transpose()?.unwrap_or_default();
-    let options =
-        crate::feed::ImportOptions { format: args.format, categories: crate::feed::Categories { from: args.category_from, level: args.category_level.map(usize::from), mapping }, prune: args.prune };
+    let options = crate::feed::ImportOptions {
+        format: args.format,
+        categories: crate::feed::Categories { from: args.category_from, level: args.category_level.map(usize::from), mapping },
+        prune: args.prune,
+        currency: args.currency.map(|c| c.trim().to_uppercase()),
+    };
     let heads = crate::vision::ensemble::HeadsInfo::load(&config.models.heads_dir).ok();
     let downloads = crate::progress::bar(0, "download {bar:30} {pos}/{len} pictures, {per_sec}, eta {eta}");
     let index = crate::progress::bar(0, "index {bar:30} {pos}/{len} pictures to embed, {msg}");
@@ -844,7 +851,7 @@ fn import(args: ImportArgs, config: &Config) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "import": imported.summary, "index": imported.reindex }))?);
         return Ok(());
     }
-    print!("{}", crate::feed::render(&imported.summary, &config.catalogue.dir, imported.heads.as_deref()));
+    print!("{}", crate::feed::render(&imported.summary, &config.catalogue.dir, imported.heads.as_deref(), usize::MAX));
     match &imported.reindex {
         Some(summary) => print!("{}", crate::index::render_summary(summary, crate::index::Audience::Operator)),
         None if args.no_index => println!("not indexed (--no-index): `lookalike index` indexes the catalogue"),

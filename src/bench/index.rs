@@ -52,7 +52,11 @@ pub(super) fn service(config: &Config, root: &Path, profile: Profile, backbones:
     let mut config = config.clone();
     config.models.profile = profile;
     config.catalogue.dir = root.join("catalogue");
-    config.catalogue.metadata = Default::default();
+    // A metadata file the caller keeps in the scratch root (the import benchmark's) stays; the
+    // operator's, naming other items, does not.
+    if !config.catalogue.metadata.starts_with(root) {
+        config.catalogue.metadata = Default::default();
+    }
     config.index.dir = root.join("index");
     config.models.heads_dir = root.join("no-heads");
     let service = SearchService::with_ensemble(&config, move || {

@@ -1,4 +1,4 @@
-//! `/catalogue-import url:<feed URL> [prune] [category-from] [category-level]` (moderators): a
+//! `/catalogue-import url:<feed URL> [prune] [category-from] [category-level] [currency]` (moderators): a
 //! shop's product feed imported by the same code as `lookalike catalogue import`, its downloads
 //! and then its re-index edited into the reply as they go. Only http(s) URLs: a file path would
 //! let a moderator read the server's files.
@@ -9,6 +9,9 @@ use super::*;
 use crate::feed::{Categories, ImportOptions};
 use crate::search::ImportStage;
 
+/// Skipped products the reply lists (a message holds 2,000 characters); the rest are counted.
+const SKIPS_SHOWN: usize = 8;
+
 pub(super) fn register() -> CreateCommand {
     CreateCommand::new("catalogue-import")
         .description("Import the shop's product feed: Merchant Center XML or TSV, Shopify CSV (moderators)")
@@ -17,12 +20,13 @@ pub(super) fn register() -> CreateCommand {
         .add_option(CreateCommandOption::new(CommandOptionType::Boolean, "prune", "Remove products no longer in the feed"))
         .add_option(CreateCommandOption::new(CommandOptionType::String, "category-from", "Feed field naming the category (product_type, google_product_category, type)").max_length(100))
         .add_option(CreateCommandOption::new(CommandOptionType::Integer, "category-level", "Level of \"A > B > C\" to take (1 = A; default: the last)").min_int_value(1).max_int_value(20))
+        .add_option(CreateCommandOption::new(CommandOptionType::String, "currency", "Currency of prices the feed gives without one (USD, EUR…)").max_length(3).min_length(3))
 }
 
 fn progress_text(stage: &ImportStage) -> String {
     match stage {
         ImportStage::Download { done, total } => format!("Importing the feed…\n`{}` {done}/{total} pictures downloaded", bar(*done, *total)),
-        ImportStage::Index(progress) => format!("Feed imported; indexing…\n{}", reindex::progress_text(progress)),
+        ImportStage::Index(progress) => format!("Importing the feed: its pictures are in, indexing them…\n{}", reindex::progress_text(progress)),
     }
 }
 
@@ -46,7 +50,8 @@ pub(super) async fn import(bot: &Bot, ctx: &Context, command: &CommandInteractio
     if let Err(err) = command.defer(&ctx.http).await {
         return tracing::warn!(cause = %err, "cannot defer /catalogue-import");
     }
-    let options = ImportOptions { format: None, categories: Categories { from: text("category-from"), level, mapping: Default::default() }, prune };
+    let options =
+        ImportOptions { format: None, categories: Categories { from: text("category-from"), level, mapping: Default::default() }, prune, currency: text("currency").map(|c| c.to_uppercase()) };
     let (events, mut progress) = tokio::sync::mpsc::unbounded_channel::<ImportStage>();
     let service = bot.service.clone();
     let who = crate::audit::Who::Discord { user: command.user.id.get(), name: command.user.name.clone() };
@@ -64,7 +69,7 @@ pub(super) async fn import(bot: &Bot, ctx: &Context, command: &CommandInteractio
     }
     let text = match job.await {
         Ok(Ok(imported)) => {
-            let mut report = crate::feed::render(&imported.summary, Path::new("the catalogue folder"), imported.heads.as_deref());
+            let mut report = crate::feed::render(&imported.summary, Path::new("the catalogue folder"), imported.heads.as_deref(), SKIPS_SHOWN);
             if let Some(summary) = &imported.reindex {
                 report.push_str(&render_summary(summary, Audience::Chat));
             }

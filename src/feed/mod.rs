@@ -22,10 +22,14 @@ use crate::catalogue::{self, EditError, Metadata};
 use crate::imaging::ImageLimits;
 
 mod fetch;
+mod merchant;
 mod parse;
+mod shopify;
+mod text;
 
 pub use fetch::{feed_text, FetchSettings, Traffic};
-pub use parse::{html_to_text, level, read_price, slug, FeedError, Format, Price, Product};
+pub use parse::{read_price, FeedError, Format, Price, Product};
+pub use text::{html_to_text, level, slug};
 
 /// Where each product's category comes from.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +89,8 @@ pub struct ImportOptions {
     pub categories: Categories,
     /// Remove the pictures of products no longer in the feed (else they are kept, and counted).
     pub prune: bool,
+    /// The currency of prices the feed gives without one (a Shopify export never names it).
+    pub currency: Option<String>,
 }
 
 /// A product the import left out, and why.
@@ -144,6 +150,7 @@ pub fn cache_dir(root: &Path) -> PathBuf {
 
 /// Imports `feed` into the catalogue at `root` with its metadata file; `progress(done, total)`
 /// counts the pictures to download. See the module documentation.
+///
 /// A feed that cannot be imported as given (its format, a malformed line, no metadata file set)
 /// is [`EditError::Refused`], with nothing changed on disk; the machine's failures are
 /// [`EditError::Failed`].
@@ -169,7 +176,7 @@ pub fn import(
         Err(err) => return refuse(format!("the feed is not a valid {} feed: {err}; nothing was changed", format.name())),
     };
     let mut summary = ImportSummary { format: format.name(), products: products.len(), ..ImportSummary::default() };
-    let wanted = plan(&products, format, &options.categories, &mut summary);
+    let wanted = plan(&products, format, options, &mut summary);
     let mut rows = catalogue::read_rows(metadata_file)?;
     let held = held_pictures(root, &rows);
     let missing: Vec<String> = wanted.iter().filter(|w| !held.contains_key(&w.url)).map(|w| w.url.clone()).collect();
@@ -199,6 +206,7 @@ pub fn import(
         }
         placed.push((id, want.metadata.clone()));
     }
+    summary.skipped.sort_by_key(|skip| skip.line);
     let in_feed: HashSet<&str> = wanted.iter().map(|w| w.url.as_str()).collect();
     let gone = |m: &Metadata| m.feed_id.is_some() && m.image_url.as_deref().is_none_or(|url| !in_feed.contains(url));
     let gone_ids: Vec<String> = rows.iter().filter(|(_, m)| gone(m)).map(|(key, _)| key.clone()).collect();
@@ -230,7 +238,8 @@ pub fn import(
 
 /// Each product's pictures with its category and metadata row; every product left out goes to
 /// `summary.skipped` with its reason.
-fn plan(products: &[Product], format: Format, categories: &Categories, summary: &mut ImportSummary) -> Vec<Wanted> {
+fn plan(products: &[Product], format: Format, options: &ImportOptions, summary: &mut ImportSummary) -> Vec<Wanted> {
+    let (categories, currency) = (&options.categories, options.currency.as_deref());
     let mut first_line: HashMap<&str, usize> = HashMap::new();
     let mut urls: HashSet<&str> = HashSet::new();
     let mut wanted = Vec::new();
@@ -256,21 +265,23 @@ fn plan(products: &[Product], format: Format, categories: &Categories, summary: 
             summary.skipped.push(skip("no image link".into()));
             continue;
         }
-        if product.price.as_ref().is_some_and(|p| p.currency.is_none()) {
+        let mut metadata = metadata(product, currency);
+        if product.price.as_ref().is_some_and(|p| p.currency.is_none()) && currency.is_none() {
             summary.no_currency.push(product.id.clone());
         }
-        let metadata = metadata(product);
         // A picture two products share (sizes of one colour) is one item, the first product's.
         for url in product.images.iter().filter(|url| urls.insert(url.as_str())) {
-            wanted.push(Wanted { url: url.clone(), category: category.clone(), metadata: Metadata { image_url: Some(url.clone()), ..metadata.clone() }, product: (product.id.clone(), product.line) });
+            metadata.image_url = Some(url.clone());
+            wanted.push(Wanted { url: url.clone(), category: category.clone(), metadata: metadata.clone(), product: (product.id.clone(), product.line) });
         }
     }
     wanted
 }
 
-/// A product's metadata row (its picture's URL is set per picture).
-fn metadata(product: &Product) -> Metadata {
-    let price = product.price.as_ref().map(|p| match &p.currency {
+/// A product's metadata row (its picture's URL is set per picture), `currency` for a price
+/// that names none.
+fn metadata(product: &Product, currency: Option<&str>) -> Metadata {
+    let price = product.price.as_ref().map(|p| match p.currency.as_deref().or(currency) {
         Some(currency) => format!("{:.2} {currency}", p.amount),
         None => format!("{:.2}", p.amount),
     });
@@ -349,7 +360,8 @@ fn read_file(path: &Path, max_bytes: u64) -> anyhow::Result<String> {
 }
 
 /// The summary as `catalogue import` prints it and `/catalogue-import` shows it.
-pub fn render(summary: &ImportSummary, root: &Path, heads: Option<&[String]>) -> String {
+/// Skipped products are listed up to `max_skipped` (a chat message is short), then counted.
+pub fn render(summary: &ImportSummary, root: &Path, heads: Option<&[String]>, max_skipped: usize) -> String {
     let mut out = format!(
         "{} feed: {} products, {} pictures kept: {} added, {} updated, {} unchanged, {} removed\n",
         summary.format, summary.products, summary.pictures, summary.added, summary.updated, summary.unchanged, summary.removed
@@ -370,12 +382,19 @@ pub fn render(summary: &ImportSummary, root: &Path, heads: Option<&[String]>) ->
     }
     if !summary.skipped.is_empty() {
         out.push_str(&format!("skipped {} products:\n", summary.skipped.len()));
-        for skip in &summary.skipped {
+        for skip in summary.skipped.iter().take(max_skipped) {
             out.push_str(&format!("  line {}, {}: {}\n", skip.line, skip.id, skip.reason));
         }
+        if summary.skipped.len() > max_skipped {
+            out.push_str(&format!("  and {} more (`lookalike catalogue import` lists them all)\n", summary.skipped.len() - max_skipped));
+        }
     }
-    if !summary.no_currency.is_empty() {
-        out.push_str(&format!("prices without a currency, kept as numbers: {}\n", summary.no_currency.join(", ")));
+    if let [first, ..] = summary.no_currency.as_slice() {
+        let more = match summary.no_currency.len() - 1 {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        out.push_str(&format!("prices without a currency, kept as numbers (--currency names it): {first}{more}\n"));
     }
     let counts: Vec<String> = summary.categories.iter().map(|(name, n)| format!("{name} {n}")).collect();
     out.push_str(&format!("categories: {}\n", counts.join(", ")));
@@ -433,6 +452,18 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_says_what_to_train_and_counts_the_skips_it_does_not_list() {
+        let skip = |n: usize| Skipped { id: format!("p{n}"), line: n + 1, reason: "no image link".into() };
+        let summary = ImportSummary { format: "merchant-xml", products: 12, skipped: (0..10).map(skip).collect(), categories: vec![("bed".into(), 1), ("sofa".into(), 7)], ..ImportSummary::default() };
+        let text = render(&summary, Path::new("shop"), Some(&["bed".to_string(), "chair".to_string()]), 3);
+        assert!(text.contains("  line 3, p2: no image link\n  and 7 more"), "{text}");
+        assert!(text.contains("too few images to train (lookalike train needs 2 per category): bed (1)"), "{text}");
+        assert!(text.contains("the current heads do not know sofa: run `lookalike train --data shop` next"), "{text}");
+        let known = render(&summary, Path::new("shop"), Some(&["bed".to_string(), "sofa".to_string()]), usize::MAX);
+        assert!(known.contains("the current heads know every category") && known.contains("line 10, p9"), "{known}");
+    }
+
+    #[test]
     fn the_plan_keeps_one_item_per_picture_and_says_why_products_are_left_out() {
         let lamp = [("product_type", "Lamps")];
         let mut priced = product("a", 2, &lamp, &["http://s/a.png", "http://s/a2.png"]);
@@ -444,7 +475,7 @@ mod tests {
         let products =
             [priced, small, large, product("a", 5, &lamp, &["http://s/x.png"]), product("c", 6, &lamp, &[]), product("", 7, &lamp, &["http://s/y.png"]), product("d", 8, &[], &["http://s/d.png"])];
         let mut summary = ImportSummary::default();
-        let wanted = plan(&products, Format::MerchantXml, &Categories::default(), &mut summary);
+        let wanted = plan(&products, Format::MerchantXml, &ImportOptions::default(), &mut summary);
         let urls: Vec<&str> = wanted.iter().map(|w| w.url.as_str()).collect();
         assert_eq!(urls, ["http://s/a.png", "http://s/a2.png", "http://s/b.png"], "the sizes of one colour share one picture");
         assert!(wanted.iter().all(|w| w.category == "lamps"));

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::common::fake_discord::{attachment, autocomplete_interaction, command_interaction, embeds, member, message, user, FakeDiscord, Invocation, Recorded, BOT_USER, SHOPPER};
 use crate::common::scenario::Scenario;
+use crate::common::shop::FakeShop;
 use crate::common::{heavy, picture, png, write_catalogue, World};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -84,6 +85,7 @@ fn the_bot_answers_through_a_fake_discord() {
         find_similar_catalogue_and_help(&s, &world.catalogue).await;
         the_gateway_drops(&s, &world.catalogue).await;
         words_alone_a_colour_and_a_price(&s).await;
+        a_feed_import(&s).await;
         assert!(s.discord.unrouted().is_empty(), "calls the fake does not know: {:?}", s.discord.unrouted());
     });
 }
@@ -137,7 +139,7 @@ fn shop_metadata(catalogue: &Path) -> String {
 async fn start_up_registers_the_commands(s: &Scenario) {
     let registered = s.answer(|r| r.method == "PUT" && r.path.contains("/guilds/900000000000000002/commands")).await;
     let names: Vec<&str> = registered.body.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["search", "catalogue", "catalogue-add", "catalogue-remove", "help", "reindex", "Find similar"]);
+    assert_eq!(names, ["search", "catalogue", "catalogue-add", "catalogue-remove", "catalogue-import", "help", "reindex", "Find similar"]);
     eprintln!("scenario: READY and command registration: ok ({} identify)", s.discord.identified());
 }
 
@@ -440,4 +442,37 @@ async fn words_alone_a_colour_and_a_price(s: &Scenario) {
     let did = embeds(&reply)[0]["fields"].as_array().unwrap().iter().find(|f| f["name"] == "What your words did").unwrap()["value"].as_str().unwrap().to_string();
     assert!(did.contains("price under 10: 2 of"), "{did}");
     eprintln!("scenario, price (\"like this, under $10\"): {did}; prices {prices:?}");
+}
+
+/// `/catalogue-import`: a shopper is refused, and so is a moderator's path that is no web
+/// address; a moderator's import of the shop's Merchant TSV feed edits its progress into the
+/// reply, then the summary with each skip's reason; a search by words then shows a product
+/// once, its other colours under "Also in".
+async fn a_feed_import(s: &Scenario) {
+    let shop = FakeShop::start();
+    let url = shop.url("/feeds/shop.tsv");
+    let options = |url: &str| json!([{ "name": "url", "type": 3, "value": url }, { "name": "category-level", "type": 4, "value": 2 }]);
+    let import = |url: &str, member: Value| s.command("token-import", "catalogue-import", Invocation::Slash(options(url)), json!({}), member);
+    assert!(content(&s.callback(&import(&url, shopper())).await).contains("Only moderators"));
+    assert!(content(&s.callback(&import("/etc/passwd", moderator())).await).contains("the feed's web address"));
+    assert_eq!(shop.requests("/"), 0, "refused imports fetch nothing");
+
+    let token = import(&url, moderator());
+    let progress = s.answer(answer_starting(&token, "Importing the feed")).await;
+    let done = s.answer(answer_starting(&token, "Feed imported.")).await;
+    let text = done.body["content"].as_str().unwrap();
+    assert!(text.contains("merchant-tsv feed: 46 products, 46 pictures kept: 46 added") && text.contains("skipped 4 products"), "{text}");
+    // Its warm pictures have the same pixels as ones the catalogue holds (README of the feeds):
+    // those are stored once, so fewer than 46 are embedded.
+    assert!(text.contains("ME-3032: HTTP 404") && text.contains("the current heads know every category") && text.contains("added 46, changed 0"), "{text}");
+
+    let (id, token) = (s.discord.next_id(), s.token("token-words"));
+    s.interact(command_interaction(id, &token, "search", Invocation::Slash(json!([{ "name": "text", "type": 3, "value": "velvet cushion" }])), json!({}), shopper()));
+    let reply = s.reply(&token).await;
+    let hits = embeds(&reply);
+    let velvet: Vec<&Value> = hits[1..].iter().filter(|e| e["title"].as_str().unwrap().contains("Velvet cushion")).collect();
+    assert_eq!(velvet.len(), 1, "one product, shown once: {}", reply.body);
+    let also = velvet[0]["fields"].as_array().unwrap().iter().find(|f| f["name"] == "Also in").map(|f| f["value"].as_str().unwrap().to_string()).unwrap_or_default();
+    assert_eq!(also.split(", ").count(), 2, "its two other colours: {also:?}");
+    eprintln!("scenario, /catalogue-import: progress {:?}; summary:\n{text}\nvelvet cushion: also in {also}", progress.body["content"]);
 }

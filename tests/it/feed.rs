@@ -158,12 +158,16 @@ fn a_shopify_export_and_a_merchant_tsv_through_the_binary() {
         (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
     };
     let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/feeds/categories.toml");
-    let (ok, out, err) = run(&["catalogue", "import", &shop.url("/feeds/shop.csv"), "--categories", mapping.to_str().unwrap(), "--no-index"]);
+    let (ok, out, err) = run(&["catalogue", "import", &shop.url("/feeds/shop.csv"), "--categories", mapping.to_str().unwrap(), "--currency", "usd", "--no-index"]);
     assert!(ok, "{err}");
+    eprintln!("lookalike catalogue import {{shop}}/feeds/shop.csv --categories categories.toml --currency usd --no-index:\n{out}");
     assert!(out.starts_with("shopify-csv feed:") && out.contains("the category mapping skips \"Gift cards\""), "{out}");
     assert!(out.contains("HTTP 404") && out.contains("web page, not a picture") && out.contains("not indexed (--no-index)"), "{out}");
     assert!(out.contains("categories: cool ") && out.contains(", warm "), "{out}");
     assert_eq!(shop.requests("/images/warm-524"), 0, "the skipped gift card's picture is never fetched");
+    assert!(!out.contains("prices without a currency"), "--currency names it: {out}");
+    let prices: Vec<String> = read_rows(&scratch.path().join("items.jsonl")).unwrap().into_iter().filter_map(|(_, m)| m.price).collect();
+    assert!(prices.len() == 49 && prices.iter().all(|p| p.ends_with(" USD")), "{prices:?}");
     let audit = std::fs::read_to_string(path("audit.jsonl")).unwrap();
     assert!(audit.contains("\"action\":\"imported\""), "{audit}");
 
