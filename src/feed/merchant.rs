@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::parse::{read_price, read_table, FeedError, Prices, Product};
+use super::parse::{push_unique, read_price, read_table, FeedError, Prices, Product};
 use super::text::html_to_text;
 
 /// The namespace of Google Merchant's `g:` elements.
@@ -112,13 +112,6 @@ fn merchant_product(line: usize, pairs: &[(String, String)]) -> Product {
         material: get("material"),
         tags: (0..5).filter_map(|n| get(&format!("custom_label_{n}"))).collect(),
         fields,
-    }
-}
-
-/// Adds a value unless the list has it already.
-pub(super) fn push_unique(list: &mut Vec<String>, value: String) {
-    if !value.is_empty() && !list.contains(&value) {
-        list.push(value);
     }
 }
 
@@ -330,7 +323,8 @@ mod tests {
     use super::*;
     use crate::feed::merchant::testing::{merchant_tsv, write_tsv, write_xml, BED_HTML, TSV_ADDITIONAL, XML};
     use crate::feed::parse::testing::{comparable, map, price, samples, strings, Sample};
-    use crate::feed::parse::{parse, Format};
+    use crate::feed::parse::Format;
+    use crate::feed::products;
     use crate::rng::Rng;
 
     /// The two products of the XML and TSV samples; only lines and the first additional image
@@ -395,18 +389,18 @@ mod tests {
 
     #[test]
     fn merchant_xml_reads_every_field() {
-        assert_eq!(parse(XML, Format::MerchantXml).unwrap(), merchant_expected([6, 28], "https://img.example/bed-2.jpg"));
+        assert_eq!(products(XML, Format::MerchantXml).unwrap(), merchant_expected([6, 28], "https://img.example/bed-2.jpg"));
     }
 
     #[test]
     fn merchant_tsv_reads_the_same_products() {
-        assert_eq!(parse(&merchant_tsv(), Format::MerchantTsv).unwrap(), merchant_expected([2, 4], TSV_ADDITIONAL));
+        assert_eq!(products(&merchant_tsv(), Format::MerchantTsv).unwrap(), merchant_expected([2, 4], TSV_ADDITIONAL));
     }
 
     #[test]
     fn atom_entries_and_a_bom_are_read() {
         let atom = "\u{feff}<?xml version=\"1.0\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\" xmlns:g=\"http://base.google.com/ns/1.0\">\n<title>Shop</title>\n<entry>\n<g:id>A1</g:id>\n<title>Stool</title>\n<link rel=\"self\" href=\"https://shop.example/feed\"/>\n<link href=\"https://shop.example/stool\"/>\n<g:price>45,00 EUR</g:price>\n<other:x xmlns:other=\"urn:other\">ignored</other:x>\n</entry>\n</feed>";
-        let products = parse(atom, Format::MerchantXml).unwrap();
+        let products = products(atom, Format::MerchantXml).unwrap();
         let expected = Product {
             line: 4,
             id: "A1".into(),
@@ -422,19 +416,19 @@ mod tests {
 
     #[test]
     fn bad_xml_names_its_line() {
-        let error = parse("<rss version=\"2.0\">\n<channel>\n<item>\n<id>1</idx>\n</item>\n</channel>\n</rss>", Format::MerchantXml).unwrap_err();
+        let error = products("<rss version=\"2.0\">\n<channel>\n<item>\n<id>1</idx>\n</item>\n</channel>\n</rss>", Format::MerchantXml).unwrap_err();
         assert_eq!(error.line, 4, "{error}");
         assert!(error.message.contains("not well-formed XML") && error.message.contains("--format"), "{error}");
-        let error = parse("<html>\n<body/></html>", Format::MerchantXml).unwrap_err();
+        let error = products("<html>\n<body/></html>", Format::MerchantXml).unwrap_err();
         assert!(error.message.contains("<html>"), "{error}");
-        let error = parse("<rss>\n<channel>\n</channel>\n</rss>", Format::MerchantXml).unwrap_err();
+        let error = products("<rss>\n<channel>\n</channel>\n</rss>", Format::MerchantXml).unwrap_err();
         assert!(error.to_string().starts_with("line 1: no <item>"), "{error}");
-        assert!(parse("id\tprice\n", Format::MerchantXml).is_err());
+        assert!(products("id\tprice\n", Format::MerchantXml).is_err());
     }
 
     #[test]
     fn tsv_without_an_id_lists_the_columns() {
-        let error = parse("\ntitle\tg:price\nLamp\t10\n", Format::MerchantTsv).unwrap_err();
+        let error = products("\ntitle\tg:price\nLamp\t10\n", Format::MerchantTsv).unwrap_err();
         assert_eq!(error.line, 2);
         assert!(error.message.contains("`title`, `g:price`"), "{error}");
         assert!(error.message.contains("id, title, link, image_link, price"), "{error}");
@@ -477,7 +471,7 @@ mod tests {
             let wanted: Vec<Product> = samples.iter().map(merchant_wanted).collect();
             for (format, (text, lines)) in [(Format::MerchantXml, write_xml(&mut rng, &samples)), (Format::MerchantTsv, write_tsv(&mut rng, &samples))] {
                 assert_eq!(Format::detect(&text), Some(format), "{text}");
-                let products = parse(&text, format).unwrap_or_else(|error| panic!("{error}\n{text}"));
+                let products = products(&text, format).unwrap_or_else(|error| panic!("{error}\n{text}"));
                 assert_eq!(products.iter().map(comparable).collect::<Vec<_>>(), wanted, "{text}");
                 assert_eq!(products.iter().map(|product| product.line).collect::<Vec<_>>(), lines, "{text}");
             }

@@ -1,6 +1,7 @@
 //! `lookalike catalogue import`: a shop's own product feed (Google Merchant Center XML or TSV,
-//! a Shopify products CSV) turned into the catalogue folders and the metadata file. `parse`
-//! reads the feed into plain products; here each product's pictures are planned (a category
+//! a Shopify products CSV) turned into the catalogue folders and the metadata file. [`products`]
+//! reads the feed into plain products (`parse.rs` holds what the readers give and share,
+//! `merchant.rs` and `shopify.rs` are the readers, `text.rs` turns HTML into text); here each product's pictures are planned (a category
 //! from a feed field, its level and an optional mapping; one metadata row per picture, the
 //! product's variants kept as one group); `fetch` downloads the pictures the catalogue does not
 //! hold yet; then they are placed under their category, named by their content as `catalogue
@@ -30,6 +31,20 @@ mod text;
 pub use fetch::{feed_text, FetchSettings, Traffic};
 pub use parse::{read_price, FeedError, Format, Price, Product};
 pub use text::{html_to_text, level, slug};
+
+/// Reads the whole feed into its products (see `parse.rs`; the readers are `merchant.rs` and
+/// `shopify.rs`). Errors: XML not well-formed (roxmltree's error, with its line), a root that
+/// is neither rss nor feed, no items; TSV/CSV: missing required column (`id` for Merchant TSV, the
+/// message listing the columns found and the ones a Merchant feed needs; `Handle` for Shopify), a row
+/// with the wrong number of fields, bad quoting. The message says what to do.
+pub fn products(text: &str, format: Format) -> Result<Vec<Product>, FeedError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    match format {
+        Format::MerchantXml => merchant::parse_xml(text),
+        Format::MerchantTsv => merchant::parse_tsv(text),
+        Format::ShopifyCsv => shopify::parse_shopify(text),
+    }
+}
 
 /// Where each product's category comes from.
 #[derive(Debug, Clone, Default)]
@@ -171,7 +186,7 @@ pub fn import(
     let Some(format) = options.format.or_else(|| Format::detect(feed)) else {
         return refuse("cannot tell the feed's format: pass --format merchant-xml, merchant-tsv or shopify-csv".into());
     };
-    let products = match parse::parse(feed, format) {
+    let products = match products(feed, format) {
         Ok(products) => products,
         Err(err) => return refuse(format!("the feed is not a valid {} feed: {err}; nothing was changed", format.name())),
     };

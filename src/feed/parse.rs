@@ -1,21 +1,17 @@
-//! Reading a shop's product feed into plain [`Product`]s: Google Merchant Center XML (RSS 2.0 or
-//! Atom) and TSV, and Shopify's products CSV export. This file owns the formats ([`Format`]: names,
-//! detection), the [`Product`] every reader gives and the [`FeedError`] it fails with, reading prices
-//! and their currency ([`read_price`]), [`parse`], which hands the text to its format's reader, and
-//! the table reader Merchant TSV and Shopify CSV share. The readers and the text helpers are its
-//! siblings: `merchant.rs` (Merchant Center XML and TSV: namespaces, repeated and nested fields),
-//! `shopify.rs` (Shopify's several rows per product) and `text.rs` (description HTML as plain text,
-//! and the category helpers that name catalogue folders). It reads text only: fetching feeds and
-//! images, and deciding what a product becomes in the catalogue, belong to the importer.
+//! What reading a shop's product feed gives and shares: the formats ([`Format`]: names,
+//! detection), the [`Product`] every reader gives and the [`FeedError`] it fails with, prices and
+//! their currency ([`read_price`]), and the table reader Merchant TSV and Shopify CSV share. The
+//! readers are `merchant.rs` (Google Merchant Center XML, RSS 2.0 or Atom, and TSV: namespaces,
+//! repeated and nested fields) and `shopify.rs` (Shopify's products CSV, several rows per
+//! product); `text.rs` turns description HTML into text; `super::products` hands a feed to its
+//! format's reader. Text only: fetching feeds and images, and what a product becomes in the
+//! catalogue, belong to the importer.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use crate::catalogue::parse_price;
-
-use super::merchant::{parse_tsv, parse_xml};
-use super::shopify::parse_shopify;
 
 /// A feed format this module reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,19 +176,6 @@ impl FeedError {
     }
 }
 
-/// Parses the whole feed. Errors: XML not well-formed (roxmltree's error, with its line), a root that
-/// is neither rss nor feed, no items; TSV/CSV: missing required column (`id` for Merchant TSV, the
-/// message listing the columns found and the ones a Merchant feed needs; `Handle` for Shopify), a row
-/// with the wrong number of fields, bad quoting. The message says what to do.
-pub fn parse(text: &str, format: Format) -> Result<Vec<Product>, FeedError> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    match format {
-        Format::MerchantXml => parse_xml(text),
-        Format::MerchantTsv => parse_tsv(text),
-        Format::ShopifyCsv => parse_shopify(text),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // What the readers share: prices as a product holds them, and the table reader of TSV and CSV.
 
@@ -265,6 +248,13 @@ impl<'a> LineCounter<'a> {
         self.line += self.bytes[self.at..start].iter().filter(|&&b| b == b'\n').count();
         self.at = start;
         self.line
+    }
+}
+
+/// Adds a value unless the list has it already.
+pub(super) fn push_unique(list: &mut Vec<String>, value: String) {
+    if !value.is_empty() && !list.contains(&value) {
+        list.push(value);
     }
 }
 
@@ -425,6 +415,7 @@ mod tests {
     use super::*;
     use crate::feed::merchant::testing::{merchant_tsv, write_tsv, write_xml, XML};
     use crate::feed::parse::testing::{price, samples};
+    use crate::feed::products;
     use crate::feed::shopify::testing::{write_shopify, SHOPIFY};
     use crate::feed::text::html_to_text;
     use crate::rng::Rng;
@@ -451,13 +442,13 @@ mod tests {
 
     #[test]
     fn a_row_with_a_missing_field_names_its_line() {
-        let error = parse("id\ttitle\tprice\n1\tLamp\t10\n2\tChair\n3\tDesk\t5\n", Format::MerchantTsv).unwrap_err();
+        let error = products("id\ttitle\tprice\n1\tLamp\t10\n2\tChair\n3\tDesk\t5\n", Format::MerchantTsv).unwrap_err();
         assert_eq!(error.line, 3, "{error}");
         assert!(error.message.contains("2 fields but the header has 3"), "{error}");
         // A quoted value spanning lines counts them: the short row after it is on line 4.
-        let error = parse("Handle,Title,Body (HTML)\na,A,\"<p>one</p>\n<p>two</p>\"\nb,B\n", Format::ShopifyCsv).unwrap_err();
+        let error = products("Handle,Title,Body (HTML)\na,A,\"<p>one</p>\n<p>two</p>\"\nb,B\n", Format::ShopifyCsv).unwrap_err();
         assert_eq!(error.line, 4, "{error}");
-        let error = parse("Title,Price\nLamp,1\n", Format::ShopifyCsv).unwrap_err();
+        let error = products("Title,Price\nLamp,1\n", Format::ShopifyCsv).unwrap_err();
         assert!(error.message.contains("no `Handle` column"), "{error}");
     }
 
@@ -508,7 +499,7 @@ mod tests {
                 let _ = Format::detect(&damaged);
                 for format in Format::ALL {
                     // Errors are fine; an Ok result must still be well-formed.
-                    if let Ok(products) = parse(&damaged, format) {
+                    if let Ok(products) = products(&damaged, format) {
                         assert!(products.iter().all(|product| product.line >= 1 && product.line <= damaged.lines().count().max(1)), "{damaged}");
                     }
                 }

@@ -8,8 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::catalogue::parse_price;
 
-use super::merchant::push_unique;
-use super::parse::{read_table, FeedError, Price, Prices, Product, Row};
+use super::parse::{push_unique, read_table, FeedError, Price, Prices, Product, Row};
 use super::text::html_to_text;
 
 /// A Shopify column's key in [`Product::fields`]: "Body (HTML)" -> "body_html", "Type" -> "type".
@@ -300,7 +299,8 @@ cap,Cap,,Acme,Hats,,true,Color,Black,,,CAP-K,15,,https://cdn.example/cap-black.j
 mod tests {
     use super::*;
     use crate::feed::parse::testing::{comparable, map, price, samples, strings};
-    use crate::feed::parse::{parse, Format};
+    use crate::feed::parse::Format;
+    use crate::feed::products;
     use crate::feed::shopify::testing::{write_shopify, SHOPIFY};
     use crate::rng::Rng;
 
@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn shopify_emits_variants_with_their_own_image_and_the_handle() {
-        let products = parse(SHOPIFY, Format::ShopifyCsv).unwrap();
+        let products = products(SHOPIFY, Format::ShopifyCsv).unwrap();
         let mug = Product {
             line: 7,
             id: "mug".into(),
@@ -443,7 +443,7 @@ mod tests {
             let samples = samples(&mut rng);
             let (text, wanted) = write_shopify(&mut rng, &samples);
             assert_eq!(Format::detect(&text), Some(Format::ShopifyCsv));
-            let products = parse(&text, Format::ShopifyCsv).unwrap_or_else(|error| panic!("{error}\n{text}"));
+            let products = products(&text, Format::ShopifyCsv).unwrap_or_else(|error| panic!("{error}\n{text}"));
             let lines: Vec<usize> = wanted.iter().map(|product| product.line).collect();
             assert_eq!(products.iter().map(comparable).collect::<Vec<_>>(), wanted.iter().map(comparable).collect::<Vec<_>>(), "{text}");
             assert_eq!(products.iter().map(|product| product.line).collect::<Vec<_>>(), lines, "{text}");
