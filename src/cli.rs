@@ -822,6 +822,7 @@ fn import(args: ImportArgs, config: &Config) -> anyhow::Result<()> {
         categories: crate::feed::Categories { from: args.category_from, level: args.category_level.map(usize::from), mapping },
         prune: args.prune,
         currency: args.currency.map(|c| c.trim().to_uppercase()),
+        public_only: false,
     };
     let heads = crate::vision::ensemble::HeadsInfo::load(&config.models.heads_dir).ok();
     let downloads = crate::progress::bar(0, "download {bar:30} {pos}/{len} pictures, {per_sec}, eta {eta}");

@@ -190,7 +190,8 @@ pub struct CatalogueConfig {
     /// `catalogue import`: further tries of a download that failed for a reason that may pass
     /// (a timeout, a reset connection, HTTP 429 or 5xx), with doubling waits from 0.5 s.
     pub import_retries: u32,
-    /// `catalogue import`: seconds one download (feed or image) may take.
+    /// `catalogue import`: seconds one download (feed or image) may wait for data; the whole
+    /// download may take ten times as long.
     pub import_timeout_s: u64,
     /// `catalogue import`: largest product feed read, in MiB.
     pub max_feed_mb: u64,
@@ -392,6 +393,9 @@ pub struct DiscordConfig {
     /// Gateway shards this process runs: "auto" (all, as many as Discord recommends) or
     /// "FIRST-LAST/TOTAL", so that several processes split one bot's servers.
     pub shards: Shards,
+    /// `/catalogue-import` may fetch from loopback and private addresses (a shop server on the
+    /// bot's own network); off, a moderator cannot make the bot reach inside its network.
+    pub import_private_hosts: bool,
 }
 
 impl Config {

@@ -81,7 +81,7 @@ type Latency = (usize, f64, f64);
 fn measure(backend: Arc<dyn Backend>, queries: &[Vec<f32>]) -> anyhow::Result<(Vec<Vec<String>>, Vec<Latency>)> {
     let generation: Arc<Generation> = backend.current()?.ok_or_else(|| anyhow::anyhow!("no generation after ingest"))?;
     let scopes = [Scope { category: "all".into(), rank: 0, bonus: 0.0 }];
-    let params = SearchParams { k: 5, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default() };
+    let params = SearchParams { k: 5, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default(), variants_apart: false };
     let top = queries.iter().map(|q| Ok(backend.search(&generation, q, &scopes, &params)?.hits.into_iter().map(|h| h.item.id).collect())).collect::<anyhow::Result<Vec<Vec<String>>>>()?;
     let mut latencies = Vec::new();
     for threads in CONCURRENCY {

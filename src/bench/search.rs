@@ -103,7 +103,7 @@ fn one_size(bases: &Tensor, rows: usize, queries: usize, sweep: bool, say: &dyn 
     let load_s = started.elapsed().as_secs_f64();
 
     let scopes = [Scope { category: "all".into(), rank: 0, bonus: 0.0 }];
-    let params = SearchParams { k: 5, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 2.0, price: Default::default() };
+    let params = SearchParams { k: 5, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 2.0, price: Default::default(), variants_apart: false };
     // Latencies, recall@5 and the mean number of rows scored exactly, starting at `depth`.
     let run = |depth: usize| -> anyhow::Result<(Vec<Duration>, f64, f64)> {
         let (mut times, mut found, mut reranked) = (Vec::with_capacity(queries), 0, 0);

@@ -50,8 +50,13 @@ pub(super) async fn import(bot: &Bot, ctx: &Context, command: &CommandInteractio
     if let Err(err) = command.defer(&ctx.http).await {
         return tracing::warn!(cause = %err, "cannot defer /catalogue-import");
     }
-    let options =
-        ImportOptions { format: None, categories: Categories { from: text("category-from"), level, mapping: Default::default() }, prune, currency: text("currency").map(|c| c.to_uppercase()) };
+    let options = ImportOptions {
+        public_only: !bot.config.discord.import_private_hosts,
+        format: None,
+        categories: Categories { from: text("category-from"), level, mapping: Default::default() },
+        prune,
+        currency: text("currency").map(|c| c.to_uppercase()),
+    };
     let (events, mut progress) = tokio::sync::mpsc::unbounded_channel::<ImportStage>();
     let service = bot.service.clone();
     let who = crate::audit::Who::Discord { user: command.user.id.get(), name: command.user.name.clone() };
@@ -68,12 +73,13 @@ pub(super) async fn import(bot: &Bot, ctx: &Context, command: &CommandInteractio
         }
     }
     let text = match job.await {
+        // The feed's own text (ids, URLs) must not close the code block.
         Ok(Ok(imported)) => {
             let mut report = crate::feed::render(&imported.summary, Path::new("the catalogue folder"), imported.heads.as_deref(), SKIPS_SHOWN);
             if let Some(summary) = &imported.reindex {
                 report.push_str(&render_summary(summary, Audience::Chat));
             }
-            format!("Feed imported.\n```\n{}```", reply::escape(&report, 1800).replace('\\', ""))
+            format!("Feed imported.\n```\n{}```", reply::escape(&report.replace("```", "'''"), 1800).replace('\\', ""))
         }
         Ok(Err(err)) => explain::explain_reindex(&err, explain::Upkeep::Edit),
         Err(err) => {

@@ -18,11 +18,45 @@ pub struct FetchSettings {
     pub concurrency: usize,
     pub retries: u32,
     pub timeout: Duration,
+    /// Refuse hosts at loopback, private, link-local or unspecified addresses, and redirects to
+    /// them (`/catalogue-import`, unless `discord.import_private_hosts`).
+    pub public_only: bool,
 }
 
 impl FetchSettings {
     pub fn from_config(catalogue: &crate::config::CatalogueConfig) -> FetchSettings {
-        FetchSettings { concurrency: catalogue.import_concurrency, retries: catalogue.import_retries, timeout: Duration::from_secs(catalogue.import_timeout_s) }
+        FetchSettings { concurrency: catalogue.import_concurrency, retries: catalogue.import_retries, timeout: Duration::from_secs(catalogue.import_timeout_s), public_only: false }
+    }
+}
+
+/// Whether an address is one a shop on the internet cannot have: loopback, private (RFC 1918,
+/// unique local), link-local (cloud metadata services among them), shared (100.64/10),
+/// unspecified or broadcast.
+pub fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast() || (a == 100 && (64..128).contains(&b))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback() || v6.is_unspecified() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80 || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(v4.into()))
+        }
+    }
+}
+
+/// Refuses a URL whose host is, or resolves to, an internal address (see [`is_internal`]).
+fn check_public(url: &reqwest::Url) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let host = url.host_str().ok_or("the URL has no host")?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addresses: Vec<std::net::IpAddr> = match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => (host, port).to_socket_addrs().map_err(|err| format!("cannot resolve {host}: {err}"))?.map(|a| a.ip()).collect(),
+    };
+    match addresses.into_iter().find(|ip| is_internal(*ip)) {
+        Some(ip) => Err(format!("{host} is at an internal address ({ip}); the bot fetches only from the internet (discord.import_private_hosts)")),
+        None => Ok(()),
     }
 }
 
@@ -138,7 +172,17 @@ fn keep(cache: &Path, url: &str, bytes: &[u8], limits: ImageLimits) -> Fetched {
 
 fn client(settings: FetchSettings) -> anyhow::Result<reqwest::Client> {
     let agent = concat!("lookalike/", env!("CARGO_PKG_VERSION"), " (catalogue import)");
-    Ok(reqwest::Client::builder().user_agent(agent).connect_timeout(settings.timeout.min(Duration::from_secs(10))).timeout(settings.timeout).build()?)
+    // The timeout is for waiting on data, not for the whole body: a large feed on a slow link
+    // keeps going while bytes arrive; the whole request still ends at ten times it.
+    let mut builder = reqwest::Client::builder().user_agent(agent).connect_timeout(settings.timeout.min(Duration::from_secs(10)));
+    if settings.public_only {
+        builder = builder.redirect(reqwest::redirect::Policy::custom(|attempt| match check_public(attempt.url()) {
+            Err(why) => attempt.error(why),
+            Ok(()) if attempt.previous().len() >= 10 => attempt.error("more than 10 redirects"),
+            Ok(()) => attempt.follow(),
+        }));
+    }
+    Ok(builder.read_timeout(settings.timeout).timeout(settings.timeout * 10).build()?)
 }
 
 /// Why one try failed, and whether another may succeed (and after how long, if the server said).
@@ -153,7 +197,7 @@ struct Failure {
 pub async fn get(client: &reqwest::Client, url: &str, max_bytes: u64, settings: FetchSettings) -> Result<(Vec<u8>, usize), (String, usize)> {
     let mut wait = FIRST_BACKOFF;
     for attempt in 0..=settings.retries {
-        match get_once(client, url, max_bytes).await {
+        match get_once(client, url, max_bytes, settings.public_only).await {
             Ok(bytes) => return Ok((bytes, attempt as usize)),
             Err(failure) if failure.again && attempt < settings.retries => {
                 tokio::time::sleep(failure.after.unwrap_or(wait).min(LONGEST_BACKOFF)).await;
@@ -168,7 +212,12 @@ pub async fn get(client: &reqwest::Client, url: &str, max_bytes: u64, settings: 
     unreachable!("the last attempt returns")
 }
 
-async fn get_once(client: &reqwest::Client, url: &str, max_bytes: u64) -> Result<Vec<u8>, Failure> {
+async fn get_once(client: &reqwest::Client, url: &str, max_bytes: u64, public_only: bool) -> Result<Vec<u8>, Failure> {
+    if public_only {
+        let parsed = reqwest::Url::parse(url).map_err(|err| Failure { why: format!("not a URL: {err}"), again: false, after: None })?;
+        let checked = tokio::task::spawn_blocking(move || check_public(&parsed)).await.unwrap_or_else(|err| Err(err.to_string()));
+        checked.map_err(|why| Failure { why, again: false, after: None })?;
+    }
     let failed = |err: reqwest::Error| Failure { again: err.is_timeout() || err.is_connect() || err.is_request() || err.is_body(), why: err.without_url().to_string(), after: None };
     let mut response = client.get(url).send().await.map_err(failed)?;
     let status = response.status();

@@ -28,7 +28,7 @@ mod parse;
 mod shopify;
 mod text;
 
-pub use fetch::{feed_text, FetchSettings, Traffic};
+pub use fetch::{feed_text, is_internal, FetchSettings, Traffic};
 pub use parse::{read_price, FeedError, Format, Price, Product};
 pub use text::{html_to_text, level, slug};
 
@@ -90,7 +90,7 @@ impl Categories {
         let mapped = [value.as_str(), taken, &slug(taken)].into_iter().find_map(|key| self.mapping.get(key));
         match mapped.map(String::as_str) {
             Some("") => Err(format!("the category mapping skips \"{value}\"")),
-            Some(category) => Ok(slug(category)),
+            Some(category) => Some(slug(category)).filter(|s| !s.is_empty()).ok_or_else(|| format!("the category mapping names \"{value}\" \"{category}\", which makes no folder name")),
             None => Some(slug(taken)).filter(|s| !s.is_empty()).ok_or_else(|| format!("`{field}` \"{value}\" makes no folder name")),
         }
     }
@@ -106,6 +106,8 @@ pub struct ImportOptions {
     pub prune: bool,
     /// The currency of prices the feed gives without one (a Shopify export never names it).
     pub currency: Option<String>,
+    /// Fetch the feed and its pictures only from the internet (see [`fetch::is_internal`]).
+    pub public_only: bool,
 }
 
 /// A product the import left out, and why.
@@ -199,49 +201,10 @@ pub fn import(
     let (fetched, traffic) = fetch::pictures(&missing, &cache, settings, limits, progress)?;
     summary.traffic = traffic;
     let fetched: HashMap<&str, fetch::Fetched> = missing.iter().map(String::as_str).zip(fetched).collect();
-    let row_of: HashMap<String, usize> = rows.iter().enumerate().map(|(at, (key, _))| (key.clone(), at)).collect();
-    let mut placed: Vec<(String, Metadata)> = Vec::new();
-    for want in &wanted {
-        let id = match held.get(&want.url) {
-            Some(id) => keep_in_category(root, id, &want.category)?,
-            None => match &fetched[want.url.as_str()] {
-                fetch::Fetched::Failed(why) => {
-                    let (id, line) = want.product.clone();
-                    summary.skipped.push(Skipped { id, line, reason: format!("{why}: {}", want.url) });
-                    continue;
-                }
-                _ => place(root, &fetch::cached(&cache, &want.url), &want.category)?,
-            },
-        };
-        let before = held.get(&want.url).and_then(|old| row_of.get(old)).map(|&at| &rows[at].1);
-        match before {
-            None => summary.added += 1,
-            Some(old) if *old == want.metadata && held[&want.url] == id => summary.unchanged += 1,
-            Some(_) => summary.updated += 1,
-        }
-        placed.push((id, want.metadata.clone()));
-    }
+    let placed = place_all(root, &cache, &wanted, &held, &fetched, &rows, &mut summary)?;
     summary.skipped.sort_by_key(|skip| skip.line);
-    let in_feed: HashSet<&str> = wanted.iter().map(|w| w.url.as_str()).collect();
-    let gone = |m: &Metadata| m.feed_id.is_some() && m.image_url.as_deref().is_none_or(|url| !in_feed.contains(url));
-    let gone_ids: Vec<String> = rows.iter().filter(|(_, m)| gone(m)).map(|(key, _)| key.clone()).collect();
-    if options.prune {
-        for id in &gone_ids {
-            match std::fs::remove_file(root.join(id)) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(anyhow::Error::new(err).context(format!("cannot remove {}", root.join(id).display())).into()),
-                _ => summary.removed += 1,
-            }
-        }
-        rows.retain(|(_, m)| !gone(m));
-    } else {
-        summary.gone_kept = gone_ids.len();
-    }
-    let placed_ids: HashSet<&str> = placed.iter().map(|(id, _)| id.as_str()).collect();
     summary.pictures = placed.len();
-    // The rows of pictures matched by URL go, and come back under their (maybe moved) ids.
-    let stale: HashSet<&str> = wanted.iter().filter_map(|w| held.get(&w.url)).map(String::as_str).collect();
-    rows.retain(|(key, _)| !placed_ids.contains(key.as_str()) && !stale.contains(key.as_str()));
-    rows.extend(placed);
+    rows = merge_rows(root, rows, placed, &wanted, options.prune, &mut summary)?;
     catalogue::write_rows(metadata_file, &rows)?;
     if let Err(err) = std::fs::remove_dir_all(&cache) {
         tracing::warn!(cause = %err, folder = %cache.display(), "cannot clear the import's downloads; the next import reuses them");
@@ -249,6 +212,88 @@ pub fn import(
     summary.categories = category_counts(root);
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Places every wanted picture (the held ones moved when their category changed, the downloaded
+/// ones named by their content) and counts what is added, updated or unchanged. One picture is
+/// one item: a second product with the same bytes is skipped, and so is one whose picture the
+/// catalogue holds as its own item (added by hand), which keeps its row.
+fn place_all(
+    root: &Path,
+    cache: &Path,
+    wanted: &[Wanted],
+    held: &HashMap<String, String>,
+    fetched: &HashMap<&str, fetch::Fetched>,
+    rows: &[(String, Metadata)],
+    summary: &mut ImportSummary,
+) -> anyhow::Result<Vec<(String, Metadata)>> {
+    let row_of: HashMap<&str, &Metadata> = rows.iter().map(|(key, m)| (key.as_str(), m)).collect();
+    let mut placed_by: HashMap<String, (String, usize)> = HashMap::new();
+    let mut placed = Vec::new();
+    for want in wanted {
+        let (product, line) = want.product.clone();
+        let id = match held.get(&want.url) {
+            Some(id) => keep_in_category(root, id, &want.category)?,
+            None => match &fetched[want.url.as_str()] {
+                fetch::Fetched::Failed(why) => {
+                    summary.skipped.push(Skipped { id: product, line, reason: format!("{why}: {}", want.url) });
+                    continue;
+                }
+                _ => place(root, &fetch::cached(cache, &want.url), &want.category)?,
+            },
+        };
+        if let Some((first, first_line)) = placed_by.get(&id) {
+            summary.skipped.push(Skipped { id: product, line, reason: format!("the same picture as product {first} (line {first_line}): {}", want.url) });
+            continue;
+        }
+        if row_of.get(id.as_str()).is_some_and(|m| m.feed_id.is_none()) {
+            summary.skipped.push(Skipped { id: product, line, reason: format!("the same picture as the catalogue's own item {id}, which keeps its row") });
+            continue;
+        }
+        // Its row before: the one its URL found, or the one its bytes found (a URL that changed).
+        let before = held.get(&want.url).and_then(|old| row_of.get(old.as_str())).or_else(|| row_of.get(id.as_str()));
+        match before {
+            None => summary.added += 1,
+            Some(old) if **old == want.metadata && held.get(&want.url) == Some(&id) => summary.unchanged += 1,
+            Some(_) => summary.updated += 1,
+        }
+        placed_by.insert(id.clone(), want.product.clone());
+        placed.push((id, want.metadata.clone()));
+    }
+    Ok(placed)
+}
+
+/// The metadata file's rows after the import: every row the placed pictures had (by id, or by
+/// their URL) replaced by theirs; the rows of products gone from the feed removed with their
+/// files when `prune` (a file another row still names stays), else kept and counted.
+fn merge_rows(root: &Path, mut rows: Vec<(String, Metadata)>, placed: Vec<(String, Metadata)>, wanted: &[Wanted], prune: bool, summary: &mut ImportSummary) -> anyhow::Result<Vec<(String, Metadata)>> {
+    let placed_ids: HashSet<String> = placed.iter().map(|(id, _)| id.clone()).collect();
+    let placed_urls: HashSet<String> = placed.iter().filter_map(|(_, m)| m.image_url.clone()).collect();
+    let in_feed: HashSet<&str> = wanted.iter().map(|w| w.url.as_str()).collect();
+    let imported = |m: &Metadata| m.feed_id.is_some();
+    let replaced = |key: &String, m: &Metadata| placed_ids.contains(key) || (imported(m) && m.image_url.as_ref().is_some_and(|url| placed_urls.contains(url)));
+    rows.retain(|(key, m)| !replaced(key, m));
+    let gone = |m: &Metadata| imported(m) && m.image_url.as_deref().is_none_or(|url| !in_feed.contains(url));
+    let gone_ids: Vec<String> = rows.iter().filter(|(_, m)| gone(m)).map(|(key, _)| key.clone()).collect();
+    if !prune {
+        summary.gone_kept = gone_ids.len();
+        rows.extend(placed);
+        return Ok(rows);
+    }
+    rows.retain(|(_, m)| !gone(m));
+    rows.extend(placed);
+    let named: HashSet<&str> = rows.iter().map(|(key, _)| key.as_str()).collect();
+    for id in &gone_ids {
+        summary.removed += 1;
+        if named.contains(id.as_str()) {
+            continue;
+        }
+        match std::fs::remove_file(root.join(id)) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(anyhow::Error::new(err).context(format!("cannot remove {}", root.join(id).display()))),
+            _ => {}
+        }
+    }
+    Ok(rows)
 }
 
 /// Each product's pictures with its category and metadata row; every product left out goes to
@@ -331,7 +376,10 @@ fn keep_in_category(root: &Path, id: &str, category: &str) -> anyhow::Result<Str
     }
     let moved = format!("{category}/{file}");
     std::fs::create_dir_all(root.join(category)).with_context(|| format!("cannot create {}", root.join(category).display()))?;
-    std::fs::rename(root.join(id), root.join(&moved)).with_context(|| format!("cannot move {id} to {moved}"))?;
+    // Moved already (an import stopped before its metadata file was written): nothing to do.
+    if !root.join(&moved).is_file() {
+        std::fs::rename(root.join(id), root.join(&moved)).with_context(|| format!("cannot move {id} to {moved}"))?;
+    }
     Ok(moved)
 }
 
@@ -462,8 +510,11 @@ mod tests {
                 Err(part) => assert!(got.as_ref().is_err_and(|why| why.contains(part)), "{from:?} {level:?}: {got:?}"),
             }
         }
-        let skipped = Categories { from: Some("type".into()), level: None, mapping }.of(&product("g", 3, &[("type", "Gifts")], &["u"]), Format::ShopifyCsv);
+        let skipped = Categories { from: Some("type".into()), level: None, mapping: mapping.clone() }.of(&product("g", 3, &[("type", "Gifts")], &["u"]), Format::ShopifyCsv);
         assert_eq!(skipped, Err("the category mapping skips \"Gifts\"".to_string()), "the mapping matches the folder name too");
+        let nameless = BTreeMap::from([("Bed frames".to_string(), "--".to_string())]);
+        let refused = Categories { from: Some("type".into()), level: None, mapping: nameless }.of(&product("b", 4, &beds, &["u"]), Format::ShopifyCsv);
+        assert!(refused.is_err_and(|why| why.contains("makes no folder name")), "never a file at the catalogue's root");
     }
 
     #[test]

@@ -174,6 +174,9 @@ pub struct SearchParams {
     /// Only items whose price is in this range are candidates (checked inside the query, so a
     /// page is full whenever enough items qualify).
     pub price: PriceRange,
+    /// Variants of one product (`metadata.group`) stay hits of their own instead of folding into
+    /// the best one: a re-rank by the sentence's colours picks among them, then folds them.
+    pub variants_apart: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -383,29 +383,10 @@ impl Backend for Postgres {
     fn search_words(&self, generation: &Generation, query: &WordsQuery, scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError> {
         let table = items_table(generation.number);
         let names: Vec<&str> = scopes.iter().map(|s| s.category.as_str()).collect();
-        let depth = shared::depth(params.offset + params.k + 1) as i64;
         // Terms are letters and digits (see `words::terms`); websearch syntax joins them by OR.
         let terms = query.terms.iter().filter(|t| t.chars().all(char::is_alphanumeric)).cloned().collect::<Vec<_>>().join(" or ");
         let vector = (!query.vector.is_empty()).then(|| Vector::from(query.vector.clone()));
         let (price_min, price_max) = (params.price.min, params.price.max);
-        let found = self.read.with(|client| {
-            let mut lists = (Vec::new(), Vec::new());
-            if !terms.is_empty() {
-                let sql = format!(
-                    "SELECT s.ord, i.item, CASE WHEN $4::vector IS NULL OR i.text_embedding IS NULL THEN NULL ELSE (i.text_embedding <=> $4)::real END \
-                     FROM {table} i JOIN unnest($1::text[]) WITH ORDINALITY AS s(category, ord) ON s.category = i.category, websearch_to_tsquery('english', $2) q \
-                     WHERE i.tsv @@ q AND ($5::real IS NULL OR i.price >= $5) AND ($6::real IS NULL OR i.price <= $6) ORDER BY ts_rank(i.tsv, q) DESC, i.row LIMIT $3"
-                );
-                lists.0 = client.query(&sql, &[&names, &terms, &depth, &vector, &price_min, &price_max])?;
-            }
-            if let Some(vector) = &vector {
-                let sql = format!(
-                    "SELECT s.ord, i.item, (i.text_embedding <=> $2)::real FROM {table} i JOIN unnest($1::text[]) WITH ORDINALITY AS s(category, ord) ON s.category = i.category WHERE i.text_embedding IS NOT NULL AND ($4::real IS NULL OR i.price >= $4) AND ($5::real IS NULL OR i.price <= $5) ORDER BY i.text_embedding <=> $2, i.row LIMIT $3"
-                );
-                lists.1 = client.query(&sql, &[&names, vector, &depth, &price_min, &price_max])?;
-            }
-            Ok(lists)
-        })?;
         let query_norm = query.vector.iter().map(|v| v * v).sum::<f32>().sqrt();
         let read = |rows: Vec<postgres::Row>| -> Result<Vec<Ranked>, IndexError> {
             rows.into_iter()
@@ -417,7 +398,29 @@ impl Backend for Postgres {
                 })
                 .collect()
         };
-        Ok(shared::fuse(read(found.0)?, read(found.1)?, scopes, params.offset, params.k))
+        let rankings = |depth: usize| -> Result<(Vec<Ranked>, Vec<Ranked>), IndexError> {
+            let depth = depth as i64;
+            let found = self.read.with(|client| {
+                let mut lists = (Vec::new(), Vec::new());
+                if !terms.is_empty() {
+                    let sql = format!(
+                        "SELECT s.ord, i.item, CASE WHEN $4::vector IS NULL OR i.text_embedding IS NULL THEN NULL ELSE (i.text_embedding <=> $4)::real END \
+                         FROM {table} i JOIN unnest($1::text[]) WITH ORDINALITY AS s(category, ord) ON s.category = i.category, websearch_to_tsquery('english', $2) q \
+                         WHERE i.tsv @@ q AND ($5::real IS NULL OR i.price >= $5) AND ($6::real IS NULL OR i.price <= $6) ORDER BY ts_rank(i.tsv, q) DESC, i.row LIMIT $3"
+                    );
+                    lists.0 = client.query(&sql, &[&names, &terms, &depth, &vector, &price_min, &price_max])?;
+                }
+                if let Some(vector) = &vector {
+                    let sql = format!(
+                        "SELECT s.ord, i.item, (i.text_embedding <=> $2)::real FROM {table} i JOIN unnest($1::text[]) WITH ORDINALITY AS s(category, ord) ON s.category = i.category WHERE i.text_embedding IS NOT NULL AND ($4::real IS NULL OR i.price >= $4) AND ($5::real IS NULL OR i.price <= $5) ORDER BY i.text_embedding <=> $2, i.row LIMIT $3"
+                    );
+                    lists.1 = client.query(&sql, &[&names, vector, &depth, &price_min, &price_max])?;
+                }
+                Ok(lists)
+            })?;
+            Ok((read(found.0)?, read(found.1)?))
+        };
+        shared::fuse_deepening(rankings, scopes, params)
     }
 
     fn tally(&self, generation: &Generation, categories: &[String], price: &PriceRange, attributes: &[Vec<String>]) -> Result<Tally, IndexError> {

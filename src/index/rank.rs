@@ -139,13 +139,13 @@ pub(super) fn rank<'a>(
             hit.collapsed.push(this_item.id);
             continue;
         }
-        if accepted.iter_mut().any(|(_, hit)| hit.fold_variant(&this_item)) {
+        if !params.variants_apart && accepted.iter_mut().any(|(_, hit)| hit.fold_variant(&this_item)) {
             continue;
         }
         accepted.push((candidate.slot, Hit::new(this_item, candidate.cosine, candidate.euclidean, candidate.cosine + candidate.bonus)));
     }
     // The page's products name their variants among the candidates already sorted, too.
-    if accepted.iter().any(|(_, hit)| hit.item.metadata.group.is_some()) {
+    if !params.variants_apart && accepted.iter().any(|(_, hit)| hit.item.metadata.group.is_some()) {
         for candidate in &candidates[next..sorted.max(next)] {
             let other = item(candidate.slot);
             accepted.iter_mut().any(|(_, hit)| hit.fold_variant(&other));

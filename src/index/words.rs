@@ -54,6 +54,26 @@ pub fn depth(wanted: usize) -> usize {
     DEPTH_MIN.max(wanted)
 }
 
+/// Deepest a ranking goes when variants folded into their products leave a page short.
+const DEPTH_MAX: usize = 100_000;
+
+/// [`fuse`] over the two rankings `rankings(depth)` gives (full text, sentence vectors),
+/// deepened four times over while the page is short and a ranking was cut at its depth: folding
+/// a product's variants into one hit leaves fewer hits than candidates.
+pub fn fuse_deepening(mut rankings: impl FnMut(usize) -> Result<(Vec<Ranked>, Vec<Ranked>), super::IndexError>, scopes: &[Scope], params: &super::SearchParams) -> Result<Page, super::IndexError> {
+    let (offset, k) = (params.offset, params.k);
+    let mut depth = depth(offset + k + 1);
+    loop {
+        let (full_text, semantic) = rankings(depth)?;
+        let cut = full_text.len() >= depth || semantic.len() >= depth;
+        let page = fuse(full_text, semantic, scopes, offset, k, params.variants_apart);
+        if page.more || !cut || depth >= DEPTH_MAX {
+            return Ok(page);
+        }
+        depth *= 4;
+    }
+}
+
 /// One ranking's candidate: the item, its scope's position in the query's scopes, and (for the
 /// sentence-vector ranking) its text's cosine and distance to the sentence.
 #[derive(Debug, Clone)]
@@ -67,7 +87,7 @@ pub struct Ranked {
 /// rank (plus the candidate's scope's bonus, once), orders by (scope rank, fused score, id) and
 /// cuts the page. Candidates are the same
 /// item when their ids are.
-pub fn fuse(full_text: Vec<Ranked>, semantic: Vec<Ranked>, scopes: &[Scope], offset: usize, k: usize) -> Page {
+pub fn fuse(full_text: Vec<Ranked>, semantic: Vec<Ranked>, scopes: &[Scope], offset: usize, k: usize, variants_apart: bool) -> Page {
     let mut fused: Vec<(Ranked, f32)> = Vec::new();
     let mut slot_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for list in [full_text, semantic] {
@@ -90,7 +110,7 @@ pub fn fuse(full_text: Vec<Ranked>, semantic: Vec<Ranked>, scopes: &[Scope], off
     fused.sort_by(|(a, x), (b, y)| scopes[a.scope].rank.cmp(&scopes[b.scope].rank).then(y.total_cmp(x)).then_with(|| a.item.id.cmp(&b.item.id)));
     let mut hits: Vec<Hit> = Vec::new();
     for (candidate, score) in fused {
-        if !hits.iter_mut().any(|hit| hit.fold_variant(&candidate.item)) {
+        if variants_apart || !hits.iter_mut().any(|hit| hit.fold_variant(&candidate.item)) {
             let (cosine, euclidean) = candidate.text.unwrap_or((0.0, 0.0));
             hits.push(Hit::new(candidate.item, cosine, euclidean, score));
         }
@@ -112,11 +132,11 @@ mod tests {
         let scopes = [Scope { category: "bag".into(), rank: 0, bonus: 0.0 }];
         let full_text = vec![ranked("a", 0), ranked("both", 0)];
         let semantic = vec![ranked("b", 0), ranked("both", 0)];
-        let page = fuse(full_text, semantic, &scopes, 0, 2);
+        let page = fuse(full_text, semantic, &scopes, 0, 2, false);
         assert_eq!(page.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["both", "a"], "ties (a, b) go by id");
         assert!((page.hits[0].score - 2.0 / 62.0).abs() < 1e-6);
         assert!(page.more);
-        let second = fuse(vec![ranked("a", 0), ranked("both", 0)], vec![ranked("b", 0), ranked("both", 0)], &scopes, 2, 2);
+        let second = fuse(vec![ranked("a", 0), ranked("both", 0)], vec![ranked("b", 0), ranked("both", 0)], &scopes, 2, 2, false);
         assert_eq!(second.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["b"]);
         assert!(!second.more);
     }
@@ -124,7 +144,7 @@ mod tests {
     #[test]
     fn scopes_of_a_lower_rank_come_first() {
         let scopes = [Scope { category: "bag".into(), rank: 0, bonus: 0.0 }, Scope { category: "coat".into(), rank: 1, bonus: 0.0 }];
-        let page = fuse(vec![ranked("coat-best", 1), ranked("bag-second", 0)], Vec::new(), &scopes, 0, 5);
+        let page = fuse(vec![ranked("coat-best", 1), ranked("bag-second", 0)], Vec::new(), &scopes, 0, 5, false);
         assert_eq!(page.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["bag-second", "coat-best"]);
     }
 }

@@ -340,6 +340,7 @@ impl SearchService {
             min_similarity: self.settings.index.min_similarity,
             near_duplicate_cosine: self.settings.index.near_duplicate_cosine,
             price: wants.price,
+            variants_apart: false,
         };
         let scopes: Vec<Scope> = decision
             .categories
@@ -520,10 +521,16 @@ impl Find {
             return Ok((ask(params)?, lines));
         }
         let wanted = params.offset + params.k;
-        let pooled = ask(&SearchParams { k: self.pool.max(wanted + 1), offset: 0, ..*params })?;
+        // Variants apart: the colour asked picks the product's picture, then the others fold in.
+        let pooled = ask(&SearchParams { k: self.pool.max(wanted + 1), offset: 0, variants_apart: true, ..*params })?;
         let pool = pooled.hits.len();
         let rank = |category: &str| scopes.iter().find(|s| s.category == category).map_or(usize::MAX, |s| s.rank);
-        let ranked = refine::rerank(pooled.hits, &self.wants, self.set_aside, self.weights, matches!(probe, Probe::Words(_)), rank);
+        let mut ranked: Vec<Hit> = Vec::new();
+        for hit in refine::rerank(pooled.hits, &self.wants, self.set_aside, self.weights, matches!(probe, Probe::Words(_)), rank) {
+            if !ranked.iter_mut().any(|product| product.fold_variant(&hit.item)) {
+                ranked.push(hit);
+            }
+        }
         let attributes: Vec<Vec<String>> = self.wants.attributes.iter().map(|a| a.forms.clone()).collect();
         // The counts are said only for a price range and attributes: no round trip otherwise.
         let counted = !self.wants.price.is_open() || !attributes.is_empty();
@@ -569,8 +576,9 @@ mod tests {
         values.iter().map(|v| v / norm).collect()
     }
 
-    /// A saved embedded index of red and blue bags, opened as the service opens it.
-    fn backend(dir: &std::path::Path) -> Arc<dyn Backend> {
+    /// A saved embedded index of red and blue bags, opened as the service opens it; with
+    /// `variants`, the two totes are colours of one product.
+    fn backend(dir: &std::path::Path, variants: bool) -> Arc<dyn Backend> {
         let key = EmbeddingKey { profile: "kit".into(), backbones: vec!["a".into()], source: "pooled".into(), pooling: "gem3".into(), weights_sha256: String::new(), dim: 3 };
         let rows = [("bag/blue-tote", [1.0, 0.1, 0.0], [0, 0, 230]), ("bag/red-tote", [1.0, 0.3, 0.0], [220, 20, 20]), ("bag/blue-duffel", [0.6, 1.0, 0.2], [0, 0, 230])]
             .into_iter()
@@ -578,6 +586,7 @@ mod tests {
                 let mut item = Item::bare(id.into(), "bag");
                 item.colours = vec![crate::colour::Swatch { lab: crate::colour::lab_from_srgb(rgb), share: 1.0 }];
                 item.metadata.price = Some("10".into());
+                item.metadata.group = (variants && id.ends_with("tote")).then(|| "tote".to_string());
                 (item, unit(&vector))
             })
             .collect();
@@ -601,10 +610,10 @@ mod tests {
     #[test]
     fn a_photo_with_no_refining_words_gets_the_index_page_unchanged() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = backend(dir.path());
+        let backend = backend(dir.path(), false);
         let generation = backend.current().unwrap().unwrap();
         let scopes = [Scope { category: "bag".into(), rank: 0, bonus: 0.0 }];
-        let params = SearchParams { k: 2, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default() };
+        let params = SearchParams { k: 2, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default(), variants_apart: false };
         let query = unit(&[1.0, 0.0, 0.0]);
         let direct = backend.search(&generation, &query, &scopes, &params).unwrap();
         for sentence in ["", "like this", "a bag like this please"] {
@@ -616,5 +625,23 @@ mod tests {
         assert_eq!(page.hits[0].item.id, "bag/red-tote", "the red one first, though the blue tote looks closer");
         assert_eq!(direct.hits[0].item.id, "bag/blue-tote");
         assert!(lines[0].contains("colour 'red'"), "{lines:?}");
+    }
+
+    #[test]
+    fn a_products_variants_show_once_as_the_one_the_colour_asked_picks() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = backend(dir.path(), true);
+        let scopes = [Scope { category: "bag".into(), rank: 0, bonus: 0.0 }];
+        let params = SearchParams { k: 5, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default(), variants_apart: false };
+        let query = unit(&[1.0, 0.0, 0.0]);
+        let (page, _) = find(&backend, "like this").run(Probe::Image(query.clone()), &scopes, &params).unwrap();
+        let ids: Vec<&str> = page.hits.iter().map(|h| h.item.id.as_str()).collect();
+        assert_eq!(ids, ["bag/blue-tote", "bag/blue-duffel"], "the tote once, as its closer picture");
+        assert_eq!(page.hits[0].collapsed, ["bag/red-tote"]);
+        assert_eq!(page.hits[0].variants, ["blue", "red"], "named by their pictures' colours");
+        let (page, _) = find(&backend, "like this but in red").run(Probe::Image(query), &scopes, &params).unwrap();
+        let ids: Vec<&str> = page.hits.iter().map(|h| h.item.id.as_str()).collect();
+        assert_eq!(ids, ["bag/red-tote", "bag/blue-duffel"], "the colour asked picks the tote's picture before the variants fold");
+        assert_eq!(page.hits[0].collapsed, ["bag/blue-tote"]);
     }
 }

@@ -215,7 +215,7 @@ impl Upkeep {
         let _one = self.running.try_lock().map_err(|_| ReindexError::AlreadyRunning("in this process".into()))?;
         let mut guard = self.backend.lock_reindex()?;
         let settings = &self.job.catalogue;
-        let fetch = crate::feed::FetchSettings::from_config(settings);
+        let fetch = crate::feed::FetchSettings { public_only: options.public_only, ..crate::feed::FetchSettings::from_config(settings) };
         let text = crate::feed::read_feed(source, settings.max_feed_mb << 20, fetch)?;
         let summary = crate::feed::import(&settings.dir, &settings.metadata, &text, options, fetch, self.job.limits, &mut |done, total| progress(ImportStage::Download { done, total }))?;
         self.log(who, Action::Imported { feed: source.to_string(), added: summary.added, updated: summary.updated, removed: summary.removed });

@@ -115,7 +115,7 @@ pub fn indexed_precision_at_k(vectors: &[Vec<f32>], labels: &[i64], k: usize) ->
     let items = (0..vectors.len()).map(|n| Item::bare(n.to_string(), "all")).collect();
     let index = Index::from_matrix(key, Default::default(), 0, items, vectors.concat(), Vec::new())?;
     let k = k.min(vectors.len() - 1);
-    let params = SearchParams { k: k + 1, offset: 0, metric: Metric::Cosine, min_similarity: f32::MIN, near_duplicate_cosine: f32::INFINITY, price: Default::default() };
+    let params = SearchParams { k: k + 1, offset: 0, metric: Metric::Cosine, min_similarity: f32::MIN, near_duplicate_cosine: f32::INFINITY, price: Default::default(), variants_apart: false };
     let mut same = 0;
     for (n, vector) in vectors.iter().enumerate() {
         let page = index.search(vector, &["all".to_string()], &params)?;

@@ -103,6 +103,8 @@ async fn start_the_bot(world: &World) -> (Scenario, Config) {
         ("LOOKALIKE__DISCORD__USER_COOLDOWN_S", "0"),
         ("LOOKALIKE__LIMITS__MAX_IMAGE_MB", "1"),
         ("LOOKALIKE__CATALOGUE__METADATA", metadata_file.to_str().unwrap()),
+        // The fake shop of `/catalogue-import` is on loopback.
+        ("LOOKALIKE__DISCORD__IMPORT_PRIVATE_HOSTS", "true"),
     ]);
     let start = config.clone();
     let service = Arc::new(tokio::task::spawn_blocking(move || lookalike::search::SearchService::start(&start)).await.unwrap().unwrap());

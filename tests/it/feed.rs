@@ -115,7 +115,7 @@ fn an_interrupted_import_resumes_without_downloading_again() {
     let scratch = tempfile::tempdir().unwrap();
     let (catalogue, metadata) = (scratch.path().join("shop"), scratch.path().join("items.csv"));
     let feed = feed_of(&shop, "/feeds/shop.tsv");
-    let settings = FetchSettings { concurrency: 2, retries: 2, timeout: std::time::Duration::from_secs(10) };
+    let settings = FetchSettings { concurrency: 2, retries: 2, timeout: std::time::Duration::from_secs(10), public_only: false };
     let limits = ImageLimits { max_bytes: 1 << 20, max_pixels: 1 << 20 };
     let import = |progress: &mut dyn FnMut(usize, usize)| lookalike::feed::import(&catalogue, &metadata, &feed, &level_two(), settings, limits, progress);
 
@@ -137,7 +137,7 @@ fn an_interrupted_import_resumes_without_downloading_again() {
 
 /// The feed's text, fetched the way the importer fetches it.
 fn feed_of(shop: &FakeShop, path: &str) -> String {
-    lookalike::feed::feed_text(&shop.url(path), 1 << 20, FetchSettings { concurrency: 1, retries: 0, timeout: std::time::Duration::from_secs(10) }).unwrap()
+    lookalike::feed::feed_text(&shop.url(path), 1 << 20, FetchSettings { concurrency: 1, retries: 0, timeout: std::time::Duration::from_secs(10), public_only: false }).unwrap()
 }
 
 #[test]
@@ -175,7 +175,60 @@ fn a_shopify_export_and_a_merchant_tsv_through_the_binary() {
     assert!(ok, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["import"]["format"], "merchant-tsv");
-    assert_eq!(report["import"]["added"], 46, "{report:#}");
+    // Its warm pictures have the same bytes as the Shopify feed's (tests/data/feeds/README.md):
+    // one picture is one item, so those take over the items the Shopify import made.
+    let (added, updated) = (report["import"]["added"].as_u64().unwrap(), report["import"]["updated"].as_u64().unwrap());
+    assert_eq!((added, updated), (22, 24), "{report:#}");
     let (ok, _, err) = run(&["catalogue", "import", &shop.url("/feeds/shop.tsv"), "--format", "shopify-csv", "--no-index"]);
     assert!(!ok && err.contains("not a valid shopify-csv feed: line 2: this row has 2 fields but the header has 1"), "{err}");
+}
+
+/// Two URLs with the same bytes are one item: a second product with them is skipped, and a
+/// product whose picture moved to a new URL (same bytes) is updated, never added and pruned.
+#[test]
+fn one_picture_is_one_item_whatever_its_urls() {
+    let shop = FakeShop::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let (catalogue, metadata) = (scratch.path().join("shop"), scratch.path().join("items.jsonl"));
+    let settings = FetchSettings { concurrency: 2, retries: 0, timeout: std::time::Duration::from_secs(10), public_only: false };
+    let limits = ImageLimits { max_bytes: 1 << 20, max_pixels: 1 << 20 };
+    // warm-300, warm-340 and warm-380 are the same picture (common::picture repeats every 40).
+    let feed = |rows: &[(&str, &str)]| {
+        let lines: Vec<String> = rows.iter().map(|(id, n)| format!("{id}\tLamp {id}\t{}\tHome > Warm", shop.url(&format!("/images/warm-{n}.png")))).collect();
+        format!("id\ttitle\timage_link\tproduct_type\n{}\n", lines.join("\n"))
+    };
+    let import = |text: String, prune: bool| lookalike::feed::import(&catalogue, &metadata, &text, &ImportOptions { prune, ..ImportOptions::default() }, settings, limits, &mut |_, _| {}).unwrap();
+    let first = import(feed(&[("A", "300"), ("B", "340"), ("C", "301")]), false);
+    assert_eq!((first.added, first.pictures), (2, 2), "{first:#?}");
+    assert_eq!(first.skipped.len(), 1);
+    assert!(first.skipped[0].id == "B" && first.skipped[0].reason.starts_with("the same picture as product A (line 2)"), "{:?}", first.skipped);
+
+    let moved = import(feed(&[("A", "380"), ("C", "301")]), true);
+    assert_eq!((moved.added, moved.updated, moved.unchanged, moved.removed), (0, 1, 1, 0), "{moved:#?}");
+    let held = rows(&metadata);
+    let (id, a) = &held["A"];
+    assert!(catalogue.join(id).is_file() && a.image_url.as_deref().is_some_and(|url| url.ends_with("/warm-380.png")), "{id}: {a:?}");
+    assert_eq!(read_rows(&metadata).unwrap().len(), 2, "one row per picture");
+}
+
+/// With `public_only` (the Discord command's default), neither the feed nor its pictures may be
+/// fetched from an internal address: the fake shop on loopback is refused, and asked nothing.
+#[test]
+fn the_bots_imports_never_reach_inside_the_network() {
+    let shop = FakeShop::start();
+    let guarded = FetchSettings { concurrency: 1, retries: 0, timeout: std::time::Duration::from_secs(10), public_only: true };
+    let err = lookalike::feed::read_feed(&shop.url("/feeds/shop.tsv"), 1 << 20, guarded).unwrap_err().to_string();
+    assert!(err.contains("internal address (127.0.0.1)") && err.contains("discord.import_private_hosts"), "{err}");
+    let scratch = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/feeds/shop.tsv")).unwrap().replace("{shop}", &shop.origin());
+    let limits = ImageLimits { max_bytes: 1 << 20, max_pixels: 1 << 20 };
+    let summary = lookalike::feed::import(&scratch.path().join("shop"), &scratch.path().join("items.jsonl"), &text, &level_two(), guarded, limits, &mut |_, _| {}).unwrap();
+    assert_eq!(summary.added, 0);
+    assert!(summary.skipped.iter().any(|s| s.reason.contains("internal address")), "{:?}", summary.skipped);
+    assert_eq!(shop.requests("/"), 0, "nothing was asked of the internal host");
+    for (address, internal) in
+        [("10.1.2.3", true), ("169.254.169.254", true), ("100.64.0.1", true), ("::1", true), ("fd00::1", true), ("::ffff:192.168.0.1", true), ("93.184.216.34", false), ("2606:4700::1", false)]
+    {
+        assert_eq!(lookalike::feed::is_internal(address.parse().unwrap()), internal, "{address}");
+    }
 }

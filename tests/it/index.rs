@@ -216,7 +216,15 @@ fn a_killed_reindex_always_leaves_a_loadable_index() {
         }
         // It answers: a stored vector finds its own item first.
         let categories: Vec<String> = index.manifest.categories.iter().map(|c| c.name.clone()).collect();
-        let params = lookalike::index::SearchParams { k: 1, offset: 0, metric: lookalike::config::Metric::Cosine, min_similarity: 0.0, near_duplicate_cosine: 1.1, price: Default::default() };
+        let params = lookalike::index::SearchParams {
+            k: 1,
+            offset: 0,
+            metric: lookalike::config::Metric::Cosine,
+            min_similarity: 0.0,
+            near_duplicate_cosine: 1.1,
+            price: Default::default(),
+            variants_apart: false,
+        };
         let page = index.search(&index.vectors(&[0]).unwrap(), &categories, &params).unwrap();
         assert_eq!(page.hits[0].item.id, index.manifest.items[0].id, "round {round}");
     }

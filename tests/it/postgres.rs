@@ -148,7 +148,7 @@ fn search(backend: &dyn Backend, query: &[f32], scopes: &[Scope], params: &Searc
 }
 
 fn params(k: usize) -> SearchParams {
-    SearchParams { k, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default() }
+    SearchParams { k, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default(), variants_apart: false }
 }
 
 fn in_order(names: &[&str]) -> Vec<Scope> {

@@ -293,17 +293,15 @@ impl Index {
     pub fn search_words(&self, query: &WordsQuery, scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError> {
         let scope_of = self.scope_of_rows(scopes);
         let keep = |row: usize| scope_of[row].is_some() && params.price.admits(self.prices[row]);
-        let depth = shared::depth(params.offset + params.k + 1);
         let ranked = |row: usize, text: Option<(f32, f32)>| Ranked { item: self.manifest.items[row].clone(), scope: scope_of[row].expect("kept rows are in a scope"), text };
-        let full_text: Vec<Ranked> = self
-            .full_text()?
-            .search(&query.terms, depth, keep)
-            .map_err(|err| IndexError::Unusable(format!("full-text search failed: {err:#}")))?
-            .into_iter()
-            .map(|(row, _)| ranked(row, self.text_scores(row, &query.vector)))
-            .collect();
-        let semantic: Vec<Ranked> = self.texts.search(&query.vector, depth, keep).into_iter().map(|(row, cosine, distance)| ranked(row, Some((cosine, distance)))).collect();
-        Ok(shared::fuse(full_text, semantic, scopes, params.offset, params.k))
+        let full_text = self.full_text()?;
+        let rankings = |depth: usize| -> Result<(Vec<Ranked>, Vec<Ranked>), IndexError> {
+            let matched = full_text.search(&query.terms, depth, keep).map_err(|err| IndexError::Unusable(format!("full-text search failed: {err:#}")))?;
+            let full: Vec<Ranked> = matched.into_iter().map(|(row, _)| ranked(row, self.text_scores(row, &query.vector))).collect();
+            let semantic: Vec<Ranked> = self.texts.search(&query.vector, depth, keep).into_iter().map(|(row, cosine, distance)| ranked(row, Some((cosine, distance)))).collect();
+            Ok((full, semantic))
+        };
+        shared::fuse_deepening(rankings, scopes, params)
     }
 
     /// Row `row`'s text cosine and distance to `query`, when both are there.
@@ -487,7 +485,7 @@ mod tests {
     }
 
     fn params(k: usize) -> SearchParams {
-        SearchParams { k, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default() }
+        SearchParams { k, offset: 0, metric: Metric::Cosine, min_similarity: -1.0, near_duplicate_cosine: 0.999, price: Default::default(), variants_apart: false }
     }
 
     fn small_index() -> Index {
