@@ -25,15 +25,9 @@ pub(super) fn register() -> CreateCommand {
 
 fn progress_text(stage: &ImportStage) -> String {
     match stage {
-        ImportStage::Download { done, total } => format!("Importing the feed…\n`{}` {done}/{total} pictures downloaded", bar(*done, *total)),
+        ImportStage::Download { done, total } => format!("Importing the feed…\n`{}` {done}/{total} pictures downloaded", reindex::bar(*done, *total)),
         ImportStage::Index(progress) => format!("Importing the feed: its pictures are in, indexing them…\n{}", reindex::progress_text(progress)),
     }
-}
-
-/// A 20-character bar, `[####......]`.
-fn bar(done: usize, total: usize) -> String {
-    let filled = (done * 20).checked_div(total).map_or(20, |f| f.min(20));
-    format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled))
 }
 
 pub(super) async fn import(bot: &Bot, ctx: &Context, command: &CommandInteraction) {
@@ -57,22 +51,10 @@ pub(super) async fn import(bot: &Bot, ctx: &Context, command: &CommandInteractio
         prune,
         currency: text("currency").map(|c| c.to_uppercase()),
     };
-    let (events, mut progress) = tokio::sync::mpsc::unbounded_channel::<ImportStage>();
     let service = bot.service.clone();
     let who = crate::audit::Who::Discord { user: command.user.id.get(), name: command.user.name.clone() };
-    let job = tokio::task::spawn_blocking(move || {
-        service.upkeep().import_feed(&url, &options, true, who, &mut |stage| {
-            let _ = events.send(stage);
-        })
-    });
-    let mut last_edit: Option<Instant> = None;
-    while let Some(stage) = progress.recv().await {
-        if last_edit.is_none_or(|t| t.elapsed() >= reindex::PROGRESS_EDIT_GAP) {
-            last_edit = Some(Instant::now());
-            let _ = command.edit_response(&ctx.http, EditInteractionResponse::new().content(progress_text(&stage))).await;
-        }
-    }
-    let text = match job.await {
+    let done = reindex::with_progress_edits(ctx, command, move |progress: &mut dyn FnMut(ImportStage)| service.upkeep().import_feed(&url, &options, true, who, progress), progress_text).await;
+    let text = match done {
         // The feed's own text (ids, URLs) must not close the code block.
         Ok(Ok(imported)) => {
             let mut report = crate::feed::render(&imported.summary, Path::new("the catalogue folder"), imported.heads.as_deref(), SKIPS_SHOWN);
@@ -84,7 +66,7 @@ pub(super) async fn import(bot: &Bot, ctx: &Context, command: &CommandInteractio
         Ok(Err(err)) => explain::explain_reindex(&err, explain::Upkeep::Edit),
         Err(err) => {
             tracing::error!(cause = %err, "import task failed");
-            "The import failed; the catalogue and its index are as they were before the re-index. The bot's log says why.".to_string()
+            "The import stopped unexpectedly; the bot's log says why. Run it again: the pictures it downloaded are kept and not fetched twice.".to_string()
         }
     };
     if let Err(err) = command.edit_response(&ctx.http, EditInteractionResponse::new().content(text).allowed_mentions(reply::no_pings())).await {

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Shortest gap between two edits of the progress message (Discord rate-limits edits).
-pub(super) const PROGRESS_EDIT_GAP: Duration = Duration::from_millis(1500);
+const PROGRESS_EDIT_GAP: Duration = Duration::from_millis(1500);
 
 pub(super) fn register() -> CreateCommand {
     CreateCommand::new("reindex").description("Re-index the catalogue (moderators)").default_member_permissions(Permissions::MANAGE_GUILD)
@@ -17,11 +17,40 @@ pub(super) fn is_moderator(member: Option<&Member>, moderator_role: u64) -> bool
     })
 }
 
+/// A 20-character bar, `[####......]`, for `done` of `total`.
+pub(super) fn bar(done: usize, total: usize) -> String {
+    let filled = (done * 20).checked_div(total).map_or(20, |f| f.min(20));
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled))
+}
+
 pub(super) fn progress_text(progress: &Progress) -> String {
-    let share = if progress.total == 0 { 1.0 } else { progress.done as f64 / progress.total as f64 };
-    let filled = (share * 20.0).round() as usize;
     let eta = progress.eta_s().map_or("…".to_string(), |s| format!("{s:.0} s"));
-    format!("Re-indexing the catalogue…\n`[{}{}]` {}/{} images to embed · {:.1} images/s · ETA {eta}", "#".repeat(filled), ".".repeat(20 - filled), progress.done, progress.total, progress.rate())
+    format!("Re-indexing the catalogue…\n`{}` {}/{} images to embed · {:.1} images/s · ETA {eta}", bar(progress.done, progress.total), progress.done, progress.total, progress.rate())
+}
+
+/// Runs `job` (a re-index or an import, given a callback for its progress events) on a
+/// blocking thread, editing the deferred reply with `text` of its latest event at most every
+/// [`PROGRESS_EDIT_GAP`]; returns what the job returned, or why its thread failed.
+pub(super) async fn with_progress_edits<E: Send + 'static, T: Send + 'static>(
+    ctx: &Context,
+    command: &CommandInteraction,
+    job: impl FnOnce(&mut dyn FnMut(E)) -> T + Send + 'static,
+    text: impl Fn(&E) -> String,
+) -> Result<T, tokio::task::JoinError> {
+    let (events, mut progress) = tokio::sync::mpsc::unbounded_channel::<E>();
+    let job = tokio::task::spawn_blocking(move || {
+        job(&mut |event| {
+            let _ = events.send(event);
+        })
+    });
+    let mut last_edit: Option<Instant> = None;
+    while let Some(event) = progress.recv().await {
+        if last_edit.is_none_or(|t| t.elapsed() >= PROGRESS_EDIT_GAP) {
+            last_edit = Some(Instant::now());
+            let _ = command.edit_response(&ctx.http, EditInteractionResponse::new().content(text(&event))).await;
+        }
+    }
+    job.await
 }
 
 pub(super) async fn reindex(bot: &Bot, ctx: &Context, command: &CommandInteraction) {
@@ -31,22 +60,10 @@ pub(super) async fn reindex(bot: &Bot, ctx: &Context, command: &CommandInteracti
     if let Err(err) = command.defer(&ctx.http).await {
         return tracing::warn!(cause = %err, "cannot defer /reindex");
     }
-    let (events, mut progress) = tokio::sync::mpsc::unbounded_channel::<Progress>();
     let service = bot.service.clone();
     let who = crate::audit::Who::Discord { user: command.user.id.get(), name: command.user.name.clone() };
-    let job = tokio::task::spawn_blocking(move || {
-        service.upkeep().reindex_by(who, &mut |p| {
-            let _ = events.send(*p);
-        })
-    });
-    let mut last_edit: Option<Instant> = None;
-    while let Some(event) = progress.recv().await {
-        if last_edit.is_none_or(|t| t.elapsed() >= PROGRESS_EDIT_GAP) {
-            last_edit = Some(Instant::now());
-            let _ = command.edit_response(&ctx.http, EditInteractionResponse::new().content(progress_text(&event))).await;
-        }
-    }
-    let text = match job.await {
+    let done = with_progress_edits(ctx, command, move |progress: &mut dyn FnMut(Progress)| service.upkeep().reindex_by(who, &mut |p| progress(*p)), progress_text).await;
+    let text = match done {
         Ok(Ok(summary)) => format!("Re-index done.\n```\n{}```", reply::escape(&render_summary(&summary, Audience::Chat), 1800).replace("\\", "")),
         Ok(Err(err)) => explain::explain_reindex(&err, explain::Upkeep::Reindex),
         Err(err) => {

@@ -352,7 +352,8 @@ fn metadata(product: &Product, currency: Option<&str>) -> Metadata {
         link: product.link.clone(),
         image_url: None,
         description: product.description.clone(),
-        tags: product.tags.clone(),
+        // One tag per word group: a separator inside a feed's tag would split it on the way back.
+        tags: product.tags.iter().flat_map(|tag| catalogue::split_tags(tag)).collect(),
         brand: product.brand.clone(),
         colour: product.colour.clone(),
         material: product.material.clone(),

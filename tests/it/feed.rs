@@ -125,7 +125,19 @@ fn an_interrupted_import_resumes_without_downloading_again() {
     }));
     assert!(killed.is_err());
     assert!(!metadata.exists() && !catalogue.join("warm").exists(), "nothing placed before the whole feed is downloaded");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The downloads in flight when it died finish on their own thread: wait until the cache
+    // stops growing, as a restarted process would find it.
+    let cached = || std::fs::read_dir(catalogue.join(".import")).map_or(0, |entries| entries.count());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = cached();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = cached();
+        if now == seen || std::time::Instant::now() > deadline {
+            break;
+        }
+        seen = now;
+    }
     let summary = import(&mut |_, _| {}).unwrap();
     assert!(summary.traffic.cached >= 10 && summary.traffic.downloaded + summary.traffic.cached == 46, "{:?}", summary.traffic);
     let asked_twice: Vec<(String, usize)> = shop.paths().into_iter().filter(|(path, n)| path.starts_with("/images/") && *n > 1).collect();
