@@ -249,13 +249,24 @@ pub struct TrainArgs {
     /// Seed of the 90/10 split, the heads' initial weights, the augmentations and the batches.
     #[arg(long, default_value_t = train_defaults().seed)]
     pub seed: u64,
-    /// After the heads, also train the last N layers of each backbone with them (the chapter's
-    /// `layer_adjust`); slow on CPU, as every image goes through the whole backbone.
-    #[arg(long, default_value_t = train_defaults().fine_tune_layers, value_name = "N")]
-    pub fine_tune_layers: usize,
+    /// After the heads, also train the last N stages of each backbone with them (the chapter's
+    /// `layer_adjust`, by stages: 1 is SqueezeNet's last fire module, InceptionV3's last mixed
+    /// block, EfficientNet's head convolution; 2 adds EfficientNet's last block). The maps
+    /// before them are computed once per image and rendering and cached like the features, so
+    /// an epoch runs only those stages.
+    #[arg(long, default_value_t = train_defaults().fine_tune_stages, value_name = "N")]
+    pub fine_tune_stages: usize,
     /// Epochs of that fine-tuning.
     #[arg(long, default_value_t = train_defaults().fine_tune_epochs)]
     pub fine_tune_epochs: usize,
+    /// Styled renderings of each training image for fine-tuning (colour shifts, greyscale, blur,
+    /// fewer tones, outline drawings, other backgrounds, crops): the metric loss's positives.
+    #[arg(long, default_value_t = train_defaults().fine_tune_styles, value_name = "K")]
+    pub fine_tune_styles: usize,
+    /// Weight of the fine-tuning's metric loss on the retrieval descriptors: a picture and its
+    /// renderings must match each other better than any other picture of the batch.
+    #[arg(long, default_value_t = train_defaults().fine_tune_metric_weight, value_name = "W")]
+    pub fine_tune_metric_weight: f64,
     /// Weight of a metric loss that teaches the heads' vectors to tell one catalogue item from
     /// another (two augmented views of an image must match each other better than any other
     /// image); needs --views 1 or more. 0 trains for the categories alone.
@@ -665,8 +676,10 @@ fn train(args: &TrainArgs, config: &Config) -> anyhow::Result<()> {
         learning_rate: args.learning_rate,
         patience: args.patience.max(1),
         seed: args.seed,
-        fine_tune_layers: args.fine_tune_layers,
+        fine_tune_stages: args.fine_tune_stages,
         fine_tune_epochs: args.fine_tune_epochs,
+        fine_tune_styles: args.fine_tune_styles,
+        fine_tune_metric_weight: args.fine_tune_metric_weight.max(0.0),
         metric_weight: args.metric_weight.max(0.0),
         positives: args.positives.clone(),
         balance_classes: !args.no_balance,
@@ -698,12 +711,17 @@ fn eval(args: &EvalArgs, config: &Config) -> anyhow::Result<()> {
     let data = args.data.clone().unwrap_or_default();
     let (models_dir, heads_dir) = (config.models.dir.clone(), config.models.heads_dir.clone());
     let (profile, models) = (config.models.profile, config.models.clone());
-    let worker = ModelWorker::spawn(move || vision::ensemble::Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::placement(&models)?))?;
+    let (descriptor, whitening) = (vision::ensemble::Descriptor::from_config(config), vision::ensemble::whitening(config));
+    let worker = ModelWorker::spawn(move || {
+        let mut ensemble = vision::ensemble::Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::placement(&models)?)?;
+        ensemble.descriptor = descriptor;
+        Ok(ensemble)
+    })?;
     let limits = ImageLimits::from_config(&config.limits);
     let corrections = trusted_corrections(config, args.with_feedback)?.filter(|(_, count)| *count > 0).map(|(dir, _)| dir);
     let (report, on_corrections) = worker.run_blocking(move |ensemble| -> anyhow::Result<_> {
-        let on_corrections = corrections.map(|dir| vision::eval::evaluate(ensemble, &dir, limits)).transpose()?;
-        Ok((vision::eval::evaluate(ensemble, &data, limits)?, on_corrections))
+        let on_corrections = corrections.map(|dir| vision::eval::evaluate(ensemble, &dir, limits, whitening)).transpose()?;
+        Ok((vision::eval::evaluate(ensemble, &data, limits, whitening)?, on_corrections))
     })??;
     if let Some(parent) = args.png.parent() {
         std::fs::create_dir_all(parent)?;

@@ -221,6 +221,26 @@ pub struct IndexConfig {
     pub hnsw_min_rows: usize,
     /// HNSW candidate list per search (pgvector's `hnsw.ef_search`): larger is slower and surer.
     pub hnsw_ef_search: usize,
+    /// 0: each backbone's descriptor is GeM over its whole last feature map; N: plus GeM over an
+    /// N x N grid of regions, each region's vector normalised and all summed (R-MAC style), so
+    /// the vector keeps its length.
+    pub regions: usize,
+    /// Input scales each image runs at (1.0 among them: the heads read that pass); the
+    /// descriptors of every scale are normalised and summed.
+    pub scales: Vec<f32>,
+    /// PCA-whitening of the descriptor part, learned from the catalogue at re-index and stored
+    /// with the generation; queries are whitened by the generation they search.
+    pub whitening: bool,
+    /// Principal directions the whitening rescales (the rest keep their common scale).
+    pub whitening_components: usize,
+    /// Eigenvalue shrinkage, as a share of the largest eigenvalue: larger whitens less.
+    pub whitening_shrinkage: f32,
+    /// A re-index keeps the newest generation's whitening until this share of the catalogue
+    /// has been added, changed or removed since it was learned.
+    pub whitening_relearn_share: f32,
+    /// Database-side augmentation: each item's stored vector blended with this many of its
+    /// nearest neighbours in its category at re-index (0: off).
+    pub database_augmentation: usize,
 }
 
 /// Where the index lives.
@@ -293,6 +313,12 @@ pub struct SearchConfig {
     pub attribute_weight: f32,
     /// Candidates the sentence's colours, attributes and price order re-rank, at least.
     pub words_pool: usize,
+    /// Query-side test-time augmentation: the photo's descriptors averaged with its mirror image's.
+    pub flip_queries: bool,
+    /// Alpha query expansion: the query blended with this many of its first hits, weighted by
+    /// similarity^`query_expansion_alpha`, then searched again (0: off).
+    pub query_expansion: usize,
+    pub query_expansion_alpha: f32,
 }
 
 /// How the image vote picks the categories to search when the text names none.
@@ -451,6 +477,18 @@ impl Config {
         check((-1.0..=1.0).contains(&index.min_similarity), "index.min_similarity", index.min_similarity, "must be a cosine similarity between -1.0 and 1.0")?;
         check(index.hnsw_min_rows >= 1, "index.hnsw_min_rows", index.hnsw_min_rows, "must be at least 1")?;
         check((1..=1000).contains(&index.hnsw_ef_search), "index.hnsw_ef_search", index.hnsw_ef_search, "must be between 1 and 1000 (pgvector's range)")?;
+        check(index.regions <= 4, "index.regions", index.regions, "must be between 0 (whole map only) and 4")?;
+        let scales = format!("{:?}", index.scales);
+        check(
+            index.scales.contains(&1.0) && index.scales.iter().all(|s| (0.25..=2.0).contains(s)) && index.scales.len() <= 3,
+            "index.scales",
+            scales,
+            "must list 1.0 and at most two more scales between 0.25 and 2.0",
+        )?;
+        check((1..=1024).contains(&index.whitening_components), "index.whitening_components", index.whitening_components, "must be between 1 and 1024")?;
+        check(index.whitening_shrinkage > 0.0 && index.whitening_shrinkage <= 10.0, "index.whitening_shrinkage", index.whitening_shrinkage, "must be above 0.0 and at most 10.0")?;
+        check((0.0..=1.0).contains(&index.whitening_relearn_share), "index.whitening_relearn_share", index.whitening_relearn_share, "must be between 0.0 (relearn at every re-index) and 1.0")?;
+        check(index.database_augmentation <= 10, "index.database_augmentation", index.database_augmentation, "must be between 0 (off) and 10")?;
         check((0.0..=1.0).contains(&index.near_duplicate_cosine), "index.near_duplicate_cosine", index.near_duplicate_cosine, "must be between 0.0 and 1.0 (the chapter uses 0.999)")?;
         let search = &self.search;
         check(search.default_k >= 1, "search.default_k", search.default_k, "must be at least 1")?;
@@ -461,6 +499,8 @@ impl Config {
         check((1..=3).contains(&search.max_categories), "search.max_categories", search.max_categories, "must be 1, 2 or 3")?;
         check(search.category_mass > 0.0 && search.category_mass <= 1.0, "search.category_mass", search.category_mass, "must be above 0.0 and at most 1.0")?;
         check((0.0..=1.0).contains(&search.category_prior_weight), "search.category_prior_weight", search.category_prior_weight, "must be between 0.0 and 1.0")?;
+        check(search.query_expansion <= 10, "search.query_expansion", search.query_expansion, "must be between 0 (off) and 10")?;
+        check((0.0..=10.0).contains(&search.query_expansion_alpha), "search.query_expansion_alpha", search.query_expansion_alpha, "must be between 0.0 and 10.0")?;
         check((0.0..=2.0).contains(&search.colour_weight), "search.colour_weight", search.colour_weight, "must be between 0.0 and 2.0")?;
         check((0.0..=1.0).contains(&search.attribute_weight), "search.attribute_weight", search.attribute_weight, "must be between 0.0 and 1.0")?;
         check((10..=10_000).contains(&search.words_pool), "search.words_pool", search.words_pool, "must be between 10 and 10000")?;

@@ -82,7 +82,7 @@ pub mod heads {
         dir.join(format!("{backbone}.safetensors"))
     }
 
-    /// A backbone's fine-tuned layers, when `train --fine-tune-layers` opened some.
+    /// A backbone's fine-tuned stages, when `train --fine-tune-stages` opened some.
     pub fn tuned_backbone_path(dir: &Path, backbone: &str) -> PathBuf {
         dir.join(format!("{backbone}.backbone.safetensors"))
     }

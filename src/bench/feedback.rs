@@ -128,7 +128,7 @@ fn ensemble_worker(config: &Config, heads_dir: PathBuf) -> anyhow::Result<ModelW
 
 fn evaluate_on(worker: &ModelWorker<Ensemble>, dir: &Path, limits: ImageLimits) -> anyhow::Result<EvalReport> {
     let dir = dir.to_path_buf();
-    worker.run_blocking(move |ensemble| evaluate(ensemble, &dir, limits))?
+    worker.run_blocking(move |ensemble| evaluate(ensemble, &dir, limits, None))?
 }
 
 /// Classifies the candidate shirts in order and records a correction for each one the vote
@@ -143,7 +143,7 @@ fn correct_misses(worker: &ModelWorker<Ensemble>, store: &FeedbackStore, shirts:
         let paths: Vec<PathBuf> = chunk.iter().map(|e| e.path.clone()).collect();
         let winners = worker.run_blocking(move |ensemble| -> anyhow::Result<Vec<String>> {
             let images = paths.iter().map(|p| imaging::load(p, limits).map_err(anyhow::Error::from)).collect::<anyhow::Result<Vec<_>>>()?;
-            Ok(ensemble.classify(&images)?.into_iter().map(|c| ensemble.info.classes[c.vote.tally().winner().0].clone()).collect())
+            Ok(ensemble.classify(&images, true)?.into_iter().map(|c| ensemble.info.classes[c.vote.tally().winner().0].clone()).collect())
         })??;
         for (example, winner) in chunk.iter().zip(winners) {
             looked_at += 1;

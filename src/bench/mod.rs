@@ -153,7 +153,7 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
         let classes: Vec<String> = (0..10).map(|i| format!("class{i}")).collect();
         let heads = backbones.iter().map(|b| Head::new(b.spec.feature_dim, 10, device)).collect();
         let info = HeadsInfo { profile, classes, backbones: backbones.iter().map(|b| b.spec.id.to_string()).collect() };
-        Ok(Ensemble { backbones, heads, info })
+        Ok(Ensemble { backbones, heads, info, descriptor: Default::default() })
     })?;
     let rounds = rounds.max(1);
     let (ensemble_times, bare_times, decode_times, epoch_times, device) = worker.run_blocking(move |ensemble: &mut Ensemble| -> anyhow::Result<_> {
@@ -166,7 +166,7 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
         let decoded: Vec<image::RgbImage> = photos.iter().map(|bytes| imaging::decode(bytes, limits)).collect::<Result<_, _>>()?;
         let run_ensemble = |image: &image::RgbImage| -> anyhow::Result<()> {
-            let classified = ensemble.classify(std::slice::from_ref(image))?;
+            let classified = ensemble.classify(std::slice::from_ref(image), true)?;
             std::hint::black_box(classified[0].vote.tally());
             Ok(())
         };

@@ -67,7 +67,7 @@ fn embed(paths: &[PathBuf]) -> Vec<Result<Vec<f32>, String>> {
 /// Re-indexes `catalogue` into `backend`; the seconds spent outside the (synthetic) embedder.
 fn ingest(backend: &dyn Backend, catalogue: &Path) -> anyhow::Result<f64> {
     let key = EmbeddingKey { profile: "bench".into(), backbones: vec![], source: "clustered".into(), pooling: String::new(), weights_sha256: String::new(), dim: DIM };
-    let job = ReindexJob { catalogue, metadata: Path::new(""), key: &key, chunk: 4096, max_image_bytes: 1 << 20, partial: None, stop: None, describe: None };
+    let job = ReindexJob { catalogue, metadata: Path::new(""), key: &key, chunk: 4096, max_image_bytes: 1 << 20, partial: None, stop: None, describe: None, whitening: None, augmentation: 0 };
     let mut embedding = 0.0;
     let started = Instant::now();
     backend.reindex(&job, &mut embed, &mut |p| embedding = p.elapsed_s)?;

@@ -33,6 +33,7 @@ pub mod embedded;
 pub mod postgres;
 pub(crate) mod rank;
 mod reindex;
+pub mod whiten;
 pub mod words;
 
 pub use embedded::Index;
@@ -115,6 +116,8 @@ pub struct Generation {
     pub created_unix_s: u64,
     /// In index order.
     pub categories: Vec<CategoryCount>,
+    /// What the stored vectors' descriptor parts are whitened by; queries are whitened alike.
+    pub whitening: Option<Arc<whiten::Whitening>>,
     /// What only the backend that made the generation knows of it.
     snapshot: Snapshot,
 }
@@ -129,6 +132,14 @@ enum Snapshot {
 }
 
 impl Generation {
+    /// A query's vector as this generation's stored vectors are made: whitened like them.
+    pub fn query_vector(&self, vector: Vec<f32>) -> Vec<f32> {
+        match &self.whitening {
+            Some(whitening) if vector.len() == self.key.dim => whitening.apply(&vector),
+            _ => vector,
+        }
+    }
+
     /// Stored vectors (one per distinct content).
     pub fn vectors(&self) -> usize {
         self.categories.iter().map(|c| c.vectors).sum()
@@ -310,6 +321,9 @@ pub trait Backend: Send + Sync {
     /// How many items `categories` hold, how many of them `price` admits, and how many mention
     /// each of `attributes` (any of its forms as a word of the item's text).
     fn tally(&self, generation: &Generation, categories: &[String], price: &PriceRange, attributes: &[Vec<String>]) -> Result<Tally, IndexError>;
+    /// The stored vectors of `hits` (whitened and blended, as searches compare them), one per
+    /// hit, in their order.
+    fn stored_vectors(&self, generation: &Generation, hits: &[Hit]) -> Result<Vec<Vec<f32>>, IndexError>;
     /// Takes the re-index lock; refused while another re-index (or catalogue edit) holds it, in
     /// this process or any other. The caller edits the catalogue, if it means to, while it holds
     /// the guard, then re-indexes through it; dropping the guard lets the next one in.

@@ -28,8 +28,9 @@ use postgres::{Client, NoTls};
 
 use super::rank::{self, dot, Candidate};
 use super::reindex::{self, Previous, Stored};
+use super::whiten::Whitening;
 use super::words::{self as shared, Ranked, Tally, WordsQuery};
-use super::{Backend, Embedder, EmbeddingKey, Generation, IndexError, Item, Page, Progress, ReindexError, ReindexGuard, ReindexJob, ReindexSummary, Scope, SearchMethod, SearchParams, Snapshot};
+use super::{Backend, Embedder, EmbeddingKey, Generation, Hit, IndexError, Item, Page, Progress, ReindexError, ReindexGuard, ReindexJob, ReindexSummary, Scope, SearchMethod, SearchParams, Snapshot};
 use crate::config::{IndexConfig, Metric};
 use crate::words::PriceRange;
 
@@ -202,10 +203,15 @@ struct Newest {
 }
 
 /// The PostgreSQL backend.
+/// A generation's (number, creation time) and its whitening.
+type CachedWhitening = ((u64, u64), Option<Arc<Whitening>>);
+
 pub struct Postgres {
     settings: Settings,
     write: Pool,
     read: Pool,
+    /// The newest generation's whitening, read once per generation rather than per search.
+    whitening: std::sync::Mutex<Option<CachedWhitening>>,
 }
 
 impl Postgres {
@@ -218,7 +224,7 @@ impl Postgres {
             let version = pool.with(schema_version).map_err(|err| anyhow::anyhow!("{err}; is the server running, and is {} right?", pool.key))?;
             check_version(version, &pool.shown)?;
         }
-        Ok(Postgres { settings: settings.clone(), write, read })
+        Ok(Postgres { settings: settings.clone(), write, read, whitening: Default::default() })
     }
 
     /// Each scope's best `depth` candidates (with their vectors), and the scopes that had more.
@@ -315,7 +321,22 @@ fn migrate(client: &mut Client, shown: &str) -> anyhow::Result<()> {
         transaction.execute("INSERT INTO lookalike_schema VALUES ($1)", &[&SCHEMA_VERSION])?;
         transaction.commit()?;
     }
+    // Whitenings came later: databases made before them gain the table here.
+    client.batch_execute("CREATE TABLE IF NOT EXISTS lookalike_whitening (generation bigint PRIMARY KEY, bytes bytea NOT NULL)")?;
     Ok(())
+}
+
+/// Generation `number`'s whitening as stored, if it has one.
+fn whitening_bytes(client: &mut Client, number: u64) -> Result<Option<Vec<u8>>, postgres::Error> {
+    let exists: bool = client.query_one("SELECT to_regclass('lookalike_whitening') IS NOT NULL", &[])?.get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(client.query_opt("SELECT bytes FROM lookalike_whitening WHERE generation = $1", &[&(number as i64)])?.map(|row| row.get(0)))
+}
+
+fn read_whitening(bytes: Option<Vec<u8>>, number: u64) -> anyhow::Result<Option<Arc<Whitening>>> {
+    bytes.map(|bytes| Whitening::from_bytes(&bytes).map(Arc::new).with_context(|| format!("generation {number}'s whitening is damaged"))).transpose()
 }
 
 fn newest(client: &mut Client) -> Result<Option<Newest>, postgres::Error> {
@@ -327,7 +348,22 @@ fn newest(client: &mut Client) -> Result<Option<Newest>, postgres::Error> {
     Ok(row.map(|row| Newest { number: row.get::<_, i64>(0) as u64, created_unix_s: row.get::<_, i64>(1) as u64, key: row.get(2), categories: row.get(3), hnsw: row.get(4) }))
 }
 
+impl Postgres {
+    fn vectors_of(&self, generation: &Generation, hits: &[Hit]) -> Result<Vec<Vec<f32>>, IndexError> {
+        let table = items_table(generation.number);
+        let categories: Vec<&str> = hits.iter().map(|h| h.item.category.as_str()).collect();
+        let ids: Vec<&str> = hits.iter().map(|h| h.item.id.as_str()).collect();
+        let sql = format!("SELECT item::jsonb->>'id', embedding FROM {table} WHERE category = ANY($1) AND item::jsonb->>'id' = ANY($2)");
+        let found: HashMap<String, Vec<f32>> = self.read.with(|client| Ok(client.query(&sql, &[&categories, &ids])?.iter().map(|row| (row.get(0), row.get::<_, Vector>(1).to_vec())).collect()))?;
+        ids.iter().map(|id| found.get(*id).cloned().ok_or_else(|| IndexError::Unusable(format!("{id} is not in generation {}", generation.number)))).collect()
+    }
+}
+
 impl Backend for Postgres {
+    fn stored_vectors(&self, generation: &Generation, hits: &[Hit]) -> Result<Vec<Vec<f32>>, IndexError> {
+        self.vectors_of(generation, hits)
+    }
+
     fn location(&self) -> String {
         self.write.shown.clone()
     }
@@ -335,7 +371,19 @@ impl Backend for Postgres {
     fn current(&self) -> Result<Option<Arc<Generation>>, IndexError> {
         let Some(Newest { number, created_unix_s, key, categories, hnsw }) = self.read.with(newest)? else { return Ok(None) };
         let damaged = |what: &str, err: serde_json::Error| IndexError::Unusable(format!("generation {number} in {} has a damaged {what} ({err}): re-index", self.read.shown));
+        // By number and time: a number reused after a failed re-index is another generation.
+        let cached = self.whitening.lock().expect("whitening cache").as_ref().filter(|(n, _)| *n == (number, created_unix_s)).map(|(_, w)| w.clone());
+        let whitening = match cached {
+            Some(whitening) => whitening,
+            None => {
+                let bytes = self.read.with(|client| whitening_bytes(client, number))?;
+                let read = read_whitening(bytes, number).map_err(|err| IndexError::Unusable(format!("{err:#}: re-index")))?;
+                *self.whitening.lock().expect("whitening cache") = Some(((number, created_unix_s), read.clone()));
+                read
+            }
+        };
         Ok(Some(Arc::new(Generation {
+            whitening,
             number,
             key: serde_json::from_str(&key).map_err(|e| damaged("key", e))?,
             created_unix_s,
@@ -475,7 +523,44 @@ impl Postgres {
     fn write_generation(&self, client: &mut Client, job: &ReindexJob, embed: &mut Embedder, progress: &mut dyn FnMut(&Progress)) -> Result<ReindexSummary, ReindexError> {
         migrate(client, &self.write.shown)?;
         let previous = previous_generation(client)?;
-        let mut plan = reindex::plan(job, previous.as_ref().map(|(_, key, items, texts)| Previous { key, items, texts: texts.clone() }), embed, progress)?;
+        let (whitening, previous) = match previous {
+            Some(found) => match read_whitening(whitening_bytes(client, found.0).context("cannot read the newest generation's whitening")?, found.0) {
+                Ok(whitening) => (whitening, Some(found)),
+                // Its vectors cannot be restored: every image is embedded again.
+                Err(err) => {
+                    tracing::warn!("{err:#}: every image is embedded again");
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
+        // A table written before database-side augmentation has no `own` column: nothing blended.
+        let blended = match &previous {
+            Some((number, ..)) => {
+                let table = items_table(*number);
+                let has_own: bool = client
+                    .query_one("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'own')", &[&table])
+                    .context("cannot read the newest generation's columns")?
+                    .get(0);
+                has_own && client.query_one(&format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE own IS NOT NULL)"), &[]).context("cannot read the newest generation's vectors")?.get::<_, bool>(0)
+            }
+            None => false,
+        };
+        let session = std::cell::RefCell::new(&mut *client);
+        let read = |rows: &[usize]| -> anyhow::Result<Vec<Vec<f32>>> {
+            let table = items_table(previous.as_ref().map_or(0, |p| p.0));
+            let wanted: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+            let column = if blended { "own" } else { "embedding" };
+            let found: HashMap<i32, Vec<f32>> = session
+                .borrow_mut()
+                .query(&format!("SELECT row, {column} FROM {table} WHERE row = ANY($1)"), &[&wanted])?
+                .iter()
+                .map(|row| (row.get::<_, i32>(0), row.get::<_, Vector>(1).to_vec()))
+                .collect();
+            wanted.iter().map(|row| found.get(row).cloned().ok_or_else(|| anyhow::anyhow!("row {row} of {table} is missing"))).collect()
+        };
+        let mut plan =
+            reindex::plan(job, previous.as_ref().map(|(_, key, items, texts)| Previous { key, items, texts: texts.clone(), whitening: whitening.clone(), vectors: &read, blended }), embed, progress)?;
         reindex::sort_rows(&mut plan.rows);
         Ok(self.store(client, job, &plan, previous.map(|(number, ..)| number))?)
     }
@@ -492,14 +577,14 @@ impl Postgres {
         let dim = job.key.dim;
         client.batch_execute(&format!(
             "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (row integer PRIMARY KEY, category text NOT NULL, item text NOT NULL, embedding vector({dim}) NOT NULL, \
-             price real, words text NOT NULL, tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', words)) STORED, text_embedding vector)"
+             price real, words text NOT NULL, tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', words)) STORED, text_embedding vector, own vector)"
         ))?;
         let (mut reused, mut fresh) = (Vec::new(), Vec::new());
-        for (row, (item, Stored { vector, text })) in plan.rows.iter().enumerate() {
+        for (row, (item, Stored { vector, text, own })) in plan.rows.iter().enumerate() {
             let text = (!text.is_empty()).then(|| Vector::from(text.clone()));
             match vector {
                 reindex::Vector::Reused(previous_row) => reused.push((row as i32, *previous_row as i32, item, text)),
-                reindex::Vector::Embedded(vector) => fresh.push((row as i32, item, vector, text)),
+                reindex::Vector::Embedded(vector) => fresh.push((row as i32, item, vector, text, own.clone().map(Vector::from))),
             }
         }
         let price = |item: &Item| item.metadata.price_value().map(|p| p as f32);
@@ -524,11 +609,11 @@ impl Postgres {
         }
         let vector_type = client.prepare("SELECT $1::vector")?.params()[0].clone();
         let mut writer = BinaryCopyInWriter::new(
-            client.copy_in(&format!("COPY {table} (row, category, item, embedding, price, words, text_embedding) FROM STDIN (FORMAT binary)"))?,
-            &[Type::INT4, Type::TEXT, Type::TEXT, vector_type.clone(), Type::FLOAT4, Type::TEXT, vector_type],
+            client.copy_in(&format!("COPY {table} (row, category, item, embedding, price, words, text_embedding, own) FROM STDIN (FORMAT binary)"))?,
+            &[Type::INT4, Type::TEXT, Type::TEXT, vector_type.clone(), Type::FLOAT4, Type::TEXT, vector_type.clone(), vector_type],
         );
-        for (row, item, vector, text) in &fresh {
-            writer.write(&[row, &item.category, &serde_json::to_string(item)?, &Vector::from(vector.to_vec()), &price(item), &item.metadata.words(), text])?;
+        for (row, item, vector, text, own) in &fresh {
+            writer.write(&[row, &item.category, &serde_json::to_string(item)?, &Vector::from(vector.to_vec()), &price(item), &item.metadata.words(), text, own])?;
         }
         writer.finish()?;
 
@@ -546,8 +631,14 @@ impl Postgres {
         }
         client.batch_execute(&format!("ANALYZE {table}"))?;
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-        // One statement, one transaction: from here on every reader sees the new generation.
-        client.execute(
+        // One transaction: from its commit on every reader sees the new generation, with its
+        // whitening (a leftover row of a re-index that died before it is replaced).
+        let mut transaction = client.transaction()?;
+        transaction.execute("DELETE FROM lookalike_whitening WHERE generation = $1", &[&(generation as i64)])?;
+        if let Some(whitening) = &plan.whitening {
+            transaction.execute("INSERT INTO lookalike_whitening (generation, bytes) VALUES ($1, $2)", &[&(generation as i64), &whitening.to_bytes()])?;
+        }
+        transaction.execute(
             "INSERT INTO lookalike_generations (generation, created_unix_s, key, catalogue, categories, hnsw, failed) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 &(generation as i64),
@@ -559,6 +650,7 @@ impl Postgres {
                 &serde_json::to_string(&plan.failed)?,
             ],
         )?;
+        transaction.commit()?;
         collect_garbage(client);
         Ok(plan.written(generation, format!("{shown} (table {table})")))
     }
@@ -592,6 +684,7 @@ fn collect_garbage(client: &mut Client) {
     let result = (|| -> Result<(), postgres::Error> {
         client.execute("DELETE FROM lookalike_generations WHERE generation <= (SELECT max(generation) FROM lookalike_generations) - $1", &[&KEEP_GENERATIONS])?;
         let kept: Vec<i64> = client.query("SELECT generation FROM lookalike_generations", &[])?.iter().map(|row| row.get(0)).collect();
+        client.execute("DELETE FROM lookalike_whitening WHERE generation <> ALL($1)", &[&kept])?;
         for row in client.query("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'lookalike\\_items\\_%'", &[])? {
             let name: String = row.get(0);
             let number = name.trim_start_matches("lookalike_items_").parse::<i64>().ok();

@@ -108,7 +108,7 @@ fn classify_group(models: &mut Models, group: Vec<Pending>, key: &EmbeddingKey, 
     crate::metrics::METRICS.batch(size);
     let (images, rest): (Vec<RgbImage>, Vec<_>) = group.into_iter().map(|p| (p.image, (p.text, p.queued, p.answer))).unzip();
     let classified = models.matching(key).and_then(|ensemble| {
-        ensemble.classify(&images).map_err(|err| {
+        ensemble.classify(&images, true).map_err(|err| {
             tracing::error!(cause = %format!("{err:#}"), batch = size, "the models failed on a batch");
             "the models failed on this image (see the log)".to_string()
         })

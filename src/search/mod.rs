@@ -188,7 +188,7 @@ fn embedding_key(config: &Config) -> anyhow::Result<EmbeddingKey> {
         weights_sha256: sha256_of_files(files, false)?,
         backbones,
         source: source.as_str().to_string(),
-        pooling: if source == EmbeddingSource::Head { String::new() } else { format!("gem{}", vision::ensemble::GEM_P) },
+        pooling: if source == EmbeddingSource::Head { String::new() } else { vision::ensemble::Descriptor::from_config(config).key() },
         dim: vision::ensemble::embedding_dim(source, config.models.profile),
     })
 }
@@ -270,7 +270,7 @@ impl SearchService {
     /// The backbones' pooled features of `images`, each as one unit vector (the GPU check
     /// compares devices by them).
     pub fn pooled_features(&self, images: Vec<RgbImage>) -> anyhow::Result<Vec<Vec<f32>>> {
-        self.models.worker.run_blocking(move |models: &mut Models| Ok(models.current().classify(&images)?.into_iter().map(|c| c.pooled).collect()))?
+        self.models.worker.run_blocking(move |models: &mut Models| Ok(models.current().classify(&images, false)?.into_iter().map(|c| c.pooled).collect()))?
     }
 
     /// Runs every network once on a blank image, so the first query or re-index does not pay
@@ -280,7 +280,7 @@ impl SearchService {
             // On a GPU, every batch size it will ever run (see GPU_BATCH_SIZES).
             let on_gpu = models.current().backbones.first().is_some_and(|b| b.device.is_cuda());
             for &size in if on_gpu { &GPU_BATCH_SIZES[..] } else { &[1] } {
-                models.current().classify(&vec![RgbImage::new(64, 64); size])?;
+                models.current().classify(&vec![RgbImage::new(64, 64); size], true)?;
             }
             anyhow::Ok(())
         })?
@@ -361,6 +361,7 @@ impl SearchService {
             wants: wants.clone(),
             weights: refine::Weights::from_config(search),
             pool: search.words_pool,
+            expansion: (search.query_expansion, search.query_expansion_alpha),
         };
         let (page, mut words) = tokio::task::spawn_blocking(move || find.run(probe, &scopes, &params)).await.map_err(|e| SearchError::Models(e.to_string()))?.map_err(from_index)?;
         if let Some(name) = recoloured_to {
@@ -501,6 +502,8 @@ struct Find {
     searched: Vec<String>,
     weights: refine::Weights,
     pool: usize,
+    /// Alpha query expansion: (first hits blended in, the weights' exponent); 0 hits: off.
+    expansion: (usize, f32),
 }
 
 impl Find {
@@ -513,8 +516,13 @@ impl Find {
         if let Probe::Words(_) = probe {
             lines.push("no photo: the items' titles, descriptions and tags searched by full text and by meaning (MiniLM), fused by rank".to_string());
         }
+        // The photo's vector whitened as the generation's stored vectors are.
+        let probe = match probe {
+            Probe::Image(vector) => Probe::Image(generation.query_vector(vector)),
+            words => words,
+        };
         let ask = |params: &SearchParams| match &probe {
-            Probe::Image(vector) => backend.search(generation, vector, scopes, params),
+            Probe::Image(vector) => self.expanded(vector, scopes, params),
             Probe::Words(words) => backend.search_words(generation, words, scopes, params),
         };
         if self.wants.is_empty() {
@@ -538,6 +546,28 @@ impl Find {
         lines.extend(refine::explain(&self.wants, &tally, &self.searched, self.set_aside, pool));
         let more = pooled.more || ranked.len() > wanted;
         Ok((Page { hits: ranked.into_iter().skip(params.offset).take(params.k).collect(), more, method: pooled.method }, lines))
+    }
+}
+
+impl Find {
+    /// The backend's page for `vector`, or with query expansion on, for `vector` blended with
+    /// its first hits' stored vectors (each weighted by its cosine^alpha), normalised.
+    fn expanded(&self, vector: &[f32], scopes: &[Scope], params: &SearchParams) -> Result<Page, IndexError> {
+        let (backend, generation) = (self.backend.as_ref(), self.generation.as_ref());
+        let (count, alpha) = self.expansion;
+        if count == 0 {
+            return backend.search(generation, vector, scopes, params);
+        }
+        let first = backend.search(generation, vector, scopes, &SearchParams { k: count, offset: 0, variants_apart: true, ..*params })?;
+        let stored = backend.stored_vectors(generation, &first.hits)?;
+        let mut blended = vector.to_vec();
+        for (hit, neighbour) in first.hits.iter().zip(&stored) {
+            let weight = hit.cosine.max(0.0).powf(alpha);
+            blended.iter_mut().zip(neighbour).for_each(|(b, n)| *b += weight * n);
+        }
+        let length = blended.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        blended.iter_mut().for_each(|x| *x /= length);
+        backend.search(generation, &blended, scopes, params)
     }
 }
 
@@ -604,6 +634,7 @@ mod tests {
             wants,
             weights: refine::Weights { colour: 0.5, attribute: 0.1 },
             pool: 100,
+            expansion: (0, 3.0),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::audit::{Action, AuditLog, Who};
 use crate::catalogue::{self, Metadata};
 use crate::config::CatalogueConfig;
 use crate::feed::ImportOptions;
+use crate::index::whiten::WhiteningSettings;
 use crate::index::ReindexGuard;
 
 /// Keeping a running service current: one re-index, catalogue edit or swap of heads at a time
@@ -41,6 +42,8 @@ struct JobSettings {
     limits: ImageLimits,
     /// Images per re-index job: the models' forward batch on their device.
     chunk: usize,
+    whitening: Option<WhiteningSettings>,
+    augmentation: usize,
 }
 
 /// One catalogue edit.
@@ -86,7 +89,12 @@ impl HeadsSource {
     /// Loads the ensemble from the heads folder (run it on the model thread).
     pub(super) fn loader(&self) -> impl Fn() -> anyhow::Result<Ensemble> + Send + 'static {
         let models = self.config.models.clone();
-        move || Ensemble::load(&vision::backbones(models.profile), &models.dir, &models.heads_dir, vision::placement(&models)?)
+        let descriptor = vision::ensemble::Descriptor::from_config(&self.config);
+        move || {
+            let mut ensemble = Ensemble::load(&vision::backbones(models.profile), &models.dir, &models.heads_dir, vision::placement(&models)?)?;
+            ensemble.descriptor = descriptor.clone();
+            Ok(ensemble)
+        }
     }
 }
 
@@ -124,7 +132,14 @@ impl Upkeep {
         Upkeep {
             models,
             backend,
-            job: JobSettings { catalogue: config.catalogue.clone(), index_dir: config.index.dir.clone(), limits: ImageLimits::from_config(&config.limits), chunk },
+            job: JobSettings {
+                catalogue: config.catalogue.clone(),
+                index_dir: config.index.dir.clone(),
+                limits: ImageLimits::from_config(&config.limits),
+                chunk,
+                whitening: vision::ensemble::whitening(config),
+                augmentation: config.index.database_augmentation,
+            },
             heads,
             audit: AuditLog::open(&config.catalogue.audit_log),
             running: Mutex::new(()),
@@ -257,6 +272,8 @@ impl Upkeep {
             partial: Some(&partial),
             stop: Some(&self.stop),
             describe: Some(&describe),
+            whitening: self.job.whitening,
+            augmentation: self.job.augmentation,
         };
         let (worker, source, limits, key) = (self.models.worker.clone(), self.models.source, self.job.limits, key.clone());
         let mut embed = move |paths: &[PathBuf]| -> Vec<Result<Vec<f32>, String>> {
@@ -273,7 +290,7 @@ impl Upkeep {
             let embedded = worker
                 .run_blocking(move |models: &mut Models| {
                     let ensemble = models.matching(&key).map_err(anyhow::Error::msg)?;
-                    Ok(ensemble.classify(&images)?.into_iter().map(|c| c.embedding(source)).collect::<Vec<_>>())
+                    Ok(ensemble.classify(&images, false)?.into_iter().map(|c| c.embedding(source)).collect::<Vec<_>>())
                 })
                 .and_then(|r| r);
             match embedded {

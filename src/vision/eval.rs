@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::ensemble::Ensemble;
 use crate::config::{EmbeddingSource, Metric};
 use crate::imaging::{self, ImageLimits};
+use crate::index::whiten::{Whitening, WhiteningSettings};
 use crate::index::{EmbeddingKey, Index, Item, SearchParams};
 
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +24,8 @@ pub struct Scores {
 #[derive(Debug, Clone, Serialize)]
 pub struct Retrieval {
     pub embedding: EmbeddingSource,
+    /// The descriptor part whitened as a generation would be (learned from these vectors).
+    pub whitened: bool,
     /// Through the embedded index's search (4-bit scan, exact re-rank), as users are answered.
     pub precision_at_5: f64,
     /// With every similarity computed exactly: what the index's figure is held to.
@@ -31,7 +34,15 @@ pub struct Retrieval {
 
 impl Retrieval {
     fn measure(embedding: EmbeddingSource, vectors: &[Vec<f32>], labels: &[i64]) -> anyhow::Result<Retrieval> {
-        Ok(Retrieval { embedding, precision_at_5: indexed_precision_at_k(vectors, labels, 5)?, exact_precision_at_5: precision_at_k(vectors, labels, 5) })
+        Ok(Retrieval { embedding, whitened: false, precision_at_5: indexed_precision_at_k(vectors, labels, 5)?, exact_precision_at_5: precision_at_k(vectors, labels, 5) })
+    }
+
+    /// As [`measure`](Self::measure), the vectors whitened by what they teach `settings`.
+    fn whitened(embedding: EmbeddingSource, vectors: &[Vec<f32>], labels: &[i64], settings: WhiteningSettings) -> anyhow::Result<Option<Retrieval>> {
+        let rows: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
+        let Some(whitening) = Whitening::learn(&rows, settings) else { return Ok(None) };
+        let whitened: Vec<Vec<f32>> = vectors.iter().map(|v| whitening.apply(v)).collect();
+        Ok(Some(Retrieval { whitened: true, ..Retrieval::measure(embedding, &whitened, labels)? }))
     }
 }
 
@@ -57,7 +68,9 @@ fn scores(name: &str, classes: usize, pairs: &[(usize, usize)]) -> Scores {
     Scores { name: name.to_string(), accuracy: correct as f64 / pairs.len().max(1) as f64, recall, confusion }
 }
 
-pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow::Result<EvalReport> {
+/// The vote's and each embedding's scores on `dir`; with `whitening`, the combined vectors'
+/// precision also whitened as the index would whiten them.
+pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits, whitening: Option<WhiteningSettings>) -> anyhow::Result<EvalReport> {
     let started = std::time::Instant::now();
     let (_, examples, _) = crate::catalogue::labelled(dir, Some(&ensemble.info.classes)).or_else(|_| crate::catalogue::labelled(&dir.join("val"), Some(&ensemble.info.classes)))?;
     anyhow::ensure!(!examples.is_empty(), "{} has no images in category sub-folders", dir.display());
@@ -79,7 +92,7 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow:
                 Err(err) => skipped.push((example.path.clone(), err.to_string())),
             }
         }
-        for (classification, truth) in ensemble.classify(&images)?.into_iter().zip(truths) {
+        for (classification, truth) in ensemble.classify(&images, false)?.into_iter().zip(truths) {
             combined.push(classification.embedding(EmbeddingSource::Combined));
             pooled.push(classification.pooled.clone());
             penultimate.push(classification.penultimate.clone());
@@ -102,7 +115,10 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits) -> anyhow:
             Retrieval::measure(EmbeddingSource::Pooled, &pooled, &labels)?,
             Retrieval::measure(EmbeddingSource::Head, &penultimate, &labels)?,
             Retrieval::measure(EmbeddingSource::Combined, &combined, &labels)?,
-        ],
+        ]
+        .into_iter()
+        .chain(whitening.map(|settings| Retrieval::whitened(EmbeddingSource::Combined, &combined, &labels, settings)).transpose()?.flatten())
+        .collect(),
         skipped,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -174,7 +190,8 @@ pub fn render(report: &EvalReport) -> String {
     }
     out.push_str("\nretrieval: leave-one-out precision@5 (share of the 5 nearest images in the same category)\n");
     for r in &report.retrieval {
-        out.push_str(&format!("  {:<8} {:.1}%  (every similarity exact: {:.1}%)\n", r.embedding.as_str(), 100.0 * r.precision_at_5, 100.0 * r.exact_precision_at_5));
+        let name = if r.whitened { format!("{}, whitened", r.embedding.as_str()) } else { r.embedding.as_str().to_string() };
+        out.push_str(&format!("  {name:<18} {:.1}%  (every similarity exact: {:.1}%)\n", 100.0 * r.precision_at_5, 100.0 * r.exact_precision_at_5));
     }
     super::data::render_skipped(&mut out, &report.skipped);
     out

@@ -9,7 +9,9 @@ pub mod ensemble;
 pub mod eval;
 pub mod nets;
 pub mod preprocess;
+pub mod styles;
 pub mod train;
+mod tune;
 
 use std::path::Path;
 
@@ -26,20 +28,6 @@ pub enum Architecture {
     InceptionV3(nets::InceptionLayout),
     EfficientNetLite0,
     SqueezeNet11,
-}
-
-impl Architecture {
-    /// The ImageNet classifier layer, which computes logits from the features and so never
-    /// shapes them.
-    fn classifier_layer(self) -> Option<&'static str> {
-        match self {
-            Architecture::Vgg16 => Some("classifier.6"),
-            Architecture::ResNet50 | Architecture::InceptionV3(nets::InceptionLayout::Torchvision) => Some("fc"),
-            Architecture::InceptionV3(nets::InceptionLayout::KerasToMixed5) => None,
-            Architecture::EfficientNetLite0 => Some("_fc"),
-            Architecture::SqueezeNet11 => Some("classifier.1"),
-        }
-    }
 }
 
 /// Everything one backbone needs, as data.
@@ -126,7 +114,7 @@ pub struct Backbone {
     kind: Kind,
     // Owns the parameters the network's closures refer to.
     vars: nn::VarStore,
-    forward: nets::Forward,
+    net: nets::Net,
 }
 
 pub fn device(choice: DeviceChoice) -> anyhow::Result<Device> {
@@ -165,7 +153,7 @@ impl Backbone {
         let Placement { device, precision } = placement.into();
         let mut vars = nn::VarStore::new(device);
         let root = vars.root();
-        let forward = match spec.architecture {
+        let net = match spec.architecture {
             Architecture::Vgg16 => nets::vgg16(&root),
             Architecture::ResNet50 => nets::resnet50(&root),
             Architecture::InceptionV3(layout) => nets::inception_v3(&root, layout),
@@ -179,7 +167,7 @@ impl Backbone {
                 Kind::Half
             }
         };
-        Backbone { spec, device, kind, vars, forward }
+        Backbone { spec, device, kind, vars, net }
     }
 
     /// Loads `spec`'s weights from `models_dir`; every parameter the network declares must be
@@ -207,45 +195,57 @@ impl Backbone {
 
     /// Runs a (N, 3, H, W) batch, without gradients.
     pub fn forward(&self, images: &Tensor) -> Outputs {
-        let Outputs { map, features, logits } = tch::no_grad(|| (self.forward)(&images.to_device(self.device).to_kind(self.kind)));
+        let Outputs { map, features, logits } = tch::no_grad(|| self.net.forward(&images.to_device(self.device).to_kind(self.kind)));
         // The map too: GeM cubes it, and in f16 an activation above 40 would overflow.
         Outputs { map: map.to_kind(Kind::Float), features: features.to_kind(Kind::Float), logits: logits.map(|l| l.to_kind(Kind::Float)) }
     }
 
-    /// Pooled features with gradients flowing into whatever layers [`Backbone::unfreeze_last`]
-    /// opened; batch norm keeps its running statistics, as is usual when fine-tuning.
-    pub fn forward_trainable(&self, images: &Tensor) -> Tensor {
-        (self.forward)(&images.to_device(self.device)).features
+    /// Stages in the network (what tuning counts its last ones in).
+    pub fn stages(&self) -> usize {
+        self.net.stages()
     }
 
-    /// Parameterised layers (weight-carrying modules) that shape the features, in the order
-    /// the network creates them.
-    pub fn layers(&self) -> Vec<String> {
-        let names = self.vars.variables();
-        let mut layers: Vec<String> = Vec::new();
-        for tensor in self.vars.trainable_variables() {
-            let Some((name, _)) = names.iter().find(|(_, t)| t.data_ptr() == tensor.data_ptr()) else { continue };
-            if !name.ends_with(".weight") {
-                continue;
-            }
-            let layer = name.trim_end_matches(".weight").to_string();
-            if Some(layer.as_str()) != self.spec.architecture.classifier_layer() && !layers.contains(&layer) {
-                layers.push(layer);
-            }
+    /// The map after every stage but the last `tail`, without gradients: what tuning caches.
+    pub fn frozen_map(&self, images: &Tensor, tail: usize) -> Tensor {
+        tch::no_grad(|| self.net.prefix(&images.to_device(self.device).to_kind(self.kind), self.stages().saturating_sub(tail)))
+    }
+
+    /// The outputs from a [`frozen_map`](Self::frozen_map) through the last `tail` stages, with
+    /// gradients flowing into the parameters [`open_tail`](Self::open_tail) opened; batch norm
+    /// keeps its running statistics, as is usual when fine-tuning.
+    pub fn tail_trainable(&self, map: &Tensor, tail: usize) -> Outputs {
+        self.net.rest(&map.to_device(self.device).to_kind(self.kind), self.stages().saturating_sub(tail))
+    }
+
+    /// Opens to training the weights and biases the last `tail` stages use, and freezes every
+    /// other parameter; returns their names. They are found by autograd: whatever a pass
+    /// through those stages alone reaches (batch norm's running statistics aside).
+    pub fn open_tail(&mut self, tail: usize) -> Vec<String> {
+        let variables = self.vars.variables();
+        // Batch norm's running statistics never take gradients (libtorch refuses them).
+        for (name, tensor) in &variables {
+            let _ = tensor.set_requires_grad(!name.contains("running_"));
         }
-        layers
-    }
-
-    /// Freezes every parameter, then opens the weights and biases of the last `count` layers
-    /// to training (the chapter's `layer_adjust`). Returns their names.
-    pub fn unfreeze_last(&mut self, count: usize) -> Vec<String> {
-        let layers = self.layers();
-        let open: Vec<String> = layers[layers.len().saturating_sub(count)..].to_vec();
-        for (name, tensor) in self.vars.variables() {
-            let trainable = open.iter().any(|layer| name == format!("{layer}.weight") || name == format!("{layer}.bias"));
-            let _ = tensor.set_requires_grad(trainable);
+        let size = self.spec.preprocess.crop as i64;
+        let map = self.frozen_map(&Tensor::zeros([1, 3, size, size], (Kind::Float, self.device)), tail).detach();
+        self.tail_trainable(&map, tail).features.sum(Kind::Float).backward();
+        let mut open: Vec<String> = variables.iter().filter(|(_, tensor)| tensor.grad().defined()).map(|(name, _)| name.clone()).collect();
+        open.sort();
+        for (name, tensor) in &variables {
+            let mut grad = tensor.grad();
+            if grad.defined() {
+                let _ = grad.zero_();
+            }
+            let _ = tensor.set_requires_grad(open.contains(name));
         }
         open
+    }
+
+    /// Freezes every parameter again.
+    pub fn close(&mut self) {
+        for (_, tensor) in self.vars.variables() {
+            let _ = tensor.set_requires_grad(false);
+        }
     }
 
     pub fn vars(&self) -> &nn::VarStore {
@@ -258,15 +258,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layers_come_in_network_order_and_only_the_last_ones_open() {
-        let mut backbone = Backbone::untrained(backbones(Profile::Kit)[1], Device::Cpu);
-        let layers = backbone.layers();
-        assert_eq!(layers.first().map(String::as_str), Some("features.0"));
-        assert_eq!(layers.len(), 25, "conv1 and eight fires of three convs; not the classifier");
-        let open = backbone.unfreeze_last(2);
-        assert_eq!(open, ["features.12.expand1x1", "features.12.expand3x3"]);
-        let trainable: Vec<String> = backbone.vars().variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
-        assert_eq!(trainable.len(), 4, "{trainable:?}");
+    fn the_last_stages_open_alone_and_split_runs_equal_the_whole() {
+        tch::manual_seed(0);
+        let mut squeezenet = Backbone::untrained(backbones(Profile::Kit)[1], Device::Cpu);
+        let open = squeezenet.open_tail(1);
+        let fire12 = ["bias", "weight"].iter().flat_map(|p| ["expand1x1", "expand3x3", "squeeze"].map(|c| format!("features.12.{c}.{p}"))).collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(open.iter().cloned().collect::<std::collections::BTreeSet<_>>(), fire12, "the last fire module, not the classifier");
+        let trainable = squeezenet.vars().variables().into_iter().filter(|(_, t)| t.requires_grad()).count();
+        assert_eq!(trainable, 6);
+        let mut efficientnet = Backbone::untrained(backbones(Profile::Kit)[0], Device::Cpu);
+        let open = efficientnet.open_tail(2);
+        assert!(open.iter().all(|n| n.starts_with("_blocks.15.") || n.starts_with("_conv_head") || n.starts_with("_bn1.")), "{open:?}");
+        assert!(open.iter().any(|n| n.starts_with("_blocks.15.")) && open.iter().any(|n| n.starts_with("_conv_head")));
+        efficientnet.close();
+        let images = Tensor::randn([2, 3, 224, 224], (tch::Kind::Float, Device::Cpu));
+        let whole = efficientnet.forward(&images).features;
+        let split = tch::no_grad(|| efficientnet.tail_trainable(&efficientnet.frozen_map(&images, 2), 2).features);
+        assert!(whole.allclose(&split, 1e-5, 1e-5, false));
     }
 
     #[test]

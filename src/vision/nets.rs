@@ -9,10 +9,39 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-/// A built network: images (N, 3, H, W) in, its last feature map, pooled features and logits out.
-pub type Forward = Box<dyn Fn(&Tensor) -> super::Outputs + Send>;
-
 type Layer = Box<dyn Fn(&Tensor) -> Tensor + Send>;
+
+/// A built network: stages run one after another on images (N, 3, H, W) up to the last feature
+/// map, then `finish` pools it into features and logits. Tuning runs the stages in two parts:
+/// the frozen ones once per image (their maps cached), the last ones with gradients.
+pub struct Net {
+    stages: Vec<Layer>,
+    finish: Box<dyn Fn(Tensor) -> super::Outputs + Send>,
+}
+
+impl Net {
+    fn new(stages: Vec<Layer>, finish: impl Fn(Tensor) -> super::Outputs + Send + 'static) -> Net {
+        Net { stages, finish: Box::new(finish) }
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> super::Outputs {
+        self.rest(&self.prefix(xs, self.stages.len()), self.stages.len())
+    }
+
+    /// The map after the first `stages` stages.
+    pub fn prefix(&self, xs: &Tensor, stages: usize) -> Tensor {
+        self.stages[..stages.min(self.stages.len())].iter().fold(xs.shallow_clone(), |acc, stage| stage(&acc))
+    }
+
+    /// The network's outputs from the map after the first `stages` stages.
+    pub fn rest(&self, map: &Tensor, stages: usize) -> super::Outputs {
+        (self.finish)(self.stages[stages.min(self.stages.len())..].iter().fold(map.shallow_clone(), |acc, stage| stage(&acc)))
+    }
+
+    pub fn stages(&self) -> usize {
+        self.stages.len()
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Act {
@@ -122,17 +151,18 @@ fn global_pool(xs: &Tensor) -> Tensor {
 // ------------------------------------------------------------------------------------ VGG16 --
 
 /// torchvision `vgg16`: features are classifier.4's output (after the second 4096 ReLU).
-pub fn vgg16(p: &nn::Path) -> Forward {
+pub fn vgg16(p: &nn::Path) -> Net {
     let plan: [i64; 18] = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0];
     let features = p / "features";
-    let mut layers: Vec<Option<Layer>> = Vec::new();
+    let mut layers: Vec<Layer> = Vec::new();
     let (mut c_in, mut index) = (3, 0);
     for channels in plan {
         if channels == 0 {
-            layers.push(None);
+            layers.push(Box::new(|xs: &Tensor| xs.max_pool2d_default(2)));
             index += 1;
         } else {
-            layers.push(Some(Conv::new(c_in, channels, 3).bias().build(&(&features / index))));
+            let conv = Conv::new(c_in, channels, 3).bias().build(&(&features / index));
+            layers.push(Box::new(move |xs: &Tensor| conv(xs).relu()));
             c_in = channels;
             index += 2;
         }
@@ -141,17 +171,10 @@ pub fn vgg16(p: &nn::Path) -> Forward {
     let fc0 = nn::linear(&classifier / 0, 512 * 7 * 7, 4096, Default::default());
     let fc3 = nn::linear(&classifier / 3, 4096, 4096, Default::default());
     let fc6 = nn::linear(&classifier / 6, 4096, 1000, Default::default());
-    Box::new(move |xs: &Tensor| {
-        let mut xs = xs.shallow_clone();
-        for layer in &layers {
-            xs = match layer {
-                Some(conv) => conv(&xs).relu(),
-                None => xs.max_pool2d_default(2),
-            };
-        }
-        let features = xs.adaptive_avg_pool2d([7, 7]).flatten(1, -1).apply(&fc0).relu().apply(&fc3).relu();
+    Net::new(layers, move |map| {
+        let features = map.adaptive_avg_pool2d([7, 7]).flatten(1, -1).apply(&fc0).relu().apply(&fc3).relu();
         let logits = features.apply(&fc6);
-        super::Outputs { map: xs, features, logits: Some(logits) }
+        super::Outputs { map, features, logits: Some(logits) }
     })
 }
 
@@ -159,10 +182,10 @@ pub fn vgg16(p: &nn::Path) -> Forward {
 
 /// torchvision `resnet50`: bottleneck blocks (stride on the 3x3 convolution, as torchvision
 /// and tch build it), 2048-d pooled features of layer4.
-pub fn resnet50(p: &nn::Path) -> Forward {
+pub fn resnet50(p: &nn::Path) -> Net {
     const EPS: f64 = 1e-5;
     let stem = conv_bn(&(p / "conv1"), &(p / "bn1"), Conv::new(3, 64, 7).stride(2), EPS, true, Act::Relu);
-    let mut blocks: Vec<Layer> = Vec::new();
+    let mut blocks: Vec<Layer> = vec![Box::new(move |xs: &Tensor| stem(xs).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false))];
     let mut c_in = 64;
     for (stage, (width, repeats, stride)) in [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)].into_iter().enumerate() {
         for index in 0..repeats {
@@ -181,9 +204,7 @@ pub fn resnet50(p: &nn::Path) -> Forward {
         }
     }
     let fc = nn::linear(p / "fc", 2048, 1000, Default::default());
-    Box::new(move |xs: &Tensor| {
-        let start = stem(xs).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        let map = blocks.iter().fold(start, |acc, block| block(&acc));
+    Net::new(blocks, move |map| {
         let features = global_pool(&map);
         let logits = features.apply(&fc);
         super::Outputs { map, features, logits: Some(logits) }
@@ -266,7 +287,7 @@ fn mixed(branches: Vec<Branch>, count_include_pad: bool) -> Layer {
     })
 }
 
-pub fn inception_v3(root: &nn::Path, layout: InceptionLayout) -> Forward {
+pub fn inception_v3(root: &nn::Path, layout: InceptionLayout) -> Net {
     let mut n = InceptionNames { root, layout, count: 0 };
     let keras = layout == InceptionLayout::KerasToMixed5;
     let mut stem: Vec<Layer> =
@@ -350,11 +371,11 @@ pub fn inception_v3(root: &nn::Path, layout: InceptionLayout) -> Forward {
         }
         fc = Some(nn::linear(root / "fc", 2048, 1000, Default::default()));
     }
-    Box::new(move |xs: &Tensor| {
-        let trunk = stem.iter().chain(&blocks).fold(xs.shallow_clone(), |acc, layer| layer(&acc));
-        let features = global_pool(&trunk);
+    stem.extend(blocks);
+    Net::new(stem, move |map| {
+        let features = global_pool(&map);
         let logits = fc.as_ref().map(|fc| features.apply(fc));
-        super::Outputs { map: trunk, features, logits }
+        super::Outputs { map, features, logits }
     })
 }
 
@@ -362,16 +383,16 @@ pub fn inception_v3(root: &nn::Path, layout: InceptionLayout) -> Forward {
 
 /// EfficientNet-Lite0 with lukemelas-style names: no squeeze-excite, ReLU6, BN eps 1e-3,
 /// TensorFlow "same" padding. 1280-d features.
-pub fn efficientnet_lite0(p: &nn::Path) -> Forward {
+pub fn efficientnet_lite0(p: &nn::Path) -> Net {
     const EPS: f64 = 1e-3;
     // (expansion, kernel, stride, output channels, repeats), B0's stages.
     let stages = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)];
     let stem = conv_bn(&(p / "_conv_stem"), &(p / "_bn0"), Conv::new(3, 32, 3).stride(2).pad(Pad::TfSame), EPS, true, Act::Relu6);
-    let mut blocks: Vec<Layer> = Vec::new();
+    let mut blocks: Vec<Layer> = vec![stem];
     let mut c_in = 32;
     for (expansion, kernel, stride, c_out, repeats) in stages {
         for repeat in 0..repeats {
-            let b = p / "_blocks" / blocks.len();
+            let b = p / "_blocks" / (blocks.len() - 1);
             let stride = if repeat == 0 { stride } else { 1 };
             let hidden = c_in * expansion;
             let expand = (expansion != 1).then(|| conv_bn(&(&b / "_expand_conv"), &(&b / "_bn0"), Conv::new(c_in, hidden, 1), EPS, true, Act::Relu6));
@@ -393,11 +414,9 @@ pub fn efficientnet_lite0(p: &nn::Path) -> Forward {
             c_in = c_out;
         }
     }
-    let head = conv_bn(&(p / "_conv_head"), &(p / "_bn1"), Conv::new(320, 1280, 1), EPS, true, Act::Relu6);
+    blocks.push(conv_bn(&(p / "_conv_head"), &(p / "_bn1"), Conv::new(320, 1280, 1), EPS, true, Act::Relu6));
     let fc = nn::linear(p / "_fc", 1280, 1000, Default::default());
-    Box::new(move |xs: &Tensor| {
-        let trunk = blocks.iter().fold(stem(xs), |acc, block| block(&acc));
-        let map = head(&trunk);
+    Net::new(blocks, move |map| {
         let features = global_pool(&map);
         let logits = features.apply(&fc);
         super::Outputs { map, features, logits: Some(logits) }
@@ -407,7 +426,7 @@ pub fn efficientnet_lite0(p: &nn::Path) -> Forward {
 // ----------------------------------------------------------------------------- SqueezeNet 1.1 --
 
 /// SqueezeNet 1.1, caffe topology, torchvision names: 512-d pooled features of fire9.
-pub fn squeezenet1_1(p: &nn::Path) -> Forward {
+pub fn squeezenet1_1(p: &nn::Path) -> Net {
     let features = p / "features";
     let conv1 = Conv::new(3, 64, 3).stride(2).valid().bias().build(&(&features / 0));
     let fire = |index: i64, c_in: i64, squeeze: i64, expand: i64| -> Layer {
@@ -423,6 +442,7 @@ pub fn squeezenet1_1(p: &nn::Path) -> Forward {
     // Caffe pools round up: torchvision's ceil_mode=True.
     let pool = || -> Layer { Box::new(|xs: &Tensor| xs.max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], true)) };
     let layers: Vec<Layer> = vec![
+        Box::new(move |xs: &Tensor| conv1(xs).relu()),
         pool(),
         fire(3, 64, 16, 64),
         fire(4, 128, 16, 64),
@@ -436,10 +456,9 @@ pub fn squeezenet1_1(p: &nn::Path) -> Forward {
         fire(12, 512, 64, 256),
     ];
     let conv10 = Conv::new(512, 1000, 1).valid().bias().build(&(p / "classifier" / 1));
-    Box::new(move |xs: &Tensor| {
-        let trunk = layers.iter().fold(conv1(xs).relu(), |acc, layer| layer(&acc));
-        let features = global_pool(&trunk);
-        let logits = global_pool(&conv10(&trunk).relu());
-        super::Outputs { map: trunk, features, logits: Some(logits) }
+    Net::new(layers, move |map| {
+        let features = global_pool(&map);
+        let logits = global_pool(&conv10(&map).relu());
+        super::Outputs { map, features, logits: Some(logits) }
     })
 }

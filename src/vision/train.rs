@@ -38,9 +38,14 @@ pub struct TrainOptions {
     pub patience: usize,
     pub seed: u64,
     pub limits: ImageLimits,
-    /// After the heads, also train the last N layers of each backbone (0: off).
-    pub fine_tune_layers: usize,
+    /// After the heads, also train the last N stages of each backbone (0: off), on maps cached
+    /// at the stage before them (see `tune`).
+    pub fine_tune_stages: usize,
     pub fine_tune_epochs: usize,
+    /// Styled renderings cached per training image for tuning (the metric loss's positives).
+    pub fine_tune_styles: usize,
+    /// Weight of the metric loss on the tuned descriptors (0: classification alone).
+    pub fine_tune_metric_weight: f64,
     /// Weight of the metric loss beside the classification loss (0: classification alone).
     pub metric_weight: f64,
     /// Other pictures of the training images, `DIR/<category>/<same file name>`: each is its
@@ -73,8 +78,10 @@ impl TrainOptions {
             patience: 5,
             seed: 42,
             limits,
-            fine_tune_layers: 0,
-            fine_tune_epochs: 2,
+            fine_tune_stages: 0,
+            fine_tune_epochs: 3,
+            fine_tune_styles: 2,
+            fine_tune_metric_weight: 1.0,
             metric_weight: METRIC_WEIGHT,
             positives: None,
             extra_train: None,
@@ -96,14 +103,14 @@ pub fn run(options: TrainOptions, models: &crate::config::ModelsConfig) -> anyho
 
 /// What lets an interrupted run resume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct TrainState {
+pub(super) struct TrainState {
     info: HeadsInfo,
-    epochs_done: usize,
+    pub(super) epochs_done: usize,
     /// Flattened: its fields sit among the state's own in `train_state.json`, as they did
     /// before it had a type, so earlier runs still resume.
     #[serde(flatten)]
-    stopping: EarlyStopping,
-    history: Vec<EpochRecord>,
+    pub(super) stopping: EarlyStopping,
+    pub(super) history: Vec<EpochRecord>,
 }
 
 impl TrainState {
@@ -124,7 +131,7 @@ impl TrainState {
         Some(state)
     }
 
-    fn save(&self, out: &Path) -> anyhow::Result<()> {
+    pub(super) fn save(&self, out: &Path) -> anyhow::Result<()> {
         write_atomically(&Self::path(out), &serde_json::to_vec_pretty(self)?)
     }
 }
@@ -133,9 +140,9 @@ impl TrainState {
 /// validation loss improves on its best so far, and it stops training once it has gone
 /// `patience` epochs without improving.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct EarlyStopping {
+pub(super) struct EarlyStopping {
     /// The best validation loss of each head so far (infinite before its first epoch).
-    best_val_loss: Vec<f64>,
+    pub(super) best_val_loss: Vec<f64>,
     /// Epochs since each head's validation loss last improved.
     stale_epochs: Vec<usize>,
     /// Not saved: a resumed run stops by its own option.
@@ -306,15 +313,15 @@ impl FeatureCache<'_> {
 }
 
 /// The files of a set of examples as read, and their SHA-256: the cache's keys.
-struct Contents<'e> {
+pub(super) struct Contents<'e> {
     examples: &'e [Example],
     /// Empty for a file that cannot be read.
-    bytes: Vec<Vec<u8>>,
-    hashes: Vec<Vec<u8>>,
+    pub(super) bytes: Vec<Vec<u8>>,
+    pub(super) hashes: Vec<Vec<u8>>,
 }
 
 impl<'e> Contents<'e> {
-    fn read(examples: &'e [Example]) -> Contents<'e> {
+    pub(super) fn read(examples: &'e [Example]) -> Contents<'e> {
         let bytes: Vec<Vec<u8>> = examples.iter().map(|e| std::fs::read(&e.path).unwrap_or_default()).collect();
         let hashes = bytes.iter().map(|c| Sha256::digest(c).to_vec()).collect();
         Contents { examples, bytes, hashes }
@@ -322,17 +329,18 @@ impl<'e> Contents<'e> {
 }
 
 /// The rows cached in the folder of one view.
-struct CacheFolder {
+pub(super) struct CacheFolder {
     path: PathBuf,
-    /// The tensors of each file: `features<backbone>`, `hashes` and `decoded`, a row per image.
-    files: Vec<HashMap<String, Tensor>>,
+    /// The tensors of each file: `features<backbone>` (or tuning's `map`), `hashes` and
+    /// `decoded`, a row per image.
+    pub(super) files: Vec<HashMap<String, Tensor>>,
     /// Every cached row, by content hash: (file, row).
-    known: HashMap<Vec<u8>, (usize, i64)>,
+    pub(super) known: HashMap<Vec<u8>, (usize, i64)>,
 }
 
 impl CacheFolder {
     /// Reads the folder's files in name order.
-    fn read(path: PathBuf) -> anyhow::Result<CacheFolder> {
+    pub(super) fn read(path: PathBuf) -> anyhow::Result<CacheFolder> {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)?.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
         entries.sort();
         let mut folder = CacheFolder { path, files: Vec::new(), known: HashMap::new() };
@@ -348,7 +356,7 @@ impl CacheFolder {
     }
 
     /// The indices of the `hashes` the folder lacks, each content once.
-    fn missing(&self, hashes: &[Vec<u8>]) -> Vec<usize> {
+    pub(super) fn missing(&self, hashes: &[Vec<u8>]) -> Vec<usize> {
         let mut missing: Vec<usize> = Vec::new();
         for (index, hash) in hashes.iter().enumerate() {
             if !self.known.contains_key(hash) && !missing.iter().any(|&m| hashes[m] == *hash) {
@@ -360,7 +368,7 @@ impl CacheFolder {
 
     /// Saves the rows [`FeatureCache::compute`] made of the images `chunk` picks from `contents`
     /// as one file, named by their hashes, and adds them.
-    fn add(&mut self, contents: &Contents, chunk: &[usize], mut named: Vec<(String, Tensor)>, decoded: Vec<u8>) -> anyhow::Result<()> {
+    pub(super) fn add(&mut self, contents: &Contents, chunk: &[usize], mut named: Vec<(String, Tensor)>, decoded: Vec<u8>) -> anyhow::Result<()> {
         let chunk_hashes: Vec<u8> = chunk.iter().flat_map(|&i| contents.hashes[i].clone()).collect();
         named.push(("hashes".into(), Tensor::from_slice(&chunk_hashes).view([chunk.len() as i64, 32])));
         named.push(("decoded".into(), Tensor::from_slice(&decoded)));
@@ -407,7 +415,7 @@ pub fn train(backbones: &mut [Backbone], profile: Profile, options: &TrainOption
     let (mut heads, mut state) = start_heads(backbones, &info, &features.train_views[0], device, options)?;
     let data = HeadsData::new(&features, &split, device, options);
     train_heads(&heads, &data, &mut state, backbones, options)?;
-    fine_tune_backbones(backbones, &mut heads, &split, &mut state, options)?;
+    super::tune::fine_tune_backbones(backbones, &mut heads, &split, &mut state, options)?;
     write_outputs(&options.out, &info, &state.history)?;
     let images = (split.train.len(), split.val.len());
     Ok(TrainReport {
@@ -612,20 +620,6 @@ fn train_heads(heads: &[Head], data: &HeadsData, state: &mut TrainState, backbon
     Ok(())
 }
 
-/// With `fine_tune_layers`, [`fine_tune`]s each backbone with its best head once the heads are
-/// trained; a resumed run whose history has fine-tune epochs does not fine-tune again.
-fn fine_tune_backbones(backbones: &mut [Backbone], heads: &mut [Head], split: &data::Split, state: &mut TrainState, options: &TrainOptions) -> anyhow::Result<()> {
-    if options.fine_tune_layers == 0 || state.history.iter().any(|r| r.phase == "fine-tune") {
-        return Ok(());
-    }
-    for (index, (backbone, head)) in backbones.iter_mut().zip(heads.iter_mut()).enumerate() {
-        head.vars.load(heads::head_path(&options.out, backbone.spec.id))?;
-        let records = fine_tune(backbone, head, split, state.stopping.best_val_loss[index], state.epochs_done, options)?;
-        state.history.extend(records);
-    }
-    state.save(&options.out)
-}
-
 /// What a run leaves in `out` beside the heads: their info, history.csv and training.png.
 fn write_outputs(out: &Path, info: &HeadsInfo, history: &[EpochRecord]) -> anyhow::Result<()> {
     write_atomically(&heads::info_path(out), &serde_json::to_vec_pretty(info)?)?;
@@ -732,84 +726,6 @@ pub fn train_epoch(heads: &[Head], optimizers: &mut [tch::nn::Optimizer], stacke
         }
     }
     totals
-}
-
-/// The chapter's `layer_adjust`: with its head trained, the last `fine_tune_layers` layers of
-/// the backbone are trained together with the head, at a tenth of the learning rate, on
-/// augmented images run through the whole backbone (the features now change, so nothing is
-/// cached). The backbone and head are kept only when the validation loss improves on `best`.
-fn fine_tune(backbone: &mut Backbone, head: &mut Head, split: &data::Split, mut best: f64, first_epoch: usize, options: &TrainOptions) -> anyhow::Result<Vec<EpochRecord>> {
-    let opened = backbone.unfreeze_last(options.fine_tune_layers);
-    tracing::info!(backbone = backbone.spec.id, layers = ?opened, "fine-tuning");
-    let learning_rate = options.learning_rate / 10.0;
-    let mut backbone_optimizer = tch::nn::Adam::default().build(backbone.vars(), learning_rate)?;
-    let mut head_optimizer = head.optimizer(learning_rate)?;
-    let device = backbone.device;
-    let decode =
-        |examples: &[Example]| -> (Vec<image::RgbImage>, Vec<i64>) { examples.iter().filter_map(|e| imaging::load(&e.path, options.limits).ok().map(|image| (image, e.class as i64))).unzip() };
-    let batch_tensor = |images: &[image::RgbImage]| backbone.spec.preprocess.batch(images, device);
-    let mut records = Vec::new();
-    let progress = crate::progress::bar((options.fine_tune_epochs * (split.train.len() + split.val.len())) as u64, "fine-tune {msg} {bar:30} {pos}/{len} images, eta {eta}");
-    progress.set_message(backbone.spec.id);
-    use tch::nn::OptimizerConfig;
-    for round in 1..=options.fine_tune_epochs {
-        let started = Instant::now();
-        let mut order = split.train.clone();
-        crate::rng::Rng::new(options.seed.wrapping_add(1000 + round as u64)).shuffle(&mut order);
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for (batch_index, batch) in order.chunks(options.batch_size).enumerate() {
-            let (images, labels) = decode(batch);
-            if images.is_empty() {
-                continue;
-            }
-            let seeds: Vec<u64> = (0..images.len() as u64).map(|i| options.seed ^ (round as u64) << 48 ^ (batch_index as u64) << 20 ^ i).collect();
-            let inputs = super::ensemble::augment(&batch_tensor(&images), &seeds, 90.0);
-            let labels = Tensor::from_slice(&labels).to_device(device);
-            let logits = head.forward_t(&backbone.forward_trainable(&inputs), true);
-            let loss = logits.cross_entropy_for_logits(&labels);
-            backbone_optimizer.zero_grad();
-            head_optimizer.zero_grad();
-            loss.backward();
-            backbone_optimizer.step();
-            head_optimizer.step();
-            loss_sum += loss.double_value(&[]) * images.len() as f64;
-            correct += logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]) as usize;
-            seen += images.len();
-            progress.inc(batch.len() as u64);
-        }
-        let (mut val_loss_sum, mut val_correct, mut val_seen) = (0.0, 0usize, 0usize);
-        for batch in split.val.chunks(options.batch_size) {
-            let (images, labels) = decode(batch);
-            if images.is_empty() {
-                continue;
-            }
-            let labels = Tensor::from_slice(&labels).to_device(device);
-            let logits = tch::no_grad(|| head.forward_t(&backbone.forward(&batch_tensor(&images)).features, false));
-            val_loss_sum += logits.cross_entropy_for_logits(&labels).double_value(&[]) * images.len() as f64;
-            val_correct += logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]) as usize;
-            val_seen += images.len();
-            progress.inc(batch.len() as u64);
-        }
-        let val_loss = val_loss_sum / val_seen.max(1) as f64;
-        records.push(EpochRecord {
-            epoch: first_epoch + round,
-            backbone: backbone.spec.id.to_string(),
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
-            val_loss,
-            val_accuracy: val_correct as f64 / val_seen.max(1) as f64,
-            seconds: started.elapsed().as_secs_f64(),
-            phase: "fine-tune".into(),
-        });
-        if val_loss < best {
-            best = val_loss;
-            head.save_atomically(&heads::head_path(&options.out, backbone.spec.id))?;
-            replace_atomically(&heads::tuned_backbone_path(&options.out, backbone.spec.id), |partial| Ok(backbone.vars().save(partial)?))?;
-        }
-    }
-    progress.finish_and_clear();
-    backbone.unfreeze_last(0);
-    Ok(records)
 }
 
 fn history_csv(history: &[EpochRecord]) -> String {

@@ -134,7 +134,7 @@ fn reindex(backend: &dyn Backend, catalogue: &Path) -> Result<lookalike::index::
 
 fn reindex_slowly(backend: &dyn Backend, catalogue: &Path, pause: Duration) -> Result<lookalike::index::ReindexSummary, ReindexError> {
     let key = key();
-    let job = ReindexJob { catalogue, metadata: std::path::Path::new(""), key: &key, chunk: 64, max_image_bytes: 1 << 20, partial: None, stop: None, describe: None };
+    let job = ReindexJob { catalogue, metadata: std::path::Path::new(""), key: &key, chunk: 64, max_image_bytes: 1 << 20, partial: None, stop: None, describe: None, whitening: None, augmentation: 0 };
     let mut embed = |paths: &[PathBuf]| {
         std::thread::sleep(pause);
         fake_embed(paths)
@@ -484,7 +484,7 @@ fn words_and_prices_answer_alike_in_both_backends() {
         Ok(texts.iter().map(|t| text_vector(t)).collect())
     };
     let key = key();
-    let job = ReindexJob { catalogue, metadata: &metadata, key: &key, chunk: 64, max_image_bytes: 1 << 20, partial: None, stop: None, describe: Some(&describe) };
+    let job = ReindexJob { catalogue, metadata: &metadata, key: &key, chunk: 64, max_image_bytes: 1 << 20, partial: None, stop: None, describe: Some(&describe), whitening: None, augmentation: 0 };
     for backend in [&embedded as &dyn Backend, &postgres] {
         let summary = backend.reindex(&job, &mut |paths: &[PathBuf]| fake_embed(paths), &mut |_| {}).unwrap();
         assert_eq!(summary.unpriced, ["bags/00001.png"], "counted at index time");
@@ -521,4 +521,123 @@ fn words_and_prices_answer_alike_in_both_backends() {
         backend.reindex(&job, &mut |paths: &[PathBuf]| fake_embed(paths), &mut |_| {}).unwrap();
     }
     assert_eq!(described.get(), 2, "one text per backend");
+}
+
+#[test]
+fn whitening_is_stored_with_the_generation_kept_while_few_items_change_and_relearned_without_embedding() {
+    let Some(fixture) = fixture("whitening", 40) else { return };
+    let Fixture { url, scratch, catalogue, .. } = &fixture;
+    let embedded = Embedded::open(&scratch.path().join("index"));
+    let postgres = exact(url);
+    let key = key();
+    let settings = lookalike::index::whiten::WhiteningSettings { span: DIM / 2, components: 8, shrinkage: 0.1, relearn_share: 0.25 };
+    let whitened =
+        ReindexJob { catalogue, metadata: Path::new(""), key: &key, chunk: 64, max_image_bytes: 1 << 20, partial: None, stop: None, describe: None, whitening: Some(settings), augmentation: 0 };
+    fn embed(calls: &std::cell::Cell<usize>) -> impl FnMut(&[PathBuf]) -> Vec<Result<Vec<f32>, String>> + '_ {
+        move |paths: &[PathBuf]| {
+            calls.set(calls.get() + paths.len());
+            fake_embed(paths)
+        }
+    }
+    let raw_of = |id: &str| fake_embed(&[catalogue.join(id)]).pop().unwrap().unwrap();
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+    let stored = |backend: &dyn Backend, id: &str| {
+        let generation = backend.current().unwrap().unwrap();
+        let page = backend.search(&generation, &generation.query_vector(raw_of(id)), &in_order(&[id.split('/').next().unwrap()]), &params(1)).unwrap();
+        assert_eq!(ids(&page), [id], "{}: an item's own photo finds it first, whitened alike", backend.location());
+        backend.stored_vectors(&generation, &page.hits).unwrap().pop().unwrap()
+    };
+    let whitening_of = |backend: &dyn Backend| backend.current().unwrap().unwrap().whitening.clone().expect("a whitened generation");
+
+    let calls = std::cell::Cell::new(0);
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        let summary = backend.reindex(&whitened, &mut embed(&calls), &mut |_| {}).unwrap();
+        assert!(summary.whitening.as_deref().is_some_and(|w| w.contains("learned from 121 items, 0 changed")), "{:?}", summary.whitening);
+    }
+    let learned = whitening_of(&embedded);
+    assert_eq!(*whitening_of(&postgres), *learned, "both backends store the same whitening with the generation");
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        assert!(close(&stored(backend, "bags/00007.png"), &learned.apply(&raw_of("bags/00007.png"))), "stored whitened");
+    }
+
+    // One item added: only it is embedded, the whitening kept and aged by one change.
+    std::fs::write(catalogue.join("bags/new.png"), "0 5000").unwrap();
+    calls.set(0);
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        backend.reindex(&whitened, &mut embed(&calls), &mut |_| {}).unwrap();
+        let kept = whitening_of(backend);
+        assert_eq!((kept.learned_from, kept.changed_since), (121, 1), "{}", backend.location());
+        assert!(close(&stored(backend, "bags/new.png"), &learned.apply(&raw_of("bags/new.png"))), "the new item whitened by the kept whitening");
+    }
+    assert_eq!(calls.get(), 2, "one image embedded per backend");
+
+    // Over a quarter removed: learned again from the vectors the generation holds, nothing embedded.
+    for i in 0..35 {
+        std::fs::remove_file(catalogue.join(format!("coats/{i:05}.png"))).unwrap();
+    }
+    calls.set(0);
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        let summary = backend.reindex(&whitened, &mut embed(&calls), &mut |_| {}).unwrap();
+        let relearned = whitening_of(backend);
+        assert_eq!((relearned.learned_from, relearned.changed_since), (87, 0), "{}: {:?}", backend.location(), summary.whitening);
+        assert!(close(&stored(backend, "bags/00007.png"), &relearned.apply(&raw_of("bags/00007.png"))), "re-projected from its restored vector");
+    }
+    assert_eq!(calls.get(), 0, "relearning embeds nothing");
+
+    // Whitening off: the vectors as embedded, restored from the whitened ones.
+    let plain = ReindexJob { whitening: None, ..whitened };
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        backend.reindex(&plain, &mut embed(&calls), &mut |_| {}).unwrap();
+        assert!(backend.current().unwrap().unwrap().whitening.is_none());
+        assert!(close(&stored(backend, "shoes/00003.png"), &raw_of("shoes/00003.png")));
+    }
+    assert_eq!(calls.get(), 0);
+}
+
+#[test]
+fn database_side_augmentation_blends_neighbours_alike_and_keeps_each_vector_for_the_next_reindex() {
+    let Some(fixture) = fixture("augmentation", 30) else { return };
+    let Fixture { url, scratch, catalogue, .. } = &fixture;
+    let embedded = Embedded::open(&scratch.path().join("index"));
+    let postgres = exact(url);
+    let key = key();
+    let blending = ReindexJob { catalogue, metadata: Path::new(""), key: &key, chunk: 64, max_image_bytes: 1 << 20, partial: None, stop: None, describe: None, whitening: None, augmentation: 2 };
+    let calls = std::cell::Cell::new(0);
+    let mut embed = |paths: &[PathBuf]| {
+        calls.set(calls.get() + paths.len());
+        fake_embed(paths)
+    };
+    let raw_of = |id: &str| fake_embed(&[catalogue.join(id)]).pop().unwrap().unwrap();
+    let stored = |backend: &dyn Backend, id: &str| {
+        let generation = backend.current().unwrap().unwrap();
+        let page = backend.search(&generation, &raw_of(id), &in_order(&["coats"]), &params(3)).unwrap();
+        let hit = page.hits.iter().find(|h| h.item.id == id).unwrap_or_else(|| panic!("{id} among {:?}", ids(&page))).clone();
+        backend.stored_vectors(&generation, &[hit]).unwrap().pop().unwrap()
+    };
+    let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        backend.reindex(&blending, &mut embed, &mut |_| {}).unwrap();
+    }
+    let (a, b) = (stored(&embedded, "coats/00004.png"), stored(&postgres, "coats/00004.png"));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "both backends blend alike");
+    let own = raw_of("coats/00004.png");
+    assert!(cosine(&a, &own) < 0.999 && cosine(&a, &own) > 0.5, "blended with its neighbours, still itself first: {}", cosine(&a, &own));
+
+    // One item added: only it is embedded; every row is blended again from the kept vectors.
+    std::fs::write(catalogue.join("coats/new.png"), "1 4242").unwrap();
+    calls.set(0);
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        backend.reindex(&blending, &mut embed, &mut |_| {}).unwrap();
+    }
+    assert_eq!(calls.get(), 2, "one image per backend");
+
+    // Off again: each stored vector is the embedder's own, read back, nothing embedded.
+    calls.set(0);
+    let plain = ReindexJob { augmentation: 0, ..blending };
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        backend.reindex(&plain, &mut embed, &mut |_| {}).unwrap();
+        let back = stored(backend, "coats/00004.png");
+        assert!(back.iter().zip(&own).all(|(x, y)| (x - y).abs() < 1e-6), "{}: unblended", backend.location());
+    }
+    assert_eq!(calls.get(), 0);
 }

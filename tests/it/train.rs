@@ -56,7 +56,7 @@ fn train_resume_vote_and_eval() {
 
     // Fine-tuning the last layer of each backbone with its head: logged as its own phase; a
     // backbone that improved is saved beside its head, and the ensemble below loads it.
-    options.fine_tune_layers = 1;
+    options.fine_tune_stages = 1;
     let tuned = train(&mut backbones, Profile::Kit, &options).unwrap();
     let fine: Vec<_> = tuned.history.iter().filter(|r| r.phase == "fine-tune").collect();
     assert_eq!(fine.len(), 3, "{:?}", tuned.history);
@@ -70,7 +70,7 @@ fn train_resume_vote_and_eval() {
     let ensemble = Ensemble::load(&vision::backbones(Profile::Kit), &root.join("models"), &out, Device::Cpu).unwrap();
     assert_eq!(HeadsInfo::load(&out).unwrap().classes, ["cool", "warm"]);
     let image = lookalike::imaging::load(&data.join("warm/03.png"), options.limits).unwrap();
-    let result = &ensemble.classify(&[image]).unwrap()[0];
+    let result = &ensemble.classify(&[image], false).unwrap()[0];
     assert_eq!(result.vote.backbones.len(), 3);
     // Three backbones' unit vectors, concatenated and scaled: one unit vector.
     assert_eq!((result.pooled.len(), result.penultimate.len()), (1280 + 512 + 768, 3 * 1024));
@@ -82,8 +82,13 @@ fn train_resume_vote_and_eval() {
     for backbone in &result.vote.backbones {
         assert!((backbone.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
     }
-    let report = vision::eval::evaluate(&ensemble, &data, options.limits).unwrap();
+    let span = vision::ensemble::embedding_dim(lookalike::config::EmbeddingSource::Pooled, lookalike::config::Profile::Kit);
+    let whitening = lookalike::index::whiten::WhiteningSettings { span, components: 8, shrinkage: 0.1, relearn_share: 0.25 };
+    let report = vision::eval::evaluate(&ensemble, &data, options.limits, Some(whitening)).unwrap();
     assert_eq!(report.images, 28);
+    let whitened: Vec<_> = report.retrieval.iter().filter(|r| r.whitened).collect();
+    assert_eq!(whitened.len(), 1, "the combined vectors also measured whitened");
+    assert!((0.0..=1.0).contains(&whitened[0].precision_at_5) && whitened[0].precision_at_5 > 0.0);
     assert_eq!(report.skipped.len(), 1);
     assert!(report.vote.accuracy >= 0.75, "vote accuracy {}", report.vote.accuracy);
     let png = scratch.path().join("confusion.png");

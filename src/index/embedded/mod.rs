@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use super::rank::{self, dot, Candidate};
 use super::reindex::{self, Plan, Previous, Stored, Vector};
+use super::whiten::Whitening;
 use super::words::{self as shared, Ranked, Tally, WordsQuery};
 use super::{
-    Backend, CategoryCount, Embedder, EmbeddingKey, Failure, Generation, IndexError, Item, Page, Progress, ReindexError, ReindexGuard, ReindexJob, ReindexSummary, Scope, SearchMethod, SearchParams,
-    Snapshot,
+    Backend, CategoryCount, Embedder, EmbeddingKey, Failure, Generation, Hit, IndexError, Item, Page, Progress, ReindexError, ReindexGuard, ReindexJob, ReindexSummary, Scope, SearchMethod,
+    SearchParams, Snapshot,
 };
 use crate::words::PriceRange;
 
@@ -72,6 +73,13 @@ pub struct Manifest {
     pub text_dim: usize,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub text_sha256: String,
+    /// sha256 of `whitening.bin`; empty when the generation is not whitened.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub whitening_sha256: String,
+    /// sha256 of `own.f32`, the vectors before database-side augmentation blended them; empty
+    /// when nothing was blended.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub own_sha256: String,
 }
 
 /// An index generation: its manifest, its 4-bit codes and norms in memory, its full-precision
@@ -87,6 +95,10 @@ pub struct Index {
     texts: TextVectors,
     /// Built on the first search by words (see [`Index::full_text`]).
     full_text: OnceLock<Result<FullText, String>>,
+    /// What the stored vectors' descriptor parts are whitened by.
+    pub whitening: Option<Arc<Whitening>>,
+    /// The vectors before database-side augmentation blended them, when it did.
+    own: Option<store::Rows>,
 }
 
 impl std::fmt::Debug for FullText {
@@ -149,6 +161,8 @@ impl Index {
             codes_sha256: String::new(),
             text_dim: 0,
             text_sha256: String::new(),
+            whitening_sha256: String::new(),
+            own_sha256: String::new(),
         };
         Ok(Index::in_memory(manifest, matrix))
     }
@@ -165,7 +179,7 @@ impl Index {
     /// The index of these parts, with each row's price read from its metadata.
     fn assemble(manifest: Manifest, codes: Codes, norms: Vec<f32>, rows: store::Rows, texts: TextVectors) -> Index {
         let prices = manifest.items.iter().map(|item| item.metadata.price_value().map(|p| p as f32)).collect();
-        Index { manifest, codes, norms, rows, prices, texts, full_text: OnceLock::new() }
+        Index { manifest, codes, norms, rows, prices, texts, full_text: OnceLock::new(), whitening: None, own: None }
     }
 
     pub fn len(&self) -> usize {
@@ -347,6 +361,7 @@ impl Index {
             key: self.manifest.key.clone(),
             created_unix_s: self.manifest.created_unix_s,
             categories: self.category_counts(),
+            whitening: self.whitening.clone(),
             snapshot: Snapshot::Embedded(self),
         })
     }
@@ -404,6 +419,16 @@ impl Backend for Embedded {
         }
     }
 
+    fn stored_vectors(&self, generation: &Generation, hits: &[Hit]) -> Result<Vec<Vec<f32>>, IndexError> {
+        let Snapshot::Embedded(index) = &generation.snapshot else { return Err(not_ours()) };
+        let items = &index.manifest.items;
+        let rows: Vec<usize> = hits
+            .iter()
+            .map(|hit| items.iter().position(|item| item.id == hit.item.id).ok_or_else(|| IndexError::Unusable(format!("{} is not in generation {}", hit.item.id, generation.number))))
+            .collect::<Result<_, _>>()?;
+        Ok(index.vectors(&rows)?.chunks_exact(index.manifest.key.dim.max(1)).map(<[f32]>::to_vec).collect())
+    }
+
     fn lock_reindex(&self) -> Result<Box<dyn ReindexGuard + '_>, ReindexError> {
         Ok(Box::new(Locked { backend: self, _lock: ReindexLock::acquire(&self.dir)? }))
     }
@@ -438,11 +463,29 @@ impl Embedded {
             Ok(Some((latest, _))) if in_memory.as_ref().is_none_or(|m| latest.generation() > m.generation()) => Some(Arc::new(latest)),
             _ => in_memory,
         };
-        let plan = reindex::plan(job, previous.as_ref().map(|p| Previous { key: &p.manifest.key, items: &p.manifest.items, texts: p.texts_by_words() }), embed, progress)?;
+        let read = |rows: &[usize]| -> anyhow::Result<Vec<Vec<f32>>> {
+            let index = previous.as_ref().expect("only a previous generation is read");
+            let dim = index.manifest.key.dim.max(1);
+            let values = match &index.own {
+                Some(own) => own.read(rows, dim),
+                None => index.vectors(rows),
+            };
+            Ok(values.map_err(|err| anyhow::anyhow!("{err}"))?.chunks_exact(dim).map(<[f32]>::to_vec).collect())
+        };
+        let plan = reindex::plan(
+            job,
+            previous.as_ref().map(|p| Previous { key: &p.manifest.key, items: &p.manifest.items, texts: p.texts_by_words(), whitening: p.whitening.clone(), vectors: &read, blended: p.own.is_some() }),
+            embed,
+            progress,
+        )?;
         let Plan { rows, catalogue, failed, .. } = &plan;
+        let blended = rows.iter().any(|(_, stored)| stored.own.is_some());
+        let mut rows: Vec<(&Item, &Stored)> = rows.iter().map(|(item, stored)| (item, stored)).collect();
+        rows.sort_by(|a, b| (&a.0.category, &a.0.id).cmp(&(&b.0.category, &b.0.id)));
+        let own: Vec<f32> = if blended { rows.iter().flat_map(|(_, stored)| stored.own.clone().unwrap_or_default()).collect() } else { Vec::new() };
         let rows: Vec<DescribedRow> = rows
-            .iter()
-            .map(|(item, Stored { vector, text })| {
+            .into_iter()
+            .map(|(item, Stored { vector, text, .. })| {
                 let vector = match vector {
                     Vector::Reused(row) => {
                         previous.as_ref().expect("reused rows come from a previous generation").vectors(&[*row]).map_err(|err| anyhow::anyhow!("cannot reuse {}: {err}", item.id))?
@@ -455,6 +498,8 @@ impl Embedded {
         let newest_on_disk = store::generations(&self.dir)?.first().map_or(0, |g| g.0);
         let generation = newest_on_disk.max(previous.as_ref().map_or(0, |p| p.generation())) + 1;
         let mut index = Index::build_described(job.key.clone(), catalogue.clone(), generation, rows, failed.clone())?;
+        index.whitening = plan.whitening.clone();
+        index.own = blended.then_some(store::Rows::Memory(own));
         let path = index.save(&self.dir)?;
         index.warm();
         *self.served.write().expect("index lock") = Ok(Some(Arc::new(index).served()));
@@ -738,6 +783,11 @@ mod tests {
     }
 
     /// Writes a catalogue of small files whose bytes decide their vectors: byte 0 picks the axis.
+    /// A re-index of `catalogue` with nothing but the defaults: no metadata, no partial file.
+    fn plain_job<'a>(catalogue: &'a Path, key: &'a EmbeddingKey) -> ReindexJob<'a> {
+        ReindexJob { catalogue, metadata: Path::new(""), key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, partial: None, stop: None, describe: None, whitening: None, augmentation: 0 }
+    }
+
     fn write_files(root: &Path, files: &[(&str, &[u8])]) {
         for (id, bytes) in files {
             let path = root.join(id);
@@ -772,7 +822,7 @@ mod tests {
         // Sparse: 4 GiB on paper, nothing on disk; hashing it would read all of it.
         std::fs::File::create(catalogue.join("bag/huge.png")).unwrap().set_len(4 << 30).unwrap();
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, partial: None, stop: None, describe: None };
+        let job = plain_job(&catalogue, &key);
         let mut calls = Vec::new();
         let summary = Embedded::open(&index_dir).reindex(&job, &mut fake_embedder(&mut calls), &mut |_| {}).unwrap();
         assert_eq!(summary.vectors, 1);
@@ -786,7 +836,7 @@ mod tests {
         let (catalogue, index_dir) = (scratch.path().join("shop"), scratch.path().join("index"));
         write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("bag/a-copy.png", b"\x00a"), ("coat/c.png", b"\x02c"), ("coat/broken.png", b"bad"), ("coat/notes.txt", b"x")]);
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: EMBED_CHUNK, max_image_bytes: 1 << 20, partial: None, stop: None, describe: None };
+        let job = plain_job(&catalogue, &key);
         let backend = Embedded::open(&index_dir);
         let served = |backend: &Embedded| match &backend.current().unwrap().unwrap().snapshot {
             Snapshot::Embedded(index) => index.clone(),
@@ -837,7 +887,7 @@ mod tests {
         let (catalogue, index_dir, partial) = (scratch.path().join("shop"), scratch.path().join("index"), scratch.path().join("index/reindex-partial.bin"));
         write_files(&catalogue, &[("bag/a.png", b"\x00a"), ("bag/b.png", b"\x01b"), ("coat/c.png", b"\x02c"), ("coat/d.png", b"\x03d")]);
         let key = key(4);
-        let job = ReindexJob { catalogue: &catalogue, metadata: Path::new(""), key: &key, chunk: 1, max_image_bytes: 1 << 20, partial: Some(&partial), stop: None, describe: None };
+        let job = ReindexJob { chunk: 1, partial: Some(&partial), ..plain_job(&catalogue, &key) };
         let backend = Embedded::open(&index_dir);
         // A run killed when it reaches `file`: what it embedded before is kept.
         let dies_at = |file: &'static str| {

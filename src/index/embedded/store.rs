@@ -23,13 +23,17 @@ use super::{Index, Manifest};
 use crate::index::rank::dot;
 use crate::index::{IndexError, ReindexError};
 
-/// Version of the on-disk layout: 2 added the codes. A format 1 generation still loads (its
-/// vectors stay in memory and its codes are derived) until the next re-index writes format 2.
-pub const FORMAT: u32 = 2;
+/// Version of the on-disk layout: 2 added the codes, 3 the whitening and the unblended vectors
+/// (an older lookalike refuses a format 3 generation rather than compare raw queries with
+/// whitened vectors). A format 1 generation still loads (its vectors stay in memory and its
+/// codes are derived) until the next re-index writes the current format.
+pub const FORMAT: u32 = 3;
 pub(super) const MANIFEST: &str = "manifest.json";
 pub(super) const VECTORS: &str = "vectors.f32";
 pub(super) const CODES: &str = "codes.q4";
 pub(super) const TEXT: &str = "text.f32";
+pub(super) const WHITENING: &str = "whitening.bin";
+pub(super) const OWN: &str = "own.f32";
 pub(super) const LOCK: &str = "reindex.lock";
 /// Generations kept on disk: the newest and two to fall back to.
 const KEEP_GENERATIONS: usize = 3;
@@ -100,6 +104,16 @@ impl Index {
             self.manifest.text_sha256 = hex::encode(Sha256::digest(&bytes));
             write_synced(&partial.join(TEXT), &bytes)?;
         }
+        if let Some(Rows::Memory(own)) = &self.own {
+            let bytes: Vec<u8> = own.iter().flat_map(|value| value.to_le_bytes()).collect();
+            self.manifest.own_sha256 = hex::encode(Sha256::digest(&bytes));
+            write_synced(&partial.join(OWN), &bytes)?;
+        }
+        if let Some(whitening) = &self.whitening {
+            let bytes = whitening.to_bytes();
+            self.manifest.whitening_sha256 = hex::encode(Sha256::digest(&bytes));
+            write_synced(&partial.join(WHITENING), &bytes)?;
+        }
         self.manifest.quantizer = Some(self.codes.quantizer.clone());
         write_synced(&partial.join(CODES), &self.codes.bytes)?;
         write_synced(&partial.join(MANIFEST), &serde_json::to_vec_pretty(&self.manifest)?)?;
@@ -107,6 +121,9 @@ impl Index {
         std::fs::rename(&partial, &finished).with_context(|| format!("cannot move {} into place", finished.display()))?;
         sync_dir(dir)?;
         self.rows = Rows::File(std::fs::File::open(finished.join(VECTORS)).with_context(|| format!("cannot open {}", finished.join(VECTORS).display()))?);
+        if self.own.is_some() {
+            self.own = Some(Rows::File(std::fs::File::open(finished.join(OWN)).with_context(|| format!("cannot open {}", finished.join(OWN).display()))?));
+        }
         for (_, old) in generations(dir)?.into_iter().skip(KEEP_GENERATIONS) {
             if let Err(err) = std::fs::remove_dir_all(&old) {
                 tracing::warn!("cannot remove the old index generation {}: {err}", old.display());
@@ -159,7 +176,12 @@ impl Index {
         let actual = hex::encode(Sha256::digest(&codes));
         anyhow::ensure!(actual == manifest.codes_sha256, "{} is damaged: sha256 {actual}, the manifest says {}", path.join(CODES).display(), manifest.codes_sha256);
         let texts = load_texts(path, &manifest)?;
-        Ok(Index::assemble(manifest, Codes { quantizer, bytes: codes }, norms, Rows::File(file), texts))
+        let whitening = load_whitening(path, &manifest)?;
+        let own = load_own(path, &manifest)?;
+        let mut index = Index::assemble(manifest, Codes { quantizer, bytes: codes }, norms, Rows::File(file), texts);
+        index.whitening = whitening;
+        index.own = own;
+        Ok(index)
     }
 
     /// The newest generation under `dir` that loads and verifies, with a warning for each newer
@@ -184,6 +206,38 @@ impl Index {
         anyhow::ensure!(warnings.is_empty(), "no usable index generation in {}:\n{}\nre-index with `lookalike index`", dir.display(), warnings.join("\n"));
         Ok(None)
     }
+}
+
+/// The generation's unblended vectors, checked against the manifest (none when it has none).
+fn load_own(path: &Path, manifest: &Manifest) -> anyhow::Result<Option<Rows>> {
+    if manifest.own_sha256.is_empty() {
+        return Ok(None);
+    }
+    let file = path.join(OWN);
+    let mut opened = std::fs::File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let expected = (manifest.items.len() * manifest.key.dim * 4) as u64;
+    let size = opened.metadata()?.len();
+    anyhow::ensure!(size == expected, "{} has {size} bytes, the manifest says {expected}", file.display());
+    // Hashed in chunks, as `vectors.f32` is: the file stays on disk.
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, &mut opened), &mut hasher).with_context(|| format!("cannot read {}", file.display()))?;
+    let actual = hex::encode(hasher.finalize());
+    anyhow::ensure!(actual == manifest.own_sha256, "{} is damaged: sha256 {actual}, the manifest says {}", file.display(), manifest.own_sha256);
+    Ok(Some(Rows::File(opened)))
+}
+
+/// The generation's whitening, checked against the manifest (none when it has none).
+fn load_whitening(path: &Path, manifest: &Manifest) -> anyhow::Result<Option<std::sync::Arc<crate::index::whiten::Whitening>>> {
+    if manifest.whitening_sha256.is_empty() {
+        return Ok(None);
+    }
+    let file = path.join(WHITENING);
+    let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    anyhow::ensure!(actual == manifest.whitening_sha256, "{} is damaged: sha256 {actual}, the manifest says {}", file.display(), manifest.whitening_sha256);
+    let whitening = crate::index::whiten::Whitening::from_bytes(&bytes).with_context(|| format!("{} is damaged", file.display()))?;
+    anyhow::ensure!(whitening.settings.span <= manifest.key.dim, "{} whitens {} entries of {}-d vectors", file.display(), whitening.settings.span, manifest.key.dim);
+    Ok(Some(std::sync::Arc::new(whitening)))
 }
 
 /// The generation's sentence vectors, checked against the manifest (none when it has none).
