@@ -7,8 +7,9 @@
 //! Both share what makes them answer the same: the exact scoring and ranking ([`rank`]: both
 //! metrics on every hit, category scopes with bonuses, thresholds, near-duplicate folding,
 //! pages) and the incremental re-index plan ([`reindex`]: content hashes, duplicates stored
-//! once, only new and changed files embedded, in four steps: inventory, reuse, embed,
-//! assemble). A re-index runs forwards: the caller takes the backend's re-index guard
+//! once, only new and changed files embedded; then the descriptor part whitened, learned again
+//! only once enough of the catalogue changed, and optionally blended with each item's
+//! neighbours, the unblended vectors kept; see [`whiten`]). A re-index runs forwards: the caller takes the backend's re-index guard
 //! ([`Backend::lock_reindex`]), edits the catalogue if it means to, then re-indexes through the
 //! guard; failures are [`ReindexError`] variants. No torch and no Discord: vectors come from an
 //! embedding function the caller passes in.

@@ -29,8 +29,9 @@ pub struct WhiteningSettings {
     pub relearn_share: f32,
 }
 
-/// Rows a whitening is learned from at most, spread evenly over the catalogue: learning from
-/// 2,000 rows of 2,560 entries takes about 4 s here (2-core AMD EPYC).
+/// Rows a whitening is learned from at most, spread evenly over the catalogue: 987 rows of
+/// 2,560 entries took 2.8 s here (2-core AMD EPYC); the Gram matrix grows with the square of
+/// the rows, so this cap bounds learning at about four times that, whatever the catalogue.
 const MAX_SAMPLE: usize = 2000;
 
 /// Rounds of subspace iteration for the principal directions.
