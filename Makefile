@@ -6,6 +6,11 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TORCH := 2.4.0
 TORCHVISION := 0.19.0
+# open_clip: the reference the CLIP ViT-B/32 port is checked against; its wheel also carries the
+# BPE vocabulary (bpe_simple_vocab_16e6.txt.gz). --no-deps so pip leaves torch alone: its other
+# needs (regex, tqdm, huggingface-hub, safetensors) come with transformers, timm is optional.
+OPEN_CLIP := 3.3.0
+FTFY := 6.3.1
 # Pure-JS TensorFlow.js: the reference the nsfwjs InceptionV3 port is checked against.
 TFJS := @tensorflow/tfjs-core@4.22.0 @tensorflow/tfjs-backend-cpu@4.22.0 @tensorflow/tfjs-layers@4.22.0
 
@@ -19,6 +24,8 @@ TFJS := @tensorflow/tfjs-core@4.22.0 @tensorflow/tfjs-backend-cpu@4.22.0 @tensor
 setup:
 	@$(PYTHON) -c "import sys; from importlib.metadata import version as v; sys.exit(v('torch').split('+')[0] != '$(TORCH)' or v('torchvision').split('+')[0] != '$(TORCHVISION)' or int(v('transformers').split('.')[0]) >= 5)" 2>/dev/null \
 		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check torch==$(TORCH) torchvision==$(TORCHVISION) "transformers<5"
+	@$(PYTHON) -c "import sys; from importlib.metadata import version as v; sys.exit(v('open_clip_torch') != '$(OPEN_CLIP)' or v('ftfy') != '$(FTFY)' or not v('wcwidth'))" 2>/dev/null \
+		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps open-clip-torch==$(OPEN_CLIP) ftfy==$(FTFY) wcwidth
 	@$(PYTHON) models/setup.py install
 	@test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf -a -f /usr/share/wordnet/data.noun \
 		|| $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-dejavu-core wordnet-base

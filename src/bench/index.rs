@@ -64,7 +64,7 @@ pub(super) fn service(config: &Config, root: &Path, profile: Profile, backbones:
         let device = backbones[0].device;
         let heads = backbones.iter().map(|b| Head::new(b.spec.feature_dim, FASHION_MNIST_CLASSES.len() as i64, device)).collect();
         let info = HeadsInfo { profile, classes: FASHION_MNIST_CLASSES.iter().map(|c| c.to_string()).collect(), backbones: backbones.iter().map(|b| b.spec.id.to_string()).collect() };
-        Ok(Ensemble { backbones, heads, info, descriptor: Default::default() })
+        Ok(Ensemble { backbones, heads, info, descriptor: Default::default(), clip: None })
     })?;
     service.warm_up()?;
     Ok(service)

@@ -147,16 +147,17 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()
         .map_err(|err| anyhow::anyhow!("sample photos missing ({err}): run `make setup`"))?;
     let device_choice = config.models.device;
+    let clip_models = models_dir.clone();
     let worker = ModelWorker::spawn(move || {
         let device = vision_mod::device(device_choice)?;
         let backbones = vision_mod::backbones(profile).into_iter().map(|spec| Backbone::load(spec, &models_dir, device)).collect::<anyhow::Result<Vec<_>>>()?;
         let classes: Vec<String> = (0..10).map(|i| format!("class{i}")).collect();
         let heads = backbones.iter().map(|b| Head::new(b.spec.feature_dim, 10, device)).collect();
         let info = HeadsInfo { profile, classes, backbones: backbones.iter().map(|b| b.spec.id.to_string()).collect() };
-        Ok(Ensemble { backbones, heads, info, descriptor: Default::default() })
+        Ok(Ensemble { backbones, heads, info, descriptor: Default::default(), clip: None })
     })?;
     let rounds = rounds.max(1);
-    let (ensemble_times, bare_times, decode_times, epoch_times, device) = worker.run_blocking(move |ensemble: &mut Ensemble| -> anyhow::Result<_> {
+    let (ensemble_times, bare_times, decode_times, epoch_times, device, clip_times, clip_real) = worker.run_blocking(move |ensemble: &mut Ensemble| -> anyhow::Result<_> {
         let ready: Vec<Vec<Tensor>> = photos
             .iter()
             .map(|bytes| {
@@ -165,14 +166,14 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?;
         let decoded: Vec<image::RgbImage> = photos.iter().map(|bytes| imaging::decode(bytes, limits)).collect::<Result<_, _>>()?;
-        let run_ensemble = |image: &image::RgbImage| -> anyhow::Result<()> {
+        let run_ensemble = |ensemble: &Ensemble, image: &image::RgbImage| -> anyhow::Result<()> {
             let classified = ensemble.classify(std::slice::from_ref(image), true)?;
             std::hint::black_box(classified[0].vote.tally());
             Ok(())
         };
         let run_bare = |tensors: &[Tensor]| bare_forwards(&ensemble.backbones, tensors);
         for (image, tensors) in decoded.iter().zip(&ready) {
-            run_ensemble(image)?;
+            run_ensemble(ensemble, image)?;
             run_bare(tensors);
         }
         let (mut full, mut bare, mut decode) = (Vec::new(), Vec::new(), Vec::new());
@@ -182,7 +183,7 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
                 std::hint::black_box(imaging::decode(bytes, limits)?);
                 decode.push(started.elapsed());
                 let started = Instant::now();
-                run_ensemble(image)?;
+                run_ensemble(ensemble, image)?;
                 full.push(started.elapsed());
                 bare.push(run_bare(tensors));
             }
@@ -190,6 +191,25 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
         full.sort();
         bare.sort();
         decode.sort();
+
+        // The same query with the clip embedder's image tower as well (index.embedding = "clip"):
+        // its real weights when installed, else ViT-B/32 with random ones (the same arithmetic).
+        let (clip, real) = match crate::clip::weights(&clip_models) {
+            Ok(path) => (crate::clip::Clip::load(&path, None, crate::clip::Towers::Image, ensemble.backbones[0].device)?, true),
+            Err(_) => (crate::clip::Clip::untrained(crate::clip::Shape::VIT_B_32, crate::clip::Towers::Image, None, ensemble.backbones[0].device), false),
+        };
+        ensemble.clip = Some(clip);
+        run_ensemble(ensemble, &decoded[0])?;
+        let mut with_clip = Vec::new();
+        for _ in 0..rounds {
+            for image in &decoded {
+                let started = Instant::now();
+                run_ensemble(ensemble, image)?;
+                with_clip.push(started.elapsed());
+            }
+        }
+        with_clip.sort();
+        ensemble.clip = None;
 
         // One epoch of the three heads over 2,700 cached images, 10 classes, batch 64.
         let device = ensemble.backbones[0].device;
@@ -206,7 +226,7 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
             epochs.push(started.elapsed());
         }
         epochs.sort();
-        Ok((full, bare, decode, epochs, device))
+        Ok((full, bare, decode, epochs, device, with_clip, real))
     })??;
     let p50 = |times: &[Duration]| percentile(times, 0.5);
     println!("vision, profile {profile}, device {device:?}, {} libtorch threads, {rounds} rounds over 3 sample photos", tch::get_num_threads());
@@ -218,6 +238,9 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
     let ratio = |a: &[Duration], b: &[Duration]| p50(a).as_secs_f64() / p50(b).as_secs_f64();
     println!("ensemble overhead over the bare passes at p50: {:+.1}%  (target <= 10%)", 100.0 * (ratio(&ensemble_times, &bare_times) - 1.0));
     println!("with decoding as well: {:+.1}%", 100.0 * ((p50(&ensemble_times) + p50(&decode_times)).as_secs_f64() / p50(&bare_times).as_secs_f64() - 1.0));
+    let weights = if clip_real { "its weights" } else { "random ViT-B/32 weights: not installed" };
+    row(&format!("the same + the clip image tower ({weights})"), &clip_times);
+    println!("clip embedder query / {profile} query at p50: {:.2}x  (target <= 1.5x)", ratio(&clip_times, &ensemble_times));
     println!("one head-training epoch, 3 heads, 2,700 cached images, batch 64: p50 {:.2} s  (target < 2 s; the chapter took 257 s)", p50(&epoch_times).as_secs_f64());
     Ok(())
 }

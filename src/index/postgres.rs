@@ -446,7 +446,8 @@ impl Backend for Postgres {
                 })
                 .collect()
         };
-        let rankings = |depth: usize| -> Result<(Vec<Ranked>, Vec<Ranked>), IndexError> {
+        let rankings = |depth: usize| -> Result<Vec<Vec<Ranked>>, IndexError> {
+            let pictures = shared::picture_ranking(|vector, deep| self.search(generation, vector, scopes, deep), query, generation.key.dim, scopes, params, depth)?;
             let depth = depth as i64;
             let found = self.read.with(|client| {
                 let mut lists = (Vec::new(), Vec::new());
@@ -466,7 +467,7 @@ impl Backend for Postgres {
                 }
                 Ok(lists)
             })?;
-            Ok((read(found.0)?, read(found.1)?))
+            Ok(vec![read(found.0)?, read(found.1)?, pictures])
         };
         shared::fuse_deepening(rankings, scopes, params)
     }

@@ -13,6 +13,9 @@ pub struct WordsQuery {
     pub terms: Vec<String>,
     /// The sentence's MiniLM vector; empty when no sentence model is loaded (full text alone).
     pub vector: Vec<f32>,
+    /// The sentence's clip vector, compared with the items' picture vectors when they are the
+    /// clip embedder's (true text-to-image search); empty otherwise.
+    pub pictures: Vec<f32>,
 }
 
 /// How many items of the searched categories there are, and how many a sentence's words keep.
@@ -57,21 +60,42 @@ pub fn depth(wanted: usize) -> usize {
 /// Deepest a ranking goes when variants folded into their products leave a page short.
 const DEPTH_MAX: usize = 100_000;
 
-/// [`fuse`] over the two rankings `rankings(depth)` gives (full text, sentence vectors),
-/// deepened four times over while the page is short and a ranking was cut at its depth: folding
-/// a product's variants into one hit leaves fewer hits than candidates.
-pub fn fuse_deepening(mut rankings: impl FnMut(usize) -> Result<(Vec<Ranked>, Vec<Ranked>), super::IndexError>, scopes: &[Scope], params: &super::SearchParams) -> Result<Page, super::IndexError> {
+/// [`fuse`] over the rankings `rankings(depth)` gives (full text, sentence vectors, and with the
+/// clip embedder the pictures), deepened four times over while the page is short and a ranking
+/// was cut at its depth: folding a product's variants into one hit leaves fewer hits than
+/// candidates.
+pub fn fuse_deepening(mut rankings: impl FnMut(usize) -> Result<Vec<Vec<Ranked>>, super::IndexError>, scopes: &[Scope], params: &super::SearchParams) -> Result<Page, super::IndexError> {
     let (offset, k) = (params.offset, params.k);
     let mut depth = depth(offset + k + 1);
     loop {
-        let (full_text, semantic) = rankings(depth)?;
-        let cut = full_text.len() >= depth || semantic.len() >= depth;
-        let page = fuse(full_text, semantic, scopes, offset, k, params.variants_apart);
+        let lists = rankings(depth)?;
+        let cut = lists.iter().any(|list| list.len() >= depth);
+        let page = fuse(lists, scopes, offset, k, params.variants_apart);
         if page.more || !cut || depth >= DEPTH_MAX {
             return Ok(page);
         }
         depth *= 4;
     }
+}
+
+/// The pictures' ranking for words alone: the sentence's clip vector searched as a photo's is
+/// (`search`, over generations of `dim`-wide vectors), `depth` hits deep, variants apart (the
+/// fusion folds them). Empty when the query has no clip vector or the generation's vectors are
+/// not the clip embedder's.
+pub fn picture_ranking(
+    search: impl FnOnce(&[f32], &super::SearchParams) -> Result<Page, super::IndexError>,
+    query: &WordsQuery,
+    dim: usize,
+    scopes: &[Scope],
+    params: &super::SearchParams,
+    depth: usize,
+) -> Result<Vec<Ranked>, super::IndexError> {
+    if query.pictures.is_empty() || query.pictures.len() != dim {
+        return Ok(Vec::new());
+    }
+    let deep = super::SearchParams { k: depth, offset: 0, variants_apart: true, ..*params };
+    let page = search(&query.pictures, &deep)?;
+    Ok(page.hits.into_iter().filter_map(|hit| Some(Ranked { scope: scopes.iter().position(|s| s.category == hit.item.category)?, item: hit.item, text: None })).collect())
 }
 
 /// One ranking's candidate: the item, its scope's position in the query's scopes, and (for the
@@ -83,14 +107,13 @@ pub struct Ranked {
     pub text: Option<(f32, f32)>,
 }
 
-/// Fuses the full-text ranking and the sentence-vector ranking (each best first) by reciprocal
+/// Fuses the rankings (full text, sentence vectors, pictures; each best first) by reciprocal
 /// rank (plus the candidate's scope's bonus, once), orders by (scope rank, fused score, id) and
-/// cuts the page. Candidates are the same
-/// item when their ids are.
-pub fn fuse(full_text: Vec<Ranked>, semantic: Vec<Ranked>, scopes: &[Scope], offset: usize, k: usize, variants_apart: bool) -> Page {
+/// cuts the page. Candidates are the same item when their ids are.
+pub fn fuse(lists: Vec<Vec<Ranked>>, scopes: &[Scope], offset: usize, k: usize, variants_apart: bool) -> Page {
     let mut fused: Vec<(Ranked, f32)> = Vec::new();
     let mut slot_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for list in [full_text, semantic] {
+    for list in lists {
         for (position, candidate) in list.into_iter().enumerate() {
             let score = 1.0 / (RRF_K + position as f32 + 1.0);
             match slot_of.get(&candidate.item.id) {
@@ -132,11 +155,11 @@ mod tests {
         let scopes = [Scope { category: "bag".into(), rank: 0, bonus: 0.0 }];
         let full_text = vec![ranked("a", 0), ranked("both", 0)];
         let semantic = vec![ranked("b", 0), ranked("both", 0)];
-        let page = fuse(full_text, semantic, &scopes, 0, 2, false);
+        let page = fuse(vec![full_text, semantic], &scopes, 0, 2, false);
         assert_eq!(page.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["both", "a"], "ties (a, b) go by id");
         assert!((page.hits[0].score - 2.0 / 62.0).abs() < 1e-6);
         assert!(page.more);
-        let second = fuse(vec![ranked("a", 0), ranked("both", 0)], vec![ranked("b", 0), ranked("both", 0)], &scopes, 2, 2, false);
+        let second = fuse(vec![vec![ranked("a", 0), ranked("both", 0)], vec![ranked("b", 0), ranked("both", 0)]], &scopes, 2, 2, false);
         assert_eq!(second.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["b"]);
         assert!(!second.more);
     }
@@ -144,7 +167,7 @@ mod tests {
     #[test]
     fn scopes_of_a_lower_rank_come_first() {
         let scopes = [Scope { category: "bag".into(), rank: 0, bonus: 0.0 }, Scope { category: "coat".into(), rank: 1, bonus: 0.0 }];
-        let page = fuse(vec![ranked("coat-best", 1), ranked("bag-second", 0)], Vec::new(), &scopes, 0, 5, false);
+        let page = fuse(vec![vec![ranked("coat-best", 1), ranked("bag-second", 0)], Vec::new()], &scopes, 0, 5, false);
         assert_eq!(page.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["bag-second", "coat-best"]);
     }
 }

@@ -41,6 +41,9 @@ pub(super) struct Understood {
     pub(super) vote: ImageVote,
     /// The vector the index is searched with (`index.embedding`).
     pub(super) embedding: Vec<f32>,
+    /// Words alone with the clip embedder: the sentence's clip vector, compared with the items'
+    /// pictures. Empty otherwise.
+    pub(super) pictures: Vec<f32>,
     pub(super) intent: Option<Intent>,
     /// Waiting in the queue, before its batch started.
     pub(super) queue_ms: f64,
@@ -134,6 +137,7 @@ fn classify_group(models: &mut Models, group: Vec<Pending>, key: &EmbeddingKey, 
         };
         let _ = answer.send(Ok(Understood {
             embedding: classification.embedding(source),
+            pictures: Vec::new(),
             vote: classification.vote,
             intent,
             queue_ms: millis(started.duration_since(queued)),

@@ -180,6 +180,9 @@ fn millis(duration: Duration) -> f64 {
 /// layers, and for embeddings with a head part the heads).
 fn embedding_key(config: &Config) -> anyhow::Result<EmbeddingKey> {
     let source = config.index.embedding;
+    if source == EmbeddingSource::Clip {
+        return clip_key(config);
+    }
     let backbones: Vec<String> = vision::backbones(config.models.profile).iter().map(|s| s.id.to_string()).collect();
     let dir = &config.models.heads_dir;
     let files = backbones.iter().flat_map(|b| std::iter::once(heads::tuned_backbone_path(dir, b)).chain((source != EmbeddingSource::Pooled).then(|| heads::head_path(dir, b))));
@@ -190,6 +193,24 @@ fn embedding_key(config: &Config) -> anyhow::Result<EmbeddingKey> {
         source: source.as_str().to_string(),
         pooling: if source == EmbeddingSource::Head { String::new() } else { vision::ensemble::Descriptor::from_config(config).key() },
         dim: vision::ensemble::embedding_dim(source, config.models.profile),
+    })
+}
+
+/// The clip embedder's vectors depend on its weights alone: the sha256 `models fetch clip`
+/// recorded beside them (hashing 605 MB at every start would take seconds), else the file's own.
+fn clip_key(config: &Config) -> anyhow::Result<EmbeddingKey> {
+    let weights = crate::clip::weights(&config.models.dir)?;
+    let recorded = std::fs::read_to_string(format!("{}.sha256", weights.display())).ok().and_then(|line| line.split_whitespace().next().map(str::to_string));
+    Ok(EmbeddingKey {
+        profile: "clip".to_string(),
+        weights_sha256: match recorded {
+            Some(sha) => sha,
+            None => sha256_of_files([weights], false)?,
+        },
+        backbones: vec![crate::clip::WEIGHTS.to_string()],
+        source: EmbeddingSource::Clip.as_str().to_string(),
+        pooling: String::new(),
+        dim: crate::clip::DIM,
     })
 }
 
@@ -224,7 +245,8 @@ impl SearchService {
         let key = embedding_key(config)?;
         let vocabulary = Vocabulary::from_config(&config.text)?;
         let text = config.text.clone();
-        let paths = TextModelPaths::new(&config.models.dir, &config.text);
+        let mut paths = TextModelPaths::new(&config.models.dir, &config.text);
+        paths.pictures = config.index.embedding == EmbeddingSource::Clip;
         let loaded = key.clone();
         let worker = ModelWorker::spawn(move || {
             let ensemble = ensemble()?;
@@ -350,7 +372,7 @@ impl SearchService {
             .map(|(position, (category, &bonus))| Scope { category: category.clone(), rank: if decision.ranked_together { 0 } else { position }, bonus })
             .collect();
         let probe = match by_words {
-            true => Probe::Words(WordsQuery { terms: crate::words::terms(text.as_deref().unwrap_or_default()), vector: understood.embedding }),
+            true => Probe::Words(WordsQuery { terms: crate::words::terms(text.as_deref().unwrap_or_default()), vector: understood.embedding, pictures: understood.pictures }),
             false => Probe::Image(understood.embedding),
         };
         let find = Find {
@@ -422,8 +444,8 @@ impl SearchService {
         Ok(Looked { understood, photo_colours, decode_ms, recoloured_to })
     }
 
-    /// Words alone: the model thread reads the sentence's category and its MiniLM vector; no
-    /// backbone runs.
+    /// Words alone: the model thread reads the sentence's category, its MiniLM vector and, with
+    /// the clip embedder, its clip vector; no backbone runs.
     async fn read_words(&self, text: String) -> Result<Understood, SearchError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let queued = Instant::now();
@@ -434,8 +456,9 @@ impl SearchService {
                 let mut read = || -> anyhow::Result<Understood> {
                     let intent = models.intent.read(&crate::words::for_category(&text))?;
                     let vector = models.intent.sentence_vectors(std::slice::from_ref(&text))?.map(|mut v| v.remove(0)).unwrap_or_default();
+                    let pictures = models.intent.picture_vectors(std::slice::from_ref(&text))?.map(|mut v| v.remove(0)).unwrap_or_default();
                     let (queue_ms, text_ms) = (millis(started - queued), millis(started.elapsed()));
-                    Ok(Understood { vote: ImageVote::default(), embedding: vector, intent: Some(intent), queue_ms, vision_ms: 0.0, text_ms, batch: 1 })
+                    Ok(Understood { vote: ImageVote::default(), embedding: vector, pictures, intent: Some(intent), queue_ms, vision_ms: 0.0, text_ms, batch: 1 })
                 };
                 let _ = answer.send(read().map_err(|err| SearchError::Models(format!("{err:#}"))));
             })

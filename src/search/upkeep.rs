@@ -88,13 +88,8 @@ impl HeadsSource {
 
     /// Loads the ensemble from the heads folder (run it on the model thread).
     pub(super) fn loader(&self) -> impl Fn() -> anyhow::Result<Ensemble> + Send + 'static {
-        let models = self.config.models.clone();
-        let descriptor = vision::ensemble::Descriptor::from_config(&self.config);
-        move || {
-            let mut ensemble = Ensemble::load(&vision::backbones(models.profile), &models.dir, &models.heads_dir, vision::placement(&models)?)?;
-            ensemble.descriptor = descriptor.clone();
-            Ok(ensemble)
-        }
+        let config = self.config.clone();
+        move || Ensemble::from_config(&config)
     }
 }
 

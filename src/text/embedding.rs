@@ -1,5 +1,6 @@
-//! The embedding method: all-MiniLM-L6-v2 similarity to each category's lines, a temperature
-//! softmax with a "none" class, and the temperature's calibration on the categories file.
+//! The embedding methods: similarity to each category's lines by a sentence encoder (MiniLM for
+//! "embedding", the clip embedder's text tower for "clip"), a temperature softmax with a "none"
+//! class, and the temperature's calibration on the categories file.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -24,10 +25,22 @@ const GENERIC_REQUESTS: [&str; 10] = [
     "similar item please",
 ];
 
-/// Cosine similarity with all-MiniLM-L6-v2 to several lines per category, turned into scores by
+/// A model that turns sentences into unit vectors.
+pub trait SentenceEncoder {
+    fn encode(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>>;
+}
+
+impl SentenceEncoder for crate::clip::Clip {
+    fn encode(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+        Ok(crate::clip::rows(&self.embed_texts(texts)?))
+    }
+}
+
+/// Cosine similarity by a sentence encoder to several lines per category, turned into scores by
 /// a temperature softmax over the categories and a "none" class.
 pub struct Embedding {
-    model: Rc<MiniLm>,
+    model: Rc<dyn SentenceEncoder>,
+    method: TextMethod,
     /// Per category, the unit vectors of its [`prototype_texts`].
     prototypes: Vec<Vec<Vec<f32>>>,
     generic: Vec<Vec<f32>>,
@@ -40,15 +53,27 @@ pub struct Embedding {
 /// a few requests, the file's synonyms and WordNet's definitions. The first `sentences` of
 /// them (the description and the definitions) read like what a shopper writes, so
 /// [`calibrate`] asks them.
-fn prototype_texts(category: &Category) -> (Vec<String>, usize) {
+///
+/// For CLIP, whose text tower learned captions of pictures, the name and each synonym go
+/// through a small prompt ensemble (as in the CLIP paper's zero-shot classifiers) instead.
+fn prototype_texts(category: &Category, method: TextMethod) -> (Vec<String>, usize) {
     let name = category.name.replace('-', " ");
     let mut texts = vec![category.description.clone()];
     texts.extend(category.definitions.iter().cloned());
     let sentences = texts.len();
+    if method == TextMethod::Clip {
+        for word in std::iter::once(&name).chain(&category.synonyms) {
+            texts.extend(CLIP_PROMPTS.iter().map(|prompt| prompt.replace("{}", word)));
+        }
+        return (texts, sentences);
+    }
     texts.extend([name.clone(), format!("a {name}"), format!("a {name} like this"), format!("I am looking for a {name}")]);
     texts.extend(category.synonyms.iter().cloned());
     (texts, sentences)
 }
+
+/// The clip method's prompts for a category's name and each synonym.
+const CLIP_PROMPTS: [&str; 5] = ["a photo of a {}.", "a product photo of a {}.", "a photo of the {}.", "a {} for sale.", "a {} like this"];
 
 /// all-MiniLM-L6-v2, loaded once on the model thread: the embedding method compares sentences
 /// with categories by it, and the index embeds items' texts and searches words by it.
@@ -88,41 +113,43 @@ impl MiniLm {
     pub fn installed(model_dir: &Path) -> bool {
         model_dir.join("model.safetensors").exists()
     }
+}
 
-    /// Unit vectors of `texts`, in order.
-    pub fn encode<S: AsRef<str> + Send + Sync>(&self, texts: &[S]) -> anyhow::Result<Vec<Vec<f32>>> {
+impl SentenceEncoder for MiniLm {
+    fn encode(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
         Ok(unit_rows(self.model.encode(texts)?))
     }
 }
 
 impl Embedding {
     pub fn load(model_dir: &Path, vocabulary: &Vocabulary, config: &TextConfig) -> anyhow::Result<Embedding> {
-        Embedding::with_model(Rc::new(MiniLm::load(model_dir)?), vocabulary, config)
+        Embedding::with_model(Rc::new(MiniLm::load(model_dir)?), TextMethod::Embedding, vocabulary, config)
     }
 
-    /// The method over a MiniLM already loaded (the reader shares its own).
-    pub fn with_model(model: Rc<MiniLm>, vocabulary: &Vocabulary, config: &TextConfig) -> anyhow::Result<Embedding> {
+    /// The method over an encoder already loaded (the reader shares its own): `method` is
+    /// `Embedding` for MiniLM, `Clip` for the clip embedder's text tower.
+    pub fn with_model(model: Rc<dyn SentenceEncoder>, method: TextMethod, vocabulary: &Vocabulary, config: &TextConfig) -> anyhow::Result<Embedding> {
         let mut prototypes = Vec::new();
         let mut sentences = Vec::new();
         for category in &vocabulary.category {
-            let (texts, count) = prototype_texts(category);
+            let (texts, count) = prototype_texts(category, method);
             prototypes.push(model.encode(&texts)?);
             sentences.push(count);
         }
-        let generic = model.encode(&GENERIC_REQUESTS)?;
+        let generic = model.encode(&GENERIC_REQUESTS.map(String::from))?;
         let none_floor = config.embedding_none_cosine;
         let (temperature, origin) = match config.embedding_temperature {
             Temperature::Fixed(value) => (value, "text.embedding_temperature"),
             Temperature::Auto => (calibrate(&prototypes, &sentences, &generic, none_floor), "calibrated on the categories file"),
         };
         let lines: usize = prototypes.iter().map(Vec::len).sum();
-        tracing::info!("the embedding method compares a sentence with {lines} lines for {} categories; temperature {temperature:.3} ({origin})", prototypes.len());
-        Ok(Embedding { model, prototypes, generic, temperature, none_floor })
+        tracing::info!("the {method:?} method compares a sentence with {lines} lines for {} categories; temperature {temperature:.3} ({origin})", prototypes.len());
+        Ok(Embedding { model, method, prototypes, generic, temperature, none_floor })
     }
 
-    /// The bare MiniLM forward pass for one sentence: the baseline the benchmark compares with.
+    /// The bare encoder's pass for one sentence: the baseline the benchmark compares with.
     pub fn encode(&self, text: &str) -> anyhow::Result<Vec<f32>> {
-        Ok(self.model.model.encode(&[text])?.remove(0))
+        Ok(self.model.encode(&[text.to_string()])?.remove(0))
     }
 }
 
@@ -200,7 +227,7 @@ fn calibrate(prototypes: &[Vec<Vec<f32>>], sentences: &[usize], generic: &[Vec<f
 
 impl IntentMethod for Embedding {
     fn kind(&self) -> TextMethod {
-        TextMethod::Embedding
+        self.method
     }
 
     fn scores(&mut self, sentence: &Sentence) -> anyhow::Result<Vec<f32>> {

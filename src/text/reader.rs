@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use super::embedding::MiniLm;
+use super::embedding::{MiniLm, SentenceEncoder};
 use super::{Embedding, Intent, IntentMethod, Lexical, MethodScores, Nli, Sentence, Vocabulary};
 use crate::config::{TextConfig, TextMethod};
 
@@ -15,17 +15,26 @@ pub struct IntentReader {
     /// MiniLM, shared with the embedding method: items' texts and words-only queries are
     /// embedded by it. None when the kit's copy is not installed and no method needs it.
     sentences: Option<Rc<MiniLm>>,
+    /// The clip embedder's text tower, shared with the clip method; with `pictures`, words-only
+    /// queries are also compared with the items' pictures by it.
+    clip: Option<Rc<crate::clip::Clip>>,
+    pictures: bool,
 }
 
 /// Where the text models live, from the models folder and the config.
 pub struct TextModelPaths {
     pub minilm_dir: PathBuf,
     pub nli_dir: PathBuf,
+    /// The models folder, where the clip embedder's files are.
+    pub models_dir: PathBuf,
+    /// Whether the catalogue's vectors are the clip embedder's (`index.embedding = "clip"`), so
+    /// that a sentence's clip vector can be compared with them.
+    pub pictures: bool,
 }
 
 impl TextModelPaths {
     pub fn new(models_dir: &Path, config: &TextConfig) -> TextModelPaths {
-        TextModelPaths { minilm_dir: models_dir.join("kit/all-MiniLM-L6-v2"), nli_dir: config.nli_model_dir.clone() }
+        TextModelPaths { minilm_dir: models_dir.join("kit/all-MiniLM-L6-v2"), nli_dir: config.nli_model_dir.clone(), models_dir: models_dir.to_path_buf(), pictures: false }
     }
 }
 
@@ -37,14 +46,28 @@ impl IntentReader {
             true => Some(Rc::new(MiniLm::load(&paths.minilm_dir)?)),
             false => None,
         };
+        let clip = match methods.contains(&TextMethod::Clip) || paths.pictures {
+            true => {
+                let weights = crate::clip::weights(&paths.models_dir)?;
+                Some(Rc::new(crate::clip::Clip::load(&weights, Some(&paths.models_dir.join(crate::clip::VOCABULARY)), crate::clip::Towers::Text, tch::Device::Cpu)?))
+            }
+            false => None,
+        };
         for method in methods {
             loaded.push(match method {
                 TextMethod::Lexical => Box::new(Lexical { categories: vocabulary.category.len() }),
-                TextMethod::Embedding => Box::new(Embedding::with_model(sentences.clone().expect("loaded above"), &vocabulary, config)?),
+                TextMethod::Embedding => Box::new(Embedding::with_model(sentences.clone().expect("loaded above") as Rc<dyn SentenceEncoder>, TextMethod::Embedding, &vocabulary, config)?),
+                TextMethod::Clip => Box::new(Embedding::with_model(clip.clone().expect("loaded above") as Rc<dyn SentenceEncoder>, TextMethod::Clip, &vocabulary, config)?),
                 TextMethod::Nli => Box::new(Nli::load(&paths.nli_dir, vocabulary.names(), &config.nli_template)?),
             });
         }
-        Ok(IntentReader { vocabulary, methods: loaded, min_score: config.min_score, sentences })
+        Ok(IntentReader { vocabulary, methods: loaded, min_score: config.min_score, sentences, clip, pictures: paths.pictures })
+    }
+
+    /// The clip embedder's unit vectors of `texts`, to compare with the items' pictures; None
+    /// unless the catalogue's vectors are the clip embedder's.
+    pub fn picture_vectors(&self, texts: &[String]) -> anyhow::Result<Option<Vec<Vec<f32>>>> {
+        self.clip.as_ref().filter(|_| self.pictures).map(|model| model.encode(texts)).transpose()
     }
 
     /// MiniLM unit vectors of `texts` (items' words, a shopper's sentence); None when MiniLM is

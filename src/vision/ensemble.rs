@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+use super::preprocess::{Normalisation, Preprocess, Resample};
 use super::{Backbone, BackboneSpec, Placement};
 use crate::config::{EmbeddingSource, Profile};
 use crate::decide::{BackboneVote, ImageVote};
@@ -294,6 +295,8 @@ pub struct Classification {
     pub pooled: Vec<f32>,
     /// From the heads' penultimate layers.
     pub penultimate: Vec<f32>,
+    /// The clip embedder's unit vector; empty when it is not loaded.
+    pub clip: Vec<f32>,
 }
 
 impl Classification {
@@ -304,6 +307,7 @@ impl Classification {
             EmbeddingSource::Pooled => self.pooled.clone(),
             EmbeddingSource::Head => self.penultimate.clone(),
             EmbeddingSource::Combined => self.pooled.iter().chain(&self.penultimate).map(|x| x * std::f32::consts::FRAC_1_SQRT_2).collect(),
+            EmbeddingSource::Clip => self.clip.clone(),
         }
     }
 }
@@ -317,6 +321,7 @@ pub fn embedding_dim(source: EmbeddingSource, profile: Profile) -> usize {
         EmbeddingSource::Pooled => pooled,
         EmbeddingSource::Head => head,
         EmbeddingSource::Combined => pooled + head,
+        EmbeddingSource::Clip => crate::clip::DIM,
     }
 }
 
@@ -325,7 +330,7 @@ pub fn embedding_dim(source: EmbeddingSource, profile: Profile) -> usize {
 pub fn whitening(config: &crate::config::Config) -> Option<WhiteningSettings> {
     let index = &config.index;
     let span = match index.embedding {
-        EmbeddingSource::Head => 0,
+        EmbeddingSource::Head | EmbeddingSource::Clip => 0,
         EmbeddingSource::Pooled | EmbeddingSource::Combined => embedding_dim(EmbeddingSource::Pooled, config.models.profile),
     };
     (index.whitening && span > 0).then_some(WhiteningSettings { span, components: index.whitening_components, shrinkage: index.whitening_shrinkage, relearn_share: index.whitening_relearn_share })
@@ -344,9 +349,29 @@ pub struct Ensemble {
     pub info: HeadsInfo,
     /// How descriptors are pooled; the default unless the caller sets it from the config.
     pub descriptor: Descriptor,
+    /// The clip embedder's image tower, when `index.embedding = "clip"`: the vote stays the
+    /// backbones', the vectors searched are its.
+    pub clip: Option<crate::clip::Clip>,
 }
 
+/// The clip embedder's input: open_clip's eval transform.
+pub const CLIP_INPUT: Preprocess = Preprocess { resize: 224, crop: 224, normalisation: Normalisation::Clip, resample: Resample::Bicubic };
+
 impl Ensemble {
+    /// The ensemble `config` asks for: its profile's backbones with the heads of
+    /// `models.heads_dir`, descriptors as `index` says, and the clip embedder's image tower
+    /// when `index.embedding = "clip"`.
+    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Ensemble> {
+        let models = &config.models;
+        let placement = super::placement(models)?;
+        let mut ensemble = Ensemble::load(&super::backbones(models.profile), &models.dir, &models.heads_dir, placement)?;
+        ensemble.descriptor = Descriptor::from_config(config);
+        if config.index.embedding == EmbeddingSource::Clip {
+            ensemble.clip = Some(crate::clip::Clip::load(&crate::clip::weights(&models.dir)?, None, crate::clip::Towers::Image, placement.device)?);
+        }
+        Ok(ensemble)
+    }
+
     pub fn load(specs: &[BackboneSpec], models_dir: &Path, heads_dir: &Path, placement: impl Into<Placement>) -> anyhow::Result<Ensemble> {
         let placement = placement.into();
         let info = HeadsInfo::load(heads_dir)?;
@@ -372,7 +397,7 @@ impl Ensemble {
             head.vars.load(&path).with_context(|| format!("cannot load the head {}", path.display()))?;
             heads.push(head);
         }
-        Ok(Ensemble { backbones, heads, info, descriptor: Descriptor::default() })
+        Ok(Ensemble { backbones, heads, info, descriptor: Descriptor::default(), clip: None })
     }
 
     /// Classifies a batch: each backbone runs over all images (once, or once per pass the
@@ -385,6 +410,10 @@ impl Ensemble {
             let to_cpu = |t: Tensor| t.to_device(Device::Cpu).to_kind(Kind::Float);
             (probabilities, to_cpu(mean_cosine_embedding(&descriptors)), to_cpu(mean_cosine_embedding(&hidden)))
         });
+        let clip = match &self.clip {
+            Some(clip) => crate::clip::rows(&clip.embed_pixels(&CLIP_INPUT.batch(images, clip.device()))?),
+            None => vec![Vec::new(); images.len()],
+        };
         let read = |tensor: Tensor, what: &str, row: i64| Vec::<f32>::try_from(tensor).with_context(|| format!("libtorch gave back no {what} for image {row} of the batch"));
         (0..images.len() as i64)
             .map(|row| {
@@ -398,6 +427,7 @@ impl Ensemble {
                     vote: ImageVote { categories: self.info.classes.clone(), backbones },
                     pooled: read(pooled.get(row), "pooled features", row)?,
                     penultimate: read(penultimate.get(row), "head features", row)?,
+                    clip: clip[row as usize].clone(),
                 })
             })
             .collect()
@@ -457,12 +487,15 @@ mod tests {
             v.iter().map(|x| x / n).collect::<Vec<f32>>()
         };
         let vote = || ImageVote { categories: vec![], backbones: vec![] };
-        let (a, b) =
-            (Classification { vote: vote(), pooled: unit(&[1.0, 0.0]), penultimate: unit(&[1.0, 1.0]) }, Classification { vote: vote(), pooled: unit(&[0.0, 1.0]), penultimate: unit(&[1.0, 1.0]) });
+        let (a, b) = (
+            Classification { vote: vote(), pooled: unit(&[1.0, 0.0]), penultimate: unit(&[1.0, 1.0]), clip: vec![0.6, 0.8] },
+            Classification { vote: vote(), pooled: unit(&[0.0, 1.0]), penultimate: unit(&[1.0, 1.0]), clip: Vec::new() },
+        );
         let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
         let (ca, cb) = (a.embedding(EmbeddingSource::Combined), b.embedding(EmbeddingSource::Combined));
         assert!((dot(&ca, &ca) - 1.0).abs() < 1e-6);
         assert!((dot(&ca, &cb) - 0.5).abs() < 1e-6, "mean of cosine 0 (pooled) and cosine 1 (head)");
+        assert_eq!(a.embedding(EmbeddingSource::Clip), [0.6, 0.8], "the clip embedder's vector as it came");
     }
 
     #[test]

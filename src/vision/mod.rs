@@ -19,7 +19,7 @@ use anyhow::Context;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::config::{DeviceChoice, ModelsConfig, Precision, Profile};
-use preprocess::{Normalisation, Preprocess};
+use preprocess::{Normalisation, Preprocess, Resample};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -53,7 +53,7 @@ impl BackboneSpec {
     }
 }
 
-const IMAGENET_224: Preprocess = Preprocess { resize: 256, crop: 224, normalisation: Normalisation::ImageNet };
+const IMAGENET_224: Preprocess = Preprocess { resize: 256, crop: 224, normalisation: Normalisation::ImageNet, resample: Resample::Bilinear };
 
 /// The three backbones of a profile.
 pub fn backbones(profile: Profile) -> [BackboneSpec; 3] {
@@ -63,21 +63,21 @@ pub fn backbones(profile: Profile) -> [BackboneSpec; 3] {
                 id: "efficientnet_lite0",
                 architecture: Architecture::EfficientNetLite0,
                 weights: "kit/efficientnet_lite0.safetensors",
-                preprocess: Preprocess { resize: 256, crop: 224, normalisation: Normalisation::Centred128 },
+                preprocess: Preprocess { resize: 256, crop: 224, normalisation: Normalisation::Centred128, resample: Resample::Bilinear },
                 feature_dim: 1280,
             },
             BackboneSpec {
                 id: "squeezenet1_1",
                 architecture: Architecture::SqueezeNet11,
                 weights: "kit/squeezenet1_1.safetensors",
-                preprocess: Preprocess { resize: 256, crop: 227, normalisation: Normalisation::CaffeBgr([104.006, 116.669, 122.679]) },
+                preprocess: Preprocess { resize: 256, crop: 227, normalisation: Normalisation::CaffeBgr([104.006, 116.669, 122.679]), resample: Resample::Bilinear },
                 feature_dim: 512,
             },
             BackboneSpec {
                 id: "inception_v3_mixed5",
                 architecture: Architecture::InceptionV3(nets::InceptionLayout::KerasToMixed5),
                 weights: "kit/inception_v3_mixed5.safetensors",
-                preprocess: Preprocess { resize: 299, crop: 299, normalisation: Normalisation::PlusMinusOne },
+                preprocess: Preprocess { resize: 299, crop: 299, normalisation: Normalisation::PlusMinusOne, resample: Resample::Bilinear },
                 feature_dim: 768,
             },
         ],
@@ -88,7 +88,7 @@ pub fn backbones(profile: Profile) -> [BackboneSpec; 3] {
                 id: "inception_v3",
                 architecture: Architecture::InceptionV3(nets::InceptionLayout::Torchvision),
                 weights: "chapter/inception_v3.safetensors",
-                preprocess: Preprocess { resize: 342, crop: 299, normalisation: Normalisation::ImageNet },
+                preprocess: Preprocess { resize: 342, crop: 299, normalisation: Normalisation::ImageNet, resample: Resample::Bilinear },
                 feature_dim: 2048,
             },
         ],

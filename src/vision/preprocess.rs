@@ -14,6 +14,15 @@ pub enum Normalisation {
     Centred128,
     /// x / 127.5 - 1 (Keras InceptionV3).
     PlusMinusOne,
+    /// x / 255, minus OpenAI's CLIP mean, over its std, RGB (open_clip).
+    Clip,
+}
+
+/// The antialiased filter the resize uses (PIL's, as torchvision and open_clip ask for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    Bilinear,
+    Bicubic,
 }
 
 /// Resize the shorter side to `resize`, centre-crop `crop` x `crop`, normalise.
@@ -22,6 +31,19 @@ pub struct Preprocess {
     pub resize: u32,
     pub crop: u32,
     pub normalisation: Normalisation,
+    pub resample: Resample,
+}
+
+/// The first kept pixel of a centre crop, as torchvision places it: half the margin, rounded
+/// half to even (Python's `round`).
+fn centre_offset(resized: i64, crop: i64) -> i64 {
+    let margin = resized - crop;
+    let half = margin / 2;
+    if margin % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
 }
 
 /// A resized axis longer than this many crops is cut to the part the crop keeps before
@@ -35,12 +57,12 @@ const MAX_RESIZED_CROPS: i64 = 4;
 /// Returns (first source pixel, source pixels, resized length, first kept resized pixel).
 fn axis_window(source: i64, resized: i64, crop: i64) -> (i64, i64, i64, i64) {
     if resized <= MAX_RESIZED_CROPS * crop {
-        return (0, source, resized, (resized - crop) / 2);
+        return (0, source, resized, centre_offset(resized, crop));
     }
     let scale = resized as f64 / source as f64;
-    // Antialiased bilinear reads one source pixel each side when enlarging, 1/scale when shrinking.
-    let reach = (1.0f64).max(1.0 / scale).ceil() as i64 + 2;
-    let kept = (resized - crop) / 2;
+    // Antialiased bicubic reads two source pixels each side when enlarging, 2/scale when shrinking.
+    let reach = 2 * (1.0f64).max(1.0 / scale).ceil() as i64 + 2;
+    let kept = centre_offset(resized, crop);
     let first = ((kept as f64 / scale).floor() as i64 - reach).max(0);
     let last = ((((kept + crop) as f64) / scale).ceil() as i64 + reach).min(source);
     let window_resized = (((last - first) as f64) * scale).round() as i64;
@@ -117,12 +139,18 @@ impl Preprocess {
     fn resize_crop_normalise(&self, pixels: &tch::Tensor) -> tch::Tensor {
         let (height, width) = (pixels.size()[1], pixels.size()[2]);
         let crop = self.crop as i64;
-        let scale = self.resize as f64 / width.min(height) as f64;
-        let (new_height, new_width) = (((height as f64 * scale).round() as i64).max(crop), ((width as f64 * scale).round() as i64).max(crop));
+        // torchvision's sizes: the shorter side to `resize`, the longer scaled and truncated.
+        let (resize, short) = (self.resize as i64, width.min(height));
+        let (new_height, new_width) = ((resize * height / short).max(crop), (resize * width / short).max(crop));
         let (top, rows, resized_rows, crop_top) = axis_window(height, new_height, crop);
         let (left, columns, resized_columns, crop_left) = axis_window(width, new_width, crop);
         let chw = pixels.narrow(1, top, rows).narrow(2, left, columns).permute([0, 3, 1, 2]).to_kind(tch::Kind::Float);
-        let resized = if (resized_rows, resized_columns) == (rows, columns) { chw } else { chw.internal_upsample_bilinear2d_aa([resized_rows, resized_columns], false, None, None) };
+        let resized = match self.resample {
+            _ if (resized_rows, resized_columns) == (rows, columns) => chw,
+            Resample::Bilinear => chw.internal_upsample_bilinear2d_aa([resized_rows, resized_columns], false, None, None),
+            // Bicubic overshoots: PIL clamps to 0-255, and so does this.
+            Resample::Bicubic => chw.internal_upsample_bicubic2d_aa([resized_rows, resized_columns], false, None, None).clamp(0.0, 255.0),
+        };
         let cropped = resized.narrow(2, crop_top, crop).narrow(3, crop_left, crop);
         let device = pixels.device();
         let per_channel = |values: [f32; 3]| tch::Tensor::from_slice(&values).view([1, 3, 1, 1]).to_device(device);
@@ -131,6 +159,7 @@ impl Preprocess {
             Normalisation::CaffeBgr(means) => cropped.flip([1]) - per_channel(means),
             Normalisation::Centred128 => (cropped - 127.0) / 128.0,
             Normalisation::PlusMinusOne => cropped / 127.5 - 1.0,
+            Normalisation::Clip => (cropped / 255.0 - per_channel(crate::clip::MEAN)) / per_channel(crate::clip::STD),
         }
         .contiguous()
     }
@@ -144,17 +173,17 @@ mod tests {
     fn normalisations_match_their_formulas() {
         let image = RgbImage::from_pixel(8, 8, image::Rgb([255, 128, 0]));
         let at = |t: &tch::Tensor| -> Vec<f32> { (0..3).map(|c| t.double_value(&[c, 0, 0]) as f32).collect() };
-        let imagenet = Preprocess { resize: 8, crop: 4, normalisation: Normalisation::ImageNet }.tensor(&image);
+        let imagenet = Preprocess { resize: 8, crop: 4, normalisation: Normalisation::ImageNet, resample: Resample::Bilinear }.tensor(&image);
         assert_eq!(imagenet.size(), [3, 4, 4]);
         let expected = [(1.0 - 0.485) / 0.229, (128.0 / 255.0 - 0.456) / 0.224, (0.0 - 0.406) / 0.225];
         for (got, want) in at(&imagenet).iter().zip(expected) {
             assert!((got - want).abs() < 1e-5);
         }
-        let caffe = Preprocess { resize: 8, crop: 4, normalisation: Normalisation::CaffeBgr([104.0, 117.0, 123.0]) }.tensor(&image);
+        let caffe = Preprocess { resize: 8, crop: 4, normalisation: Normalisation::CaffeBgr([104.0, 117.0, 123.0]), resample: Resample::Bilinear }.tensor(&image);
         assert_eq!(at(&caffe), [0.0 - 104.0, 128.0 - 117.0, 255.0 - 123.0], "blue first");
-        let lite = Preprocess { resize: 8, crop: 4, normalisation: Normalisation::Centred128 }.tensor(&image);
+        let lite = Preprocess { resize: 8, crop: 4, normalisation: Normalisation::Centred128, resample: Resample::Bilinear }.tensor(&image);
         assert_eq!(at(&lite), [1.0, 1.0 / 128.0, -127.0 / 128.0]);
-        let keras = Preprocess { resize: 8, crop: 4, normalisation: Normalisation::PlusMinusOne }.tensor(&image);
+        let keras = Preprocess { resize: 8, crop: 4, normalisation: Normalisation::PlusMinusOne, resample: Resample::Bilinear }.tensor(&image);
         assert!((at(&keras)[1] - (128.0 / 127.5 - 1.0)).abs() < 1e-6);
     }
 
@@ -163,7 +192,7 @@ mod tests {
         // A red stripe in the middle third of a wide image: after resizing the short side to
         // 100 and cropping 100x100, the stripe fills the centre and blue the edges.
         let image = RgbImage::from_fn(400, 200, |x, _| if (150..250).contains(&x) { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) });
-        let out = Preprocess { resize: 100, crop: 100, normalisation: Normalisation::Centred128 }.tensor(&image);
+        let out = Preprocess { resize: 100, crop: 100, normalisation: Normalisation::Centred128, resample: Resample::Bilinear }.tensor(&image);
         assert_eq!(out.size(), [3, 100, 100]);
         let red = |x: i64| out.double_value(&[0, 50, x]);
         assert!((red(50) - 1.0).abs() < 1e-6, "centre is red");
@@ -178,7 +207,7 @@ mod tests {
             .enumerate()
             .map(|(n, &(w, h))| RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + n as u32 * 50) as u8, (y * 5) as u8, (x + y) as u8])))
             .collect();
-        let preprocess = Preprocess { resize: 36, crop: 32, normalisation: Normalisation::ImageNet };
+        let preprocess = Preprocess { resize: 36, crop: 32, normalisation: Normalisation::ImageNet, resample: Resample::Bilinear };
         let batch = preprocess.batch(&images, tch::Device::Cpu);
         assert_eq!(batch.size(), [4, 3, 32, 32]);
         for (n, image) in images.iter().enumerate() {
@@ -192,7 +221,7 @@ mod tests {
         // Unbounded, a 10,000 x 1 strip would be resized to 2,560,000 x 256 floats (7.9 GB).
         let strip = RgbImage::from_fn(10_000, 1, |x, _| if (4_990..5_010).contains(&x) { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) });
         assert!(axis_window(10_000, 2_560_000, 224).1 < 10, "only the columns that reach the crop are resized");
-        let out = Preprocess { resize: 256, crop: 224, normalisation: Normalisation::Centred128 }.tensor(&strip);
+        let out = Preprocess { resize: 256, crop: 224, normalisation: Normalisation::Centred128, resample: Resample::Bilinear }.tensor(&strip);
         assert_eq!(out.size(), [3, 224, 224]);
         assert!((out.double_value(&[0, 100, 112]) - 1.0).abs() < 1e-5, "the red centre survives the cut");
         // An ordinary 4:1 panorama is not cut: the same pixels as resizing the whole image.

@@ -11,6 +11,7 @@
 mod common;
 
 mod cli;
+mod clip;
 mod discord;
 mod feed;
 mod index;

@@ -499,7 +499,16 @@ fn words_and_prices_answer_alike_in_both_backends() {
     assert_eq!(got.hits.len(), 10, "a full page: more than 10 items qualify");
     assert!(got.hits.iter().all(|h| h.item.metadata.price_value().is_some_and(|p| p <= 12.0)), "{:?}", ids(&got));
 
-    let words = lookalike::index::WordsQuery { terms: vec!["canvas".into()], vector: text_vector("canvas") };
+    // Words compared with the pictures (the clip embedder's case): a sentence vector of the
+    // pictures' width ranks them as a photo would, in both backends.
+    let by_picture = lookalike::index::WordsQuery { terms: vec!["zzzz".into()], vector: Vec::new(), pictures: query.clone() };
+    for backend in [&embedded as &dyn Backend, &postgres] {
+        let generation = backend.current().unwrap().unwrap();
+        let page = backend.search_words(&generation, &by_picture, &in_order(&["bags", "coats"]), &under_12).unwrap();
+        assert_eq!(ids(&page)[..3], ids(&want)[..3], "{}: the pictures' ranking", backend.location());
+    }
+
+    let words = lookalike::index::WordsQuery { terms: vec!["canvas".into()], vector: text_vector("canvas"), pictures: Vec::new() };
     for backend in [&embedded as &dyn Backend, &postgres] {
         let generation = backend.current().unwrap().unwrap();
         let page = backend.search_words(&generation, &words, &all, &under_12).unwrap();

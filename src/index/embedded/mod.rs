@@ -309,11 +309,12 @@ impl Index {
         let keep = |row: usize| scope_of[row].is_some() && params.price.admits(self.prices[row]);
         let ranked = |row: usize, text: Option<(f32, f32)>| Ranked { item: self.manifest.items[row].clone(), scope: scope_of[row].expect("kept rows are in a scope"), text };
         let full_text = self.full_text()?;
-        let rankings = |depth: usize| -> Result<(Vec<Ranked>, Vec<Ranked>), IndexError> {
+        let rankings = |depth: usize| -> Result<Vec<Vec<Ranked>>, IndexError> {
             let matched = full_text.search(&query.terms, depth, keep).map_err(|err| IndexError::Unusable(format!("full-text search failed: {err:#}")))?;
             let full: Vec<Ranked> = matched.into_iter().map(|(row, _)| ranked(row, self.text_scores(row, &query.vector))).collect();
             let semantic: Vec<Ranked> = self.texts.search(&query.vector, depth, keep).into_iter().map(|(row, cosine, distance)| ranked(row, Some((cosine, distance)))).collect();
-            Ok((full, semantic))
+            let pictures = shared::picture_ranking(|vector, deep| self.search_scopes(vector, scopes, deep), query, self.manifest.key.dim, scopes, params, depth)?;
+            Ok(vec![full, semantic, pictures])
         };
         shared::fuse_deepening(rankings, scopes, params)
     }
@@ -565,7 +566,7 @@ mod tests {
     fn words_are_searched_by_full_text_and_meaning_inside_the_price_range() {
         let index = shop();
         let scopes = [Scope { category: "bag".into(), rank: 0, bonus: 0.0 }, Scope { category: "coat".into(), rank: 0, bonus: 0.0 }];
-        let query = WordsQuery { terms: vec!["canvas".into(), "totes".into()], vector: unit(&[1.0, 0.0]) };
+        let query = WordsQuery { terms: vec!["canvas".into(), "totes".into()], vector: unit(&[1.0, 0.0]), ..WordsQuery::default() };
         let page = index.search_words(&query, &scopes, &params(3)).unwrap();
         let ids: Vec<&str> = page.hits.iter().map(|h| h.item.id.as_str()).collect();
         assert_eq!(ids[..2], ["bag/tote", "bag/duffel"], "\"totes\" finds the tote (stemmed), first in both rankings");
@@ -586,6 +587,25 @@ mod tests {
         let (loaded, _) = Index::open_latest(dir.path()).unwrap().unwrap();
         assert_eq!(loaded.manifest.text_dim, 2);
         assert_eq!(loaded.search_words(&query, &scopes, &params(3)).unwrap(), index.search_words(&query, &scopes, &params(3)).unwrap(), "text.f32 comes back as it went");
+    }
+
+    #[test]
+    fn with_the_clip_embedder_words_are_also_compared_with_the_pictures() {
+        let row = |id: &str, picture: [f32; 3], text: [f32; 2]| (item(id), (unit(&picture), unit(&text)));
+        let rows = vec![row("bag/tote", [1.0, 0.0, 0.0], [1.0, 0.0]), row("bag/clutch", [0.0, 1.0, 0.0], [1.0, 0.1]), row("bag/duffel", [0.0, 0.0, 1.0], [0.9, 0.3])];
+        let index = Index::build_described(key(3), PathBuf::from("catalogue"), 1, rows, Vec::new()).unwrap();
+        let scopes = [Scope { category: "bag".into(), rank: 0, bonus: 0.0 }];
+        // No word matches and no sentence vector: the pictures alone rank.
+        let query = WordsQuery { terms: vec!["velvet".into()], vector: Vec::new(), pictures: unit(&[0.1, 1.0, 0.0]) };
+        let page = index.search_words(&query, &scopes, &params(3)).unwrap();
+        assert_eq!(page.hits.iter().map(|h| h.item.id.as_str()).collect::<Vec<_>>(), ["bag/clutch", "bag/tote", "bag/duffel"]);
+        // Fused with the text: the tote leads the sentence vectors, the clutch the pictures; an
+        // item high in both (the clutch, second by text) comes first.
+        let both = WordsQuery { vector: unit(&[1.0, 0.0]), ..query.clone() };
+        assert_eq!(index.search_words(&both, &scopes, &params(1)).unwrap().hits[0].item.id, "bag/clutch");
+        // A clip vector that is not this generation's width (the catalogue not yet re-embedded) is left out.
+        let stale = WordsQuery { pictures: unit(&[1.0, 0.0]), ..query };
+        assert!(index.search_words(&stale, &scopes, &params(3)).unwrap().hits.is_empty());
     }
 
     #[test]
