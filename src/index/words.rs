@@ -80,7 +80,8 @@ pub fn fuse_deepening(mut rankings: impl FnMut(usize) -> Result<Vec<Vec<Ranked>>
 
 /// The pictures' ranking for words alone: the sentence's clip vector searched as a photo's is
 /// (`search`, over generations of `dim`-wide vectors), `depth` hits deep, variants apart (the
-/// fusion folds them). Empty when the query has no clip vector or the generation's vectors are
+/// fusion folds them), whatever their similarity (`index.min_similarity` is a photo's bar; a
+/// sentence's cosine with a picture is on another scale, and only ranks count here). Empty when the query has no clip vector or the generation's vectors are
 /// not the clip embedder's.
 pub fn picture_ranking(
     search: impl FnOnce(&[f32], &super::SearchParams) -> Result<Page, super::IndexError>,
@@ -93,7 +94,7 @@ pub fn picture_ranking(
     if query.pictures.is_empty() || query.pictures.len() != dim {
         return Ok(Vec::new());
     }
-    let deep = super::SearchParams { k: depth, offset: 0, variants_apart: true, ..*params };
+    let deep = super::SearchParams { k: depth, offset: 0, variants_apart: true, min_similarity: -2.0, ..*params };
     let page = search(&query.pictures, &deep)?;
     Ok(page.hits.into_iter().filter_map(|hit| Some(Ranked { scope: scopes.iter().position(|s| s.category == hit.item.category)?, item: hit.item, text: None })).collect())
 }

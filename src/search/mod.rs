@@ -536,8 +536,12 @@ impl Find {
     fn run(self, probe: Probe, scopes: &[Scope], params: &SearchParams) -> Result<(Page, Vec<String>), IndexError> {
         let (backend, generation) = (self.backend.as_ref(), self.generation.as_ref());
         let mut lines = Vec::new();
-        if let Probe::Words(_) = probe {
-            lines.push("no photo: the items' titles, descriptions and tags searched by full text and by meaning (MiniLM), fused by rank".to_string());
+        if let Probe::Words(words) = &probe {
+            lines.push(match words.pictures.len() == generation.key.dim {
+                true => "no photo: the items' titles, descriptions and tags searched by full text and by meaning (MiniLM), and their pictures compared with the sentence (clip), fused by rank",
+                false => "no photo: the items' titles, descriptions and tags searched by full text and by meaning (MiniLM), fused by rank",
+            }
+            .to_string());
         }
         // The photo's vector whitened as the generation's stored vectors are.
         let probe = match probe {

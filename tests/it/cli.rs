@@ -1,5 +1,5 @@
 //! The `lookalike` binary end to end: help, config errors, `models list` on the installed kit,
-//! and `models fetch chapter` against loopback servers (never the internet).
+//! and `models fetch chapter` / `models fetch clip` against loopback servers (never the internet).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -162,6 +162,7 @@ fn models_list_reports_damaged_and_missing_files_with_the_fix() {
     assert!(line("vgg16").contains("missing"), "{table}");
     assert!(table.contains("config.json has sha256 44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"), "{table}");
     assert!(table.contains("make setup") && table.contains("lookalike models fetch chapter"), "{table}");
+    assert!(line("clip_vit_b32_laion2b").contains("missing") && table.contains("lookalike models fetch clip"), "{table}");
 }
 
 #[test]
@@ -199,8 +200,15 @@ fn fetch_chapter_deletes_a_download_with_the_wrong_hash() {
 }
 
 #[test]
-fn fetch_chapter_downloads_checks_and_converts_to_safetensors() {
+fn fetch_chapter_and_clip_download_check_and_convert_to_safetensors() {
     let _turn = heavy_commands();
+    for bundle in ["chapter", "clip"] {
+        fetch_one(bundle);
+    }
+}
+
+/// `models fetch <bundle>` of a one-layer model served on loopback.
+fn fetch_one(bundle: &str) {
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("tiny.pth");
     let made = Command::new("python3")
@@ -218,37 +226,37 @@ fn fetch_chapter_downloads_checks_and_converts_to_safetensors() {
     let manifest = format!(
         r#"[[model]]
 id = "tiny"
-profile = "chapter"
+profile = "{bundle}"
 role = "backbone"
 architecture = "one linear layer"
 licence = "none"
 input = "3"
 preprocessing = "none"
 source = {{ kind = "url", package = "test", version = "0", artefact = "tiny-{prefix}.pth", sha256 = "{sha}", member = "" }}
-files = [ {{ path = "chapter/tiny.safetensors", sha256 = "", url = "https://example.invalid/models/tiny-{prefix}.pth", url_sha256_prefix = "{prefix}", convert = "torch-pickle" }} ]
+files = [ {{ path = "{bundle}/tiny.safetensors", sha256 = "", url = "https://example.invalid/models/tiny-{prefix}.pth", url_sha256_prefix = "{prefix}", convert = "torch-pickle" }} ]
 "#,
         prefix = &sha[..8]
     );
     let models = scratch_models(&manifest);
     let env = [("LOOKALIKE__MODELS__DIR", models.path().to_str().unwrap()), ("LOOKALIKE_FETCH_MIRROR", origin.as_str())];
-    let output = lookalike(&["models", "fetch", "chapter"], &env);
+    let output = lookalike(&["models", "fetch", bundle], &env);
     assert!(output.status.success(), "{}", text(&output.stderr));
 
-    let installed = models.path().join("chapter/tiny.safetensors");
+    let installed = models.path().join(format!("{bundle}/tiny.safetensors"));
     let data = std::fs::read(&installed).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&data).unwrap();
     let weight = tensors.tensor("fc.weight").unwrap();
     assert_eq!(weight.shape(), &[3, 2]);
     let values: Vec<f32> = weight.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     assert_eq!(values, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0], "a transposed view must be stored in its logical layout");
-    assert!(models.path().join("chapter/tiny.safetensors.sha256").exists(), "the installed hash is recorded");
+    assert!(models.path().join(format!("{bundle}/tiny.safetensors.sha256")).exists(), "the installed hash is recorded");
 
     let listed = lookalike(&["models", "list", "--json"], &env);
     let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(rows[0]["files"][0][1]["state"], "verified", "{rows}");
 
-    let again = lookalike(&["models", "fetch", "chapter"], &env);
-    assert!(text(&again.stdout).contains("every chapter model is installed"), "{}", text(&again.stdout));
+    let again = lookalike(&["models", "fetch", bundle], &env);
+    assert!(text(&again.stdout).contains(&format!("every {bundle} model is installed")), "{}", text(&again.stdout));
 }
 
 #[test]

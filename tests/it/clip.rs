@@ -64,3 +64,53 @@ fn clip_matches_open_clip_for_the_same_weights() {
     assert!(pixel_error[0] < 1e-5 && whole_gaps[0] < 1e-6, "a 224 x 224 picture is not resized: the same pixels");
     assert!(whole_gaps.iter().all(|gap| *gap <= 1e-4), "resized pictures stay within 1e-4 of PIL's: {whole_gaps:?}");
 }
+
+/// A models folder with the kit and a small clip embedder of random weights (ViT-B/32's layout,
+/// two layers, narrow), for the wiring; the parity test above holds the arithmetic.
+fn models_with_a_small_clip(scratch: &std::path::Path) -> PathBuf {
+    let models = scratch.join("models");
+    std::fs::create_dir_all(models.join("clip")).unwrap();
+    std::os::unix::fs::symlink(root().join("models/kit"), models.join("kit")).unwrap();
+    std::fs::copy(root().join("models/manifest.toml"), models.join("manifest.toml")).unwrap();
+    let shape = lookalike::clip::Shape { image_width: 64, image_layers: 2, patch: 32, grid: 7, text_width: 64, text_layers: 2, vocabulary: 49408, context: 77, embed: 512 };
+    tch::manual_seed(7);
+    Clip::untrained(shape, Towers::Both, None, Device::Cpu).save(&models.join(lookalike::clip::WEIGHTS)).unwrap();
+    models
+}
+
+#[test]
+fn a_catalogue_searched_through_the_clip_embedder() {
+    use lookalike::search::{Query, SearchService};
+    let _heavy = heavy(module_path!());
+    let mut world = crate::common::World::new(4);
+    // Random weights embed these pictures almost alike: no near-duplicate folding, so every
+    // item stays a hit of its own.
+    let clip = [("LOOKALIKE__INDEX__EMBEDDING", "clip"), ("LOOKALIKE__TEXT__METHODS", "[\"lexical\", \"clip\"]"), ("LOOKALIKE__INDEX__NEAR_DUPLICATE_COSINE", "1.0")];
+
+    // Without the weights: one line that says what to run.
+    let refused = SearchService::start(&world.config(&clip)).err().expect("no weights, no service");
+    assert!(format!("{refused:#}").contains("lookalike models fetch clip"), "{refused:#}");
+
+    let models = models_with_a_small_clip(&world.root);
+    world.env.retain(|(key, _)| key != "LOOKALIKE__MODELS__DIR");
+    world.env.push(("LOOKALIKE__MODELS__DIR".into(), models.to_str().unwrap().into()));
+    let service = SearchService::start(&world.config(&clip)).unwrap();
+    let summary = service.upkeep().reindex(&mut |_| {}).unwrap();
+    assert_eq!(summary.embedded, 8);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    // A catalogue picture finds itself through the clip vectors; the backbones still vote.
+    let itself = std::fs::read(world.catalogue.join("cool/02.png")).unwrap();
+    let outcome = runtime.block_on(service.search(Query { image: itself, k: Some(3), ..Query::default() })).unwrap();
+    assert_eq!(outcome.vote.backbones.len(), 3, "the vote is the backbones'");
+    assert_eq!(outcome.hits[0].item.id, "cool/02.png");
+    assert!(outcome.hits[0].cosine > 0.999, "{}", outcome.hits[0].cosine);
+
+    // Words alone that no item's text holds: the pictures' ranking still answers, and the clip
+    // method read the sentence.
+    let outcome = runtime.block_on(service.search(Query { text: Some("something velvety".into()), k: Some(3), ..Query::default() })).unwrap();
+    assert_eq!(outcome.hits.len(), 3, "{:?} {:?} {:?}", outcome.words, outcome.decision, outcome.hits);
+    assert!(outcome.words[0].contains("pictures compared with the sentence (clip)"), "{:?}", outcome.words);
+    let methods: Vec<_> = outcome.intent.as_ref().unwrap().methods.iter().map(|m| m.method).collect();
+    assert_eq!(methods, [lookalike::config::TextMethod::Lexical, lookalike::config::TextMethod::Clip]);
+}
