@@ -60,6 +60,9 @@ strip -o "$BUNDLE/lookalike" "$WORK/target/release/lookalike"
 xz -T2 -6 -f "$BUNDLE/lookalike"
 cp models/manifest.toml "$BUNDLE/models/"
 cp models/kit/*.safetensors models/kit/*.json models/kit/*.txt "$BUNDLE/models/kit/"
+# The clip embedder's vocabulary, and its weights where `models fetch clip` installed them.
+mkdir -p "$BUNDLE/models/kit/clip" && cp models/kit/clip/*.gz "$BUNDLE/models/kit/clip/"
+if [ -f models/clip/vit_b_32_laion2b.safetensors ]; then mkdir -p "$BUNDLE/models/clip" && cp models/clip/vit_b_32_laion2b.safetensors* "$BUNDLE/models/clip/"; fi
 cp /usr/share/datasets/fashion-mnist/t10k-* "$BUNDLE/fashion-mnist/"
 # Chart labels, and OpenSSL 3 (which rust-bert's downloader links) for an image without them.
 cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$BUNDLE/"

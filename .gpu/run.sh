@@ -51,7 +51,7 @@ cat "$OUT/machine.log"
 "$L" --version > /dev/null || { echo "the binary does not start here: see ldd above"; exit 1; }
 
 # STEPS picks some of them (default: all), e.g. STEPS="parity bench" .gpu/run.sh
-STEPS="${STEPS:-parity bench train eval-f32 eval-f16 bench-f16}"
+STEPS="${STEPS:-parity bench train eval-f32 eval-f16 bench-f16 clip eval-clip}"
 step() {
     case " $STEPS " in *" $1 "*) run_step "$@" ;; *) echo "== $1: skipped (STEPS)" ;; esac
 }
@@ -62,5 +62,9 @@ step train 120 sh -c "'$L' dataset --out runs/gpu-fm --train-per-class 100 --val
 step eval-f32 40 "$L" eval --data runs/gpu-fm/test --png runs/gpu-confusion-f32.png
 step eval-f16 40 env LOOKALIKE__MODELS__PRECISION=f16 "$L" eval --data runs/gpu-fm/test --png runs/gpu-confusion-f16.png
 step bench-f16 150 env LOOKALIKE__MODELS__PRECISION=f16 "$L" bench --profile chapter --profile kit --catalogue-size 2000 --rounds 50 --no-python
+# The clip embedder: a query with its image tower beside the kit's (random ViT-B/32 weights
+# unless `models fetch clip` ran where the bundle was made), then its precision@5 when installed.
+step clip 90 "$L" bench --only vision --profile kit --rounds 30
+step eval-clip 60 sh -c "if '$L' models list --profile clip | grep -q installed; then LOOKALIKE__INDEX__EMBEDDING=clip '$L' eval --data runs/gpu-fm/test --png runs/gpu-confusion-clip.png; else echo 'clip weights not installed: skipped'; fi"
 echo "== summary"
-grep -h -E "^(kit|chapter) |tolerance|ACCURACY|^  (head|pooled)|indexing|concurrency 1,|python|rc=" "$OUT"/*.log
+grep -h -E "^(kit|chapter) |tolerance|ACCURACY|^  (head|pooled|clip)|clip embedder|indexing|concurrency 1,|python|rc=" "$OUT"/*.log

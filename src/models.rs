@@ -328,10 +328,14 @@ fn with_mirror(url: &str, mirror: Option<&str>) -> String {
 
 /// The error for a failed download: what happened, and the two ways forward.
 fn offline_help(err: anyhow::Error, url: &str, pending: &[(&ModelEntry, &FileEntry)], models_dir: &Path, bundle: Bundle) -> anyhow::Error {
+    let without = match bundle {
+        Bundle::Clip => "do without the clip embedder: index.embedding = \"combined\" (the default) searches the backbones' vectors",
+        _ => "use the offline kit, which needs none: models.profile = \"kit\" (the default), installed by `make setup`",
+    };
     let mut message = format!(
         "cannot download {url}: {err:#}\n\
          This machine may have no internet access. Two ways forward:\n\
-         - use the offline kit, which needs none: models.profile = \"kit\" (the default), installed by `make setup`;\n\
+         - {without};\n\
          - or download these files on a machine that has internet and copy them to the paths shown, then run\n  \
            `lookalike models fetch {bundle}` again to check and convert them:\n"
     );

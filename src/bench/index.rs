@@ -59,6 +59,11 @@ pub(super) fn service(config: &Config, root: &Path, profile: Profile, backbones:
     }
     config.index.dir = root.join("index");
     config.models.heads_dir = root.join("no-heads");
+    // The ensemble below has no clip tower: it indexes the backbones' vectors (`bench --only
+    // vision` times the clip embedder).
+    if config.index.embedding == crate::config::EmbeddingSource::Clip {
+        config.index.embedding = crate::config::EmbeddingSource::Combined;
+    }
     let service = SearchService::with_ensemble(&config, move || {
         let backbones = backbones()?;
         let device = backbones[0].device;

@@ -128,6 +128,58 @@ pub fn intent(config: &Config, rounds: usize, sentences: Option<&Path>) -> anyho
     Ok(())
 }
 
+/// What the clip embedder adds to a query: the photo query with its image tower, and its text
+/// tower on a shopper's sentence (empty when the vocabulary is not installed).
+struct ClipTimings {
+    query: Vec<Duration>,
+    /// Whether the image tower had its real weights (else ViT-B/32 with random ones).
+    real: bool,
+    sentence: Vec<Duration>,
+}
+
+/// The same query with the clip embedder's image tower as well (index.embedding = "clip"): its
+/// real weights when installed, else ViT-B/32 with random ones (the same arithmetic); and its
+/// text tower on the CPU, where words-only queries run it.
+fn clip_timings(
+    ensemble: &mut crate::vision::ensemble::Ensemble,
+    decoded: &[image::RgbImage],
+    models_dir: &std::path::Path,
+    rounds: usize,
+    run: impl Fn(&crate::vision::ensemble::Ensemble, &image::RgbImage) -> anyhow::Result<()>,
+) -> anyhow::Result<ClipTimings> {
+    use crate::clip::{Clip, Shape, Tokenizer, Towers};
+    let device = ensemble.backbones[0].device;
+    let (clip, real) = match crate::clip::weights(models_dir) {
+        Ok(path) => (Clip::load(&path, None, Towers::Image, device)?, true),
+        Err(_) => (Clip::untrained(Shape::VIT_B_32, Towers::Image, None, device), false),
+    };
+    ensemble.clip = Some(clip);
+    run(ensemble, &decoded[0])?;
+    let mut query = Vec::new();
+    for _ in 0..rounds {
+        for image in decoded {
+            let started = Instant::now();
+            run(ensemble, image)?;
+            query.push(started.elapsed());
+        }
+    }
+    query.sort();
+    ensemble.clip = None;
+    let mut sentence = Vec::new();
+    if let Ok(tokenizer) = Tokenizer::load(&models_dir.join(crate::clip::VOCABULARY)) {
+        let text = Clip::untrained(Shape::VIT_B_32, Towers::Text, Some(tokenizer), tch::Device::Cpu);
+        for _ in 0..rounds {
+            for line in SENTENCES {
+                let started = Instant::now();
+                let _ = std::hint::black_box(text.embed_texts(&[line.to_string()])?);
+                sentence.push(started.elapsed());
+            }
+        }
+        sentence.sort();
+    }
+    Ok(ClipTimings { query, real, sentence })
+}
+
 /// The ensemble on one image, from encoded bytes to the vote, against the three bare forward
 /// passes on ready tensors; and one head-training epoch over 2,700 cached feature vectors (the
 /// chapter's dataset size).
@@ -157,77 +209,61 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
         Ok(Ensemble { backbones, heads, info, descriptor: Default::default(), clip: None })
     })?;
     let rounds = rounds.max(1);
-    let (ensemble_times, bare_times, decode_times, epoch_times, device, clip_times, clip_real) = worker.run_blocking(move |ensemble: &mut Ensemble| -> anyhow::Result<_> {
-        let ready: Vec<Vec<Tensor>> = photos
-            .iter()
-            .map(|bytes| {
-                let image = imaging::decode(bytes, limits)?;
-                Ok(ensemble.backbones.iter().map(|b| b.spec.preprocess.batch(std::slice::from_ref(&image), b.device)).collect())
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let decoded: Vec<image::RgbImage> = photos.iter().map(|bytes| imaging::decode(bytes, limits)).collect::<Result<_, _>>()?;
-        let run_ensemble = |ensemble: &Ensemble, image: &image::RgbImage| -> anyhow::Result<()> {
-            let classified = ensemble.classify(std::slice::from_ref(image), true)?;
-            std::hint::black_box(classified[0].vote.tally());
-            Ok(())
-        };
-        let run_bare = |tensors: &[Tensor]| bare_forwards(&ensemble.backbones, tensors);
-        for (image, tensors) in decoded.iter().zip(&ready) {
-            run_ensemble(ensemble, image)?;
-            run_bare(tensors);
-        }
-        let (mut full, mut bare, mut decode) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            for ((bytes, image), tensors) in photos.iter().zip(&decoded).zip(&ready) {
-                let started = Instant::now();
-                std::hint::black_box(imaging::decode(bytes, limits)?);
-                decode.push(started.elapsed());
-                let started = Instant::now();
+    let (ensemble_times, bare_times, decode_times, epoch_times, device, ClipTimings { query: clip_times, real: clip_real, sentence: sentence_times }) =
+        worker.run_blocking(move |ensemble: &mut Ensemble| -> anyhow::Result<_> {
+            let ready: Vec<Vec<Tensor>> = photos
+                .iter()
+                .map(|bytes| {
+                    let image = imaging::decode(bytes, limits)?;
+                    Ok(ensemble.backbones.iter().map(|b| b.spec.preprocess.batch(std::slice::from_ref(&image), b.device)).collect())
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let decoded: Vec<image::RgbImage> = photos.iter().map(|bytes| imaging::decode(bytes, limits)).collect::<Result<_, _>>()?;
+            let run_ensemble = |ensemble: &Ensemble, image: &image::RgbImage| -> anyhow::Result<()> {
+                let classified = ensemble.classify(std::slice::from_ref(image), true)?;
+                std::hint::black_box(classified[0].vote.tally());
+                Ok(())
+            };
+            let run_bare = |tensors: &[Tensor]| bare_forwards(&ensemble.backbones, tensors);
+            for (image, tensors) in decoded.iter().zip(&ready) {
                 run_ensemble(ensemble, image)?;
-                full.push(started.elapsed());
-                bare.push(run_bare(tensors));
+                run_bare(tensors);
             }
-        }
-        full.sort();
-        bare.sort();
-        decode.sort();
+            let (mut full, mut bare, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                for ((bytes, image), tensors) in photos.iter().zip(&decoded).zip(&ready) {
+                    let started = Instant::now();
+                    std::hint::black_box(imaging::decode(bytes, limits)?);
+                    decode.push(started.elapsed());
+                    let started = Instant::now();
+                    run_ensemble(ensemble, image)?;
+                    full.push(started.elapsed());
+                    bare.push(run_bare(tensors));
+                }
+            }
+            full.sort();
+            bare.sort();
+            decode.sort();
 
-        // The same query with the clip embedder's image tower as well (index.embedding = "clip"):
-        // its real weights when installed, else ViT-B/32 with random ones (the same arithmetic).
-        let (clip, real) = match crate::clip::weights(&clip_models) {
-            Ok(path) => (crate::clip::Clip::load(&path, None, crate::clip::Towers::Image, ensemble.backbones[0].device)?, true),
-            Err(_) => (crate::clip::Clip::untrained(crate::clip::Shape::VIT_B_32, crate::clip::Towers::Image, None, ensemble.backbones[0].device), false),
-        };
-        ensemble.clip = Some(clip);
-        run_ensemble(ensemble, &decoded[0])?;
-        let mut with_clip = Vec::new();
-        for _ in 0..rounds {
-            for image in &decoded {
+            let clip = clip_timings(ensemble, &decoded, &clip_models, rounds, run_ensemble)?;
+
+            // One epoch of the three heads over 2,700 cached images, 10 classes, batch 64.
+            let device = ensemble.backbones[0].device;
+            let stacked: Vec<Tensor> = ensemble.backbones.iter().map(|b| Tensor::randn([1, 2700, b.spec.feature_dim], (Kind::Float, device))).collect();
+            let labels: Vec<i64> = (0..2700).map(|i| i % 10).collect();
+            let rows: Vec<i64> = (0..2700).collect();
+            let heads: Vec<Head> = ensemble.backbones.iter().map(|b| Head::new(b.spec.feature_dim, 10, device)).collect();
+            let mut optimizers = heads.iter().map(|h| h.optimizer(1e-3)).collect::<anyhow::Result<Vec<_>>>()?;
+            let mut epochs = Vec::new();
+            for epoch in 0..rounds.max(3) {
+                let batches = EpochBatches { rows: &rows, labels: &labels, views: 1, batch_size: 64, seed: epoch as u64, metric_weight: 0.0, positive_view: None, class_weights: None };
                 let started = Instant::now();
-                run_ensemble(ensemble, image)?;
-                with_clip.push(started.elapsed());
+                train_epoch(&heads, &mut optimizers, &stacked, &[true, true, true], &batches);
+                epochs.push(started.elapsed());
             }
-        }
-        with_clip.sort();
-        ensemble.clip = None;
-
-        // One epoch of the three heads over 2,700 cached images, 10 classes, batch 64.
-        let device = ensemble.backbones[0].device;
-        let stacked: Vec<Tensor> = ensemble.backbones.iter().map(|b| Tensor::randn([1, 2700, b.spec.feature_dim], (Kind::Float, device))).collect();
-        let labels: Vec<i64> = (0..2700).map(|i| i % 10).collect();
-        let rows: Vec<i64> = (0..2700).collect();
-        let heads: Vec<Head> = ensemble.backbones.iter().map(|b| Head::new(b.spec.feature_dim, 10, device)).collect();
-        let mut optimizers = heads.iter().map(|h| h.optimizer(1e-3)).collect::<anyhow::Result<Vec<_>>>()?;
-        let mut epochs = Vec::new();
-        for epoch in 0..rounds.max(3) {
-            let batches = EpochBatches { rows: &rows, labels: &labels, views: 1, batch_size: 64, seed: epoch as u64, metric_weight: 0.0, positive_view: None, class_weights: None };
-            let started = Instant::now();
-            train_epoch(&heads, &mut optimizers, &stacked, &[true, true, true], &batches);
-            epochs.push(started.elapsed());
-        }
-        epochs.sort();
-        Ok((full, bare, decode, epochs, device, with_clip, real))
-    })??;
+            epochs.sort();
+            Ok((full, bare, decode, epochs, device, clip))
+        })??;
     let p50 = |times: &[Duration]| percentile(times, 0.5);
     println!("vision, profile {profile}, device {device:?}, {} libtorch threads, {rounds} rounds over 3 sample photos", tch::get_num_threads());
     let row = |name: &str, times: &[Duration]| println!("{name:<58} {:>9.1} {:>9.1}", millis(p50(times)), millis(percentile(times, 0.99)));
@@ -241,6 +277,9 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
     let weights = if clip_real { "its weights" } else { "random ViT-B/32 weights: not installed" };
     row(&format!("the same + the clip image tower ({weights})"), &clip_times);
     println!("clip embedder query / {profile} query at p50: {:.2}x  (target <= 1.5x)", ratio(&clip_times, &ensemble_times));
+    if !sentence_times.is_empty() {
+        row("the clip text tower, one shopper's sentence, CPU (random weights)", &sentence_times);
+    }
     println!("one head-training epoch, 3 heads, 2,700 cached images, batch 64: p50 {:.2} s  (target < 2 s; the chapter took 257 s)", p50(&epoch_times).as_secs_f64());
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! OpenCLIP's image-text model (ViT-B/32, `laion2b_s34b_b79k`, and any model of the same
-//! layout): an image tower and a text tower that put pictures and sentences in one space.
+//! OpenCLIP's image-text model (ViT-B/32, `laion2b_s34b_b79k`, and any open_clip ViT of its
+//! input size, context and vocabulary): an image tower and a text tower that put pictures and
+//! sentences in one space.
 //!
 //! Both towers are one generic [`Transformer`] of residual attention blocks with names that
 //! mirror open_clip's state dict, so the weights `lookalike models fetch clip` converts load by
@@ -19,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 
 mod tokenizer;
 
-pub use tokenizer::{clean, Tokenizer, CONTEXT};
+pub use tokenizer::{Tokenizer, CONTEXT};
 
 /// The weights `models fetch clip` installs, relative to the models folder.
 pub const WEIGHTS: &str = "clip/vit_b_32_laion2b.safetensors";
@@ -69,26 +70,34 @@ impl Shape {
         self.patch * self.grid
     }
 
-    /// Reads the sizes from the header of a safetensors file (no tensor data is read).
+    /// Reads the sizes from the header of a safetensors file (no tensor data is read), and
+    /// refuses a file this port cannot run: another input size, context or vocabulary than the
+    /// tokenizer's and the transform's, widths not in heads of 64, another shared width.
     pub fn of_file(path: &Path) -> anyhow::Result<Shape> {
         let shapes = header_shapes(path)?;
-        let dims = |name: &str| shapes.get(name).cloned().with_context(|| format!("{} has no tensor {name}: not OpenCLIP ViT weights", path.display()));
+        let dim =
+            |name: &str, at: usize| shapes.get(name).and_then(|dims| dims.get(at).copied()).with_context(|| format!("{} has no tensor {name} of that rank: not OpenCLIP ViT weights", path.display()));
         let layers = |prefix: &str| (0..).take_while(|n| shapes.contains_key(&format!("{prefix}.{n}.ln_1.weight"))).count() as i64;
-        let (conv, positions, tokens, text_positions, projection) =
-            (dims("visual.conv1.weight")?, dims("visual.positional_embedding")?, dims("token_embedding.weight")?, dims("positional_embedding")?, dims("text_projection")?);
-        let grid = ((positions[0] - 1) as f64).sqrt().round() as i64;
-        anyhow::ensure!(grid * grid + 1 == positions[0], "{}: {} positions are not a square grid plus one", path.display(), positions[0]);
-        Ok(Shape {
-            image_width: conv[0],
+        let positions = dim("visual.positional_embedding", 0)?;
+        let grid = ((positions - 1).max(0) as f64).sqrt().round() as i64;
+        let shape = Shape {
+            image_width: dim("visual.conv1.weight", 0)?,
             image_layers: layers("visual.transformer.resblocks"),
-            patch: conv[2],
+            patch: dim("visual.conv1.weight", 2)?,
             grid,
-            text_width: tokens[1],
+            text_width: dim("token_embedding.weight", 1)?,
             text_layers: layers("transformer.resblocks"),
-            vocabulary: tokens[0],
-            context: text_positions[0],
-            embed: projection[1],
-        })
+            vocabulary: dim("token_embedding.weight", 0)?,
+            context: dim("positional_embedding", 0)?,
+            embed: dim("text_projection", 1)?,
+        };
+        let fits = grid * grid + 1 == positions
+            && shape.image_size() == Shape::VIT_B_32.image_size()
+            && (shape.context, shape.vocabulary, shape.embed) == (CONTEXT as i64, Shape::VIT_B_32.vocabulary, DIM as i64)
+            && shape.image_width % HEAD_WIDTH == 0
+            && shape.text_width % HEAD_WIDTH == 0;
+        anyhow::ensure!(fits, "{} is not a model this port runs ({shape:?}): it needs 224-pixel pictures, 77 tokens of open_clip's vocabulary and {DIM} dimensions, as ViT-B/32", path.display());
+        Ok(shape)
     }
 }
 
@@ -232,11 +241,15 @@ impl Text {
         }
     }
 
-    /// (N, context) ids -> (N, embed), not normalised.
+    /// (N, context) ids -> (N, embed), not normalised. Attention is causal, so what comes after
+    /// the last end token changes nothing the output reads: only the positions up to it run
+    /// (a shopper's sentence of 10 tokens costs 12 positions, not 77; the same numbers).
     fn forward(&self, tokens: &Tensor) -> Tensor {
-        let xs = self.token_embedding.forward(tokens) + &self.positional_embedding;
-        let encoded = self.ln_final.forward(&self.transformer.forward(xs, true));
         let ends = tokens.argmax(-1, false);
+        let length = ends.max().int64_value(&[]) + 1;
+        let tokens = tokens.narrow(1, 0, length);
+        let xs = self.token_embedding.forward(&tokens) + self.positional_embedding.narrow(0, 0, length);
+        let encoded = self.ln_final.forward(&self.transformer.forward(xs, true));
         let rows = Tensor::arange(tokens.size()[0], (Kind::Int64, tokens.device()));
         encoded.index(&[Some(rows), Some(ends)]).matmul(&self.text_projection)
     }
@@ -256,8 +269,6 @@ pub struct Clip {
     vision: Option<Vision>,
     text: Option<Text>,
     tokenizer: Option<Tokenizer>,
-    /// The learned temperature: similarities times this are the logits CLIP was trained on.
-    pub logit_scale: f32,
     pub shape: Shape,
 }
 
@@ -268,15 +279,15 @@ impl Clip {
         let root = vars.root();
         let vision = (towers != Towers::Text).then(|| Vision::new(&root / "visual", &shape));
         let text = (towers != Towers::Image).then(|| Text::new(root.clone(), &shape));
+        // Part of the state dict; the clip method calibrates its own temperature instead.
         let _ = root.var("logit_scale", &[], nn::Init::Const((1.0f64 / 0.07).ln()));
-        Clip { vars, vision, text, tokenizer, logit_scale: 1.0 / 0.07, shape }
+        Clip { vars, vision, text, tokenizer, shape }
     }
 
     /// Loads `towers` from `weights` (a converted open_clip state dict) and, for the text
     /// tower, the vocabulary.
     pub fn load(weights: &Path, vocabulary: Option<&Path>, towers: Towers, device: Device) -> anyhow::Result<Clip> {
         let shape = Shape::of_file(weights)?;
-        anyhow::ensure!(shape.embed == DIM as i64, "{}: embeds in {} dimensions, not ViT-B/32's {DIM}", weights.display(), shape.embed);
         let tokenizer = match towers {
             Towers::Image => None,
             _ => Some(Tokenizer::load(vocabulary.context("the text tower needs the vocabulary")?)?),
@@ -286,7 +297,6 @@ impl Clip {
         for (_, tensor) in clip.vars.variables() {
             let _ = tensor.set_requires_grad(false);
         }
-        clip.logit_scale = clip.vars.variables()["logit_scale"].exp().double_value(&[]) as f32;
         Ok(clip)
     }
 
@@ -307,7 +317,10 @@ impl Clip {
 
     /// Unit vectors of `texts`, in order.
     pub fn embed_texts(&self, texts: &[String]) -> anyhow::Result<Tensor> {
-        let (Some(text), Some(tokenizer)) = (&self.text, &self.tokenizer) else { anyhow::bail!("the text tower is not loaded") };
+        let (Some(text), Some(tokenizer)) = (&self.text, &self.tokenizer) else { anyhow::bail!("the text tower or its tokenizer is not loaded") };
+        if texts.is_empty() {
+            return Ok(Tensor::zeros([0, self.shape.embed], (Kind::Float, self.device())));
+        }
         let rows: Vec<i64> = texts.iter().flat_map(|t| tokenizer.context(t)).collect();
         let tokens = Tensor::from_slice(&rows).view([texts.len() as i64, CONTEXT as i64]).to_device(self.device());
         Ok(tch::no_grad(|| normalised(&text.forward(&tokens))))
@@ -320,11 +333,11 @@ fn normalised(xs: &Tensor) -> Tensor {
 }
 
 /// Rows of a (N, D) float tensor as vectors.
-pub fn rows(xs: &Tensor) -> Vec<Vec<f32>> {
+pub fn rows(xs: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
     let xs = xs.to_device(Device::Cpu).contiguous();
     let dim = xs.size().get(1).copied().unwrap_or(0) as usize;
-    let flat = Vec::<f32>::try_from(xs.flatten(0, -1)).unwrap_or_default();
-    flat.chunks_exact(dim.max(1)).map(<[f32]>::to_vec).collect()
+    let flat = Vec::<f32>::try_from(xs.flatten(0, -1)).context("libtorch gave back no clip vectors")?;
+    Ok(flat.chunks_exact(dim.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 #[cfg(test)]
@@ -332,7 +345,7 @@ mod tests {
     use super::*;
 
     fn tiny() -> Shape {
-        Shape { image_width: 128, image_layers: 2, patch: 16, grid: 2, text_width: 64, text_layers: 2, vocabulary: 49408, context: 77, embed: 512 }
+        Shape { image_width: 128, image_layers: 2, patch: 32, grid: 7, text_width: 64, text_layers: 2, vocabulary: 49408, context: 77, embed: 512 }
     }
 
     #[test]
@@ -345,18 +358,36 @@ mod tests {
         let refused = Shape::of_file(&image).unwrap_err().to_string();
         assert!(refused.contains("token_embedding"), "a file without the text tower is refused by name: {refused}");
         assert!(Clip::load(&both, None, Towers::Text, Device::Cpu).err().unwrap().to_string().contains("vocabulary"));
+        // Another input size (ViT-B-32-256's 8 x 8 patches) is refused at load, not at the first picture.
+        let other = dir.path().join("256.safetensors");
+        Clip::untrained(Shape { grid: 8, ..tiny() }, Towers::Both, None, Device::Cpu).save(&other).unwrap();
+        assert!(Shape::of_file(&other).unwrap_err().to_string().contains("224-pixel pictures"));
+        assert_eq!(Clip::untrained(tiny(), Towers::Text, None, Device::Cpu).embed_texts(&[]).unwrap_err().to_string(), "the text tower or its tokenizer is not loaded");
     }
 
     #[test]
     fn an_image_batch_embeds_each_picture_as_it_would_alone() {
         tch::manual_seed(3);
         let clip = Clip::untrained(tiny(), Towers::Image, None, Device::Cpu);
-        let pixels = Tensor::randn([3, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let pixels = Tensor::randn([3, 3, 224, 224], (Kind::Float, Device::Cpu));
         let batch = clip.embed_pixels(&pixels).unwrap();
         assert_eq!(batch.size(), [3, 512]);
         let alone = clip.embed_pixels(&pixels.narrow(0, 1, 1)).unwrap();
         assert!(batch.narrow(0, 1, 1).allclose(&alone, 1e-5, 1e-5, false));
         let norms = batch.norm_scalaropt_dim(2, [-1], false);
         assert!(norms.allclose(&Tensor::ones([3], (Kind::Float, Device::Cpu)), 1e-5, 1e-5, false), "unit vectors");
+    }
+
+    #[test]
+    fn a_sentence_embeds_alike_alone_and_beside_a_longer_one() {
+        tch::manual_seed(5);
+        let vocabulary = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(VOCABULARY);
+        let clip = Clip::untrained(tiny(), Towers::Text, Some(Tokenizer::load(&vocabulary).unwrap()), Device::Cpu);
+        let short = "a red tote".to_string();
+        let long = "a very long sentence about a wooden bed frame with drawers, slats and a tall headboard ".repeat(3);
+        let alone = clip.embed_texts(std::slice::from_ref(&short)).unwrap();
+        let beside = clip.embed_texts(&[long, short]).unwrap();
+        // Alone, only its 5 positions run; beside the long one, all 77 (causal: the same).
+        assert!(beside.narrow(0, 1, 1).allclose(&alone, 1e-5, 1e-6, false));
     }
 }

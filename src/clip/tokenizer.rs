@@ -23,8 +23,8 @@ const MERGES: usize = 49152 - 256 - 2;
 pub struct Tokenizer {
     /// BPE symbol -> id.
     ids: HashMap<String, u32>,
-    /// Pair of symbols -> merge rank (lower merges first).
-    ranks: HashMap<(String, String), usize>,
+    /// Pair of symbol ids -> (merge rank, lower merges first; the merged symbol's id).
+    merges: HashMap<(u32, u32), (u32, u32)>,
     /// Byte -> the printable character standing for it.
     byte_chars: [char; 256],
     split: regex::Regex,
@@ -74,23 +74,27 @@ impl Tokenizer {
         let mut ids: HashMap<String, u32> = symbols.chain(["<start_of_text>".to_string(), "<end_of_text>".to_string()]).enumerate().map(|(id, symbol)| (symbol, id as u32)).collect();
         let (start, end) = (ids["<start_of_text>"], ids["<end_of_text>"]);
         ids.shrink_to_fit();
-        let ranks = merges.into_iter().enumerate().map(|(rank, pair)| (pair, rank)).collect();
+        // A merge of symbols no earlier merge makes can never apply: it is left out.
+        let merges = merges.iter().enumerate().filter_map(|(rank, (a, b))| Some(((*ids.get(a.as_str())?, *ids.get(b.as_str())?), (rank as u32, ids[format!("{a}{b}").as_str()])))).collect();
         let split = regex::Regex::new(r"(?i)<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+").expect("a valid pattern");
-        Ok(Tokenizer { ids, ranks, byte_chars, split, start, end })
+        Ok(Tokenizer { ids, merges, byte_chars, split, start, end })
     }
 
-    /// The ids of `text`'s tokens, without start and end.
-    pub fn encode(&self, text: &str) -> Vec<u32> {
+    /// The ids of `text`'s tokens, without start and end, stopping once there are `limit` (a
+    /// sentence longer than the context is cut anyway).
+    pub fn encode(&self, text: &str, limit: usize) -> Vec<u32> {
         let text = clean(text);
         let mut ids = Vec::new();
         for piece in self.split.find_iter(&text) {
+            if ids.len() >= limit {
+                break;
+            }
             let piece = piece.as_str();
             if let Some(&special) = self.ids.get(piece).filter(|_| piece.starts_with('<') && piece.ends_with("_text>")) {
                 ids.push(special);
                 continue;
             }
-            let symbols: String = piece.bytes().map(|b| self.byte_chars[b as usize]).collect();
-            ids.extend(self.bpe(&symbols).iter().map(|symbol| self.ids[symbol]));
+            ids.extend(self.bpe(piece));
         }
         ids
     }
@@ -98,7 +102,7 @@ impl Tokenizer {
     /// `text` as the model reads it: start, tokens, end, cut to [`CONTEXT`] (the end kept), the
     /// rest zeros.
     pub fn context(&self, text: &str) -> [i64; CONTEXT] {
-        let mut tokens: Vec<u32> = std::iter::once(self.start).chain(self.encode(text)).chain(std::iter::once(self.end)).collect();
+        let mut tokens: Vec<u32> = std::iter::once(self.start).chain(self.encode(text, CONTEXT)).chain(std::iter::once(self.end)).collect();
         if tokens.len() > CONTEXT {
             tokens.truncate(CONTEXT);
             tokens[CONTEXT - 1] = self.end;
@@ -110,47 +114,43 @@ impl Tokenizer {
         row
     }
 
-    /// One piece's symbols merged pair by pair, the lowest-ranked pair first; the last symbol
-    /// carries the end-of-word mark.
-    fn bpe(&self, piece: &str) -> Vec<String> {
-        let chars: Vec<char> = piece.chars().collect();
-        let mut word: Vec<String> = chars.iter().map(char::to_string).collect();
-        if let Some(last) = word.last_mut() {
-            last.push_str("</w>");
+    /// One piece's ids: its bytes as symbols, the last carrying the end-of-word mark, merged
+    /// pair by pair, the lowest-ranked pair first (every occurrence of it, left to right).
+    fn bpe(&self, piece: &str) -> Vec<u32> {
+        let bytes = piece.as_bytes();
+        let mut word: Vec<u32> = bytes.iter().map(|&b| self.ids[self.byte_chars[b as usize].to_string().as_str()]).collect();
+        if let (Some(last), Some(&b)) = (word.last_mut(), bytes.last()) {
+            *last = self.ids[format!("{}</w>", self.byte_chars[b as usize]).as_str()];
         }
-        loop {
-            let best = word.windows(2).filter_map(|pair| self.ranks.get(&(pair[0].clone(), pair[1].clone())).map(|&rank| (rank, pair[0].clone(), pair[1].clone()))).min();
-            let Some((_, first, second)) = best else { break };
-            let mut merged = Vec::with_capacity(word.len());
+        while word.len() > 1 {
+            let Some((_, first, second, merged)) = word.windows(2).filter_map(|pair| self.merges.get(&(pair[0], pair[1])).map(|&(rank, merged)| (rank, pair[0], pair[1], merged))).min() else { break };
+            let mut next = Vec::with_capacity(word.len());
             let mut at = 0;
             while at < word.len() {
-                if at + 1 < word.len() && word[at] == first && word[at + 1] == second {
-                    merged.push(format!("{first}{second}"));
+                if at + 1 < word.len() && (word[at], word[at + 1]) == (first, second) {
+                    next.push(merged);
                     at += 2;
                 } else {
-                    merged.push(std::mem::take(&mut word[at]));
+                    next.push(word[at]);
                     at += 1;
                 }
             }
-            word = merged;
-            if word.len() == 1 {
-                break;
-            }
+            word = next;
         }
         word
     }
 }
 
-/// open_clip's cleaning: `ftfy.fix_text` (the parts listed in the module's documentation),
-/// HTML entities decoded twice, whitespace runs made one space, lower case.
+/// open_clip's cleaning: `ftfy.fix_text` (the parts listed in the module's documentation, in
+/// ftfy's order: entities where the text has no `<`, control characters, ligatures and widths,
+/// quotes, NFC), HTML entities decoded twice more, whitespace runs made one space, lower case.
 pub fn clean(text: &str) -> String {
-    let fixed: String = text
+    let text = if text.contains('<') { text.to_string() } else { unescape_html(text) };
+    let plain: String = text
         .chars()
         .filter(|&c| !is_removed_control(c))
         .flat_map(|c| -> Box<dyn Iterator<Item = char>> {
             match c {
-                '\u{2018}'..='\u{201b}' | '\u{02bc}' => Box::new(std::iter::once('\'')),
-                '\u{201c}'..='\u{201f}' => Box::new(std::iter::once('"')),
                 '\u{3000}' => Box::new(std::iter::once(' ')),
                 // Latin ligatures, and full-width and half-width forms, as their plain letters.
                 '\u{0132}' | '\u{0133}' | '\u{0149}' | '\u{01c4}'..='\u{01cc}' | '\u{01f1}'..='\u{01f3}' | '\u{fb00}'..='\u{fb06}' | '\u{ff01}'..='\u{ffee}' => {
@@ -159,21 +159,20 @@ pub fn clean(text: &str) -> String {
                 _ => Box::new(std::iter::once(c)),
             }
         })
+        .map(|c| match c {
+            '\u{2018}'..='\u{201b}' | '\u{02bc}' => '\'',
+            '\u{201c}'..='\u{201f}' => '"',
+            _ => c,
+        })
         .nfc()
         .collect();
-    let unescaped = unescape_html(&unescape_html(fixed.trim()));
-    let spaced: Vec<&str> = unescaped.split(is_python_space).filter(|w| !w.is_empty()).collect();
-    spaced.join(" ").to_lowercase()
-}
-
-/// What Python's `str.split()` splits on: Unicode white space and the four separators below 0x20.
-fn is_python_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+    let unescaped = unescape_html(&unescape_html(plain.trim()));
+    unescaped.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
 }
 
 /// The control characters ftfy removes (tabs and line breaks stay: they are white space).
 fn is_removed_control(c: char) -> bool {
-    matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{e}'..='\u{1b}' | '\u{7f}' | '\u{206a}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffc}')
+    matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{e}'..='\u{1f}' | '\u{7f}' | '\u{206a}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffc}')
 }
 
 /// HTML character references decoded as Python's `html.unescape` does for well-formed ones
@@ -217,10 +216,11 @@ mod tests {
     #[test]
     fn merges_apply_by_rank_and_words_end_marked() {
         let tokenizer = tokenizer();
-        assert_eq!(tokenizer.bpe("low"), ["low</w>"]);
-        assert_eq!(tokenizer.bpe("lower"), ["lower</w>"]);
-        assert_eq!(tokenizer.bpe("lowx"), ["low", "x</w>"]);
-        assert_eq!(tokenizer.bpe("q"), ["q</w>"]);
+        let id = |symbol: &str| tokenizer.ids[symbol];
+        assert_eq!(tokenizer.bpe("low"), [id("low</w>")]);
+        assert_eq!(tokenizer.bpe("lower"), [id("lower</w>")]);
+        assert_eq!(tokenizer.bpe("lowx"), [id("low"), id("x</w>")]);
+        assert_eq!(tokenizer.bpe("q"), [id("q</w>")]);
     }
 
     #[test]
@@ -231,7 +231,8 @@ mod tests {
         assert_eq!(tokenizer.ids["!</w>"], 256);
         assert_eq!(tokenizer.ids["lo"], 512);
         assert_eq!((tokenizer.start, tokenizer.end), (49406, 49407));
-        assert_eq!(tokenizer.encode("Low LOWER"), [513, 516]);
+        assert_eq!(tokenizer.encode("Low LOWER", CONTEXT), [513, 516]);
+        assert_eq!(tokenizer.encode("low low low", 2), [513, 513], "stops at the limit");
         let row = tokenizer.context("low");
         assert_eq!(row[..3], [49406, 513, 49407]);
         assert!(row[3..].iter().all(|&t| t == 0));
@@ -251,6 +252,7 @@ mod tests {
             ("ﬁne ﬂoor ＡＢＣ１２３", "fine floor abc123"),
             ("salt &amp;amp; pepper &quot;x&quot; &#39;y&#x27; &bogus; AT&T", "salt & pepper \"x\" 'y' &bogus; at&t"),
             ("Cafe\u{301} Ångström\u{feff}", "café ångström"),
+            ("it&#8217;s a\u{1c}b \u{149}", "it's ab 'n"),
         ] {
             assert_eq!(clean(raw), clean_text, "{raw:?}");
         }

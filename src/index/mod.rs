@@ -247,7 +247,7 @@ impl SearchMethod {
             SearchMethod::CodesReranked => "int4 scan + exact re-rank",
             SearchMethod::Exact => "exact",
             SearchMethod::Hnsw => "hnsw",
-            SearchMethod::Words => "full-text + sentence vectors",
+            SearchMethod::Words => "full-text + sentence vectors (+ pictures with clip)",
         }
     }
 }

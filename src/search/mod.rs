@@ -14,7 +14,7 @@
 //! batch of at most `search.max_batch` (micro-batching); a re-index embeds its images in small
 //! jobs on the same thread, so queries slip in between them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -197,10 +197,14 @@ fn embedding_key(config: &Config) -> anyhow::Result<EmbeddingKey> {
 }
 
 /// The clip embedder's vectors depend on its weights alone: the sha256 `models fetch clip`
-/// recorded beside them (hashing 605 MB at every start would take seconds), else the file's own.
+/// recorded beside them (hashing 605 MB at every start would take seconds) while the record is
+/// newer than the weights, else the file's own (weights replaced by hand).
 fn clip_key(config: &Config) -> anyhow::Result<EmbeddingKey> {
     let weights = crate::clip::weights(&config.models.dir)?;
-    let recorded = std::fs::read_to_string(format!("{}.sha256", weights.display())).ok().and_then(|line| line.split_whitespace().next().map(str::to_string));
+    let record = PathBuf::from(format!("{}.sha256", weights.display()));
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let current = modified(&record).zip(modified(&weights)).is_some_and(|(record, weights)| record >= weights);
+    let recorded = current.then(|| std::fs::read_to_string(&record).ok()).flatten().and_then(|line| line.split_whitespace().next().map(str::to_string));
     Ok(EmbeddingKey {
         profile: "clip".to_string(),
         weights_sha256: match recorded {
@@ -537,11 +541,13 @@ impl Find {
         let (backend, generation) = (self.backend.as_ref(), self.generation.as_ref());
         let mut lines = Vec::new();
         if let Probe::Words(words) = &probe {
-            lines.push(match words.pictures.len() == generation.key.dim {
-                true => "no photo: the items' titles, descriptions and tags searched by full text and by meaning (MiniLM), and their pictures compared with the sentence (clip), fused by rank",
-                false => "no photo: the items' titles, descriptions and tags searched by full text and by meaning (MiniLM), fused by rank",
-            }
-            .to_string());
+            lines.push(
+                match words.pictures.len() == generation.key.dim {
+                    true => "no photo: the items' titles, descriptions and tags searched by full text and by meaning (MiniLM), and their pictures compared with the sentence (clip), fused by rank",
+                    false => "no photo: the items' titles, descriptions and tags searched by full text and by meaning (MiniLM), fused by rank",
+                }
+                .to_string(),
+            );
         }
         // The photo's vector whitened as the generation's stored vectors are.
         let probe = match probe {

@@ -32,7 +32,7 @@ pub trait SentenceEncoder {
 
 impl SentenceEncoder for crate::clip::Clip {
     fn encode(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
-        Ok(crate::clip::rows(&self.embed_texts(texts)?))
+        crate::clip::rows(&self.embed_texts(texts)?)
     }
 }
 
@@ -138,9 +138,11 @@ impl Embedding {
         }
         let generic = model.encode(&GENERIC_REQUESTS.map(String::from))?;
         let none_floor = config.embedding_none_cosine;
+        // A fixed text.embedding_temperature was set for MiniLM's cosines; CLIP's sit on
+        // another scale, so the clip method always calibrates its own.
         let (temperature, origin) = match config.embedding_temperature {
-            Temperature::Fixed(value) => (value, "text.embedding_temperature"),
-            Temperature::Auto => (calibrate(&prototypes, &sentences, &generic, none_floor), "calibrated on the categories file"),
+            Temperature::Fixed(value) if method == TextMethod::Embedding => (value, "text.embedding_temperature"),
+            _ => (calibrate(&prototypes, &sentences, &generic, none_floor), "calibrated on the categories file"),
         };
         let lines: usize = prototypes.iter().map(Vec::len).sum();
         tracing::info!("the {method:?} method compares a sentence with {lines} lines for {} categories; temperature {temperature:.3} ({origin})", prototypes.len());

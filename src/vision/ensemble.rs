@@ -411,7 +411,7 @@ impl Ensemble {
             (probabilities, to_cpu(mean_cosine_embedding(&descriptors)), to_cpu(mean_cosine_embedding(&hidden)))
         });
         let clip = match &self.clip {
-            Some(clip) => crate::clip::rows(&clip.embed_pixels(&CLIP_INPUT.batch(images, clip.device()))?),
+            Some(clip) => crate::clip::rows(&clip.embed_pixels(&CLIP_INPUT.batch(images, clip.device()))?)?,
             None => vec![Vec::new(); images.len()],
         };
         let read = |tensor: Tensor, what: &str, row: i64| Vec::<f32>::try_from(tensor).with_context(|| format!("libtorch gave back no {what} for image {row} of the batch"));

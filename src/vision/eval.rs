@@ -80,6 +80,8 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits, whitening:
     let mut vote = Vec::new();
     let mut skipped = Vec::new();
     let (mut pooled, mut penultimate, mut combined, mut labels) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The clip embedder's vectors, when it is loaded (`index.embedding = "clip"`).
+    let mut clip = Vec::new();
     for chunk in examples.chunks(32) {
         let mut images = Vec::new();
         let mut truths = Vec::new();
@@ -96,6 +98,9 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits, whitening:
             combined.push(classification.embedding(EmbeddingSource::Combined));
             pooled.push(classification.pooled.clone());
             penultimate.push(classification.penultimate.clone());
+            if !classification.clip.is_empty() {
+                clip.push(classification.clip.clone());
+            }
             labels.push(truth as i64);
             for (index, backbone) in classification.vote.backbones.iter().enumerate() {
                 per_backbone[index].push((truth, backbone.top().0));
@@ -118,6 +123,7 @@ pub fn evaluate(ensemble: &Ensemble, dir: &Path, limits: ImageLimits, whitening:
         ]
         .into_iter()
         .chain(whitening.map(|settings| Retrieval::whitened(EmbeddingSource::Combined, &combined, &labels, settings)).transpose()?.flatten())
+        .chain((clip.len() == labels.len() && !clip.is_empty()).then(|| Retrieval::measure(EmbeddingSource::Clip, &clip, &labels)).transpose()?)
         .collect(),
         skipped,
         seconds: started.elapsed().as_secs_f64(),

@@ -19,10 +19,43 @@ pub enum Normalisation {
 }
 
 /// The antialiased filter the resize uses (PIL's, as torchvision and open_clip ask for it).
+///
+/// Bicubic (open_clip's transform) also takes torchvision's sizes exactly: the longer side
+/// truncated, the crop's margin halved and rounded half to even; the parity test holds it to
+/// open_clip's pixels. Bilinear (the backbones) keeps the rounding their indexes were built
+/// with, at most one pixel off torchvision's, so that stored vectors stay valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resample {
     Bilinear,
     Bicubic,
+}
+
+impl Resample {
+    /// Source pixels the filter reads each side when enlarging.
+    fn taps(self) -> i64 {
+        match self {
+            Resample::Bilinear => 1,
+            Resample::Bicubic => 2,
+        }
+    }
+
+    /// The resized length of a `long` side when the `short` one becomes `resize`.
+    fn resized(self, long: i64, short: i64, resize: i64) -> i64 {
+        match self {
+            Resample::Bilinear => (long as f64 * resize as f64 / short as f64).round() as i64,
+            Resample::Bicubic => resize * long / short,
+        }
+    }
+
+    /// The first kept pixel of a centre crop.
+    fn centre_offset(self, resized: i64, crop: i64) -> i64 {
+        let margin = resized - crop;
+        let half = margin / 2;
+        match self {
+            Resample::Bicubic if margin % 2 == 1 && half % 2 == 1 => half + 1,
+            _ => half,
+        }
+    }
 }
 
 /// Resize the shorter side to `resize`, centre-crop `crop` x `crop`, normalise.
@@ -34,18 +67,6 @@ pub struct Preprocess {
     pub resample: Resample,
 }
 
-/// The first kept pixel of a centre crop, as torchvision places it: half the margin, rounded
-/// half to even (Python's `round`).
-fn centre_offset(resized: i64, crop: i64) -> i64 {
-    let margin = resized - crop;
-    let half = margin / 2;
-    if margin % 2 == 1 && half % 2 == 1 {
-        half + 1
-    } else {
-        half
-    }
-}
-
 /// A resized axis longer than this many crops is cut to the part the crop keeps before
 /// resizing. Ordinary photos (up to about 4:1) never are, so their pixels match torchvision's
 /// resize-then-crop (unless [`Preprocess::shrink`] first halved a large one); a 1 x 10,000 image would otherwise be scaled up to 2.56 million
@@ -55,14 +76,14 @@ const MAX_RESIZED_CROPS: i64 = 4;
 /// Which source pixels along one axis to resize, and to what length: all of them, or for an
 /// extreme shape only the span the centre crop keeps plus the resampling filter's reach.
 /// Returns (first source pixel, source pixels, resized length, first kept resized pixel).
-fn axis_window(source: i64, resized: i64, crop: i64) -> (i64, i64, i64, i64) {
+fn axis_window(source: i64, resized: i64, crop: i64, resample: Resample) -> (i64, i64, i64, i64) {
     if resized <= MAX_RESIZED_CROPS * crop {
-        return (0, source, resized, centre_offset(resized, crop));
+        return (0, source, resized, resample.centre_offset(resized, crop));
     }
     let scale = resized as f64 / source as f64;
-    // Antialiased bicubic reads two source pixels each side when enlarging, 2/scale when shrinking.
-    let reach = 2 * (1.0f64).max(1.0 / scale).ceil() as i64 + 2;
-    let kept = centre_offset(resized, crop);
+    // An antialiased filter reads its taps each side when enlarging, taps/scale when shrinking.
+    let reach = resample.taps() * (1.0f64).max(1.0 / scale).ceil() as i64 + 2;
+    let kept = resample.centre_offset(resized, crop);
     let first = ((kept as f64 / scale).floor() as i64 - reach).max(0);
     let last = ((((kept + crop) as f64) / scale).ceil() as i64 + reach).min(source);
     let window_resized = (((last - first) as f64) * scale).round() as i64;
@@ -79,7 +100,7 @@ impl Preprocess {
     /// The backbone's input for `images`, built on `device`: an (N, 3, crop, crop) float tensor.
     /// Resizing runs in libtorch (antialiased bilinear, as PIL and torchvision do): on photos it
     /// was 4x faster here than `image`'s triangle filter (measured by `lookalike bench --only
-    /// vision`). Images of one size travel and resize together: on a GPU one upload and a few
+    /// vision`); bicubic for open_clip's transform. Images of one size travel and resize together: on a GPU one upload and a few
     /// launches per size instead of per image.
     pub fn batch(&self, images: &[RgbImage], device: tch::Device) -> tch::Tensor {
         let shrunk: Vec<std::borrow::Cow<RgbImage>> = images.iter().map(|image| self.shrink(image)).collect();
@@ -139,11 +160,10 @@ impl Preprocess {
     fn resize_crop_normalise(&self, pixels: &tch::Tensor) -> tch::Tensor {
         let (height, width) = (pixels.size()[1], pixels.size()[2]);
         let crop = self.crop as i64;
-        // torchvision's sizes: the shorter side to `resize`, the longer scaled and truncated.
         let (resize, short) = (self.resize as i64, width.min(height));
-        let (new_height, new_width) = ((resize * height / short).max(crop), (resize * width / short).max(crop));
-        let (top, rows, resized_rows, crop_top) = axis_window(height, new_height, crop);
-        let (left, columns, resized_columns, crop_left) = axis_window(width, new_width, crop);
+        let (new_height, new_width) = (self.resample.resized(height, short, resize).max(crop), self.resample.resized(width, short, resize).max(crop));
+        let (top, rows, resized_rows, crop_top) = axis_window(height, new_height, crop, self.resample);
+        let (left, columns, resized_columns, crop_left) = axis_window(width, new_width, crop, self.resample);
         let chw = pixels.narrow(1, top, rows).narrow(2, left, columns).permute([0, 3, 1, 2]).to_kind(tch::Kind::Float);
         let resized = match self.resample {
             _ if (resized_rows, resized_columns) == (rows, columns) => chw,
@@ -220,11 +240,15 @@ mod tests {
     fn an_extreme_shape_is_cut_to_what_the_crop_keeps_before_resizing() {
         // Unbounded, a 10,000 x 1 strip would be resized to 2,560,000 x 256 floats (7.9 GB).
         let strip = RgbImage::from_fn(10_000, 1, |x, _| if (4_990..5_010).contains(&x) { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) });
-        assert!(axis_window(10_000, 2_560_000, 224).1 < 10, "only the columns that reach the crop are resized");
+        assert!(axis_window(10_000, 2_560_000, 224, Resample::Bilinear).1 < 10, "only the columns that reach the crop are resized");
         let out = Preprocess { resize: 256, crop: 224, normalisation: Normalisation::Centred128, resample: Resample::Bilinear }.tensor(&strip);
         assert_eq!(out.size(), [3, 224, 224]);
         assert!((out.double_value(&[0, 100, 112]) - 1.0).abs() < 1e-5, "the red centre survives the cut");
         // An ordinary 4:1 panorama is not cut: the same pixels as resizing the whole image.
-        assert_eq!(axis_window(800, 1024, 256), (0, 800, 1024, 384));
+        assert_eq!(axis_window(800, 1024, 256, Resample::Bilinear), (0, 800, 1024, 384));
+        // open_clip's sizes: 640 x 480 to 298 (truncated) x 224, the crop 37 in (37.0 exactly); 97 wide to 224 of 346 high, 61 down.
+        assert_eq!((Resample::Bicubic.resized(640, 480, 224), Resample::Bicubic.centre_offset(298, 224)), (298, 37));
+        assert_eq!((Resample::Bicubic.resized(150, 97, 224), Resample::Bicubic.centre_offset(346, 224), Resample::Bilinear.resized(150, 97, 224)), (346, 61, 346));
+        assert_eq!((Resample::Bicubic.centre_offset(227, 224), Resample::Bicubic.centre_offset(229, 224), Resample::Bilinear.centre_offset(229, 224)), (2, 2, 2));
     }
 }
