@@ -135,7 +135,7 @@ fn models_list_verifies_every_installed_kit_file() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 7, "kit: three backbones, MiniLM, Fashion-MNIST, sample photos, ImageNet class names");
+    assert_eq!(rows.len(), 8, "kit: three backbones, MiniLM, the CLIP vocabulary, Fashion-MNIST, sample photos, ImageNet class names");
     for row in rows {
         for file in row["files"].as_array().unwrap() {
             assert_eq!(file[1]["state"], "verified", "{} not installed intact (run `make setup`): {file}", row["id"]);
