@@ -132,6 +132,8 @@ pub fn intent(config: &Config, rounds: usize, sentences: Option<&Path>) -> anyho
 /// tower on a shopper's sentence (empty when the vocabulary is not installed).
 struct ClipTimings {
     query: Vec<Duration>,
+    /// The same with its linear layers in 8 bits (`models.clip_int8`; CPU only, else empty).
+    int8: Vec<Duration>,
     /// Whether the image tower had its real weights (else ViT-B/32 with random ones).
     real: bool,
     sentence: Vec<Duration>,
@@ -154,16 +156,22 @@ fn clip_timings(
         Err(_) => (Clip::untrained(Shape::VIT_B_32, Towers::Image, None, device), false),
     };
     ensemble.clip = Some(clip);
-    run(ensemble, &decoded[0])?;
-    let mut query = Vec::new();
-    for _ in 0..rounds {
-        for image in decoded {
-            let started = Instant::now();
-            run(ensemble, image)?;
-            query.push(started.elapsed());
+    let time_queries = |ensemble: &mut crate::vision::ensemble::Ensemble| -> anyhow::Result<Vec<Duration>> {
+        run(ensemble, &decoded[0])?;
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            for image in decoded {
+                let started = Instant::now();
+                run(ensemble, image)?;
+                times.push(started.elapsed());
+            }
         }
-    }
-    query.sort();
+        times.sort();
+        Ok(times)
+    };
+    let query = time_queries(ensemble)?;
+    ensemble.clip.as_mut().expect("set above").quantise_image_tower()?;
+    let int8 = if device == tch::Device::Cpu { time_queries(ensemble)? } else { Vec::new() };
     ensemble.clip = None;
     let mut sentence = Vec::new();
     if let Ok(tokenizer) = Tokenizer::load(&models_dir.join(crate::clip::VOCABULARY)) {
@@ -177,7 +185,7 @@ fn clip_timings(
         }
         sentence.sort();
     }
-    Ok(ClipTimings { query, real, sentence })
+    Ok(ClipTimings { query, int8, real, sentence })
 }
 
 /// The ensemble on one image, from encoded bytes to the vote, against the three bare forward
@@ -209,7 +217,7 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
         Ok(Ensemble { backbones, heads, info, descriptor: Default::default(), clip: None })
     })?;
     let rounds = rounds.max(1);
-    let (ensemble_times, bare_times, decode_times, epoch_times, device, ClipTimings { query: clip_times, real: clip_real, sentence: sentence_times }) =
+    let (ensemble_times, bare_times, decode_times, epoch_times, device, ClipTimings { query: clip_times, int8: int8_times, real: clip_real, sentence: sentence_times }) =
         worker.run_blocking(move |ensemble: &mut Ensemble| -> anyhow::Result<_> {
             let ready: Vec<Vec<Tensor>> = photos
                 .iter()
@@ -275,8 +283,12 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
     println!("ensemble overhead over the bare passes at p50: {:+.1}%  (target <= 10%)", 100.0 * (ratio(&ensemble_times, &bare_times) - 1.0));
     println!("with decoding as well: {:+.1}%", 100.0 * ((p50(&ensemble_times) + p50(&decode_times)).as_secs_f64() / p50(&bare_times).as_secs_f64() - 1.0));
     let weights = if clip_real { "its weights" } else { "random ViT-B/32 weights: not installed" };
-    row(&format!("the same + the clip image tower ({weights})"), &clip_times);
-    println!("clip embedder query / {profile} query at p50: {:.2}x  (target <= 1.5x)", ratio(&clip_times, &ensemble_times));
+    row(&format!("the same + the clip image tower, f32 ({weights})"), &clip_times);
+    println!("clip embedder query, f32 / {profile} query at p50: {:.2}x  (target <= 1.5x)", ratio(&clip_times, &ensemble_times));
+    if !int8_times.is_empty() {
+        row("the same, the clip tower's linear layers in 8 bits (models.clip_int8)", &int8_times);
+        println!("clip embedder query, int8 / {profile} query at p50: {:.2}x  (target <= 1.5x)", ratio(&int8_times, &ensemble_times));
+    }
     if !sentence_times.is_empty() {
         row("the clip text tower, one shopper's sentence, CPU (random weights)", &sentence_times);
     }

@@ -18,6 +18,7 @@ use anyhow::Context;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
+mod int8;
 mod tokenizer;
 
 pub use tokenizer::{Tokenizer, CONTEXT};
@@ -126,6 +127,8 @@ struct Block {
     c_fc: nn::Linear,
     c_proj: nn::Linear,
     heads: i64,
+    /// In, out, fc and proj in 8 bits, once [`Clip::quantise_image_tower`] made them.
+    int8: Option<[int8::Int8Linear; 4]>,
 }
 
 fn layer_norm(p: nn::Path, width: i64) -> nn::LayerNorm {
@@ -145,6 +148,22 @@ impl Block {
             c_fc: nn::linear(&mlp / "c_fc", width, 4 * width, Default::default()),
             c_proj: nn::linear(&mlp / "c_proj", 4 * width, width, Default::default()),
             heads: width / HEAD_WIDTH,
+            int8: None,
+        }
+    }
+
+    fn quantise(&mut self) -> anyhow::Result<()> {
+        let linear = |l: &nn::Linear| int8::Int8Linear::new(&l.ws, l.bs.as_ref().expect("open_clip's linear layers have biases"));
+        self.int8 = Some([int8::Int8Linear::new(&self.in_proj_weight, &self.in_proj_bias)?, linear(&self.out_proj)?, linear(&self.c_fc)?, linear(&self.c_proj)?]);
+        Ok(())
+    }
+
+    /// Linear layer `n` (in, out, fc, proj), in 8 bits when quantised.
+    fn dense(&self, n: usize, xs: &Tensor) -> Tensor {
+        match (&self.int8, n) {
+            (Some(layers), _) => layers[n].forward(xs),
+            (None, 0) => xs.linear(&self.in_proj_weight, Some(&self.in_proj_bias)),
+            (None, _) => xs.apply([&self.out_proj, &self.c_fc, &self.c_proj][n - 1]),
         }
     }
 
@@ -152,12 +171,12 @@ impl Block {
     fn forward(&self, xs: &Tensor, mask: &Tensor) -> Tensor {
         let (n, length, width) = xs.size3().expect("(N, L, width)");
         let split = |t: &Tensor| t.view([n, length, self.heads, width / self.heads]).transpose(1, 2);
-        let qkv = self.ln_1.forward(xs).linear(&self.in_proj_weight, Some(&self.in_proj_bias)).chunk(3, -1);
+        let qkv = self.dense(0, &self.ln_1.forward(xs)).chunk(3, -1);
         // tch 0.17 passes an absent mask to libtorch as an undefined tensor, which it refuses:
         // the mask is always given (zeros for the image tower).
         let attended = Tensor::scaled_dot_product_attention(&split(&qkv[0]), &split(&qkv[1]), &split(&qkv[2]), Some(mask), 0.0, false, None);
-        let xs = xs + self.out_proj.forward(&attended.transpose(1, 2).reshape([n, length, width]));
-        let hidden = self.ln_2.forward(&xs).apply(&self.c_fc).gelu("none").apply(&self.c_proj);
+        let xs = xs + self.dense(1, &attended.transpose(1, 2).reshape([n, length, width]));
+        let hidden = self.dense(3, &self.dense(2, &self.ln_2.forward(&xs)).gelu("none"));
         xs + hidden
     }
 }
@@ -300,6 +319,15 @@ impl Clip {
         Ok(clip)
     }
 
+    /// The image tower's linear layers in 8 bits (`models.clip_int8`), on the CPU only (FBGEMM);
+    /// elsewhere it stays as it is.
+    pub fn quantise_image_tower(&mut self) -> anyhow::Result<()> {
+        if let (Some(vision), Device::Cpu) = (&mut self.vision, self.vars.device()) {
+            tch::no_grad(|| vision.transformer.blocks.iter_mut().try_for_each(Block::quantise))?;
+        }
+        Ok(())
+    }
+
     /// Saves every tower built (tests make small models this way).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         crate::files::replace_atomically(path, |part| self.vars.save(part).with_context(|| format!("cannot write {}", part.display())))
@@ -376,6 +404,12 @@ mod tests {
         assert!(batch.narrow(0, 1, 1).allclose(&alone, 1e-5, 1e-5, false));
         let norms = batch.norm_scalaropt_dim(2, [-1], false);
         assert!(norms.allclose(&Tensor::ones([3], (Kind::Float, Device::Cpu)), 1e-5, 1e-5, false), "unit vectors");
+        // In 8 bits: close to f32, not equal to it.
+        let mut clip = clip;
+        clip.quantise_image_tower().unwrap();
+        let int8 = clip.embed_pixels(&pixels).unwrap();
+        let cosine = (&int8 * &batch).sum_dim_intlist([-1].as_slice(), false, Kind::Float).min().double_value(&[]);
+        assert!(cosine > 0.999 && cosine < 1.0 - 1e-7, "{cosine}");
     }
 
     #[test]

@@ -213,7 +213,8 @@ fn clip_key(config: &Config) -> anyhow::Result<EmbeddingKey> {
         },
         backbones: vec![crate::clip::WEIGHTS.to_string()],
         source: EmbeddingSource::Clip.as_str().to_string(),
-        pooling: String::new(),
+        // The image tower's 8 bits move every vector a little: a key of its own.
+        pooling: if config.models.clip_int8 && !vision::device(config.models.device)?.is_cuda() { "int8".to_string() } else { String::new() },
         dim: crate::clip::DIM,
     })
 }

@@ -367,7 +367,11 @@ impl Ensemble {
         let mut ensemble = Ensemble::load(&super::backbones(models.profile), &models.dir, &models.heads_dir, placement)?;
         ensemble.descriptor = Descriptor::from_config(config);
         if config.index.embedding == EmbeddingSource::Clip {
-            ensemble.clip = Some(crate::clip::Clip::load(&crate::clip::weights(&models.dir)?, None, crate::clip::Towers::Image, placement.device)?);
+            let mut clip = crate::clip::Clip::load(&crate::clip::weights(&models.dir)?, None, crate::clip::Towers::Image, placement.device)?;
+            if models.clip_int8 {
+                clip.quantise_image_tower()?;
+            }
+            ensemble.clip = Some(clip);
         }
         Ok(ensemble)
     }

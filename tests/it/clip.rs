@@ -51,6 +51,13 @@ fn clip_matches_open_clip_for_the_same_weights() {
     println!("towers: 1 - cosine at most {image_gap:.2e} (images), {text_gap:.2e} (sentences)");
     assert!(image_gap <= 1e-4 && text_gap <= 1e-4, "images {image_gap:.2e}, sentences {text_gap:.2e}");
 
+    // models.clip_int8: the image tower's linear layers in 8 bits, against open_clip's f32.
+    let mut int8 = Clip::load(&scratch.path().join("clip.safetensors"), None, Towers::Image, Device::Cpu).unwrap();
+    int8.quantise_image_tower().unwrap();
+    let int8_gap = worst_cosine_gap(&int8.embed_pixels(&reference["pixels"]).unwrap(), &reference["image_embeddings"]);
+    println!("image tower in 8 bits: 1 - cosine at most {int8_gap:.2e}");
+    assert!(int8_gap <= 1e-3, "{int8_gap:.2e}");
+
     // The whole path from the PNG files: decoding and open_clip's eval transform (bicubic resize
     // of the shorter side, centre crop, OpenAI's normalisation) in libtorch, not PIL.
     let decoded: Vec<image::RgbImage> =
