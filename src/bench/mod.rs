@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, Profile};
 
 mod device;
 mod feedback;
@@ -139,6 +139,24 @@ struct ClipTimings {
     sentence: Vec<Duration>,
 }
 
+impl ClipTimings {
+    /// Its rows of the vision table, each query against `kit`, the kit query of the same run.
+    fn print(&self, profile: Profile, kit: &[Duration]) {
+        let row = |name: &str, times: &[Duration]| println!("{name:<58} {:>9.1} {:>9.1}", millis(percentile(times, 0.5)), millis(percentile(times, 0.99)));
+        let ratio = |times: &[Duration]| percentile(times, 0.5).as_secs_f64() / percentile(kit, 0.5).as_secs_f64();
+        let weights = if self.real { "its weights" } else { "random ViT-B/32 weights: not installed" };
+        row(&format!("the same + the clip image tower, f32 ({weights})"), &self.query);
+        println!("clip embedder query, f32 / {profile} query at p50: {:.2}x  (target <= 1.5x)", ratio(&self.query));
+        if !self.int8.is_empty() {
+            row("the same, the clip tower's linear layers in 8 bits (models.clip_int8)", &self.int8);
+            println!("clip embedder query, int8 / {profile} query at p50: {:.2}x  (target <= 1.5x)", ratio(&self.int8));
+        }
+        if !self.sentence.is_empty() {
+            row("the clip text tower, one shopper's sentence, CPU (random weights)", &self.sentence);
+        }
+    }
+}
+
 /// The same query with the clip embedder's image tower as well (index.embedding = "clip"): its
 /// real weights when installed, else ViT-B/32 with random ones (the same arithmetic); and its
 /// text tower on the CPU, where words-only queries run it.
@@ -217,61 +235,60 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
         Ok(Ensemble { backbones, heads, info, descriptor: Default::default(), clip: None })
     })?;
     let rounds = rounds.max(1);
-    let (ensemble_times, bare_times, decode_times, epoch_times, device, ClipTimings { query: clip_times, int8: int8_times, real: clip_real, sentence: sentence_times }) =
-        worker.run_blocking(move |ensemble: &mut Ensemble| -> anyhow::Result<_> {
-            let ready: Vec<Vec<Tensor>> = photos
-                .iter()
-                .map(|bytes| {
-                    let image = imaging::decode(bytes, limits)?;
-                    Ok(ensemble.backbones.iter().map(|b| b.spec.preprocess.batch(std::slice::from_ref(&image), b.device)).collect())
-                })
-                .collect::<anyhow::Result<_>>()?;
-            let decoded: Vec<image::RgbImage> = photos.iter().map(|bytes| imaging::decode(bytes, limits)).collect::<Result<_, _>>()?;
-            let run_ensemble = |ensemble: &Ensemble, image: &image::RgbImage| -> anyhow::Result<()> {
-                let classified = ensemble.classify(std::slice::from_ref(image), true)?;
-                std::hint::black_box(classified[0].vote.tally());
-                Ok(())
-            };
-            let run_bare = |tensors: &[Tensor]| bare_forwards(&ensemble.backbones, tensors);
-            for (image, tensors) in decoded.iter().zip(&ready) {
-                run_ensemble(ensemble, image)?;
-                run_bare(tensors);
-            }
-            let (mut full, mut bare, mut decode) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..rounds {
-                for ((bytes, image), tensors) in photos.iter().zip(&decoded).zip(&ready) {
-                    let started = Instant::now();
-                    std::hint::black_box(imaging::decode(bytes, limits)?);
-                    decode.push(started.elapsed());
-                    let started = Instant::now();
-                    run_ensemble(ensemble, image)?;
-                    full.push(started.elapsed());
-                    bare.push(run_bare(tensors));
-                }
-            }
-            full.sort();
-            bare.sort();
-            decode.sort();
-
-            let clip = clip_timings(ensemble, &decoded, &clip_models, rounds, run_ensemble)?;
-
-            // One epoch of the three heads over 2,700 cached images, 10 classes, batch 64.
-            let device = ensemble.backbones[0].device;
-            let stacked: Vec<Tensor> = ensemble.backbones.iter().map(|b| Tensor::randn([1, 2700, b.spec.feature_dim], (Kind::Float, device))).collect();
-            let labels: Vec<i64> = (0..2700).map(|i| i % 10).collect();
-            let rows: Vec<i64> = (0..2700).collect();
-            let heads: Vec<Head> = ensemble.backbones.iter().map(|b| Head::new(b.spec.feature_dim, 10, device)).collect();
-            let mut optimizers = heads.iter().map(|h| h.optimizer(1e-3)).collect::<anyhow::Result<Vec<_>>>()?;
-            let mut epochs = Vec::new();
-            for epoch in 0..rounds.max(3) {
-                let batches = EpochBatches { rows: &rows, labels: &labels, views: 1, batch_size: 64, seed: epoch as u64, metric_weight: 0.0, positive_view: None, class_weights: None };
+    let (ensemble_times, bare_times, decode_times, epoch_times, device, clip) = worker.run_blocking(move |ensemble: &mut Ensemble| -> anyhow::Result<_> {
+        let ready: Vec<Vec<Tensor>> = photos
+            .iter()
+            .map(|bytes| {
+                let image = imaging::decode(bytes, limits)?;
+                Ok(ensemble.backbones.iter().map(|b| b.spec.preprocess.batch(std::slice::from_ref(&image), b.device)).collect())
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let decoded: Vec<image::RgbImage> = photos.iter().map(|bytes| imaging::decode(bytes, limits)).collect::<Result<_, _>>()?;
+        let run_ensemble = |ensemble: &Ensemble, image: &image::RgbImage| -> anyhow::Result<()> {
+            let classified = ensemble.classify(std::slice::from_ref(image), true)?;
+            std::hint::black_box(classified[0].vote.tally());
+            Ok(())
+        };
+        let run_bare = |tensors: &[Tensor]| bare_forwards(&ensemble.backbones, tensors);
+        for (image, tensors) in decoded.iter().zip(&ready) {
+            run_ensemble(ensemble, image)?;
+            run_bare(tensors);
+        }
+        let (mut full, mut bare, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            for ((bytes, image), tensors) in photos.iter().zip(&decoded).zip(&ready) {
                 let started = Instant::now();
-                train_epoch(&heads, &mut optimizers, &stacked, &[true, true, true], &batches);
-                epochs.push(started.elapsed());
+                std::hint::black_box(imaging::decode(bytes, limits)?);
+                decode.push(started.elapsed());
+                let started = Instant::now();
+                run_ensemble(ensemble, image)?;
+                full.push(started.elapsed());
+                bare.push(run_bare(tensors));
             }
-            epochs.sort();
-            Ok((full, bare, decode, epochs, device, clip))
-        })??;
+        }
+        full.sort();
+        bare.sort();
+        decode.sort();
+
+        let clip = clip_timings(ensemble, &decoded, &clip_models, rounds, run_ensemble)?;
+
+        // One epoch of the three heads over 2,700 cached images, 10 classes, batch 64.
+        let device = ensemble.backbones[0].device;
+        let stacked: Vec<Tensor> = ensemble.backbones.iter().map(|b| Tensor::randn([1, 2700, b.spec.feature_dim], (Kind::Float, device))).collect();
+        let labels: Vec<i64> = (0..2700).map(|i| i % 10).collect();
+        let rows: Vec<i64> = (0..2700).collect();
+        let heads: Vec<Head> = ensemble.backbones.iter().map(|b| Head::new(b.spec.feature_dim, 10, device)).collect();
+        let mut optimizers = heads.iter().map(|h| h.optimizer(1e-3)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut epochs = Vec::new();
+        for epoch in 0..rounds.max(3) {
+            let batches = EpochBatches { rows: &rows, labels: &labels, views: 1, batch_size: 64, seed: epoch as u64, metric_weight: 0.0, positive_view: None, class_weights: None };
+            let started = Instant::now();
+            train_epoch(&heads, &mut optimizers, &stacked, &[true, true, true], &batches);
+            epochs.push(started.elapsed());
+        }
+        epochs.sort();
+        Ok((full, bare, decode, epochs, device, clip))
+    })??;
     let p50 = |times: &[Duration]| percentile(times, 0.5);
     println!("vision, profile {profile}, device {device:?}, {} libtorch threads, {rounds} rounds over 3 sample photos", tch::get_num_threads());
     let row = |name: &str, times: &[Duration]| println!("{name:<58} {:>9.1} {:>9.1}", millis(p50(times)), millis(percentile(times, 0.99)));
@@ -282,16 +299,7 @@ pub fn vision(config: &Config, rounds: usize) -> anyhow::Result<()> {
     let ratio = |a: &[Duration], b: &[Duration]| p50(a).as_secs_f64() / p50(b).as_secs_f64();
     println!("ensemble overhead over the bare passes at p50: {:+.1}%  (target <= 10%)", 100.0 * (ratio(&ensemble_times, &bare_times) - 1.0));
     println!("with decoding as well: {:+.1}%", 100.0 * ((p50(&ensemble_times) + p50(&decode_times)).as_secs_f64() / p50(&bare_times).as_secs_f64() - 1.0));
-    let weights = if clip_real { "its weights" } else { "random ViT-B/32 weights: not installed" };
-    row(&format!("the same + the clip image tower, f32 ({weights})"), &clip_times);
-    println!("clip embedder query, f32 / {profile} query at p50: {:.2}x  (target <= 1.5x)", ratio(&clip_times, &ensemble_times));
-    if !int8_times.is_empty() {
-        row("the same, the clip tower's linear layers in 8 bits (models.clip_int8)", &int8_times);
-        println!("clip embedder query, int8 / {profile} query at p50: {:.2}x  (target <= 1.5x)", ratio(&int8_times, &ensemble_times));
-    }
-    if !sentence_times.is_empty() {
-        row("the clip text tower, one shopper's sentence, CPU (random weights)", &sentence_times);
-    }
+    clip.print(profile, &ensemble_times);
     println!("one head-training epoch, 3 heads, 2,700 cached images, batch 64: p50 {:.2} s  (target < 2 s; the chapter took 257 s)", p50(&epoch_times).as_secs_f64());
     Ok(())
 }
