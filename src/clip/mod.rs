@@ -107,12 +107,12 @@ fn header_shapes(path: &Path) -> anyhow::Result<HashMap<String, Vec<i64>>> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut length = [0u8; 8];
-    file.read_exact(&mut length).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    file.read_exact(&mut length).with_context(|| format!("{} is not a safetensors file: run `lookalike models fetch clip` again", path.display()))?;
     let length = u64::from_le_bytes(length);
-    anyhow::ensure!(length < 100 << 20, "{} is not a safetensors file (header of {length} bytes)", path.display());
+    anyhow::ensure!(length < 100 << 20, "{} is not a safetensors file (header of {length} bytes): run `lookalike models fetch clip` again", path.display());
     let mut header = vec![0u8; length as usize];
-    file.read_exact(&mut header).with_context(|| format!("{} is cut short", path.display()))?;
-    let entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).with_context(|| format!("{} has a damaged header", path.display()))?;
+    file.read_exact(&mut header).with_context(|| format!("{} is cut short: run `lookalike models fetch clip` again", path.display()))?;
+    let entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).with_context(|| format!("{} has a damaged header: run `lookalike models fetch clip` again", path.display()))?;
     Ok(entries.into_iter().filter_map(|(name, entry)| Some((name, entry.get("shape")?.as_array()?.iter().map(|d| d.as_i64()).collect::<Option<Vec<i64>>>()?))).collect())
 }
 
@@ -393,6 +393,13 @@ mod tests {
         Clip::untrained(tiny(), Towers::Both, None, Device::Cpu).save(&both).unwrap();
         assert_eq!(Shape::of_file(&both).unwrap(), tiny());
         Clip::untrained(tiny(), Towers::Image, None, Device::Cpu).save(&image).unwrap();
+        // A damaged file is an error that names it, never a panic.
+        let cut = dir.path().join("cut.safetensors");
+        std::fs::write(&cut, &std::fs::read(&both).unwrap()[..100]).unwrap();
+        std::fs::write(dir.path().join("junk.safetensors"), [0xffu8; 64]).unwrap();
+        for damaged in [cut, dir.path().join("junk.safetensors")] {
+            assert!(Shape::of_file(&damaged).unwrap_err().to_string().contains("run `lookalike models fetch clip` again"), "{}", damaged.display());
+        }
         let refused = Shape::of_file(&image).unwrap_err().to_string();
         assert!(refused.contains("token_embedding"), "a file without the text tower is refused by name: {refused}");
         assert!(Clip::load(&both, None, Towers::Text, Device::Cpu).err().unwrap().to_string().contains("vocabulary"));

@@ -20,6 +20,11 @@ pub const CONTEXT: usize = 77;
 /// Merges open_clip reads from the file: all but the header line, up to this many.
 const MERGES: usize = 49152 - 256 - 2;
 
+/// A piece (one word, one run of punctuation) is cut to this many bytes before its merges: BPE
+/// costs up to the square of a piece's length, and the context keeps at most 75 ids of at most
+/// 32 bytes each (open_clip's longest token), so no id the model reads comes from past 2,400.
+const MAX_PIECE_BYTES: usize = 4096;
+
 pub struct Tokenizer {
     /// BPE symbol -> id.
     ids: HashMap<String, u32>,
@@ -94,7 +99,8 @@ impl Tokenizer {
                 ids.push(special);
                 continue;
             }
-            ids.extend(self.bpe(piece));
+            let cut = (0..=MAX_PIECE_BYTES.min(piece.len())).rev().find(|&at| piece.is_char_boundary(at)).unwrap_or(0);
+            ids.extend(self.bpe(&piece[..cut]));
         }
         ids
     }
@@ -243,6 +249,25 @@ mod tests {
         let tokenizer = tokenizer();
         let row = tokenizer.context(&"low ".repeat(200));
         assert_eq!((row[0], row[CONTEXT - 2], row[CONTEXT - 1]), (49406, 513, 49407));
+    }
+
+    #[test]
+    fn any_text_becomes_a_whole_context_quickly() {
+        let tokenizer = tokenizer();
+        let alphabet: Vec<char> = "aZ9 ,.'\"\t\n&;#<>é\u{301}ß€漢字😀\u{200d}👩\u{1c}\u{0}\u{feff}ﬁＡ\u{2019}\u{149}".chars().collect();
+        let mut rng = crate::rng::Rng::new(30);
+        for round in 0..2_000 {
+            let length = if round % 100 == 0 { 20_000 } else { rng.below(300) as usize };
+            let text: String = (0..length).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
+            let row = tokenizer.context(&text);
+            assert_eq!(row[0], 49406, "{text:?}");
+            let end = row.iter().position(|&t| t == 49407).unwrap_or_else(|| panic!("no end token: {text:?}"));
+            assert!(row[end + 1..].iter().all(|&t| t == 0), "zeros after the end: {text:?}");
+            assert!(row[1..end].iter().all(|&t| (0..49406).contains(&t)), "{text:?}");
+        }
+        // One word of 100,000 letters is cut to its first 4,096 bytes before its merges: 2,047
+        // "lo", then "l" and "o</w>" (this vocabulary has no "l o</w>").
+        assert_eq!(tokenizer.encode(&"lo".repeat(50_000), usize::MAX).len(), MAX_PIECE_BYTES / 2 + 1);
     }
 
     #[test]
